@@ -1,0 +1,293 @@
+"""The `telucodec` command line: one subcommand per stage of the pipeline.
+
+    telucodec demo                       # corpus -> prep -> shards ls, all local
+    telucodec corpus OUT_DIR --minutes 5
+    telucodec prep SRC... --out URL [CONFIG.yaml...] [key=value...]
+    telucodec shards ls URL | verify URL
+    telucodec config show [CONFIG.yaml...] [key=value...]
+
+Errors in user input print one line (`telucodec: error: ...`) and exit 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+EPILOG = """\
+examples:
+  telucodec demo
+  telucodec corpus corpus/ --minutes 5
+  telucodec prep corpus/ --out s3://my-bucket/te-v1
+  telucodec shards ls s3://my-bucket/te-v1
+  telucodec config show configs/base.yaml prep.sample_rate=24000
+
+Run `telucodec COMMAND --help` for each command's options.
+"""
+
+
+class UsageError(RuntimeError):
+    """Bad command-line input; printed as one line."""
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input, not a bug: printed as one line."""
+    from data_prep.corpus import CorpusError
+    from data_prep.prep import PrepError
+    from pipeline.config import ConfigError
+    from pipeline.shards import DatasetError
+    from pipeline.store import StoreError
+
+    return (UsageError, ConfigError, StoreError, DatasetError, PrepError, CorpusError)
+
+
+def split_config_args(items: list[str]) -> tuple[list[str], list[str]]:
+    """Split positional words into YAML files and dotted key=value overrides."""
+    files = [i for i in items if "=" not in i]
+    overrides = [i for i in items if "=" in i]
+    for f in files:
+        if not f.endswith((".yaml", ".yml")):
+            raise UsageError(f"{f}: expected a YAML config file or a key=value override")
+    return files, overrides
+
+
+def default_config_files() -> list[str]:
+    """configs/base.yaml from the working directory or the source tree, if there is one."""
+    for root in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        base = root / "configs" / "base.yaml"
+        if base.is_file():
+            return [str(base)]
+    return []
+
+
+def load_cli_config(items: list[str]):
+    from pipeline.config import load_config
+
+    files, overrides = split_config_args(items)
+    return load_config(default_config_files() + files, overrides)
+
+
+# ---------------------------------------------------------------- config
+def cmd_config_show(args) -> int:
+    from pipeline.config import to_dict, to_yaml
+
+    cfg = load_cli_config(args.items)
+    if args.json:
+        print(json.dumps(to_dict(cfg), indent=2))
+    else:
+        print(to_yaml(cfg, docs=args.docs), end="")
+    return 0
+
+
+# ---------------------------------------------------------------- corpus
+def cmd_corpus(args) -> int:
+    from data_prep.corpus import synthesize_corpus
+
+    summary = synthesize_corpus(Path(args.out_dir), minutes=args.minutes, seed=args.seed)
+    console.print(f"wrote {summary.files} files, {summary.seconds / 60:.1f} min of Telugu speech "
+                  f"({summary.over_range} over full scale) -> {summary.manifest}")
+    return 0
+
+
+# ---------------------------------------------------------------- prep
+def cmd_prep(args) -> int:
+    from data_prep.prep import run_prep
+
+    cfg = load_cli_config(args.items)
+    summary = run_prep(args.sources, args.out, cfg.prep, fmt=args.format, overwrite=args.overwrite)
+    print_prep_summary(summary)
+    return 0 if summary.samples else 1
+
+
+def print_prep_summary(summary) -> None:
+    table = Table(title=f"prep -> {summary.url}")
+    for col in ("split", "shards", "samples", "hours", "clipped files"):
+        table.add_column(col, justify="right" if col != "split" else "left")
+    for split, t in summary.splits.items():
+        table.add_row(split, str(t["shards"]), str(t["samples"]), f"{t['seconds'] / 3600:.3f}",
+                      str(summary.clipped_files.get(split, 0)))
+    console.print(table)
+    if summary.resumed_shards:
+        console.print(f"resumed: {summary.resumed_shards} verified shards kept from an earlier run")
+    if summary.rejects:
+        console.print(f"[yellow]{len(summary.rejects)} file(s) rejected[/] (listed in {summary.rejects_url}):")
+        for r in summary.rejects[:20]:
+            console.print(f"  {r['path']}: {r['reason']}", markup=False, highlight=False)
+        if len(summary.rejects) > 20:
+            console.print(f"  ... and {len(summary.rejects) - 20} more")
+
+
+# ---------------------------------------------------------------- shards
+def cmd_shards_ls(args) -> int:
+    from pipeline.shards import load_index
+
+    index = load_index(args.url)
+    if args.json:
+        print(json.dumps(index.splits, indent=2))
+        return 0
+    console.print(shards_table(args.url, index))
+    return 0
+
+
+def shards_table(url: str, index) -> Table:
+    table = Table(title=f"{url}  ({index.sample_rate} Hz, telucodec {index.version})")
+    for col in ("split", "shards", "samples", "hours", "size"):
+        table.add_column(col, justify="left" if col == "split" else "right")
+    for split, t in index.splits.items():
+        table.add_row(split, str(t["shards"]), str(t["samples"]), f"{t['seconds'] / 3600:.3f}",
+                      human_bytes(t["bytes"]))
+    return table
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""  # unreachable
+
+
+def cmd_shards_verify(args) -> int:
+    from rich.progress import Progress
+
+    from pipeline.shards import load_index, verify_dataset
+
+    total = len(load_index(args.url).shards)
+    with Progress(console=err_console, transient=True) as bar:
+        task = bar.add_task("verifying shards", total=total)
+        problems = verify_dataset(args.url, on_shard=lambda _: bar.advance(task))
+    if problems:
+        for p in problems:
+            err_console.print(f"BAD {p}", markup=False, highlight=False)
+        err_console.print(f"{len(problems)} problem(s) in {args.url}")
+        return 1
+    console.print(f"OK: {total} shards match the index; every sample decodes and lies in [-1, 1]")
+    return 0
+
+
+# ---------------------------------------------------------------- demo
+def cmd_demo(args) -> int:
+    from data_prep.corpus import synthesize_corpus
+    from data_prep.prep import run_prep
+
+    out = Path(args.out).absolute()
+    cfg = load_cli_config(args.items)
+    console.rule("1/3  synthesize a Telugu corpus (espeak-ng / festival)")
+    corpus = synthesize_corpus(out / "corpus", minutes=args.minutes, seed=args.seed)
+    console.print(f"{corpus.files} files, {corpus.seconds / 60:.1f} min, {corpus.over_range} over full scale")
+    console.rule("2/3  prep: clip, segment, split, write shards")
+    dataset = out / "data"
+    summary = run_prep([str(corpus.manifest)], str(dataset), cfg.prep, overwrite=True)
+    print_prep_summary(summary)
+    console.rule("3/3  shards ls")
+    from pipeline.shards import load_index
+
+    console.print(shards_table(str(dataset), load_index(str(dataset))))
+    console.print(f"\ndataset: {dataset}\nnext: telucodec shards verify {dataset}")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="telucodec", description="Train a neural speech codec on Telugu "
+                                "speech: data prep, training on Ray + Accelerate, cost tracking.",
+                                epilog=EPILOG, formatter_class=fmt)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    c = sub.add_parser("config", help="show the resolved configuration")
+    csub = c.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    s = csub.add_parser("show", help="print the resolved config (base.yaml, then files, then overrides)",
+                        description="Layer configs/base.yaml, the given YAML files and key=value "
+                        "overrides, check them, and print the result.",
+                        epilog="example: telucodec config show configs/tiny.yaml prep.sample_rate=24000",
+                        formatter_class=fmt)
+    s.add_argument("items", nargs="*", metavar="CONFIG.yaml|key=value")
+    s.add_argument("--docs", action="store_true", help="add each field's documentation as a comment")
+    s.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+    s.set_defaults(func=cmd_config_show)
+
+    s = sub.add_parser("corpus", help="synthesize an offline Telugu speech corpus (espeak-ng, festival)",
+                       description="Synthesize Telugu speech from a bundled sentence list with every "
+                       "Telugu voice installed, and write wavs plus manifest.tsv. Some files are "
+                       "deliberately over full scale (float WAV, peaks 1.01-1.3) to exercise clipping.",
+                       epilog="example: telucodec corpus corpus/ --minutes 5 --seed 1", formatter_class=fmt)
+    s.add_argument("out_dir", metavar="OUT_DIR")
+    s.add_argument("--minutes", type=float, default=3.0, help="audio to make (default 3)")
+    s.add_argument("--seed", type=int, default=0, help="random seed for sentences and voices")
+    s.set_defaults(func=cmd_corpus)
+
+    s = sub.add_parser("prep", help="raw audio -> clipped, segmented WebDataset shards on a store",
+                       description="Decode, mix to mono, resample, clip to [-1, 1], trim silence, cut "
+                       "into segments, split by speaker and write {split}-NNNNNN.tar shards and "
+                       "index.json (last). Bad files go to rejects.jsonl and the run continues. "
+                       "Re-running the same command after an interruption completes the dataset.",
+                       epilog="sources: a folder (wav, flac, ogg, mp3; recursive), a manifest "
+                       "(.tsv/.csv/.jsonl with a path column), an OpenSLR SLR66 folder (line_index.tsv) "
+                       "or a Common Voice folder (validated.tsv + clips/).\n\nexamples:\n"
+                       "  telucodec prep corpus/ --out runs/data\n"
+                       "  telucodec prep te_in_female/ te_in_male/ --out s3://bucket/te --format openslr\n"
+                       "  telucodec prep cv-te/ --out s3://bucket/cv prep.max_seconds=8",
+                       formatter_class=fmt)
+    s.add_argument("sources", nargs="+", metavar="SRC")
+    s.add_argument("--out", required=True, metavar="URL", help="dataset URL: folder, file:// or s3://")
+    s.add_argument("--format", choices=["auto", "folder", "manifest", "openslr", "commonvoice"],
+                   default="auto", help="source layout (default: detect)")
+    s.add_argument("--config", dest="items", action="append", default=[], metavar="CONFIG.yaml|key=value",
+                   help="config file or override (repeatable); bare key=value words work too")
+    s.add_argument("--overwrite", action="store_true", help="replace a different dataset at --out")
+    s.set_defaults(func=cmd_prep)
+
+    sh = sub.add_parser("shards", help="list or verify a dataset's shards")
+    shsub = sh.add_subparsers(dest="shards_command", metavar="ACTION", required=True)
+    s = shsub.add_parser("ls", help="table of splits: shards, samples, hours, size",
+                         epilog="example: telucodec shards ls s3://bucket/te", formatter_class=fmt)
+    s.add_argument("url", metavar="URL")
+    s.add_argument("--json", action="store_true", help="print totals per split as JSON")
+    s.set_defaults(func=cmd_shards_ls)
+    s = shsub.add_parser("verify", help="re-hash every shard and decode every sample",
+                         description="Re-hash every shard against index.json, decode every sample and "
+                         "check it lies in [-1, 1]. Exits 1 naming each bad shard.",
+                         epilog="example: telucodec shards verify s3://bucket/te", formatter_class=fmt)
+    s.add_argument("url", metavar="URL")
+    s.set_defaults(func=cmd_shards_verify)
+
+    s = sub.add_parser("demo", help="run the pipeline end to end on this machine",
+                       description="Synthesize a small Telugu corpus, prep it into shards in a local "
+                       "folder, and list them. Needs no cloud account.", formatter_class=fmt)
+    s.add_argument("--out", default="demo_out", help="folder for everything the demo writes")
+    s.add_argument("--minutes", type=float, default=3.0, help="minutes of speech to synthesize")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("items", nargs="*", metavar="CONFIG.yaml|key=value")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides may follow options: collect them, refuse anything else
+        bad = [e for e in extra if "=" not in e or e.startswith("-")]
+        if bad or not hasattr(args, "items"):
+            parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+        args.items = list(args.items) + extra
+    try:
+        return args.func(args)
+    except user_errors() as e:
+        err_console.print(f"telucodec: error: {e}", markup=False, highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("telucodec: interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""Object storage for datasets and runs: plain paths, file:// and s3://bucket/prefix behind one API.
+
+    store = open_store("s3://bucket/datasets/te")      # or "/data/te", "file:///data/te"
+    store.put("index.json", data); store.get("index.json"); store.list("train-")
+
+S3 goes through boto3, so the endpoint and credentials come from the standard AWS variables and
+profiles (AWS_ENDPOINT_URL points it at MinIO, R2, GCS interop or a local test server). Requests
+retry with backoff on throttling, 5xx and dropped connections; a streaming read that drops mid-body
+resumes with a ranged GET. Local writes go to a temporary name and are renamed into place, so a
+reader never sees half an object; S3 puts are atomic by nature.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator
+from urllib.parse import urlparse
+
+_TMP_MARK = ".tmp-"
+
+
+class StoreError(RuntimeError):
+    """A storage URL or object that cannot be used; the message says which."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    """Key relative to the store's root, '/'-separated."""
+    size: int
+    """Size in bytes."""
+
+
+class Store:
+    """Common interface; `open_store` picks the implementation from the URL."""
+
+    url: str
+
+    def join(self, key: str) -> str:
+        """Full URL of `key`."""
+        return self.url.rstrip("/") + "/" + key
+
+    def sub(self, prefix: str) -> "Store":
+        """A store rooted at `prefix` below this one."""
+        return open_store(self.join(prefix))
+
+    def get(self, key: str) -> bytes:
+        with self.open(key) as f:
+            return f.read()
+
+    def get_text(self, key: str) -> str:
+        return self.get(key).decode("utf-8")
+
+    def put_text(self, key: str, text: str) -> None:
+        self.put(key, text.encode("utf-8"))
+
+    def exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        raise NotImplementedError
+
+    def open(self, key: str) -> BinaryIO:
+        raise NotImplementedError
+
+    def put(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def put_file(self, key: str, path: str | Path) -> None:
+        with open(path, "rb") as f:
+            self.put_fileobj(key, f)
+
+    def put_fileobj(self, key: str, fileobj: BinaryIO) -> None:
+        """Upload from a readable binary file object positioned at the start."""
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under `prefix`; returns how many."""
+        items = self.list(prefix)
+        for item in items:
+            self.delete(item.key)
+        return len(items)
+
+
+def open_store(url: str | Path) -> Store:
+    """A Store for a plain path, file:// URL or s3://bucket/prefix."""
+    url = str(url)
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise StoreError(f"{url}: an s3 URL needs a bucket (s3://bucket/prefix)")
+        return S3Store(parsed.netloc, parsed.path.strip("/"))
+    if parsed.scheme == "file":
+        return LocalStore(Path(parsed.path))
+    if parsed.scheme and len(parsed.scheme) > 1:
+        raise StoreError(f"{url}: unsupported storage scheme {parsed.scheme!r} (use a path, file:// or s3://)")
+    return LocalStore(Path(url))
+
+
+def is_remote(url: str) -> bool:
+    return urlparse(str(url)).scheme == "s3"
+
+
+class LocalStore(Store):
+    def __init__(self, root: Path):
+        self.root = Path(root).expanduser().absolute()
+        self.url = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for path in self.root.rglob("*"):
+            key = path.relative_to(self.root).as_posix()
+            if path.is_file() and key.startswith(prefix) and _TMP_MARK not in path.name:
+                out.append(ObjectInfo(key, path.stat().st_size))
+        return sorted(out, key=lambda o: o.key)
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")
+        except FileNotFoundError:
+            raise StoreError(f"{self.join(key)}: no such object") from None
+
+    def put(self, key: str, data: bytes) -> None:
+        with self._atomic(key) as tmp:
+            tmp.write_bytes(data)
+
+    def put_fileobj(self, key: str, fileobj: BinaryIO) -> None:
+        with self._atomic(key) as tmp, open(tmp, "wb") as out:
+            shutil.copyfileobj(fileobj, out, 1 << 20)
+
+    def _atomic(self, key: str):
+        store = self
+
+        class _Atomic:
+            def __enter__(self):
+                final = store._path(key)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                fd, name = tempfile.mkstemp(prefix=f".{final.name}{_TMP_MARK}", dir=final.parent)
+                os.close(fd)
+                self.tmp, self.final = Path(name), final
+                return self.tmp
+
+            def __exit__(self, exc_type, *_):
+                if exc_type is None:
+                    os.replace(self.tmp, self.final)
+                else:
+                    self.tmp.unlink(missing_ok=True)
+
+        return _Atomic()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+
+class S3Store(Store):
+    multipart_threshold = 64 * 1024 * 1024
+    """Objects at least this large go up as a multipart upload (parts of `multipart_chunksize`)."""
+    multipart_chunksize = 16 * 1024 * 1024
+
+    def __init__(self, bucket: str, prefix: str):
+        self.bucket, self.prefix = bucket, prefix
+        self.url = f"s3://{bucket}/{prefix}".rstrip("/")
+        self.client = s3_client()
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        root = f"{self.prefix}/" if self.prefix else ""
+        out = []
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=root + prefix)
+        for page in pages:
+            for obj in page.get("Contents", []):
+                out.append(ObjectInfo(obj["Key"][len(root):], obj["Size"]))
+        return out
+
+    def open(self, key: str) -> BinaryIO:
+        return io.BufferedReader(_ResumingS3Reader(self.client, self.bucket, self._key(key), self.join(key)),
+                                 buffer_size=1024 * 1024)
+
+    def put(self, key: str, data: bytes) -> None:
+        if len(data) >= self.multipart_threshold:
+            self.put_fileobj(key, io.BytesIO(data))
+        else:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def put_fileobj(self, key: str, fileobj: BinaryIO) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        config = TransferConfig(multipart_threshold=self.multipart_threshold,
+                                multipart_chunksize=self.multipart_chunksize, use_threads=True)
+        self.client.upload_fileobj(fileobj, self.bucket, self._key(key), Config=config)
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+
+def s3_client():
+    """A boto3 S3 client with standard AWS configuration and patient retries."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"mode": "standard", "max_attempts": 8},
+                    connect_timeout=10, read_timeout=60, max_pool_connections=32)
+    return boto3.session.Session().client("s3", config=config)
+
+
+class _ResumingS3Reader(io.RawIOBase):
+    """A streaming GET that reopens with a Range header when the connection drops mid-body."""
+
+    max_resumes = 5
+
+    def __init__(self, client, bucket: str, key: str, url: str):
+        from botocore.exceptions import ClientError
+
+        self.client, self.bucket, self.key, self.url = client, bucket, key, url
+        self.pos = 0
+        try:
+            self.body = self._get()
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise StoreError(f"{url}: no such object") from None
+            if code == "NoSuchBucket":
+                raise StoreError(f"{url}: no such bucket") from None
+            raise
+
+    def _get(self):
+        extra = {"Range": f"bytes={self.pos}-"} if self.pos else {}
+        return self.client.get_object(Bucket=self.bucket, Key=self.key, **extra)["Body"]
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import ReadTimeoutError, ResponseStreamingError
+        from urllib3.exceptions import ProtocolError
+
+        for attempt in range(self.max_resumes + 1):
+            try:
+                data = self.body.read(len(buffer))
+                break
+            except (BotoConnectionError, ReadTimeoutError, ResponseStreamingError, ProtocolError, OSError):
+                if attempt == self.max_resumes:
+                    raise
+                time.sleep(min(0.2 * 2 ** attempt, 5.0))
+                self.body = self._get()
+        n = len(data)
+        buffer[:n] = data
+        self.pos += n
+        return n
+
+    def close(self) -> None:
+        if not self.closed and hasattr(self, "body"):
+            self.body.close()
+        super().close()
+
+
+def iter_chunks(stream: BinaryIO, size: int = 1024 * 1024) -> Iterator[bytes]:
+    while chunk := stream.read(size):
+        yield chunk
