@@ -19,8 +19,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 EPILOG = """\
 examples:
@@ -108,6 +108,8 @@ def cmd_prep(args) -> int:
 
 
 def print_prep_summary(summary) -> None:
+    if summary.already_complete:
+        console.print(f"{summary.url} already holds this dataset (same sources and config): nothing to do")
     table = Table(title=f"prep -> {summary.url}")
     for col in ("split", "shards", "samples", "hours", "clipped files"):
         table.add_column(col, justify="right" if col != "split" else "left")

@@ -72,11 +72,159 @@ class PrepConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    sample_rate: int = 16000
+    """Audio sample rate in Hz the codec works at; must match prep.sample_rate of its data."""
+    channels: int = 32
+    """Channels after the first encoder conv; each encoder block doubles them."""
+    latent_dim: int = 128
+    """Channels of the encoder output (the vectors that are quantised)."""
+    strides: tuple[int, ...] = (2, 4, 5, 8)
+    """Encoder downsampling per block; their product is the hop (320 -> 50 frames/s at 16 kHz)."""
+    dilations: tuple[int, ...] = (1, 3, 9)
+    """Dilations of the residual units inside every encoder and decoder block."""
+    kernel_size: int = 7
+    """Kernel size of the residual-unit and input/output convs (odd)."""
+    final_tanh: bool = False
+    """Squash the decoder output with tanh. Off: a tanh hides level errors and saturates on loud
+    input; kept for experiments."""
+    n_codebooks: int = 8
+    """Residual VQ levels; bitrate = frames/s x n_codebooks x log2(codebook_size)."""
+    codebook_size: int = 1024
+    """Entries per codebook; a power of two so each code packs into exactly log2(size) bits."""
+    codebook_dim: typing.Optional[int] = None
+    """Dimension codes live in; None means latent_dim (no projection), smaller adds a 1x1
+    projection in and out of each level."""
+    quantizer_dropout: float = 0.5
+    """Probability that a training batch uses a random number of levels (1..n_codebooks), so one
+    model serves several bitrates."""
+    ema_decay: float = 0.99
+    """Decay of the EMA codebook statistics (codebooks get no gradient)."""
+    dead_code_threshold: float = 0.5
+    """A code whose EMA use count (vectors per step, summed over ranks) falls below this is
+    replaced by a vector from the current batch; keep it well below batch_vectors/codebook_size."""
+    kmeans_init: bool = True
+    """Initialise codebooks by k-means on the first training batch (else sampled batch vectors)."""
+    kmeans_iters: int = 10
+    """K-means iterations for that initialisation."""
+    disc_channels: int = 32
+    """Base channels of the discriminators (multi-period layers grow to 32x this)."""
+    disc_periods: tuple[int, ...] = (2, 3, 5, 7, 11)
+    """Periods of the multi-period discriminator."""
+    disc_stft_windows: tuple[int, ...] = (2048, 1024, 512)
+    """FFT sizes of the multi-scale STFT discriminator (hop is a quarter of each)."""
+
+    def __post_init__(self):
+        _check(self.sample_rate >= 1000, "model.sample_rate", "must be at least 1000 Hz")
+        _check(self.channels >= 1, "model.channels", "must be >= 1")
+        _check(self.latent_dim >= 1, "model.latent_dim", "must be >= 1")
+        _check(len(self.strides) >= 1 and all(s >= 1 for s in self.strides), "model.strides",
+               "must be a non-empty list of positive integers")
+        _check(self.sample_rate % self.hop_length == 0, "model.strides",
+               f"their product ({self.hop_length}) must divide model.sample_rate "
+               f"({self.sample_rate}) so frames/s is a whole number")
+        _check(len(self.dilations) >= 1 and all(d >= 1 for d in self.dilations), "model.dilations",
+               "must be a non-empty list of positive integers")
+        _check(self.kernel_size >= 1 and self.kernel_size % 2 == 1, "model.kernel_size",
+               "must be a positive odd number")
+        _check(self.n_codebooks >= 1, "model.n_codebooks", "must be >= 1")
+        _check(self.codebook_size >= 2 and self.codebook_size & (self.codebook_size - 1) == 0
+               and self.codebook_size <= 2 ** 16, "model.codebook_size",
+               "must be a power of two between 2 and 65536")
+        _check(self.codebook_dim is None or self.codebook_dim >= 1, "model.codebook_dim",
+               "must be >= 1 or null")
+        _check(0.0 <= self.quantizer_dropout <= 1.0, "model.quantizer_dropout",
+               "must be in [0, 1]")
+        _check(0.0 < self.ema_decay < 1.0, "model.ema_decay", "must be in (0, 1)")
+        _check(self.dead_code_threshold >= 0, "model.dead_code_threshold", "must be >= 0")
+        _check(self.kmeans_iters >= 0, "model.kmeans_iters", "must be >= 0")
+        _check(self.disc_channels >= 1, "model.disc_channels", "must be >= 1")
+        _check(all(p >= 2 for p in self.disc_periods), "model.disc_periods", "must all be >= 2")
+        _check(all(w >= 16 for w in self.disc_stft_windows), "model.disc_stft_windows",
+               "must all be >= 16")
+
+    @property
+    def hop_length(self) -> int:
+        """Samples per code frame: the product of the strides."""
+        hop = 1
+        for s in self.strides:
+            hop *= s
+        return hop
+
+    @property
+    def frame_rate(self) -> float:
+        """Code frames per second."""
+        return self.sample_rate / self.hop_length
+
+    @property
+    def codebook_bits(self) -> int:
+        """Bits per code: log2(codebook_size)."""
+        return self.codebook_size.bit_length() - 1
+
+    def bitrate(self, n_codebooks: typing.Optional[int] = None) -> float:
+        """Bits per second with `n_codebooks` levels (all by default): 50 x 8 x 10 = 4000."""
+        n = self.n_codebooks if n_codebooks is None else n_codebooks
+        return self.frame_rate * n * self.codebook_bits
+
+
+LOSS_TERMS = ("l1", "mse", "stft", "mel", "vq/commit", "adv", "feat")
+"""Every generator loss term by name; LossConfig.weights may only name these."""
+
+DEFAULT_LOSS_WEIGHTS = {"l1": 1.0, "mse": 0.0, "stft": 1.0, "mel": 15.0, "vq/commit": 1.0,
+                        "adv": 1.0, "feat": 2.0}
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))
+    """Weight per loss term (l1, mse, stft, mel, vq/commit, adv, feat). A name left out keeps its
+    default; 0 means computed and logged but not back-propagated."""
+    adversarial: bool = False
+    """Train against the discriminator (adds the adv and feat terms once adv_start_step is reached)."""
+    adv_start_step: int = 2000
+    """First step at which the adversarial terms are used, so reconstruction settles first."""
+    adv_kind: str = "hinge"
+    """GAN objective: hinge or lsgan."""
+    stft_windows: tuple[int, ...] = (512, 1024, 2048)
+    """FFT sizes of the multi-resolution STFT loss (hop is a quarter of each)."""
+    mel_windows: tuple[int, ...] = (256, 512, 1024, 2048)
+    """FFT sizes of the multi-scale mel loss (hop is a quarter of each)."""
+    mel_bins: tuple[int, ...] = (20, 40, 80, 160)
+    """Mel bands at each of mel_windows."""
+    mel_floor: float = 1e-5
+    """Floor under mel magnitudes before the log, so silence gives a finite loss."""
+
+    def __post_init__(self):
+        unknown = sorted(set(self.weights) - set(LOSS_TERMS))
+        _check(not unknown, "loss.weights",
+               f"unknown term(s) {', '.join(unknown)} (known: {', '.join(LOSS_TERMS)})")
+        for name, w in self.weights.items():
+            _check(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0,
+                   f"loss.weights.{name}", f"must be a number >= 0, got {w!r}")
+        # Merge over the defaults so `loss.weights.mel=10` changes one term, not all of them.
+        object.__setattr__(self, "weights",
+                           {**DEFAULT_LOSS_WEIGHTS, **{k: float(v) for k, v in self.weights.items()}})
+        _check(self.adv_start_step >= 0, "loss.adv_start_step", "must be >= 0")
+        _check(self.adv_kind in ("hinge", "lsgan"), "loss.adv_kind", "must be hinge or lsgan")
+        _check(len(self.stft_windows) >= 1 and all(w >= 16 for w in self.stft_windows),
+               "loss.stft_windows", "must be a non-empty list of sizes >= 16")
+        _check(len(self.mel_windows) >= 1 and all(w >= 16 for w in self.mel_windows),
+               "loss.mel_windows", "must be a non-empty list of sizes >= 16")
+        _check(len(self.mel_bins) == len(self.mel_windows) and all(b >= 1 for b in self.mel_bins),
+               "loss.mel_bins", "needs one positive entry per loss.mel_windows entry")
+        _check(self.mel_floor > 0, "loss.mel_floor", "must be > 0")
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     """Where the training data lives."""
     prep: PrepConfig = field(default_factory=PrepConfig)
     """How raw audio becomes shards."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The codec network: encoder/decoder shape, residual VQ and discriminators."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Loss terms, their weights and resolutions, and when adversarial training starts."""
 
 
 def _check(ok: bool, key: str, message: str) -> None:

@@ -166,7 +166,12 @@ class LocalStore(Store):
         return _Atomic()
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        for parent in path.parents:  # no empty folders left behind (S3 has none either)
+            if parent == self.root or not parent.is_relative_to(self.root) or any(parent.iterdir()):
+                break
+            parent.rmdir()
 
 
 class S3Store(Store):
@@ -229,8 +234,12 @@ def s3_client():
     import boto3
     from botocore.config import Config
 
+    # Checksums only when required: boto3's newer default (trailing CRC checksums on every PUT)
+    # is refused by several S3-compatible stores (R2, GCS interop, older MinIO).
     config = Config(retries={"mode": "standard", "max_attempts": 8},
-                    connect_timeout=10, read_timeout=60, max_pool_connections=32)
+                    connect_timeout=10, read_timeout=60, max_pool_connections=32,
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required")
     return boto3.session.Session().client("s3", config=config)
 
 

@@ -1,0 +1,361 @@
+"""`telucodec prep`: raw audio -> clipped, segmented, split WebDataset shards on a store.
+
+    summary = run_prep(["corpus/manifest.tsv"], "s3://bucket/te", PrepConfig())
+
+Per file (in a process pool): decode, mix to mono, resample (soxr), optional loudness, trim
+silence, cut into segments, clip each to [-1, 1] counting the clipped samples, FLAC-encode. The
+parent writes the results in a fixed order into `{split}-NNNNNN.tar` shards, so the same sources
+and config always give the same shards, byte for byte.
+
+Resumable: after each shard lands, a record `_prep/{split}-NNNNNN.json` saves the shard's hash and
+the position in the source list it ends at. A re-run with the same sources and config keeps every
+shard whose hash still matches and carries on from there; `index.json` is written last and
+`_prep/` is removed after it, so only a finished dataset is ever visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from data_prep.sources import SourceError, SourceItem, scan_sources
+from pipeline.audio import AudioError, clip_to_unit_range, cut_segments, load_audio, normalize_rms, resample, trim_silence
+from pipeline.config import PrepConfig, to_dict
+from pipeline.shards import (INDEX_NAME, SPLITS, DatasetIndex, EncodedSample, ShardInfo, ShardWriter,
+                             encode_sample, load_index, parse_shard_name, safe_key, write_index)
+from pipeline.store import Store, StoreError, open_store
+
+PROGRESS_PREFIX = "_prep/"
+REJECTS_NAME = "rejects.jsonl"
+
+
+class PrepError(RuntimeError):
+    """Prep cannot run (bad sources, a different dataset at the destination, nothing usable)."""
+
+
+@dataclass
+class ItemResult:
+    """What one worker made of one source file."""
+    samples: list[EncodedSample] = field(default_factory=list)
+    reject: dict | None = None
+    clipped_samples: int = 0
+    source_peak: float = 0.0
+
+
+@dataclass
+class SplitProgress:
+    """Where a split stands: shards done, the position to go on from, and tallies so far."""
+    shards: list[ShardInfo] = field(default_factory=list)
+    cursor: tuple[int, int] = (0, 0)
+    """(item position in the split, segment index) of the next sample to write."""
+    rejects: list[dict] = field(default_factory=list)
+    files_ok: int = 0
+    clipped_files: int = 0
+    clipped_samples: int = 0
+
+    def record(self) -> dict:
+        return {"shard": asdict(self.shards[-1]), "cursor": list(self.cursor), "rejects": self.rejects,
+                "files_ok": self.files_ok, "clipped_files": self.clipped_files,
+                "clipped_samples": self.clipped_samples}
+
+
+@dataclass
+class PrepSummary:
+    url: str
+    splits: dict
+    samples: int
+    files_ok: int
+    clipped_files: dict
+    clipped_samples: int
+    rejects: list[dict]
+    rejects_url: str
+    resumed_shards: int = 0
+    already_complete: bool = False
+
+
+def run_prep(sources: list[str], out_url: str, cfg: PrepConfig, fmt: str = "auto",
+             overwrite: bool = False, progress: bool = True) -> PrepSummary:
+    """Prep `sources` into a dataset at `out_url`; resumes an interrupted run of the same command."""
+    try:
+        scan = scan_sources(sources, fmt)
+    except SourceError as e:
+        raise PrepError(str(e)) from None
+    if not scan.items and not scan.rejects:
+        raise PrepError(f"no audio files found in {', '.join(sources)}")
+    plan = plan_splits(scan.items, cfg)
+    fingerprint = prep_fingerprint(plan, cfg)
+    store = open_store(out_url)
+    done = claim_destination(store, fingerprint, overwrite)
+    if done is not None:
+        return summary_from_index(store, done)
+
+    state = {split: resume_split(store, split) for split in plan}
+    resumed = sum(len(s.shards) for s in state.values())
+    todo = [(split, pos, item) for split, items in plan.items()
+            for pos, item in enumerate(items) if pos >= state[split].cursor[0]]
+    with PrepProgress(len(todo), enabled=progress) as bar:
+        results = ordered_map(process_item, [(item, cfg) for _, _, item in todo], cfg.workers)
+        writers: dict[str, ShardWriter] = {}
+        for (split, pos, item), result in zip(todo, results):
+            add_item_result(store, cfg, split, pos, item, result, state[split], writers, bar)
+        for split, writer in writers.items():
+            close_shard(store, writer, state[split], bar)
+    return finish(store, plan, state, scan.rejects, cfg, fingerprint, sources, resumed)
+
+
+def plan_splits(items: list[SourceItem], cfg: PrepConfig) -> dict[str, list[SourceItem]]:
+    """Items per split, by speaker (or path when no speaker): a speaker never straddles splits.
+
+    Speakers are ranked by a hash of their name; the first share goes to test, the next to val.
+    With at least three speakers each held-out split gets at least one.
+    """
+    groups = sorted({item.speaker or f"path:{item.name}" for item in items},
+                    key=lambda s: hashlib.sha256(s.encode()).hexdigest())
+    n = len(groups)
+
+    def count(frac: float) -> int:
+        return 0 if frac <= 0 or n < 3 else max(1, round(n * frac))
+
+    n_test, n_val = count(cfg.test_fraction), count(cfg.val_fraction)
+    split_of = {g: "test" if i < n_test else "val" if i < n_test + n_val else "train" for i, g in enumerate(groups)}
+    plan: dict[str, list[SourceItem]] = {s: [] for s in SPLITS}
+    for item in items:
+        plan[split_of[item.speaker or f"path:{item.name}"]].append(item)
+    return {s: v for s, v in plan.items() if v}
+
+
+def prep_fingerprint(plan: dict[str, list[SourceItem]], cfg: PrepConfig) -> str:
+    """Same sources (names and sizes) and same config -> same fingerprint."""
+    desc = {"config": to_dict(cfg) | {"workers": None},
+            "items": {s: [(i.name, os.path.getsize(i.path)) for i in items] for s, items in plan.items()}}
+    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
+
+
+def claim_destination(store: Store, fingerprint: str, overwrite: bool) -> DatasetIndex | None:
+    """Make sure `store` is ours to write; returns the index if this very dataset is already done."""
+    if store.exists(INDEX_NAME):
+        index = load_index(store)
+        if index.lineage.get("fingerprint") == fingerprint and not overwrite:
+            return index
+        if not overwrite:
+            raise PrepError(f"{store.url} already holds a different dataset (use --overwrite to replace it)")
+    plan_key = PROGRESS_PREFIX + "plan.json"
+    if store.exists(plan_key) and not overwrite:
+        if json.loads(store.get(plan_key))["fingerprint"] != fingerprint:
+            raise PrepError(f"{store.url} holds an unfinished prep of other sources or another config "
+                            "(re-run that command to finish it, or use --overwrite)")
+        return None
+    ours = [o.key for o in store.list() if is_dataset_file(o.key)]
+    if ours and not overwrite:
+        raise PrepError(f"{store.url} already holds shards that are not from this prep (use --overwrite)")
+    for key in ours:
+        store.delete(key)
+    store.put_text(plan_key, json.dumps({"fingerprint": fingerprint}))
+    return None
+
+
+def is_dataset_file(key: str) -> bool:
+    return (key in (INDEX_NAME, REJECTS_NAME) or key.startswith(PROGRESS_PREFIX)
+            or ("/" not in key and parse_shard_name(key) is not None))
+
+
+def resume_split(store: Store, split: str) -> SplitProgress:
+    """Progress of `split` from its records, keeping only shards whose sha256 still matches."""
+    state = SplitProgress()
+    records = sorted(o.key for o in store.list(f"{PROGRESS_PREFIX}{split}-"))
+    for n, key in enumerate(records):
+        rec = json.loads(store.get(key))
+        info = ShardInfo(**rec["shard"])
+        if key != f"{PROGRESS_PREFIX}{split}-{n:06d}.json" or not shard_matches(store, info):
+            for stale in records[n:]:
+                store.delete(stale)
+            break
+        state.shards.append(info)
+        state.cursor = tuple(rec["cursor"])
+        state.rejects = rec["rejects"]  # records hold running totals
+        state.files_ok, state.clipped_files = rec["files_ok"], rec["clipped_files"]
+        state.clipped_samples = rec["clipped_samples"]
+    return state
+
+
+def shard_matches(store: Store, info: ShardInfo) -> bool:
+    try:
+        data = store.get(info.name)
+    except StoreError:
+        return False
+    return len(data) == info.bytes and hashlib.sha256(data).hexdigest() == info.sha256
+
+
+def add_item_result(store: Store, cfg: PrepConfig, split: str, pos: int, item: SourceItem,
+                    result: ItemResult, state: SplitProgress, writers: dict, bar: "PrepProgress") -> None:
+    """Append one file's segments to its split's open shard, closing shards as they fill."""
+    skip = state.cursor[1] if pos == state.cursor[0] else 0
+    for seg, sample in enumerate(result.samples):
+        if seg < skip:
+            continue  # written before an interruption
+        writer = writers.get(split)
+        if writer is None:
+            writer = writers[split] = ShardWriter(store, split, len(state.shards))
+        writer.add(sample)
+        bar.audio(sample.seconds)
+        last = seg == len(result.samples) - 1
+        if last:
+            _count_file(state, result)
+        state.cursor = (pos + 1, 0) if last else (pos, seg + 1)
+        if writer.samples >= cfg.shard_max_samples or writer.nbytes >= cfg.shard_max_mb * 1e6:
+            close_shard(store, writers.pop(split), state, bar)
+    if not result.samples:
+        _count_file(state, result)
+        state.cursor = (pos + 1, 0)
+    bar.file_done(result.reject)
+
+
+def _count_file(state: SplitProgress, result: ItemResult) -> None:
+    if result.reject:
+        state.rejects.append(result.reject)
+        return
+    state.files_ok += 1
+    state.clipped_files += result.clipped_samples > 0
+    state.clipped_samples += result.clipped_samples
+
+
+def close_shard(store: Store, writer: ShardWriter, state: SplitProgress, bar: "PrepProgress") -> None:
+    """Put the shard to the store, then its progress record (the record is what makes it count)."""
+    if writer.samples == 0:
+        writer.abort()
+        return
+    state.shards.append(writer.close())
+    store.put_text(f"{PROGRESS_PREFIX}{writer.split}-{len(state.shards) - 1:06d}.json", json.dumps(state.record()))
+    bar.shard_done()
+
+
+def finish(store: Store, plan: dict, state: dict[str, SplitProgress], scan_rejects: list[dict],
+           cfg: PrepConfig, fingerprint: str, sources: list[str], resumed: int) -> PrepSummary:
+    """Write rejects.jsonl, then index.json (last), then drop the progress records."""
+    rejects = sorted(scan_rejects + [r for s in state.values() for r in s.rejects], key=lambda r: r["path"])
+    store.put_text(REJECTS_NAME, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
+    shards = [info for split in SPLITS if split in state for info in state[split].shards]
+    if not shards:
+        raise PrepError(f"nothing usable: all {len(rejects)} file(s) were rejected "
+                        f"(see {store.join(REJECTS_NAME)})")
+    lineage = {"fingerprint": fingerprint, "sources": [str(Path(s).absolute()) for s in sources],
+               "files_ok": sum(s.files_ok for s in state.values()),
+               "clipped_files": {k: s.clipped_files for k, s in state.items()},
+               "clipped_samples": sum(s.clipped_samples for s in state.values()), "rejects": len(rejects)}
+    index = DatasetIndex(shards=shards, sample_rate=cfg.sample_rate, config={"prep": to_dict(cfg)}, lineage=lineage)
+    write_index(store, index)
+    keep = {s.name for s in shards}
+    for obj in store.list():
+        if obj.key.startswith(PROGRESS_PREFIX) or (parse_shard_name(obj.key) and obj.key not in keep):
+            store.delete(obj.key)
+    return summary_from_index(store, index, resumed=resumed, rejects=rejects, complete=False)
+
+
+def summary_from_index(store: Store, index: DatasetIndex, resumed: int = 0, rejects: list | None = None,
+                       complete: bool = True) -> PrepSummary:
+    if rejects is None:
+        text = store.get_text(REJECTS_NAME) if store.exists(REJECTS_NAME) else ""
+        rejects = [json.loads(line) for line in text.splitlines() if line.strip()]
+    splits = index.splits
+    return PrepSummary(url=store.url, splits=splits, samples=sum(t["samples"] for t in splits.values()),
+                       files_ok=index.lineage.get("files_ok", 0),
+                       clipped_files=index.lineage.get("clipped_files", {}),
+                       clipped_samples=index.lineage.get("clipped_samples", 0), rejects=rejects,
+                       rejects_url=store.join(REJECTS_NAME), resumed_shards=resumed, already_complete=complete)
+
+
+def process_item(job: tuple[SourceItem, PrepConfig]) -> ItemResult:
+    """One source file -> its encoded segments, or a reject with the reason. Never raises."""
+    item, cfg = job
+    try:
+        return _process(item, cfg)
+    except AudioError as e:
+        return ItemResult(reject={"path": item.path, "reason": str(e)})
+    except Exception as e:  # a bad file must never stop the run
+        return ItemResult(reject={"path": item.path, "reason": f"could not process ({type(e).__name__}: {e})"})
+
+
+def _process(item: SourceItem, cfg: PrepConfig) -> ItemResult:
+    decoded = load_audio(item.path)
+    audio = resample(decoded.audio, decoded.sample_rate, cfg.sample_rate)
+    if cfg.loudness_db is not None:
+        audio = normalize_rms(audio, cfg.loudness_db)
+    if cfg.trim_silence:
+        audio = trim_silence(audio, cfg.sample_rate, cfg.silence_db)
+    segments = cut_segments(audio, cfg.sample_rate, cfg.max_seconds, cfg.min_seconds)
+    if not segments:
+        return ItemResult(reject={"path": item.path, "reason": f"no segment of at least {cfg.min_seconds:g} s "
+                                  f"({len(audio) / cfg.sample_rate:.2f} s after trimming silence)"})
+    source_peak = float(abs(decoded.audio).max())
+    stem = f"{safe_key(Path(item.name).stem)[:40]}_{hashlib.sha1(item.name.encode()).hexdigest()[:10]}"
+    result = ItemResult(source_peak=source_peak)
+    for i, seg in enumerate(segments):
+        seg, clipped = clip_to_unit_range(seg)
+        result.clipped_samples += clipped
+        meta = {"source": item.name, "speaker": item.speaker, "text": item.text, "segment": i,
+                "segments": len(segments), "source_peak": round(source_peak, 6), "clipped_samples": clipped,
+                "source_sample_rate": decoded.sample_rate}
+        result.samples.append(encode_sample(f"{stem}_{i:03d}", seg, cfg.sample_rate, meta))
+    return result
+
+
+def ordered_map(fn, jobs: list, workers: int) -> Iterator:
+    """fn over jobs in a process pool, results in job order, at most a few jobs ahead per worker."""
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(jobs) <= 1:
+        yield from map(fn, jobs)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: deque = deque()
+        it: Iterable = iter(jobs)
+        for job in it:
+            pending.append(pool.submit(fn, job))
+            if len(pending) >= 4 * workers:
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(fn, nxt))
+            yield result
+
+
+class PrepProgress:
+    """A rich progress bar: files, audio hours written, shards, rejects."""
+
+    def __init__(self, total_files: int, enabled: bool = True):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.hours, self.shards, self.rejects = 0.0, 0, 0
+        self.progress = Progress(TextColumn("prep"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
+                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not enabled)
+        self.task = self.progress.add_task("prep", total=total_files, info="")
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def _refresh(self, advance: int = 0) -> None:
+        self.progress.update(self.task, advance=advance, info=f"{self.hours:.3f} h audio · {self.shards} shards"
+                             f" · {self.rejects} rejected")
+
+    def audio(self, seconds: float) -> None:
+        self.hours += seconds / 3600
+
+    def file_done(self, reject: dict | None) -> None:
+        self.rejects += reject is not None
+        self._refresh(advance=1)
+
+    def shard_done(self) -> None:
+        self.shards += 1
+        self._refresh()

@@ -1,0 +1,159 @@
+"""Where raw audio comes from: folders, manifests, OpenSLR SLR66 and Common Voice layouts.
+
+    scan = scan_sources(["corpus/manifest.tsv", "te_in_female/"], fmt="auto")
+    scan.items      # [SourceItem(path, name, text, speaker)], sorted by name
+    scan.rejects    # [{"path", "reason"}] for rows pointing nowhere and unsupported files
+
+Layouts (detected, or named with `fmt`):
+- folder: every wav/flac/ogg/opus/mp3/aiff below it; no speaker (splits fall back to path hashes).
+- manifest: a .tsv/.csv/.jsonl with a `path` column (relative to the manifest) and optional
+  `text` and `speaker`.
+- openslr: SLR66-style `line_index.tsv` (`ID<TAB>[stray field<TAB>]text`) beside ID.wav files;
+  the speaker is the ID's first two fields (`tef_01234`).
+- commonvoice: `validated.tsv` (client_id, path, sentence) and `clips/`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+AUDIO_EXTS = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".aif", ".aiff"}
+UNSUPPORTED_EXTS = {".m4a", ".aac", ".wma", ".amr", ".webm", ".mp4", ".3gp"}
+MANIFEST_EXTS = {".tsv", ".csv", ".jsonl"}
+FORMATS = ("folder", "manifest", "openslr", "commonvoice")
+
+
+class SourceError(ValueError):
+    """A source that cannot be read at all (missing, unknown layout, manifest without `path`)."""
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    path: str
+    """Absolute path of the audio file."""
+    name: str
+    """Stable id: source folder name + path inside it; keys and splits derive from it."""
+    text: str = ""
+    speaker: str = ""
+
+
+@dataclass
+class SourceScan:
+    items: list[SourceItem] = field(default_factory=list)
+    rejects: list[dict] = field(default_factory=list)
+
+
+def detect_format(src: Path) -> str:
+    if src.is_file():
+        if src.suffix.lower() in MANIFEST_EXTS:
+            return "manifest"
+        raise SourceError(f"{src}: a file source must be a manifest (.tsv, .csv, .jsonl)")
+    if not src.is_dir():
+        raise SourceError(f"{src}: no such file or folder")
+    if (src / "line_index.tsv").is_file():
+        return "openslr"
+    if (src / "validated.tsv").is_file() and (src / "clips").is_dir():
+        return "commonvoice"
+    return "folder"
+
+
+def scan_sources(sources: list[str], fmt: str = "auto") -> SourceScan:
+    """All items of all sources, sorted by name, plus rejects for rows that point nowhere."""
+    scan = SourceScan()
+    for src in sources:
+        path = Path(src).expanduser().absolute()
+        kind = detect_format(path) if fmt == "auto" else fmt
+        if kind not in FORMATS:
+            raise SourceError(f"unknown source format {kind!r} (one of {', '.join(FORMATS)})")
+        if not path.exists():
+            raise SourceError(f"{path}: no such file or folder")
+        READERS[kind](path, scan)
+    names = {}
+    for item in scan.items:
+        if item.name in names:
+            raise SourceError(f"{item.name}: listed twice ({names[item.name]} and {item.path})")
+        names[item.name] = item.path
+    scan.items.sort(key=lambda i: i.name)
+    return scan
+
+
+def _add(scan: SourceScan, path: Path, name: str, text: str = "", speaker: str = "", where: str = "") -> None:
+    if not path.is_file():
+        scan.rejects.append({"path": str(path), "reason": f"file not found{where}"})
+    elif path.suffix.lower() in UNSUPPORTED_EXTS:
+        scan.rejects.append({"path": str(path), "reason": f"unsupported format {path.suffix} "
+                             "(convert to wav, flac, ogg or mp3)"})
+    else:
+        scan.items.append(SourceItem(str(path), name, text.strip(), speaker.strip()))
+
+
+def read_folder(root: Path, scan: SourceScan) -> None:
+    if not root.is_dir():
+        raise SourceError(f"{root}: not a folder")
+    for path in sorted(root.rglob("*")):
+        ext = path.suffix.lower()
+        if path.is_file() and (ext in AUDIO_EXTS or ext in UNSUPPORTED_EXTS):
+            _add(scan, path, f"{root.name}/{path.relative_to(root).as_posix()}")
+
+
+def read_manifest(path: Path, scan: SourceScan) -> None:
+    rows = _manifest_rows(path)
+    for n, row in enumerate(rows, start=2 if path.suffix.lower() != ".jsonl" else 1):
+        rel = (row.get("path") or "").strip()
+        if not rel:
+            scan.rejects.append({"path": f"{path}:{n}", "reason": "manifest row has no path"})
+            continue
+        audio = Path(rel) if Path(rel).is_absolute() else path.parent / rel
+        _add(scan, audio, f"{path.stem}/{rel}", row.get("text") or "", row.get("speaker") or "",
+             where=f" (manifest {path.name} line {n})")
+
+
+def _manifest_rows(path: Path) -> list[dict]:
+    if path.suffix.lower() == ".jsonl":
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise SourceError(f"{path}:{n}: not valid JSON") from None
+        if rows and "path" not in rows[0]:
+            raise SourceError(f"{path}: manifest rows need a 'path' field")
+        return rows
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
+        if "path" not in (reader.fieldnames or []):
+            raise SourceError(f"{path}: manifest needs a 'path' column (has: {', '.join(reader.fieldnames or [])})")
+        return list(reader)
+
+
+def read_openslr(root: Path, scan: SourceScan) -> None:
+    index = root / "line_index.tsv"
+    for n, line in enumerate(index.read_text(encoding="utf-8").splitlines(), start=1):
+        fields = [f.strip() for f in line.split("\t")]
+        if not fields[0]:
+            continue
+        utt = fields[0]
+        text = next((f for f in reversed(fields[1:]) if f), "")  # tolerate the stray middle field
+        speaker = "_".join(utt.split("_")[:2])
+        _add(scan, root / f"{utt}.wav", f"{root.name}/{utt}", text, speaker,
+             where=f" (line_index.tsv line {n})")
+
+
+def read_commonvoice(root: Path, scan: SourceScan) -> None:
+    with open(root / "validated.tsv", newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        for n, row in enumerate(reader, start=2):
+            clip = (row.get("path") or "").strip()
+            if not clip:
+                continue
+            _add(scan, root / "clips" / clip, f"{root.name}/{clip}", row.get("sentence") or "",
+                 row.get("client_id") or "", where=f" (validated.tsv line {n})")
+
+
+READERS = {"folder": read_folder, "manifest": read_manifest, "openslr": read_openslr,
+           "commonvoice": read_commonvoice}

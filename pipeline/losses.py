@@ -1,0 +1,200 @@
+"""Codec losses: waveform, multi-resolution STFT, multi-scale mel, VQ commitment and adversarial terms.
+
+    result = generator_loss(out, audio, cfg, disc=disc, step=step)   # out: CodecOutput
+    result.total.backward()                                         # sum of weight x term
+    log(result.terms)                                               # every term by name, detached
+    d = discriminator_loss(disc, audio, out.audio, cfg.loss)        # for the discriminator's step
+
+Weights are data (cfg.loss.weights, keyed by term name); a term with weight 0 is still computed and
+logged but does not reach `total`. Spectral and mel terms always run in fp32, whatever autocast
+says, because bf16 magnitudes and logs are too coarse for a loss. No loss value is ever clamped:
+floors sit only under the inputs of sqrt/log, so every term stays finite (with finite gradients)
+on silence, full-scale square waves and over-range input.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import Config, LossConfig
+
+POWER_FLOOR = 1e-10
+"""Floor under |STFT|^2 before the square root: d sqrt(p)/dp is infinite at 0."""
+
+SC_EPS = 1e-7
+"""Added to the spectral-convergence denominator: ||ref|| is 0 for a silent batch, and the ratio
+would be 0/0 (NaN) or x/0 (inf). With it a silent target gives ||est|| / eps: large but finite, and
+the log-magnitude term, not this one, carries most of the signal near silence."""
+
+
+@dataclass
+class LossResult:
+    total: torch.Tensor
+    """Scalar to back-propagate: sum of weight x term over terms with nonzero weight."""
+    terms: dict[str, torch.Tensor]
+    """Every computed term by name (detached scalars), including weight-0 ones."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Spectral building blocks (fp32).
+
+def _fp32_mono(x: torch.Tensor) -> torch.Tensor:
+    """[B, 1, T] or [B, T] -> float32 [B, T]."""
+    return (x.squeeze(1) if x.dim() == 3 else x).float()
+
+
+def stft_magnitude(x: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """Magnitude spectrogram in fp32, hop n_fft/4: [B, 1, T] -> [B, n_fft/2 + 1, frames]."""
+    with torch.autocast(x.device.type, enabled=False):
+        x = _fp32_mono(x)
+        window = torch.hann_window(n_fft, device=x.device)
+        # constant padding: reflect padding fails on clips shorter than n_fft / 2
+        spec = torch.stft(x, n_fft, n_fft // 4, window=window, return_complex=True,
+                          pad_mode="constant")
+        return (spec.real.square() + spec.imag.square()).clamp(min=POWER_FLOOR).sqrt()
+
+
+@functools.lru_cache(maxsize=32)
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
+                   fmax: float | None = None) -> torch.Tensor:
+    """Triangular HTK-mel filters [n_mels, n_fft/2 + 1] (fp32, CPU; cached)."""
+    fmax = sample_rate / 2 if fmax is None else fmax
+
+    def hz_to_mel(f):
+        return 2595.0 * torch.log10(1.0 + f / 700.0)
+
+    def mel_to_hz(m):
+        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+    bins_hz = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    edges = mel_to_hz(torch.linspace(hz_to_mel(torch.tensor(fmin, dtype=torch.float64)),
+                                     hz_to_mel(torch.tensor(fmax, dtype=torch.float64)), n_mels + 2))
+    lower, center, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (bins_hz[None, :] - lower) / (center - lower)
+    falling = (upper - bins_hz[None, :]) / (upper - center)
+    return torch.minimum(rising, falling).clamp(min=0).float()
+
+
+def log_mel(x: torch.Tensor, sample_rate: int, n_fft: int, n_mels: int,
+            floor: float = 1e-5) -> torch.Tensor:
+    """log10 mel magnitudes in fp32: [B, 1, T] -> [B, n_mels, frames]."""
+    with torch.autocast(x.device.type, enabled=False):
+        fb = mel_filterbank(sample_rate, n_fft, n_mels).to(x.device)
+        mel = fb @ stft_magnitude(x, n_fft)
+        return mel.clamp(min=floor).log10()  # floor on the log's input: silence -> log10(floor)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reconstruction terms: each (ref [B, 1, T], est [B, 1, T]) -> fp32 scalar.
+
+def stft_loss(ref: torch.Tensor, est: torch.Tensor, windows=(512, 1024, 2048)) -> torch.Tensor:
+    """Multi-resolution STFT loss: mean over FFT sizes of spectral convergence + L1 log magnitude."""
+    total = 0.0
+    for n_fft in windows:
+        ref_mag, est_mag = stft_magnitude(ref, n_fft), stft_magnitude(est, n_fft)
+        # One ratio over the whole batch (as in Parallel WaveGAN), so a single silent clip does
+        # not blow the term up; SC_EPS covers an all-silent batch.
+        convergence = torch.linalg.vector_norm(ref_mag - est_mag) / (
+            torch.linalg.vector_norm(ref_mag) + SC_EPS)
+        log_magnitude = F.l1_loss(est_mag.log(), ref_mag.log())  # magnitudes >= sqrt(POWER_FLOOR)
+        total = total + convergence + log_magnitude
+    return total / len(windows)
+
+
+def mel_loss(ref: torch.Tensor, est: torch.Tensor, sample_rate: int, windows=(256, 512, 1024, 2048),
+             n_mels=(20, 40, 80, 160), floor: float = 1e-5) -> torch.Tensor:
+    """Multi-scale mel loss: sum over scales of L1 between log10 mel spectrograms."""
+    total = 0.0
+    for n_fft, bins in zip(windows, n_mels):
+        total = total + F.l1_loss(log_mel(est, sample_rate, n_fft, bins, floor),
+                                  log_mel(ref, sample_rate, n_fft, bins, floor))
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Adversarial terms on DiscriminatorOutput-like objects (lists of logits / feature maps).
+
+def adversarial_generator_loss(fake_logits: list[torch.Tensor], kind: str = "hinge") -> torch.Tensor:
+    """Generator side: push fake logits towards "real"; mean over sub-discriminators."""
+    if kind == "hinge":
+        losses = [F.relu(1 - lg).mean() for lg in fake_logits]
+    else:  # lsgan
+        losses = [(1 - lg).square().mean() for lg in fake_logits]
+    return torch.stack(losses).mean()
+
+
+def adversarial_discriminator_loss(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor],
+                                   kind: str = "hinge") -> torch.Tensor:
+    """Discriminator side: real towards +1, fake towards -1 (hinge) or 0 (lsgan)."""
+    losses = []
+    for real, fake in zip(real_logits, fake_logits):
+        if kind == "hinge":
+            losses.append(F.relu(1 - real).mean() + F.relu(1 + fake).mean())
+        else:
+            losses.append((1 - real).square().mean() + fake.square().mean())
+    return torch.stack(losses).mean()
+
+
+def feature_matching_loss(real_features: list[list[torch.Tensor]],
+                          fake_features: list[list[torch.Tensor]]) -> torch.Tensor:
+    """Mean L1 between real (detached) and fake hidden activations over all layers."""
+    losses = [F.l1_loss(fake, real.detach())
+              for real_maps, fake_maps in zip(real_features, fake_features)
+              for real, fake in zip(real_maps, fake_maps)]
+    return torch.stack(losses).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# What training calls.
+
+def adversarial_active(cfg: LossConfig, step: int) -> bool:
+    """Whether the adversarial terms (and the discriminator's updates) are on at `step`."""
+    return cfg.adversarial and step >= cfg.adv_start_step
+
+
+def reconstruction_terms(target: torch.Tensor, est: torch.Tensor, cfg: LossConfig,
+                         sample_rate: int) -> dict[str, torch.Tensor]:
+    """l1, mse, stft and mel terms between target and est ([B, 1, T] each)."""
+    est32, target32 = est.float(), target.float()
+    return {
+        "l1": F.l1_loss(est32, target32),
+        "mse": F.mse_loss(est32, target32),
+        "stft": stft_loss(target, est, cfg.stft_windows),
+        "mel": mel_loss(target, est, sample_rate, cfg.mel_windows, cfg.mel_bins, cfg.mel_floor),
+    }
+
+
+def weighted_total(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """Sum of weight x term over terms whose weight is nonzero (missing weight = 0)."""
+    first = next(iter(terms.values()))
+    parts = [weights[name] * value for name, value in terms.items() if weights.get(name, 0.0) != 0]
+    return torch.stack(parts).sum() if parts else first.new_zeros(())
+
+
+def generator_loss(out, target: torch.Tensor, cfg: Config, disc=None, step: int = 0) -> LossResult:
+    """All codec loss terms for one batch: `out` a CodecOutput, `target` [B, 1, T].
+
+    The adv and feat terms are present only when `disc` is given and
+    adversarial_active(cfg.loss, step); evaluation can pass no discriminator.
+    """
+    terms = reconstruction_terms(target, out.audio, cfg.loss, cfg.model.sample_rate)
+    terms.update({name: value.float() for name, value in out.losses.items()})
+    if disc is not None and adversarial_active(cfg.loss, step):
+        with torch.no_grad():
+            real = disc(target)
+        fake = disc(out.audio)
+        terms["adv"] = adversarial_generator_loss(fake.logits, cfg.loss.adv_kind)
+        terms["feat"] = feature_matching_loss(real.features, fake.features)
+    total = weighted_total(terms, cfg.loss.weights)
+    return LossResult(total, {name: value.detach() for name, value in terms.items()})
+
+
+def discriminator_loss(disc, target: torch.Tensor, est: torch.Tensor, cfg: LossConfig) -> LossResult:
+    """The discriminator's objective on real `target` vs detached codec output `est` ([B, 1, T])."""
+    real, fake = disc(target), disc(est.detach())
+    total = adversarial_discriminator_loss(real.logits, fake.logits, cfg.adv_kind)
+    return LossResult(total, {"disc": total.detach()})

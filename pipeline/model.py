@@ -1,0 +1,182 @@
+"""The telucodec codec: a SEANet-style convolutional encoder, residual VQ and mirrored decoder.
+
+    codec = Codec(cfg.model)                    # cfg.model: ModelConfig
+    out = codec(audio)                          # audio [B, 1, T] -> CodecOutput
+    out.audio, out.codes, out.losses            # [B, 1, T], [B, n_q, T / hop], {"vq/commit": ...}
+    codes = codec.encode(audio)                 # [B, n_q, frames] long
+    audio = codec.decode(codes, length=T)       # [B, 1, T]; equals out.audio in eval mode
+
+Blocks compose as ResidualUnit -> EncoderBlock -> Encoder and DecoderBlock -> Decoder (after
+descript-audio-codec). Strides (2, 4, 5, 8) give a hop of 320 samples: 50 frames/s at 16 kHz, and
+with 8 codebooks of 1024 entries, 4 kbps. The decoder ends in a plain conv: no tanh unless
+model.final_tanh, so level errors show in the losses instead of being squashed away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from pipeline.config import ModelConfig
+from pipeline.quantize import ResidualVQ
+
+
+def wn_conv1d(*args, **kwargs) -> nn.Module:
+    return weight_norm(nn.Conv1d(*args, **kwargs))
+
+
+def wn_conv_transpose1d(*args, **kwargs) -> nn.Module:
+    return weight_norm(nn.ConvTranspose1d(*args, **kwargs))
+
+
+class ResidualUnit(nn.Module):
+    """ELU -> dilated conv -> ELU -> 1x1 conv, added to the input: [B, C, L] -> [B, C, L]."""
+
+    def __init__(self, channels: int, dilation: int, kernel_size: int = 7):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.ELU(),
+            wn_conv1d(channels, channels, kernel_size, dilation=dilation,
+                      padding=dilation * (kernel_size - 1) // 2),
+            nn.ELU(),
+            wn_conv1d(channels, channels, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+class EncoderBlock(nn.Module):
+    """Residual units, then a strided conv: [B, C_in, L] -> [B, C_out, L / stride]."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, dilations=(1, 3, 9),
+                 kernel_size: int = 7):
+        super().__init__()
+        self.block = nn.Sequential(
+            *(ResidualUnit(in_channels, d, kernel_size) for d in dilations),
+            nn.ELU(),
+            # kernel 2*stride with padding ceil(stride/2) maps L -> L/stride exactly for odd strides too
+            wn_conv1d(in_channels, out_channels, 2 * stride, stride=stride,
+                      padding=(stride + 1) // 2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class DecoderBlock(nn.Module):
+    """A transposed conv, then residual units: [B, C_in, L] -> [B, C_out, L * stride]."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, dilations=(1, 3, 9),
+                 kernel_size: int = 7):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.ELU(),
+            wn_conv_transpose1d(in_channels, out_channels, 2 * stride, stride=stride,
+                                padding=(stride + 1) // 2, output_padding=stride % 2),
+            *(ResidualUnit(out_channels, d, kernel_size) for d in dilations),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class Encoder(nn.Module):
+    """Audio to latent frames: [B, 1, T] -> [B, latent_dim, T / hop] (T a multiple of the hop)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        k, c = cfg.kernel_size, cfg.channels
+        blocks = [EncoderBlock(c * 2 ** i, c * 2 ** (i + 1), s, cfg.dilations, k)
+                  for i, s in enumerate(cfg.strides)]
+        top = c * 2 ** len(cfg.strides)
+        self.net = nn.Sequential(
+            wn_conv1d(1, c, k, padding=k // 2),
+            *blocks,
+            nn.ELU(),
+            wn_conv1d(top, cfg.latent_dim, 3, padding=1),
+        )
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.net(audio)
+
+
+class Decoder(nn.Module):
+    """Latent frames to audio: [B, latent_dim, F] -> [B, 1, F * hop]."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        k, c, n = cfg.kernel_size, cfg.channels, len(cfg.strides)
+        blocks = [DecoderBlock(c * 2 ** (n - i), c * 2 ** (n - i - 1), s, cfg.dilations, k)
+                  for i, s in enumerate(reversed(cfg.strides))]
+        self.net = nn.Sequential(
+            wn_conv1d(cfg.latent_dim, c * 2 ** n, k, padding=k // 2),
+            *blocks,
+            nn.ELU(),
+            wn_conv1d(c, 1, k, padding=k // 2),
+            *([nn.Tanh()] if cfg.final_tanh else []),
+        )
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.net(latent)
+
+
+@dataclass
+class CodecOutput:
+    audio: torch.Tensor
+    """[B, 1, T] reconstruction, the length of the input."""
+    codes: torch.Tensor
+    """[B, n_q, frames] long codes of the levels used."""
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Model-side loss terms by name, e.g. {"vq/commit": scalar}."""
+    bitrate: float = 0.0
+    """Bits per second of the codes actually used (n_q levels)."""
+    n_quantizers: int = 0
+    """Levels used (fewer than model.n_codebooks under quantizer dropout or when asked)."""
+    perplexity: torch.Tensor | None = None
+    """[n_q] code-use perplexity of each level in this batch."""
+
+
+class Codec(nn.Module):
+    """Encoder -> residual VQ -> decoder: [B, 1, T] -> CodecOutput."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.quantizer = ResidualVQ(cfg)
+        self.decoder = Decoder(cfg)
+
+    @property
+    def hop_length(self) -> int:
+        return self.cfg.hop_length
+
+    def bitrate(self, n_quantizers: int | None = None) -> float:
+        """Bits per second with `n_quantizers` levels (all by default)."""
+        return self.cfg.bitrate(n_quantizers)
+
+    def forward(self, audio: torch.Tensor, n_quantizers: int | None = None) -> CodecOutput:
+        """[B, 1, T] -> CodecOutput; training mode may use fewer levels (quantizer dropout)."""
+        q = self.quantizer(self.encoder(self._pad_to_hop(audio)), n_quantizers)
+        decoded = self.decoder(q.quantized)[..., :audio.shape[-1]]
+        return CodecOutput(audio=decoded, codes=q.codes, losses={"vq/commit": q.commit_loss},
+                           bitrate=self.bitrate(q.n_quantizers), n_quantizers=q.n_quantizers,
+                           perplexity=q.perplexity)
+
+    def encode(self, audio: torch.Tensor, n_quantizers: int | None = None) -> torch.Tensor:
+        """[B, 1, T] -> codes [B, n_q, ceil(T / hop)] (long)."""
+        return self.quantizer.encode(self.encoder(self._pad_to_hop(audio)), n_quantizers)
+
+    def decode(self, codes: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        """codes [B, n_q, F] -> audio [B, 1, F * hop], cropped to `length` samples if given."""
+        audio = self.decoder(self.quantizer.decode(codes))
+        return audio if length is None else audio[..., :length]
+
+    def _pad_to_hop(self, audio: torch.Tensor) -> torch.Tensor:
+        if audio.dim() != 3 or audio.shape[1] != 1:
+            raise ValueError(f"expected audio [B, 1, T], got {tuple(audio.shape)}")
+        return F.pad(audio, (0, -audio.shape[-1] % self.hop_length))

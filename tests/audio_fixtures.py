@@ -1,0 +1,58 @@
+"""Small real audio files for tests: tones with a speech-like envelope, and broken files."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+
+def tone(seconds: float, sr: int, freq: float = 220.0, peak: float = 0.5, seed: int = 0) -> np.ndarray:
+    """A harmonic tone with a syllable-rate envelope and a little noise, peak-normalised."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    x = sum(np.sin(2 * np.pi * freq * k * t) / k for k in range(1, 5))
+    x = x * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t)) + 0.02 * rng.standard_normal(len(t))
+    return (x / np.abs(x).max() * peak).astype(np.float32)
+
+
+def write_manifest_corpus(root: Path, n_files: int = 12, n_speakers: int = 6, sr: int = 22050,
+                          seconds: float = 3.0, over_range_every: int = 4) -> Path:
+    """`n_files` wavs from `n_speakers` speakers plus manifest.tsv; every `over_range_every`-th file
+    is float WAV peaking above 1. Returns the manifest path."""
+    rows = []
+    for i in range(n_files):
+        spk = f"spk{i % n_speakers}"
+        over = over_range_every and i % over_range_every == 0
+        x = tone(seconds + 0.37 * (i % 5), sr, 150 + 20 * i, peak=1.2 if over else 0.6, seed=i)
+        path = root / "wavs" / spk / f"utt{i:03d}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, x, sr, subtype="FLOAT" if over else "PCM_16")
+        rows.append({"path": path.relative_to(root).as_posix(), "text": f"వాక్యం {i}", "speaker": spk})
+    manifest = root / "manifest.tsv"
+    with open(manifest, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, ["path", "text", "speaker"], delimiter="\t")
+        w.writeheader()
+        w.writerows(rows)
+    return manifest
+
+
+def write_bad_files(folder: Path, sr: int = 16000) -> dict[str, str]:
+    """Corrupt, truncated, empty, NaN and unsupported files; returns name -> expected reason word."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "empty.wav").write_bytes(b"")
+    (folder / "corrupt.flac").write_bytes(b"fLaC" + bytes(range(256)) * 8)
+    good = folder / "_tmp_full.wav"
+    sf.write(good, tone(2.0, sr), sr, subtype="PCM_16")
+    data = good.read_bytes()
+    good.unlink()
+    (folder / "truncated.wav").write_bytes(data[: len(data) // 2])
+    x = tone(2.0, sr)
+    x[1000] = np.nan
+    sf.write(folder / "nan.wav", x, sr, subtype="FLOAT")
+    sf.write(folder / "zero_frames.wav", np.zeros(0, np.float32), sr)
+    (folder / "voice.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A ")
+    return {"empty.wav": "zero-length", "corrupt.flac": "cannot decode", "truncated.wav": "truncated",
+            "nan.wav": "NaN", "zero_frames.wav": "empty", "voice.m4a": "unsupported"}

@@ -1,0 +1,59 @@
+import pytest
+
+from pipeline.config import Config, ConfigError, field_docs, load_config, to_dict, to_yaml, PrepConfig
+
+
+def test_defaults_and_layering(tmp_path):
+    a = tmp_path / "a.yaml"
+    a.write_text("prep:\n  sample_rate: 24000\n  max_seconds: 8\n")
+    b = tmp_path / "b.yaml"
+    b.write_text("prep:\n  max_seconds: 6.5\ndata:\n  url: s3://b/x\n")
+    cfg = load_config([a, b], ["prep.min_seconds=0.5"])
+    assert cfg.prep.sample_rate == 24000          # from a
+    assert cfg.prep.max_seconds == 6.5            # b wins over a
+    assert cfg.prep.min_seconds == 0.5            # override
+    assert cfg.data.url == "s3://b/x"
+    assert cfg.prep.val_fraction == PrepConfig().val_fraction  # untouched default
+
+
+def test_base_yaml_equals_dataclass_defaults():
+    assert to_dict(load_config(["configs/base.yaml"])) == to_dict(Config())
+
+
+@pytest.mark.parametrize("override, message", [
+    ("prep.sample_rte=1", "prep.sample_rte: unknown key"),
+    ("prep.sample_rate=fast", "prep.sample_rate: expected int"),
+    ("prep.trim_silence=3", "prep.trim_silence: expected bool"),
+    ("nosuch.key=1", "nosuch: unknown key"),
+    ("prep.min_seconds=20", "prep.min_seconds: must be"),
+    ("prep", "not of the form"),
+])
+def test_bad_overrides_name_the_dotted_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config([], [override])
+
+
+def test_yaml_floats_written_as_exponents_are_floats(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("prep:\n  shard_max_mb: 5e2\n")
+    assert load_config([f]).prep.shard_max_mb == 500.0
+
+
+def test_optional_field_accepts_null_and_number():
+    assert load_config([], ["prep.loudness_db=-23"]).prep.loudness_db == -23.0
+    assert load_config([], ["prep.loudness_db=null"]).prep.loudness_db is None
+
+
+def test_every_field_is_documented_and_shown():
+    for cls in (Config, PrepConfig):
+        import dataclasses
+        assert set(field_docs(cls)) == {f.name for f in dataclasses.fields(cls)}
+    text = to_yaml(Config(), docs=True)
+    assert "# Output sample rate in Hz" in text
+    assert "sample_rate: 16000" in text
+
+
+def test_frozen():
+    cfg = Config()
+    with pytest.raises(Exception):
+        cfg.prep.sample_rate = 1

@@ -1,0 +1,134 @@
+"""The storage layer against a local folder and a real S3-compatible server on 127.0.0.1."""
+
+import http.server
+import os
+import socketserver
+import threading
+import urllib.request
+
+import pytest
+
+from pipeline.store import S3Store, StoreError, open_store
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return open_store(str(tmp_path / "store"))
+    return open_store(request.getfixturevalue("s3_bucket") + "/some/prefix")
+
+
+def test_put_get_list_exists_delete(store):
+    store.put("a.txt", b"hello")
+    store.put_text("dir/b.json", '{"x": 1}')
+    assert store.get("a.txt") == b"hello"
+    assert store.exists("dir/b.json") and not store.exists("nope")
+    assert [(o.key, o.size) for o in sorted(store.list(), key=lambda o: o.key)] == [("a.txt", 5), ("dir/b.json", 8)]
+    assert [o.key for o in store.list("dir/")] == ["dir/b.json"]
+    store.delete("a.txt")
+    assert not store.exists("a.txt")
+    assert store.delete_prefix("dir/") == 1
+    assert store.list() == []
+
+
+def test_missing_object_is_a_store_error(store):
+    with pytest.raises(StoreError, match="no such object"):
+        store.get("missing.bin")
+
+
+def test_streaming_read_in_chunks(store):
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    store.put("big.bin", data)
+    with store.open("big.bin") as f:
+        parts = []
+        while chunk := f.read(100_000):
+            parts.append(chunk)
+    assert b"".join(parts) == data
+
+
+def test_multipart_upload(s3_bucket, tmp_path):
+    store = open_store(s3_bucket + "/mp")
+    store.multipart_threshold = store.multipart_chunksize = 5 * 1024 * 1024  # S3's smallest part
+    data = os.urandom(11 * 1024 * 1024)
+    (tmp_path / "f").write_bytes(data)
+    store.put_file("f.bin", tmp_path / "f")
+    head = store.client.head_object(Bucket=store.bucket, Key="mp/f.bin")
+    assert head["ETag"].strip('"').endswith("-3")  # three parts: S3 marks multipart ETags with -N
+    assert store.get("f.bin") == data
+
+
+def test_local_put_is_atomic_no_temp_left(tmp_path):
+    store = open_store(f"file://{tmp_path}/s")
+    store.put("x/y.bin", b"1")
+    with pytest.raises(RuntimeError):
+        with store._atomic("x/z.bin") as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("crash while writing")
+    assert [o.key for o in store.list()] == ["x/y.bin"]
+    assert sorted(p.name for p in (tmp_path / "s" / "x").iterdir()) == ["y.bin"]
+
+
+def test_bad_urls():
+    with pytest.raises(StoreError, match="unsupported storage scheme"):
+        open_store("gs://bucket/x")
+    with pytest.raises(StoreError, match="needs a bucket"):
+        open_store("s3:///x")
+
+
+class _FlakyProxy(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+
+
+def test_retries_on_503_and_dropped_connections(s3_server, s3_bucket, monkeypatch):
+    """A real proxy on 127.0.0.1 that answers 503, then drops a connection, then forwards to S3."""
+    failures = {"503": 2, "drop": 1}
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _forward(self):
+            seen.append(self.command)
+            if failures["503"] > 0:
+                failures["503"] -= 1
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if failures["drop"] > 0:
+                failures["drop"] -= 1
+                self.connection.close()  # hang up without an answer
+                return
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "expect")}
+            headers.setdefault("Content-Type", "application/octet-stream")  # else urllib says form data
+            req = urllib.request.Request(s3_server + self.path, data=body or None, method=self.command,
+                                         headers=headers)
+            try:
+                resp = urllib.request.urlopen(req)
+            except urllib.error.HTTPError as e:
+                resp = e
+            payload = resp.read()
+            self.send_response(resp.status)
+            for k, v in resp.headers.items():
+                if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = _forward
+
+        def log_message(self, *args):
+            pass
+
+    proxy = _FlakyProxy(("127.0.0.1", 0), Handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.server_address[1]}")
+        store = open_store(s3_bucket + "/flaky")
+        assert isinstance(store, S3Store)
+        store.put("k", b"survived")
+        assert store.get("k") == b"survived"
+        assert failures == {"503": 0, "drop": 0}
+        assert len(seen) >= 5  # 2 x 503 + 1 drop + put + get
+    finally:
+        proxy.shutdown()
