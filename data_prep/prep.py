@@ -113,21 +113,24 @@ def run_prep(sources: list[str], out_url: str, cfg: PrepConfig, fmt: str = "auto
 def plan_splits(items: list[SourceItem], cfg: PrepConfig) -> dict[str, list[SourceItem]]:
     """Items per split, by speaker (or path when no speaker): a speaker never straddles splits.
 
-    Speakers are ranked by a hash of their name; the first share goes to test, the next to val.
-    With at least three speakers each held-out split gets at least one.
+    Within each population (files with a speaker, files without) groups are ranked by a hash of
+    their name; the first share goes to test, the next to val. A population of at least three
+    groups gives each held-out split at least one.
     """
-    groups = sorted({item.speaker or f"path:{item.name}" for item in items},
-                    key=lambda s: hashlib.sha256(s.encode()).hexdigest())
-    n = len(groups)
+    def group(item: SourceItem) -> str:
+        return f"speaker:{item.speaker}" if item.speaker else f"path:{item.name}"
 
-    def count(frac: float) -> int:
-        return 0 if frac <= 0 or n < 3 else max(1, round(n * frac))
-
-    n_test, n_val = count(cfg.test_fraction), count(cfg.val_fraction)
-    split_of = {g: "test" if i < n_test else "val" if i < n_test + n_val else "train" for i, g in enumerate(groups)}
+    split_of: dict[str, str] = {}
+    for population in ("speaker:", "path:"):
+        groups = sorted({group(i) for i in items if group(i).startswith(population)},
+                        key=lambda g: hashlib.sha256(g.encode()).hexdigest())
+        n = len(groups)
+        n_test, n_val = (0 if f <= 0 or n < 3 else max(1, round(n * f)) for f in (cfg.test_fraction, cfg.val_fraction))
+        for i, g in enumerate(groups):
+            split_of[g] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
     plan: dict[str, list[SourceItem]] = {s: [] for s in SPLITS}
     for item in items:
-        plan[split_of[item.speaker or f"path:{item.name}"]].append(item)
+        plan[split_of[group(item)]].append(item)
     return {s: v for s, v in plan.items() if v}
 
 

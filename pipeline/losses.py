@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from pipeline.config import Config, LossConfig
+
+if TYPE_CHECKING:
+    from pipeline.discriminator import Discriminator
+    from pipeline.model import CodecOutput
 
 POWER_FLOOR = 1e-10
 """Floor under |STFT|^2 before the square root: d sqrt(p)/dp is infinite at 0."""
@@ -175,7 +180,8 @@ def weighted_total(terms: dict[str, torch.Tensor], weights: dict[str, float]) ->
     return torch.stack(parts).sum() if parts else first.new_zeros(())
 
 
-def generator_loss(out, target: torch.Tensor, cfg: Config, disc=None, step: int = 0) -> LossResult:
+def generator_loss(out: CodecOutput, target: torch.Tensor, cfg: Config,
+                   disc: Discriminator | None = None, step: int = 0) -> LossResult:
     """All codec loss terms for one batch: `out` a CodecOutput, `target` [B, 1, T].
 
     The adv and feat terms are present only when `disc` is given and
@@ -193,7 +199,8 @@ def generator_loss(out, target: torch.Tensor, cfg: Config, disc=None, step: int 
     return LossResult(total, {name: value.detach() for name, value in terms.items()})
 
 
-def discriminator_loss(disc, target: torch.Tensor, est: torch.Tensor, cfg: LossConfig) -> LossResult:
+def discriminator_loss(disc: Discriminator, target: torch.Tensor, est: torch.Tensor,
+                       cfg: LossConfig) -> LossResult:
     """The discriminator's objective on real `target` vs detached codec output `est` ([B, 1, T])."""
     real, fake = disc(target), disc(est.detach())
     total = adversarial_discriminator_loss(real.logits, fake.logits, cfg.adv_kind)

@@ -86,6 +86,17 @@ def encode_sample(key: str, audio: np.ndarray, sample_rate: int, meta: dict) -> 
     return EncodedSample(key, buf.getvalue(), json.dumps(meta, ensure_ascii=False, sort_keys=True).encode(), seconds)
 
 
+def encoded_from_parts(key: str, parts: dict[str, bytes]) -> EncodedSample:
+    """A sample read from a tar (`iter_tar`), ready to write again byte for byte: no FLAC decode."""
+    if "flac" not in parts:
+        raise DatasetError(f"{key}: sample has no .flac member")
+    meta = parts.get("json", b"{}")
+    seconds = json.loads(meta).get("seconds")
+    if seconds is None:  # older metadata: read the length from the FLAC header
+        seconds = sf.info(io.BytesIO(parts["flac"])).duration
+    return EncodedSample(key, parts["flac"], meta, float(seconds))
+
+
 def decode_flac(data: bytes) -> tuple[np.ndarray, int]:
     """FLAC bytes -> (mono float32 [T], sample rate)."""
     audio, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)

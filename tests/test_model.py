@@ -1,0 +1,114 @@
+"""The codec model: shapes, encode/decode consistency, no tanh by default, bitrate, config checks.
+
+    .venv/bin/pytest tests/test_model.py -q
+"""
+
+import dataclasses
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from pipeline.config import ConfigError, ModelConfig, load_config
+from pipeline.model import Codec, CodecOutput
+
+TINY = ModelConfig(channels=4, latent_dim=16, codebook_size=16, n_codebooks=4)
+
+
+@pytest.fixture
+def codec() -> Codec:
+    torch.manual_seed(0)
+    return Codec(TINY)
+
+
+def test_decode_of_encode_has_input_shape_and_equals_eval_forward(codec):
+    x = torch.randn(2, 1, 3 * 320) * 0.3
+    codec.train()
+    codec(x)  # one training call initialises the codebooks from data
+    codec.eval()
+    with torch.no_grad():
+        out = codec(x)
+        codes = codec.encode(x)
+        decoded = codec.decode(codes)
+    assert isinstance(out, CodecOutput)
+    assert codes.dtype == torch.long and codes.shape == (2, 4, 3)
+    assert decoded.shape == x.shape
+    assert torch.equal(codes, out.codes)
+    assert torch.equal(decoded, out.audio)
+
+
+@pytest.mark.parametrize("length", [1, 321, 1001])
+def test_output_length_equals_input_length(codec, length):
+    x = torch.randn(1, 1, length) * 0.1
+    codec.eval()
+    with torch.no_grad():
+        out = codec(x)
+        decoded = codec.decode(codec.encode(x), length=length)
+    assert out.audio.shape == x.shape
+    assert out.codes.shape[-1] == -(-length // 320)
+    assert torch.equal(decoded, out.audio)
+
+
+def test_training_forward_reports_losses_and_passes_gradients_through_quantizer(codec):
+    x = torch.randn(2, 1, 640) * 0.3
+    out = codec(x, n_quantizers=4)
+    assert set(out.losses) == {"vq/commit"} and out.losses["vq/commit"].dim() == 0
+    (out.audio.square().mean() + out.losses["vq/commit"]).backward()
+    first_conv = codec.encoder.net[0]
+    assert first_conv.parametrizations.weight.original1.grad.abs().sum() > 0  # straight-through
+    assert out.perplexity.shape == (4,)
+
+
+def _set_output_bias(codec: Codec, value: float) -> None:
+    final_conv = [m for m in codec.decoder.modules() if isinstance(m, nn.Conv1d)][-1]
+    with torch.no_grad():
+        final_conv.bias.fill_(value)
+
+
+def test_no_tanh_by_default_so_output_can_exceed_one(codec):
+    assert not any(isinstance(m, nn.Tanh) for m in codec.modules())
+    _set_output_bias(codec, 2.0)
+    codec.eval()
+    with torch.no_grad():
+        assert codec(torch.zeros(1, 1, 640)).audio.min() > 1.0
+
+
+def test_final_tanh_when_switched_on():
+    codec = Codec(dataclasses.replace(TINY, final_tanh=True))
+    assert isinstance(list(codec.decoder.modules())[-1], nn.Tanh)
+    _set_output_bias(codec, 2.0)
+    codec.eval()
+    with torch.no_grad():
+        assert codec(torch.zeros(1, 1, 640)).audio.abs().max() < 1.0
+
+
+def test_bitrate():
+    assert ModelConfig().hop_length == 320 and ModelConfig().frame_rate == 50
+    assert ModelConfig().bitrate() == 4000.0
+    assert ModelConfig().bitrate(4) == 2000.0
+    codec = Codec(TINY)  # 50 frames/s x 4 levels x 4 bits
+    assert codec.bitrate() == 800.0
+    codec.eval()
+    with torch.no_grad():
+        out = codec(torch.zeros(1, 1, 640), n_quantizers=2)
+    assert out.n_quantizers == 2 and out.codes.shape[1] == 2 and out.bitrate == 400.0
+
+
+@pytest.mark.parametrize("override, key", [
+    ({"codebook_size": 1000}, "model.codebook_size"),
+    ({"strides": (3, 7)}, "model.strides"),
+    ({"kernel_size": 4}, "model.kernel_size"),
+    ({"quantizer_dropout": 1.5}, "model.quantizer_dropout"),
+])
+def test_model_config_checks(override, key):
+    with pytest.raises(ConfigError, match=key):
+        ModelConfig(**override)
+
+
+def test_base_yaml_lists_every_model_default():
+    cfg = load_config(["configs/base.yaml"])
+    assert cfg.model == ModelConfig()
+    with open("configs/base.yaml") as f:
+        section = yaml.safe_load(f)["model"]
+    assert set(section) == {f.name for f in dataclasses.fields(ModelConfig)}
