@@ -5,7 +5,7 @@ The sentences are `telugu_sentences.txt` (Telugu script only); the speakers are 
 a voice variant, e.g. `espeak-te-m3` or `festival-te-nsk`. About 15% of the files are written as
 float WAV that peaks above full scale, so that clipping downstream has something to do.
 
-    python -m data_prep.corpus OUT_DIR [--minutes 3] [--seed 0]
+    python -m data_prep.corpus OUT_DIR [--minutes 3] [--seed 0]     (or: telucodec corpus OUT_DIR)
 
 Needs espeak-ng and/or festival with festvox-te-nsk (Debian: apt-get install espeak-ng festival
 festvox-te-nsk). Layout: OUT_DIR/wavs/{speaker}/{speaker}_{n:05d}.wav and OUT_DIR/manifest.tsv

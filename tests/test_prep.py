@@ -16,6 +16,7 @@ import soundfile as sf
 import webdataset as wds
 
 from audio_fixtures import write_bad_files, write_manifest_corpus
+from data_prep.corpus import synthesize_corpus
 from data_prep.prep import PrepError, run_prep
 from jobs.cli import main
 from pipeline.config import PrepConfig
@@ -48,8 +49,15 @@ def test_prep_to_s3_then_verify_and_read_back(corpus, s3_bucket, tmp_path):
     assert set(index.splits) == {"train", "val", "test"}
     assert sum(summary.clipped_files.values()) == 4  # utt 0, 4, 8, 12 peak at 1.2
     assert verify_dataset(url) == []
-    # read back with stock webdataset + soundfile from plain local copies of the shards
-    local = tmp_path / "copy"
+    read_back_with_stock_webdataset(url, index, tmp_path / "copy")
+    # and through the project's reader (webdataset + the in-process s3 opener)
+    assert sum(1 for _ in read_samples(url, "train")) == index.splits["train"]["samples"]
+
+
+def read_back_with_stock_webdataset(url, index, local: Path) -> None:
+    """Copy the shards to plain files and read them with stock webdataset + soundfile (not our
+    reader): every sample in [-1, 1] with full metadata, counts equal the index, and no speaker
+    in two splits."""
     local.mkdir()
     store = open_store(url)
     counts, speakers = {}, {}
@@ -69,9 +77,28 @@ def test_prep_to_s3_then_verify_and_read_back(corpus, s3_bucket, tmp_path):
             counts[split] = counts.get(split, 0) + 1
             speakers.setdefault(meta["speaker"], set()).add(split)
     assert counts == {s: t["samples"] for s, t in index.splits.items()}
-    assert all(len(splits) == 1 for splits in speakers.values())  # no speaker straddles splits
-    # and through the project's reader (webdataset + the in-process s3 opener)
-    assert sum(1 for _ in read_samples(url, "train")) == index.splits["train"]["samples"]
+    assert all(len(splits) == 1 for splits in speakers.values())
+
+
+@pytest.mark.slow
+def test_tts_corpus_with_bad_files_to_s3_end_to_end(s3_bucket, tmp_path, capsys):
+    """The issue's end-to-end: synthesized Telugu corpus (over-range files included) plus corrupt
+    files -> prep to the local S3 server (CLI) -> shards verify (CLI) -> stock read-back."""
+    corpus = synthesize_corpus(tmp_path / "corpus", minutes=1.0, seed=3)
+    assert corpus.over_range >= 1
+    bad = write_bad_files(tmp_path / "bad")
+    url = s3_bucket + "/tts"
+    assert main(["prep", str(corpus.manifest), str(tmp_path / "bad"), "--out", url,
+                 "prep.shard_max_samples=8"]) == 0
+    out = capsys.readouterr().out
+    for name in bad:
+        assert name in out  # every corrupt file is named in the end-of-run summary
+    assert main(["shards", "verify", url]) == 0
+    index = load_index(url)
+    rejected = {Path(json.loads(l)["path"]).name for l in open_store(url).get_text("rejects.jsonl").splitlines()}
+    assert set(bad) <= rejected
+    assert sum(index.lineage["clipped_files"].values()) >= 1
+    read_back_with_stock_webdataset(url, index, tmp_path / "copy")
 
 
 def test_same_input_same_shards_and_rerun_is_a_no_op(corpus, tmp_path):
