@@ -4,6 +4,7 @@
     telucodec corpus OUT_DIR --minutes 5
     telucodec prep SRC... --out URL [CONFIG.yaml...] [key=value...]
     telucodec shards ls URL | verify URL
+    telucodec reshard SRC_URL DST_URL --ranks 8 --shard-mb 500
     telucodec config show [CONFIG.yaml...] [key=value...]
 
 Errors in user input print one line (`telucodec: error: ...`) and exit 2, never a traceback.
@@ -28,6 +29,7 @@ examples:
   telucodec corpus corpus/ --minutes 5
   telucodec prep corpus/ --out s3://my-bucket/te-v1
   telucodec shards ls s3://my-bucket/te-v1
+  telucodec reshard s3://my-bucket/te-v1 s3://my-bucket/te-v1-r24 --ranks 24 --shuffle
   telucodec config show configs/base.yaml prep.sample_rate=24000
 
 Run `telucodec COMMAND --help` for each command's options.
@@ -42,11 +44,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input, not a bug: printed as one line."""
     from data_prep.corpus import CorpusError
     from data_prep.prep import PrepError
+    from data_prep.reshard import ReshardError
     from pipeline.config import ConfigError
     from pipeline.shards import DatasetError
     from pipeline.store import StoreError
 
-    return (UsageError, ConfigError, StoreError, DatasetError, PrepError, CorpusError)
+    return (UsageError, ConfigError, StoreError, DatasetError, PrepError, CorpusError, ReshardError)
 
 
 def split_config_args(items: list[str]) -> tuple[list[str], list[str]]:
@@ -175,6 +178,29 @@ def cmd_shards_verify(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- reshard
+def cmd_reshard(args) -> int:
+    from data_prep.reshard import ReshardOptions, reshard
+    from pipeline.shards import load_index
+
+    opts = ReshardOptions(samples_per_shard=args.samples_per_shard, shard_mb=args.shard_mb, shards=args.shards,
+                          ranks=args.ranks, shuffle=args.shuffle, seed=args.seed,
+                          splits=tuple(s for s in (args.splits or "").split(",") if s),
+                          segment_seconds=args.segment_seconds, sample_rate=args.sample_rate,
+                          overwrite=args.overwrite, workers=args.workers, io_threads=args.io_threads,
+                          spill_gb=args.spill_gb, tmp_dir=args.tmp_dir)
+    summary = reshard(args.src, args.dst, opts)
+    if summary.noop:
+        console.print(f"nothing to do: {summary.dst_url} already holds this reshard of {summary.src_url}")
+        return 0
+    console.print(shards_table(summary.dst_url, load_index(summary.dst_url)))
+    rate = summary.bytes_written / 1e6 / max(summary.elapsed_s, 1e-9)
+    kept = f", kept {summary.kept_shards} from an interrupted run" if summary.kept_shards else ""
+    console.print(f"wrote {summary.written_shards} shards{kept} in {summary.elapsed_s:.1f} s ({rate:.1f} MB/s); "
+                  f"keys and seconds match the source")
+    return 0
+
+
 # ---------------------------------------------------------------- demo
 def cmd_demo(args) -> int:
     from data_prep.corpus import synthesize_corpus
@@ -261,6 +287,42 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog="example: telucodec shards verify s3://bucket/te", formatter_class=fmt)
     s.add_argument("url", metavar="URL")
     s.set_defaults(func=cmd_shards_verify)
+
+    s = sub.add_parser("reshard", help="copy a dataset into new shards: sizes, ranks, shuffle, re-cut, resample",
+                       description="Stream a dataset from one store to another (s3:// or local, either way) "
+                       "into new shards: sized by samples, megabytes or count, balanced so every split's "
+                       "shard count is a multiple of --ranks with sample counts differing by at most one, "
+                       "optionally shuffled, re-cut or resampled. A plain re-pack copies the FLAC bytes "
+                       "as they are. The source is only read; index.json (with lineage) is written last, "
+                       "after the result is checked against the source. Re-running the same command "
+                       "after an interruption completes it; re-running a finished one does nothing.",
+                       epilog="examples:\n"
+                       "  telucodec reshard s3://bucket/te s3://bucket/te-r8 --shard-mb 256 --ranks 8 --shuffle\n"
+                       "  telucodec reshard s3://bucket/te /data/te-val --splits val\n"
+                       "  telucodec reshard /data/te s3://bucket/te-24k-5s --sample-rate 24000 "
+                       "--segment-seconds 5",
+                       formatter_class=fmt)
+    s.add_argument("src", metavar="SRC_URL", help="source dataset: folder, file:// or s3://")
+    s.add_argument("dst", metavar="DST_URL", help="destination prefix: folder, file:// or s3://")
+    shape = s.add_mutually_exclusive_group()
+    shape.add_argument("--samples-per-shard", type=int, metavar="N", help="at most N samples per shard")
+    shape.add_argument("--shard-mb", type=float, metavar="M", help="shards of about M megabytes")
+    shape.add_argument("--shards", type=int, metavar="K", help="K shards per split")
+    s.add_argument("--ranks", type=int, default=1, metavar="R",
+                   help="make each split's shard count a multiple of R, samples balanced (default 1)")
+    s.add_argument("--shuffle", action="store_true", help="shuffle samples across each split")
+    s.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
+    s.add_argument("--splits", metavar="LIST", help="comma-separated splits to copy (default: all)")
+    s.add_argument("--segment-seconds", type=float, metavar="S",
+                   help="re-cut samples into equal parts of at most S seconds (keys KEY_s000, ...)")
+    s.add_argument("--sample-rate", type=int, metavar="HZ", help="resample to HZ (soxr)")
+    s.add_argument("--overwrite", action="store_true", help="replace a different dataset at DST_URL")
+    s.add_argument("--workers", type=int, default=0, help="processes for re-cut/resample (default: CPUs)")
+    s.add_argument("--io-threads", type=int, default=8, help="download/upload threads (default 8)")
+    s.add_argument("--spill-gb", type=float, default=16.0,
+                   help="local disk a shuffle may use per source pass (default 16)")
+    s.add_argument("--tmp-dir", metavar="DIR", help="folder for temporary files (default: system temp)")
+    s.set_defaults(func=cmd_reshard)
 
     s = sub.add_parser("demo", help="run the pipeline end to end on this machine",
                        description="Synthesize a small Telugu corpus, prep it into shards in a local "

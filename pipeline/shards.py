@@ -201,7 +201,7 @@ class ShardWriter:
     def __init__(self, store: Store, split: str, n: int):
         self.store, self.split, self.name = store, split, shard_name(split, n)
         self.tmp = tempfile.TemporaryFile()
-        self.tar = tarfile.open(fileobj=self.tmp, mode="w", format=tarfile.USTAR_FORMAT)
+        self.tar = tarfile.open(fileobj=self.tmp, mode="w", format=tarfile.USTAR_FORMAT, copybufsize=1 << 20)
         self.samples, self.seconds, self.keys = 0, 0.0, []
         self.info: ShardInfo | None = None
 

@@ -203,9 +203,16 @@ class S3Store(Store):
         out = []
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=root + prefix)
-        for page in pages:
-            for obj in page.get("Contents", []):
-                out.append(ObjectInfo(obj["Key"][len(root):], obj["Size"]))
+        from botocore.exceptions import ClientError
+
+        try:
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    out.append(ObjectInfo(obj["Key"][len(root):], obj["Size"]))
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") == "NoSuchBucket":
+                raise StoreError(f"{self.url}: no such bucket") from None
+            raise
         return out
 
     def open(self, key: str) -> BinaryIO:

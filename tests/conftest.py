@@ -9,8 +9,11 @@ import pytest
 @pytest.fixture(scope="session")
 def s3_server():
     """Start moto's S3 server on a free loopback port and point boto3 (AWS_ENDPOINT_URL) at it."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

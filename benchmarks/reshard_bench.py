@@ -1,0 +1,126 @@
+"""Reshard throughput against its ceiling (a raw copy of the same bytes), measured side by side in one run.
+
+    .venv/bin/python benchmarks/reshard_bench.py [--mb 80] [--repeats 2]
+
+Builds a source dataset of about `--mb` megabytes of FLAC (speech-like tones in noise, 16 kHz, 8 s
+samples, 48 per shard), then measures MB/s and audio seconds per wall second for
+  1. a raw copy of every object of the source (`open` -> `put_fileobj`, as many threads as the
+     reshard's I/O threads): the ceiling, since a re-pack moves the same bytes;
+  2. a plain re-pack (`--shard-mb 20 --ranks 2`: no decode, FLAC bytes copied as they are);
+  3. the same re-pack with `--shuffle` (spilled to local disk, written in shuffled order);
+each local folder -> local folder and S3 -> S3 (moto on 127.0.0.1, started here), best of
+`--repeats`, and prints the ratios to the ceiling of the same stores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from audio_fixtures import tone  # noqa: E402
+from data_prep.reshard import ReshardOptions, reshard  # noqa: E402
+from pipeline.shards import DatasetIndex, ShardWriter, encode_sample, load_index, write_index  # noqa: E402
+from pipeline.store import Store, open_store  # noqa: E402
+
+RATE, SECONDS, PER_SHARD = 16000, 8.0, 48
+
+
+def build_source(store: Store, megabytes: float) -> DatasetIndex:
+    """Speech-like tones in enough noise that FLAC keeps most of the bytes."""
+    rng, infos, total, n = np.random.default_rng(0), [], 0, 0
+    while total < megabytes * 1e6:
+        with ShardWriter(store, "train", len(infos)) as w:
+            for _ in range(PER_SHARD):
+                audio = tone(SECONDS, RATE, freq=rng.uniform(90, 260), peak=0.5, seed=n)
+                audio = np.clip(audio + 0.08 * rng.standard_normal(len(audio)), -1, 1)
+                w.add(encode_sample(f"utt{n:06d}", audio, RATE, {"speaker": f"spk{n % 50}"}))
+                n += 1
+        infos.append(w.info)
+        total += w.info.bytes
+    index = DatasetIndex(shards=infos, sample_rate=RATE)
+    write_index(store, index)
+    return index
+
+
+def raw_copy(src: Store, dst: Store, threads: int) -> None:
+    def copy(key: str) -> None:
+        with src.open(key) as f:
+            dst.put_fileobj(key, f)
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(copy, [o.key for o in src.list()]))
+
+
+def best_of(repeats: int, fn) -> float:
+    times = []
+    for i in range(repeats):
+        t = time.perf_counter()
+        fn(i)
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def start_moto() -> None:
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="bench",
+                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    boto3.client("s3").create_bucket(Bucket="bench")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mb", type=float, default=80.0, help="source size in megabytes of FLAC")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--io-threads", type=int, default=8)
+    args = ap.parse_args()
+    repack = dict(shard_mb=20, ranks=2, io_threads=args.io_threads)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        index = build_source(open_store(f"{tmp}/src"), args.mb)
+        build_s = time.perf_counter() - t
+        totals = index.splits["train"]
+        mb, audio_s = sum(s.bytes for s in index.shards) / 1e6, totals["seconds"]
+        start_moto()
+        raw_copy(open_store(f"{tmp}/src"), open_store("s3://bench/src"), args.io_threads)  # untimed
+        for label, src, dst in [("local -> local", f"{tmp}/src", f"{tmp}/dst"),
+                                ("S3 -> S3", "s3://bench/src", "s3://bench/dst")]:
+            ceiling = best_of(args.repeats, lambda i: raw_copy(open_store(src), open_store(f"{dst}-raw{i}"),
+                                                               args.io_threads))
+            plain = best_of(args.repeats, lambda i: reshard(src, f"{dst}-repack{i}", ReshardOptions(**repack),
+                                                            progress=False))
+            shuffled = best_of(args.repeats, lambda i: reshard(src, f"{dst}-shuffle{i}",
+                                                               ReshardOptions(shuffle=True, seed=i, **repack),
+                                                               progress=False))
+            rows += [(label, "raw copy (ceiling)", ceiling, ceiling), (label, "re-pack", plain, ceiling),
+                     (label, "re-pack --shuffle", shuffled, ceiling)]
+        out = load_index(f"{tmp}/dst-repack0")
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"python {platform.python_version()}; io threads: {args.io_threads}; best of {args.repeats}")
+    print(f"source: {mb:.1f} MB FLAC, {audio_s / 3600:.2f} h, {totals['samples']} samples in "
+          f"{totals['shards']} shards (built in {build_s:.0f} s) -> re-pack: {len(out.shards)} shards")
+    print(f"{'stores':16} {'run':20} {'wall s':>8} {'MB/s':>8} {'audio s/s':>10} {'ratio':>6}")
+    for label, run, wall, ceiling in rows:
+        print(f"{label:16} {run:20} {wall:8.2f} {mb / wall:8.1f} {audio_s / wall:10.0f} {ceiling / wall:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
