@@ -6,6 +6,7 @@
     telucodec shards ls URL | verify URL
     telucodec reshard SRC_URL DST_URL --ranks 8 --shard-mb 500
     telucodec config show [CONFIG.yaml...] [key=value...]
+    telucodec train configs/tiny.yaml data.url=DATA run.dir=RUN
 
 Errors in user input print one line (`telucodec: error: ...`) and exit 2, never a traceback.
 """
@@ -178,6 +179,26 @@ def cmd_shards_verify(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- train
+def cmd_train(args) -> int:
+    cfg = load_cli_config(args.items)
+    if not cfg.data.url:
+        raise UsageError("no dataset: give data.url=URL (a folder or s3:// prefix made by `telucodec prep`)")
+    console.print(f"run {cfg.run.dir}: {cfg.model.n_codebooks} codebooks x {cfg.model.codebook_size} -> "
+                  f"{cfg.model.bitrate() / 1000:.2f} kbps at {cfg.model.sample_rate} Hz, "
+                  f"{cfg.train.steps} steps, {max(cfg.train.workers, 1)} worker(s)")
+    if cfg.train.workers == 0:
+        from pipeline.train import train
+
+        result = train(cfg)
+    else:
+        from jobs.ray_train import train_on_ray
+
+        result = train_on_ray(cfg)
+    console.print(f"{result.status} at step {result.step}; checkpoints in {cfg.run.dir}/checkpoints")
+    return 0
+
+
 # ---------------------------------------------------------------- reshard
 def cmd_reshard(args) -> int:
     from data_prep.reshard import ReshardOptions, reshard
@@ -287,6 +308,19 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog="example: telucodec shards verify s3://bucket/te", formatter_class=fmt)
     s.add_argument("url", metavar="URL")
     s.set_defaults(func=cmd_shards_verify)
+
+    s = sub.add_parser("train", help="train the codec (Ray Train + Accelerate; resumes automatically)",
+                       description="Train the codec on a dataset made by `telucodec prep`. Layers "
+                       "configs/base.yaml, the given YAML files and key=value overrides. Resumes from "
+                       "the newest whole checkpoint in run.dir; metrics go to run.dir/metrics.jsonl.",
+                       epilog="examples:\n"
+                       "  telucodec train configs/tiny.yaml data.url=demo_out/data run.dir=runs/tiny\n"
+                       "  telucodec train configs/gpu.yaml data.url=s3://bucket/te run.dir=s3://bucket/runs/r1 "
+                       "train.workers=8 train.use_gpu=true\n"
+                       "  telucodec train configs/tiny.yaml data.url=demo_out/data train.workers=0   # no Ray",
+                       formatter_class=fmt)
+    s.add_argument("items", nargs="*", metavar="CONFIG.yaml|key=value")
+    s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("reshard", help="copy a dataset into new shards: sizes, ranks, shuffle, re-cut, resample",
                        description="Stream a dataset from one store to another (s3:// or local, either way) "

@@ -180,7 +180,7 @@ class LossConfig:
     """Weight per loss term (l1, mse, stft, mel, vq/commit, adv, feat). A name left out keeps its
     default; 0 means computed and logged but not back-propagated."""
     adversarial: bool = False
-    """Train against the discriminator (adds the adv and feat terms once adv_start_step is reached)."""
+    """Train against the discriminator (adds the adv and feat terms from adv_start_step on)."""
     adv_start_step: int = 2000
     """First step at which the adversarial terms are used, so reconstruction settles first."""
     adv_kind: str = "hinge"
@@ -202,8 +202,8 @@ class LossConfig:
             _check(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0,
                    f"loss.weights.{name}", f"must be a number >= 0, got {w!r}")
         # Merge over the defaults so `loss.weights.mel=10` changes one term, not all of them.
-        object.__setattr__(self, "weights",
-                           {**DEFAULT_LOSS_WEIGHTS, **{k: float(v) for k, v in self.weights.items()}})
+        weights = {k: float(v) for k, v in self.weights.items()}
+        object.__setattr__(self, "weights", {**DEFAULT_LOSS_WEIGHTS, **weights})
         _check(self.adv_start_step >= 0, "loss.adv_start_step", "must be >= 0")
         _check(self.adv_kind in ("hinge", "lsgan"), "loss.adv_kind", "must be hinge or lsgan")
         _check(len(self.stft_windows) >= 1 and all(w >= 16 for w in self.stft_windows),
@@ -216,6 +216,78 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 20000
+    """Optimisation steps (batches per rank) to train for."""
+    batch_size: int = 16
+    """Clips per batch on each rank."""
+    segment_seconds: float = 1.0
+    """Length of the random crops trained on."""
+    lr: float = 3e-4
+    """Peak learning rate (AdamW) after warm-up."""
+    betas: tuple[float, ...] = (0.8, 0.99)
+    """AdamW betas."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 500
+    """Linear warm-up steps; health checks start after them."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at this fraction of the peak learning rate."""
+    grad_clip: float = 1.0
+    """Gradient norm clip."""
+    grad_accum: int = 1
+    """Batches accumulated per optimizer update (accelerator.accumulate)."""
+    mixed_precision: str = "auto"
+    """auto (bf16 on GPU, fp32 on CPU), no, bf16 or fp16."""
+    seed: int = 0
+    """Seed for weights, data order, crops and quantizer dropout."""
+    log_every: int = 10
+    """Append a line to metrics.jsonl every this many steps."""
+    eval_every: int = 500
+    """Evaluate on eval_split every this many steps (and at the end)."""
+    eval_split: str = "val"
+    """Split evaluated during training."""
+    eval_clips: int = 8
+    """Clips evaluated (the first of the split, always the same)."""
+    eval_seconds: float = 4.0
+    """Each eval clip is cut to at most this long."""
+    checkpoint_every: int = 1000
+    """Checkpoint every this many steps..."""
+    checkpoint_minutes: float = 30.0
+    """...and at least this often in wall time."""
+    keep_checkpoints: int = 3
+    """Keep the newest this many checkpoints (plus the best by val SNR)."""
+    max_nonfinite: int = 5
+    """This many non-finite steps in a row roll back to the last checkpoint."""
+    rollback_lr_factor: float = 0.5
+    """Each rollback multiplies the learning rate by this."""
+    workers: int = 2
+    """Ray Train workers (DDP ranks); 0 trains in this process without Ray."""
+    use_gpu: bool = False
+    """One GPU per worker (and bf16 by default)."""
+
+    def __post_init__(self):
+        _check(self.steps >= 1, "train.steps", "must be >= 1")
+        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check(self.segment_seconds > 0, "train.segment_seconds", "must be > 0")
+        _check(self.mixed_precision in ("auto", "no", "bf16", "fp16"), "train.mixed_precision",
+               "must be auto, no, bf16 or fp16")
+        _check(self.log_every >= 1 and self.eval_every >= 1 and self.checkpoint_every >= 1,
+               "train.log_every", "log_every, eval_every and checkpoint_every must be >= 1")
+        _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+        _check(self.max_nonfinite >= 1, "train.max_nonfinite", "must be >= 1")
+        _check(self.workers >= 0, "train.workers", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dir: str = "runs/default"
+    """Run directory or store URL (s3://...): checkpoints, metrics.jsonl, events.jsonl, ledger."""
+    name: str = ""
+    """Run name (defaults to the last part of run.dir)."""
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     """Where the training data lives."""
@@ -225,6 +297,10 @@ class Config:
     """The codec network: encoder/decoder shape, residual VQ and discriminators."""
     loss: LossConfig = field(default_factory=LossConfig)
     """Loss terms, their weights and resolutions, and when adversarial training starts."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """The optimisation: steps, batches, schedule, eval and checkpoint cadence, workers."""
+    run: RunConfig = field(default_factory=RunConfig)
+    """Where this run keeps its state."""
 
 
 def _check(ok: bool, key: str, message: str) -> None:

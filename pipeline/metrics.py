@@ -124,7 +124,9 @@ def stoi(ref, est, sample_rate: int = 16000, extended: bool = False) -> list[Sco
     """Short-time objective intelligibility (0-1) per clip: [B, 1, T] -> [Score] * B."""
     from pystoi import stoi as pystoi_stoi
 
+    # pystoi scores an all-zero reference as 0.0 without complaint; that is no measurement.
     return [_score(lambda r=r, e=e: pystoi_stoi(r, e, sample_rate, extended=extended))
+            if r.any() else Score(None, "silent reference")
             for r, e in zip(_as_batch(ref).numpy(), _as_batch(est).numpy())]
 
 

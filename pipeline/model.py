@@ -59,7 +59,7 @@ class EncoderBlock(nn.Module):
         self.block = nn.Sequential(
             *(ResidualUnit(in_channels, d, kernel_size) for d in dilations),
             nn.ELU(),
-            # kernel 2*stride with padding ceil(stride/2) maps L -> L/stride exactly for odd strides too
+            # kernel 2*stride, padding ceil(stride/2): L -> L/stride exactly, odd strides too
             wn_conv1d(in_channels, out_channels, 2 * stride, stride=stride,
                       padding=(stride + 1) // 2),
         )
@@ -154,6 +154,10 @@ class Codec(nn.Module):
     @property
     def hop_length(self) -> int:
         return self.cfg.hop_length
+
+    @property
+    def sample_rate(self) -> int:
+        return self.cfg.sample_rate
 
     def bitrate(self, n_quantizers: int | None = None) -> float:
         """Bits per second with `n_quantizers` levels (all by default)."""

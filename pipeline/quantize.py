@@ -78,9 +78,14 @@ def kmeans(vectors: torch.Tensor, k: int, iters: int) -> tuple[torch.Tensor, tor
     return centroids, counts
 
 
-def cluster_stats(vectors: torch.Tensor, codes: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-code use counts [K] and sums of assigned vectors [K, D]."""
-    counts = torch.bincount(codes, minlength=k).to(vectors.dtype)
+def cluster_stats(vectors: torch.Tensor, codes: torch.Tensor, k: int,
+                  weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-code use counts [K] and sums of assigned vectors [K, D]; `weight` [N] (0/1) masks rows."""
+    if weight is None:
+        counts = torch.bincount(codes, minlength=k).to(vectors.dtype)
+    else:
+        counts = torch.bincount(codes, weights=weight.to(vectors.dtype), minlength=k).to(vectors.dtype)
+        vectors = vectors * weight.to(vectors.dtype)[:, None]
     sums = vectors.new_zeros(k, vectors.shape[1]).index_add_(0, codes, vectors)
     return counts, sums
 
@@ -127,14 +132,18 @@ class VectorQuantizer(nn.Module):
         """[B, D, F] -> VQOutput; in training mode also updates the codebook from this batch."""
         with torch.autocast(x.device.type, enabled=False):  # distances and EMA need fp32
             x32 = x.float()
-            flat = x32.transpose(1, 2).reshape(-1, x.shape[1])
+            flat = x32.transpose(1, 2).reshape(-1, x.shape[1]).detach()
+            # A NaN/Inf batch (which the training loop will skip) must not reach the codebook:
+            # its EMA statistics and any code drawn from it would stay poisoned for good.
+            finite = torch.isfinite(flat).all(dim=1)
+            clean = torch.where(finite[:, None], flat, torch.zeros_like(flat))
             if self.training and not bool(self.initialized):
-                self._init_codebook(flat.detach())
-            codes = nearest_code(flat.detach(), self.codebook)
+                self._init_codebook(clean)
+            codes = nearest_code(clean, self.codebook)
             quantized = self.codebook[codes].view(x.shape[0], x.shape[2], -1).transpose(1, 2)
             if self.training:
-                self._update_ema(flat.detach(), codes)
-                self._replace_dead_codes(flat.detach())
+                self._update_ema(clean, codes, finite)
+                self._replace_dead_codes(clean)
             commit = F.mse_loss(x32, quantized)
             if x.requires_grad:  # straight-through: forward the code, backward the identity
                 quantized = x32 + (quantized - x32).detach()
@@ -160,8 +169,8 @@ class VectorQuantizer(nn.Module):
         broadcast_from_rank0_(self.codebook, self.cluster_size, self.embed_sum)
 
     @torch.no_grad()
-    def _update_ema(self, flat: torch.Tensor, codes: torch.Tensor) -> None:
-        counts, sums = cluster_stats(flat, codes, self.codebook_size)
+    def _update_ema(self, flat: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor) -> None:
+        counts, sums = cluster_stats(flat, codes, self.codebook_size, weight=valid)
         all_reduce_sum_(counts)
         all_reduce_sum_(sums)
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
@@ -254,9 +263,7 @@ class ResidualVQ(nn.Module):
     def choose_n_quantizers(self, requested: int | None, device: torch.device) -> int:
         """Levels to use: `requested` if given; in training with prob. `dropout` a random 1..n."""
         if requested is not None:
-            if not 1 <= requested <= self.n_codebooks:
-                raise ValueError(f"n_quantizers must be in 1..{self.n_codebooks}, got {requested}")
-            return requested
+            return self._checked(requested)
         if not self.training or self.dropout == 0:
             return self.n_codebooks
         chosen = torch.tensor([self.n_codebooks])
@@ -266,9 +273,14 @@ class ResidualVQ(nn.Module):
         broadcast_from_rank0_(chosen)  # every rank must use the same levels (their EMA all-reduces)
         return int(chosen.item())
 
+    def _checked(self, n_quantizers: int) -> int:
+        if not 1 <= n_quantizers <= self.n_codebooks:
+            raise ValueError(f"n_quantizers must be in 1..{self.n_codebooks}, got {n_quantizers}")
+        return n_quantizers
+
     def encode(self, z: torch.Tensor, n_quantizers: int | None = None) -> torch.Tensor:
         """[B, D, F] -> codes [B, n_q, F] (all levels by default; no codebook update)."""
-        n_q = self.n_codebooks if n_quantizers is None else n_quantizers
+        n_q = self._checked(self.n_codebooks if n_quantizers is None else n_quantizers)
         codes, residual = [], z.float()
         for level in self.levels[:n_q]:
             codes.append(level.encode(residual))
@@ -278,5 +290,6 @@ class ResidualVQ(nn.Module):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, n_q, F] -> [B, D, F]; n_q may be fewer than n_codebooks."""
         if codes.shape[1] > self.n_codebooks:
-            raise ValueError(f"codes have {codes.shape[1]} levels; this model has {self.n_codebooks}")
-        return sum(level.decode(codes[:, i]) for i, level in enumerate(self.levels[:codes.shape[1]]))
+            raise ValueError(f"codes have {codes.shape[1]} levels; the model has {self.n_codebooks}")
+        levels = self.levels[:codes.shape[1]]
+        return sum(level.decode(codes[:, i]) for i, level in enumerate(levels))

@@ -1,0 +1,84 @@
+"""A run's directory on a store: append-only JSONL records (metrics.jsonl, events.jsonl, ...).
+
+    run = RunDir("s3://bucket/runs/r1")          # or a local folder
+    run.metrics.append({"step": 10, "loss": 1.2})
+    run.events.append({"event": "health", "val/snr": -3.0})
+    run.flush()                                  # local: already on disk; s3: upload now
+
+A local run dir is appended to directly (line by line, flushed). For s3:// the lines go to a local
+mirror under ~/.cache/telucodec/ and the whole object is uploaded on `flush()` (at checkpoints and
+evals), after first downloading what an earlier process left, so a resumed run keeps its history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from pipeline.store import LocalStore, Store, StoreError, open_store
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TELUCODEC_CACHE", Path.home() / ".cache" / "telucodec"))
+
+
+class JsonlLog:
+    """One append-only JSONL object of a run."""
+
+    def __init__(self, store: Store, name: str):
+        self.store, self.name = store, name
+        if isinstance(store, LocalStore):
+            self.path, self.remote = store.root / name, False
+        else:
+            key = hashlib.sha256(store.join(name).encode()).hexdigest()[:16]
+            self.path, self.remote = cache_dir() / "runs" / key / name, True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._synced = False
+
+    def _sync_down(self) -> None:
+        """Before the first append, take over the remote copy (another node may have written it)."""
+        if self.remote and not self._synced:
+            try:
+                self.path.write_bytes(self.store.get(self.name))
+            except StoreError:
+                self.path.write_bytes(b"")
+        self._synced = True
+
+    def append(self, record: dict) -> None:
+        self._sync_down()
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False, default=float) + "\n")
+
+    def flush(self) -> None:
+        if self.remote and self._synced:
+            self.store.put(self.name, self.path.read_bytes())
+
+    def read(self) -> list[dict]:
+        """Every record so far (from the store for remote runs, merged with unflushed local lines)."""
+        if self.remote and not self._synced:
+            try:
+                text = self.store.get_text(self.name)
+            except StoreError:
+                return []
+        else:
+            text = self.path.read_text(encoding="utf-8") if self.path.exists() else ""
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+class RunDir:
+    def __init__(self, url: str | Store):
+        self.store = open_store(url) if isinstance(url, str) else url
+        self.url = self.store.url
+        self.metrics = JsonlLog(self.store, "metrics.jsonl")
+        self.events = JsonlLog(self.store, "events.jsonl")
+
+    def log(self, name: str) -> JsonlLog:
+        return JsonlLog(self.store, name)
+
+    def flush(self) -> None:
+        self.metrics.flush()
+        self.events.flush()
