@@ -46,11 +46,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from data_prep.corpus import CorpusError
     from data_prep.prep import PrepError
     from data_prep.reshard import ReshardError
+    from pipeline.audio import AudioError
+    from pipeline.bitstream import BitstreamError
+    from pipeline.checkpoint import CheckpointError
     from pipeline.config import ConfigError
     from pipeline.shards import DatasetError
     from pipeline.store import StoreError
 
-    return (UsageError, ConfigError, StoreError, DatasetError, PrepError, CorpusError, ReshardError)
+    return (UsageError, ConfigError, StoreError, DatasetError, PrepError, CorpusError, ReshardError,
+            CheckpointError, BitstreamError, AudioError)
 
 
 def split_config_args(items: list[str]) -> tuple[list[str], list[str]]:
@@ -222,6 +226,148 @@ def cmd_reshard(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- encode / decode
+def cmd_encode(args) -> int:
+    from pipeline.bitstream import HEADER_SIZE
+    from pipeline.inference import load_codec
+
+    codec, cfg, _ = load_codec(args.checkpoint)
+    n_q = cfg.model.n_codebooks if args.codebooks is None else args.codebooks
+    if not 1 <= n_q <= cfg.model.n_codebooks:
+        raise UsageError(f"--codebooks must be 1..{cfg.model.n_codebooks} for this checkpoint, got {n_q}")
+    audio = read_codec_input(args.input, cfg.model.sample_rate)
+    data = encode_to_bitstream(codec, audio, n_q)
+    write_output_bytes(args.output, data)
+    seconds = len(audio) / cfg.model.sample_rate
+    console.print(f"{args.output}: {len(data)} bytes for {seconds:.2f} s -> {len(data) * 8 / seconds / 1000:.2f} "
+                  f"kbps ({n_q} codebooks x {cfg.model.codebook_bits} bits at {cfg.model.frame_rate:g} frames/s "
+                  f"= {codec.bitrate(n_q) / 1000:.2f} kbps of codes, plus a {HEADER_SIZE}-byte header)",
+                  markup=False, highlight=False)
+    return 0
+
+
+def read_codec_input(path: str, sample_rate: int):
+    """Any soundfile-readable file -> mono float32 [T] at sample_rate, clipped to [-1, 1]."""
+    from pipeline.audio import AudioError, clip_to_unit_range, load_audio, resample
+
+    try:
+        decoded = load_audio(path)
+    except AudioError as e:
+        raise AudioError(f"{path}: {e}") from None
+    audio, outside = clip_to_unit_range(resample(decoded.audio, decoded.sample_rate, sample_rate))
+    if outside:
+        err_console.print(f"note: {outside} samples outside [-1, 1] clipped", highlight=False)
+    return audio
+
+
+def encode_to_bitstream(codec, audio, n_q: int) -> bytes:
+    """Mono [T] at the codec's rate -> .tcq bytes with n_q codebooks."""
+    import torch
+
+    from pipeline.bitstream import write_bitstream
+
+    with torch.inference_mode():
+        codes = codec.encode(torch.from_numpy(audio)[None, None], n_q)[0]
+    return write_bitstream(codes, codec.sample_rate, len(audio), codec.cfg.codebook_bits)
+
+
+def write_output_bytes(path: str, data: bytes) -> None:
+    try:
+        Path(path).write_bytes(data)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot write ({e.strerror})") from None
+
+
+def cmd_decode(args) -> int:
+    import soundfile as sf
+    import torch
+
+    from pipeline.inference import load_codec
+
+    bs = read_tcq(args.input)
+    codec, cfg, _ = load_codec(args.checkpoint)
+    check_bitstream_fits(bs, cfg.model, args.input)
+    with torch.inference_mode():
+        audio = codec.decode(torch.from_numpy(bs.codes)[None], length=bs.n_samples)[0, 0].numpy()
+    try:  # float WAV: the decoder's output exactly, peaks above 1 included
+        sf.write(args.output, audio, bs.sample_rate, format="WAV", subtype="FLOAT")
+    except (sf.LibsndfileError, OSError) as e:
+        raise UsageError(f"{args.output}: cannot write ({e})") from None
+    console.print(f"{args.output}: {bs.n_samples / bs.sample_rate:.2f} s at {bs.sample_rate} Hz from "
+                  f"{bs.n_codebooks} codebooks (float WAV, peak {float(abs(audio).max(initial=0)):.3f})",
+                  markup=False, highlight=False)
+    return 0
+
+
+def read_tcq(path: str):
+    """Read and parse a .tcq file; BitstreamError naming the file when it is not one of ours."""
+    from pipeline.bitstream import BitstreamError, read_bitstream
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        return read_bitstream(data)
+    except BitstreamError as e:
+        raise BitstreamError(f"{path}: {e}") from None
+
+
+def check_bitstream_fits(bs, model_cfg, path: str) -> None:
+    """BitstreamError unless the bitstream was made by a model of this checkpoint's shape."""
+    from pipeline.bitstream import BitstreamError
+
+    problems = []
+    if bs.sample_rate != model_cfg.sample_rate:
+        problems.append(f"sample rate {bs.sample_rate} Hz, the model's is {model_cfg.sample_rate} Hz")
+    if bs.codebook_bits != model_cfg.codebook_bits:
+        problems.append(f"{bs.codebook_bits}-bit codes, the model's are {model_cfg.codebook_bits}-bit")
+    if bs.n_codebooks > model_cfg.n_codebooks:
+        problems.append(f"{bs.n_codebooks} codebooks, the model has {model_cfg.n_codebooks}")
+    if bs.frames != -(-bs.n_samples // model_cfg.hop_length):
+        problems.append(f"{bs.frames} frames for {bs.n_samples} samples, the model's hop is "
+                        f"{model_cfg.hop_length}")
+    if problems:
+        raise BitstreamError(f"{path} does not fit this checkpoint: {'; '.join(problems)}")
+
+
+# ---------------------------------------------------------------- eval
+def cmd_eval(args) -> int:
+    from pipeline.evaluation import evaluate_checkpoint
+
+    if args.clips < 1 or args.seconds <= 0:
+        raise UsageError("--clips must be >= 1 and --seconds > 0")
+    err_console.print(f"evaluating {args.checkpoint} on {args.data} ({args.split}, {args.clips} clips "
+                      f"of at most {args.seconds:g} s) against opus and codec2 ...", highlight=False)
+    report = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.clips, args.seconds,
+                                 args.out, args.spectrograms)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    console.print(eval_table(report))
+    for s in report.scores:
+        if s.note:
+            console.print(f"  {s.name}: {s.note}", markup=False, highlight=False)
+    console.print(f"wrote {Path(args.out) / 'eval.json'} and {len(report.spectrograms)} spectrogram PNG(s)",
+                  highlight=False)
+    return 0
+
+
+def eval_table(report) -> Table:
+    table = Table(title=f"step {report.step} on {report.data} ({report.split}: {len(report.clips)} clips, "
+                  f"{report.seconds:.1f} s)")
+    for col in ("codec", "kbps", "SNR dB", "SI-SDR dB", "mel dist", "PESQ-WB", "STOI"):
+        table.add_column(col, justify="left" if col == "codec" else "right")
+    for s in report.scores:
+        table.add_row(s.name, *(_cell(v, 2) for v in (s.bitrate_kbps, s.snr, s.si_sdr, s.mel_distance,
+                                                       s.pesq)), _cell(s.stoi, 3))
+    return table
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 # ---------------------------------------------------------------- demo
 def cmd_demo(args) -> int:
     from data_prep.corpus import synthesize_corpus
@@ -357,6 +503,53 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local disk a shuffle may use per source pass (default 16)")
     s.add_argument("--tmp-dir", metavar="DIR", help="folder for temporary files (default: system temp)")
     s.set_defaults(func=cmd_reshard)
+
+    s = sub.add_parser("encode", help="compress an audio file to a .tcq bitstream with a checkpoint",
+                       description="Decode any soundfile-readable file, mix to mono, resample to the "
+                       "model's rate (soxr), clip to [-1, 1] and write the codes as a .tcq bitstream "
+                       "(20-byte header, then codes bit-packed at log2(codebook_size) bits). Prints "
+                       "the file size and the effective bitrate.",
+                       epilog="examples:\n"
+                       "  telucodec encode speech.flac speech.tcq --checkpoint runs/tiny\n"
+                       "  telucodec encode in.wav in.tcq --checkpoint runs/r1/checkpoints/step_00002000 "
+                       "--codebooks 4", formatter_class=fmt)
+    s.add_argument("input", metavar="IN_AUDIO")
+    s.add_argument("output", metavar="OUT.tcq")
+    s.add_argument("--checkpoint", required=True, metavar="CK",
+                   help="run dir (its latest checkpoint) or a checkpoints/step_NNNNNNNN dir")
+    s.add_argument("--codebooks", type=int, metavar="N", help="residual levels to keep (default: all)")
+    s.set_defaults(func=cmd_encode)
+
+    s = sub.add_parser("decode", help="decode a .tcq bitstream to a WAV file with its checkpoint",
+                       description="Decode a .tcq bitstream with the checkpoint that made it (the file "
+                       "holds codes, not weights) to a float WAV at the model's rate, cut to the "
+                       "original length. Refuses a bitstream whose rate, code width or codebook count "
+                       "does not fit the checkpoint.",
+                       epilog="example: telucodec decode speech.tcq speech.wav --checkpoint runs/tiny",
+                       formatter_class=fmt)
+    s.add_argument("input", metavar="IN.tcq")
+    s.add_argument("output", metavar="OUT.wav")
+    s.add_argument("--checkpoint", required=True, metavar="CK",
+                   help="run dir or checkpoints/step_NNNNNNNN dir of the model that encoded it")
+    s.set_defaults(func=cmd_decode)
+
+    s = sub.add_parser("eval", help="score a checkpoint against Opus 6 kbps and Codec2 3.2 kbps",
+                       description="On the first N clips of a split (each cut to at most S seconds), "
+                       "score telucodec at 1..n_codebooks codebooks, Opus at 6 kbps and Codec2 at "
+                       "3.2 kbps: SNR, SI-SDR, mel distance, PESQ-WB, STOI and measured bitrate. Writes "
+                       "OUT/eval.json and spectrogram PNGs (input vs each codec). A missing opusenc or "
+                       "c2enc is reported in the table, not fatal.",
+                       epilog="example: telucodec eval --checkpoint runs/tiny --data demo_out/data "
+                       "--clips 8 --out eval_out", formatter_class=fmt)
+    s.add_argument("--checkpoint", required=True, metavar="CK", help="run dir or checkpoints/step_NNNNNNNN dir")
+    s.add_argument("--data", required=True, metavar="URL", help="dataset made by `telucodec prep`")
+    s.add_argument("--split", default="test", help="split to evaluate on (default test)")
+    s.add_argument("--clips", type=int, default=8, metavar="N", help="first N samples of the split (default 8)")
+    s.add_argument("--seconds", type=float, default=4.0, metavar="S", help="cut each clip to S seconds (default 4)")
+    s.add_argument("--out", default="eval_out", metavar="DIR", help="folder for eval.json and PNGs (default eval_out)")
+    s.add_argument("--spectrograms", type=int, default=3, metavar="K", help="PNGs for the first K clips (default 3)")
+    s.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("demo", help="run the pipeline end to end on this machine",
                        description="Synthesize a small Telugu corpus, prep it into shards in a local "

@@ -167,10 +167,10 @@ class ModelConfig:
         return self.frame_rate * n * self.codebook_bits
 
 
-LOSS_TERMS = ("l1", "mse", "stft", "mel", "vq/commit", "adv", "feat")
+LOSS_TERMS = ("l1", "mse", "snr", "stft", "mel", "vq/commit", "adv", "feat")
 """Every generator loss term by name; LossConfig.weights may only name these."""
 
-DEFAULT_LOSS_WEIGHTS = {"l1": 1.0, "mse": 0.0, "stft": 1.0, "mel": 15.0, "vq/commit": 1.0,
+DEFAULT_LOSS_WEIGHTS = {"l1": 1.0, "mse": 0.0, "snr": 0.0, "stft": 1.0, "mel": 15.0, "vq/commit": 1.0,
                         "adv": 1.0, "feat": 2.0}
 
 

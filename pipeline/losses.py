@@ -166,13 +166,32 @@ def adversarial_active(cfg: LossConfig, step: int) -> bool:
     return cfg.adversarial and step >= cfg.adv_start_step
 
 
+SNR_FLOOR = 1e-8
+"""Per-sample energy added to both sides of the SNR loss's ratio: a silent clip reads as 0 dB
+instead of log(0); far below any real signal (-80 dBFS), so speech is unaffected."""
+
+
+def negative_snr_loss(target: torch.Tensor, est: torch.Tensor) -> torch.Tensor:
+    """-SNR in dB, averaged over clips: [B, 1, T] -> scalar.
+
+    Unlike MSE it is scale-invariant in its gradients (a clip at -30 dBFS pulls as hard as one at
+    0 dBFS) and it cannot explode on loud or over-range input: it grows with the log of the error.
+    """
+    target32, est32 = _fp32_mono(target), _fp32_mono(est)
+    floor = SNR_FLOOR * target32.shape[-1]
+    err = (target32 - est32).pow(2).sum(-1) + floor
+    sig = target32.pow(2).sum(-1) + floor
+    return (10 * (torch.log10(err) - torch.log10(sig))).mean()
+
+
 def reconstruction_terms(target: torch.Tensor, est: torch.Tensor, cfg: LossConfig,
                          sample_rate: int) -> dict[str, torch.Tensor]:
-    """l1, mse, stft and mel terms between target and est ([B, 1, T] each)."""
+    """l1, mse, snr, stft and mel terms between target and est ([B, 1, T] each)."""
     est32, target32 = est.float(), target.float()
     return {
         "l1": F.l1_loss(est32, target32),
         "mse": F.mse_loss(est32, target32),
+        "snr": negative_snr_loss(target32, est32),
         "stft": stft_loss(target, est, cfg.stft_windows),
         "mel": mel_loss(target, est, sample_rate, cfg.mel_windows, cfg.mel_bins, cfg.mel_floor),
     }
