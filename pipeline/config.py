@@ -263,6 +263,10 @@ class TrainConfig:
     """Each rollback multiplies the learning rate by this."""
     workers: int = 2
     """Ray Train workers (DDP ranks); 0 trains in this process without Ray."""
+    cpus_per_worker: int = 1
+    """CPUs reserved per Ray worker (also torch's thread count there)."""
+    max_failures: int = 3
+    """Real worker errors Ray recovers from (preemptions are retried without limit)."""
     use_gpu: bool = False
     """One GPU per worker (and bf16 by default)."""
 
@@ -277,6 +281,22 @@ class TrainConfig:
         _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
         _check(self.max_nonfinite >= 1, "train.max_nonfinite", "must be >= 1")
         _check(self.workers >= 0, "train.workers", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class PreemptConfig:
+    enabled: bool = True
+    """Watch for spot preemption notices and SIGTERM on every worker."""
+    aws_endpoint: str = "auto"
+    """AWS instance metadata URL; auto = http://169.254.169.254 only when running on EC2; '' = off."""
+    gcp_endpoint: str = "auto"
+    """GCP metadata URL; auto = http://metadata.google.internal only when running on GCE; '' = off."""
+    poll_seconds: float = 5.0
+    """How often the metadata endpoints are polled."""
+    rebalance_is_notice: bool = True
+    """Treat an AWS rebalance recommendation as a notice (save early)."""
+    drain_node: bool = True
+    """On a notice, mark this Ray node as draining (`ray drain-node`)."""
 
 
 @dataclass(frozen=True)
@@ -301,6 +321,8 @@ class Config:
     """The optimisation: steps, batches, schedule, eval and checkpoint cadence, workers."""
     run: RunConfig = field(default_factory=RunConfig)
     """Where this run keeps its state."""
+    preempt: PreemptConfig = field(default_factory=PreemptConfig)
+    """Spot preemption notices."""
 
 
 def _check(ok: bool, key: str, message: str) -> None:

@@ -152,7 +152,7 @@ def train_step(state: State, batch: torch.Tensor, accel, cfg: Config) -> dict:
             state.nonfinite_total += 1
         state.opt_g.zero_grad(set_to_none=True)
     metrics.update({f"loss/{k}": float(v) for k, v in g.terms.items()})
-    metrics.update({"loss/total": float(g.total), "lr": state.opt_g.param_groups[0]["lr"],
+    metrics.update({"loss/total": float(g.total.detach()), "lr": state.opt_g.param_groups[0]["lr"],
                     "grad_norm": float(grad_norm) if grad_norm is not None else None,
                     "skipped": int(not finite), "n_quantizers": out.n_quantizers, "bitrate": out.bitrate})
     return metrics

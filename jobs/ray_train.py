@@ -1,0 +1,130 @@
+"""Ray Train entry point: the pipeline's `train` per worker, as DDP, restarted after failures.
+
+    result = train_on_ray(cfg)      # what `telucodec train` calls when train.workers > 0
+
+A TorchTrainer runs `pipeline.train.train` on `train.workers` workers; Accelerate inside each
+worker reuses the process group Ray set up (gloo on CPU, NCCL on GPU). State lives in our own
+checkpoints on `run.dir` (local or s3://), so any restart, by Ray after a crashed worker or by this
+driver after a preemption, resumes from the newest whole checkpoint. Ray's failure policy counts
+real errors (`train.max_failures`); a clean stop on a preemption notice is followed by a new
+`fit()` here, without limit, as long as steps remain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+from pipeline.config import Config, from_dict, to_dict
+from pipeline.rundir import RunDir
+from pipeline.store import is_remote
+from pipeline.train import RunContext, TrainResult
+
+# Ray's worker prints would be doubled in the driver's log otherwise.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+
+
+class RayRunContext(RunContext):
+    """Hooks of one Ray worker: preemption watcher in, `ray.train.report` out."""
+
+    def __init__(self, cfg: Config):
+        from jobs.preemption import PreemptionWatcher
+
+        self.watcher = PreemptionWatcher(cfg.preempt).start()
+
+    def stop_requested(self) -> bool:
+        return self.watcher.notice is not None
+
+    def after_checkpoint(self, step: int, metrics: dict, checkpoints) -> None:
+        import ray.train
+
+        # Every rank reports once per checkpoint, so all ranks report equally often.
+        ray.train.report({"step": step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
+
+
+def train_worker(config: dict) -> None:
+    """The function Ray runs on every worker."""
+    import ray.train
+    import torch
+
+    cfg = from_dict(Config, config["cfg"])
+    torch.set_num_threads(max(1, cfg.train.cpus_per_worker))
+    from pipeline.train import train
+
+    ctx = RayRunContext(cfg)
+    result = train(cfg, ctx=ctx)
+    ctx.watcher.stop()
+    ray.train.report({"step": result.step})
+
+
+def init_ray(cfg: Config) -> None:
+    """Join the cluster in RAY_ADDRESS, or start a local Ray sized for this run."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+    else:
+        cpus = max(os.cpu_count() or 1, cfg.train.workers * cfg.train.cpus_per_worker + 1)
+        ray.init(num_cpus=cpus, include_dashboard=True, log_to_driver=True,
+                 runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+
+
+def storage_for(run_dir: str) -> tuple[str, str]:
+    """(storage_path, name) so Ray keeps its own run state under RUN/ray."""
+    if is_remote(run_dir):
+        return run_dir.rstrip("/"), "ray"
+    return str(Path(run_dir).absolute()), "ray"
+
+
+def with_absolute_paths(cfg: Config) -> Config:
+    """Local paths made absolute: Ray workers run in another working directory."""
+    def absolute(url: str) -> str:
+        return url if not url or is_remote(url) or url.startswith("file://") else str(Path(url).absolute())
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, url=absolute(cfg.data.url)),
+                               run=dataclasses.replace(cfg.run, dir=absolute(cfg.run.dir)))
+
+
+def train_on_ray(cfg: Config) -> TrainResult:
+    """Fit on Ray; restart after each clean preemption stop until train.steps are done."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.shards import load_index
+
+    cfg = with_absolute_paths(cfg)
+    load_index(cfg.data.url)  # a wrong dataset URL fails here, in one line, not in every worker
+    init_ray(cfg)
+    storage_path, name = storage_for(cfg.run.dir)
+    resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}
+    run = RunDir(cfg.run.dir)
+    while True:
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={"cfg": to_dict(cfg)},
+            scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
+                                         resources_per_worker=resources),
+            run_config=RunConfig(name=name, storage_path=storage_path,
+                                 failure_config=FailureConfig(max_failures=cfg.train.max_failures)),
+        )
+        trainer.fit()
+        status, step = final_status(run)
+        if status == "stopped" and step < cfg.train.steps:
+            print(f"run stopped on a preemption notice at step {step}: restarting the worker group", flush=True)
+            run.events.append({"event": "restarted", "step": step, "reason": "preemption"})
+            run.flush()
+            time.sleep(1)
+            continue
+        return TrainResult(step, status)
+
+
+def final_status(run: RunDir) -> tuple[str, int]:
+    """How the last fit ended, from the run's own events (rank 0 writes them)."""
+    ends = {"finished": "finished", "preempted": "stopped", "budget": "budget"}
+    for event in reversed(run.events.read()):
+        if event["event"] in ends:
+            return ends[event["event"]], int(event["step"])
+    return "finished", 0
