@@ -13,7 +13,9 @@ real errors (`train.max_failures`); a clean stop on a preemption notice is follo
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -30,9 +32,15 @@ class RayRunContext(RunContext):
     """Hooks of one Ray worker: preemption watcher in, `ray.train.report` out."""
 
     def __init__(self, cfg: Config):
+        import ray.train
+
         from jobs.preemption import PreemptionWatcher
 
         self.watcher = PreemptionWatcher(cfg.preempt).start()
+        rank = ray.train.get_context().get_world_rank()
+        # Who runs where: fault tests and the cost tracker read these.
+        RunDir(cfg.run.dir).store.put_text(f"workers/rank{rank}.json", json.dumps(
+            {"rank": rank, "pid": os.getpid(), "host": socket.gethostname(), "start": time.time()}))
 
     def stop_requested(self) -> bool:
         return self.watcher.notice is not None

@@ -12,6 +12,7 @@ below 0.5 is a loud warning and an event. Resume is automatic from `run.dir`.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
@@ -215,7 +216,8 @@ def save_checkpoint(state: State, accel, cfg: Config, ckpts: Checkpoints, ctx: R
     """Rank 0 writes model and optimizer state, every rank its RNG; rank 0 commits once all are in."""
     step = state.step
     parts = {}
-    part = ckpts.save_part(step, f"rank{accel.process_index}", {"rng": rng_state(), "step": step})
+    part = ckpts.save_part(step, f"rank{accel.process_index}", {
+        "rng": rng_state(), "step": step, "params_sha256": params_digest(unwrap(accel, state.model))})
     if accel.is_main_process:
         train_state = {"step": step, "lr_scale": state.lr_scale, "nonfinite_total": state.nonfinite_total,
                        "rollbacks": state.rollbacks, "best_snr": state.best_snr, "config": to_dict(cfg),
@@ -235,6 +237,15 @@ def save_checkpoint(state: State, accel, cfg: Config, ckpts: Checkpoints, ctx: R
         ckpts.prune(cfg.train.keep_checkpoints)
     accel.wait_for_everyone()
     ctx.after_checkpoint(step, metrics, ckpts)
+
+
+def params_digest(model: torch.nn.Module) -> str:
+    """sha256 of every parameter and buffer: equal on all ranks when DDP keeps them in sync."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def gather_parts(accel, name: str, part: dict) -> dict:

@@ -1,0 +1,178 @@
+"""Ray Train on a real local Ray: DDP in sync, SIGKILLed worker, preemption notice, driver restart.
+
+Slow (each fit starts a worker group, ~12 s): marked `slow`, run in CI.
+"""
+
+import http.server
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+from jobs.ray_train import train_on_ray
+from pipeline.checkpoint import Checkpoints
+from pipeline.config import load_config
+from pipeline.rundir import RunDir
+from test_data import make_dataset
+
+pytestmark = pytest.mark.slow
+
+TINY = ["model.channels=2", "model.latent_dim=8", "model.codebook_size=16", "model.n_codebooks=2",
+        "model.kmeans_iters=2", "model.dilations=[1]", "train.batch_size=2", "train.segment_seconds=0.1",
+        "train.warmup_steps=2", "train.log_every=1", "train.eval_every=1000", "train.eval_clips=1",
+        "train.eval_seconds=0.2", "train.eval_split=train", "train.workers=2", "train.max_failures=2",
+        "preempt.aws_endpoint=''", "preempt.gcp_endpoint=''", "loss.weights={mel: 1.0, stft: 0.0}",
+        "loss.mel_windows=[128]", "loss.mel_bins=[16]"]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=3, include_dashboard=True, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    url = str(tmp_path_factory.mktemp("ds"))
+    make_dataset(url, [9, 4, 6], sr=16000, seconds=0.3)  # three uneven shards over two ranks
+    return url
+
+
+def config(dataset, run_dir, *more):
+    return load_config(["configs/base.yaml"], [f"data.url={dataset}", f"run.dir={run_dir}", *TINY, *more])
+
+
+def losses_by_step(run_dir) -> dict[int, float]:
+    """Last logged loss per step (a restarted run logs replayed steps again)."""
+    return {r["step"]: r["loss/total"] for r in RunDir(str(run_dir)).metrics.read() if "loss/total" in r}
+
+
+def wait_for(predicate, timeout=240.0):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_two_workers_stay_in_sync_with_uneven_shards(ray_local, dataset, tmp_path):
+    run = tmp_path / "sync"
+    result = train_on_ray(config(dataset, run, "train.steps=6", "train.checkpoint_every=3"))
+    assert result.status == "finished" and result.step == 6
+    ck = Checkpoints(str(run))
+    for step in (3, 6):
+        digests = {ck.load(step, f"rank{r}")["params_sha256"] for r in range(2)}
+        assert len(digests) == 1  # DDP kept parameters (and codebooks) identical on both ranks
+    assert sorted(losses_by_step(run)) == list(range(1, 7))
+
+
+def test_sigkilled_worker_resumes_with_identical_losses(ray_local, dataset, tmp_path):
+    steps = ["train.steps=14", "train.checkpoint_every=4"]
+    reference = tmp_path / "ref"
+    train_on_ray(config(dataset, reference, *steps))
+    run = tmp_path / "killed"
+    killed = {}
+
+    def killer():
+        wait_for(lambda: max(losses_by_step(run), default=0) >= 6)
+        info = json.loads((run / "workers" / "rank1.json").read_text())
+        os.kill(info["pid"], signal.SIGKILL)
+        killed["pid"] = info["pid"]
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    result = train_on_ray(config(dataset, run, *steps))
+    thread.join(timeout=5)
+    assert killed, "the worker was never killed"
+    assert result.step == 14
+    events = RunDir(str(run)).events.read()
+    resumed = [e["step"] for e in events if e["event"] == "resumed"]
+    assert resumed and resumed[0] in (4, 8)  # restarted from a whole checkpoint, not from scratch
+    steps_logged = [r["step"] for r in RunDir(str(run)).metrics.read() if "loss/total" in r]
+    assert len(steps_logged) > len(set(steps_logged))  # the restart shows: some steps were replayed
+    ref, got = losses_by_step(reference), losses_by_step(run)
+    assert sorted(got) == sorted(ref) == list(range(1, 15))
+    for step in range(resumed[0] + 1, 15):
+        assert got[step] == ref[step], f"step {step}: {got[step]} != {ref[step]}"
+
+
+class MetadataServer:
+    """A fake AWS IMDSv2 on 127.0.0.1 whose spot/instance-action flips to 'terminate' on demand."""
+
+    def __init__(self):
+        self.action = None
+        self.requests = 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_PUT(self):
+                server.requests += 1
+                self._answer(200, b"token-123" if self.path == "/latest/api/token" else b"")
+
+            def do_GET(self):
+                server.requests += 1
+                ok = self.headers.get("X-aws-ec2-metadata-token") == "token-123"
+                if self.path == "/latest/meta-data/spot/instance-action" and ok and server.action:
+                    self._answer(200, json.dumps(server.action).encode())
+                else:
+                    self._answer(404, b"")
+
+            def _answer(self, code, body):
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+
+def test_spot_notice_checkpoints_at_next_step_and_resumes_there(ray_local, dataset, tmp_path):
+    meta = MetadataServer()
+    run = tmp_path / "spot"
+    events = RunDir(str(run)).events
+    flipped = {}
+
+    def operator():
+        wait_for(lambda: max(losses_by_step(run), default=0) >= 5)
+        flipped["at"] = max(losses_by_step(run))
+        meta.action = {"action": "terminate", "time": "2026-11-24T20:00:00Z"}
+        wait_for(lambda: any(e["event"] == "preempted" for e in events.read()))
+        meta.action = None  # the replacement node gets no notice
+
+    thread = threading.Thread(target=operator, daemon=True)
+    thread.start()
+    result = train_on_ray(config(dataset, run, "train.steps=40", "train.checkpoint_every=1000",
+                                 f"preempt.aws_endpoint={meta.url}", "preempt.poll_seconds=0.1"))
+    thread.join(timeout=5)
+    assert result.status == "finished" and result.step == 40
+    log = events.read()
+    stop = next(e for e in log if e["event"] == "preempted")["step"]
+    assert flipped["at"] <= stop <= flipped["at"] + 20  # the notice was acted on at a step boundary soon after
+    kinds = [e["event"] for e in log]
+    assert kinds.index("preempted") < kinds.index("restarted") < kinds.index("resumed")
+    resumed = next(e for e in log if e["event"] == "resumed")["step"]
+    assert resumed == stop and stop % 1000 != 0  # a just-in-time checkpoint, nothing lost
+    assert meta.requests > 0
+
+
+def test_driver_rerun_resumes_and_new_name_starts_fresh(ray_local, dataset, tmp_path):
+    run = tmp_path / "again"
+    train_on_ray(config(dataset, run, "train.steps=3", "train.checkpoint_every=3"))
+    result = train_on_ray(config(dataset, run, "train.steps=5", "train.checkpoint_every=5"))
+    assert result.step == 5
+    assert [e["event"] for e in RunDir(str(run)).events.read()].count("resumed") == 1
+    fresh = tmp_path / "other"
+    train_on_ray(config(dataset, fresh, "train.steps=2", "train.checkpoint_every=2"))
+    assert [e["event"] for e in RunDir(str(fresh)).events.read()][0] == "start"
+    assert Checkpoints(str(fresh)).steps() == [2]
