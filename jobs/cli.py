@@ -1,6 +1,6 @@
 """The `telucodec` command line: one subcommand per stage of the pipeline.
 
-    telucodec demo                       # corpus -> prep -> shards ls, all local
+    telucodec demo                       # corpus -> prep -> reshard -> train -> eval, all local
     telucodec corpus OUT_DIR --minutes 5
     telucodec prep SRC... --out URL [CONFIG.yaml...] [key=value...]
     telucodec shards ls URL | verify URL
@@ -229,13 +229,15 @@ def cmd_reshard(args) -> int:
 # ---------------------------------------------------------------- encode / decode
 def cmd_encode(args) -> int:
     from pipeline.bitstream import HEADER_SIZE
-    from pipeline.inference import load_codec
+    from pipeline.inference import encode_to_bitstream, load_codec, read_codec_input
 
     codec, cfg, _ = load_codec(args.checkpoint)
     n_q = cfg.model.n_codebooks if args.codebooks is None else args.codebooks
     if not 1 <= n_q <= cfg.model.n_codebooks:
         raise UsageError(f"--codebooks must be 1..{cfg.model.n_codebooks} for this checkpoint, got {n_q}")
-    audio = read_codec_input(args.input, cfg.model.sample_rate)
+    audio, outside = read_codec_input(args.input, cfg.model.sample_rate)
+    if outside:
+        err_console.print(f"note: {outside} samples outside [-1, 1] clipped", highlight=False)
     data = encode_to_bitstream(codec, audio, n_q)
     write_output_bytes(args.output, data)
     seconds = len(audio) / cfg.model.sample_rate
@@ -244,31 +246,6 @@ def cmd_encode(args) -> int:
                   f"= {codec.bitrate(n_q) / 1000:.2f} kbps of codes, plus a {HEADER_SIZE}-byte header)",
                   markup=False, highlight=False)
     return 0
-
-
-def read_codec_input(path: str, sample_rate: int):
-    """Any soundfile-readable file -> mono float32 [T] at sample_rate, clipped to [-1, 1]."""
-    from pipeline.audio import AudioError, clip_to_unit_range, load_audio, resample
-
-    try:
-        decoded = load_audio(path)
-    except AudioError as e:
-        raise AudioError(f"{path}: {e}") from None
-    audio, outside = clip_to_unit_range(resample(decoded.audio, decoded.sample_rate, sample_rate))
-    if outside:
-        err_console.print(f"note: {outside} samples outside [-1, 1] clipped", highlight=False)
-    return audio
-
-
-def encode_to_bitstream(codec, audio, n_q: int) -> bytes:
-    """Mono [T] at the codec's rate -> .tcq bytes with n_q codebooks."""
-    import torch
-
-    from pipeline.bitstream import write_bitstream
-
-    with torch.inference_mode():
-        codes = codec.encode(torch.from_numpy(audio)[None, None], n_q)[0]
-    return write_bitstream(codes, codec.sample_rate, len(audio), codec.cfg.codebook_bits)
 
 
 def write_output_bytes(path: str, data: bytes) -> None:
@@ -282,7 +259,7 @@ def cmd_decode(args) -> int:
     import soundfile as sf
     import torch
 
-    from pipeline.inference import load_codec
+    from pipeline.inference import check_bitstream_fits, load_codec
 
     bs = read_tcq(args.input)
     codec, cfg, _ = load_codec(args.checkpoint)
@@ -311,24 +288,6 @@ def read_tcq(path: str):
         return read_bitstream(data)
     except BitstreamError as e:
         raise BitstreamError(f"{path}: {e}") from None
-
-
-def check_bitstream_fits(bs, model_cfg, path: str) -> None:
-    """BitstreamError unless the bitstream was made by a model of this checkpoint's shape."""
-    from pipeline.bitstream import BitstreamError
-
-    problems = []
-    if bs.sample_rate != model_cfg.sample_rate:
-        problems.append(f"sample rate {bs.sample_rate} Hz, the model's is {model_cfg.sample_rate} Hz")
-    if bs.codebook_bits != model_cfg.codebook_bits:
-        problems.append(f"{bs.codebook_bits}-bit codes, the model's are {model_cfg.codebook_bits}-bit")
-    if bs.n_codebooks > model_cfg.n_codebooks:
-        problems.append(f"{bs.n_codebooks} codebooks, the model has {model_cfg.n_codebooks}")
-    if bs.frames != -(-bs.n_samples // model_cfg.hop_length):
-        problems.append(f"{bs.frames} frames for {bs.n_samples} samples, the model's hop is "
-                        f"{model_cfg.hop_length}")
-    if problems:
-        raise BitstreamError(f"{path} does not fit this checkpoint: {'; '.join(problems)}")
 
 
 # ---------------------------------------------------------------- eval
@@ -370,23 +329,48 @@ def _cell(value: float | None, digits: int) -> str:
 
 # ---------------------------------------------------------------- demo
 def cmd_demo(args) -> int:
+    """corpus -> prep -> reshard for the ranks -> train (Ray) -> eval -> summary, all local."""
     from data_prep.corpus import synthesize_corpus
     from data_prep.prep import run_prep
-
-    out = Path(args.out).absolute()
-    cfg = load_cli_config(args.items)
-    console.rule("1/3  synthesize a Telugu corpus (espeak-ng / festival)")
-    corpus = synthesize_corpus(out / "corpus", minutes=args.minutes, seed=args.seed)
-    console.print(f"{corpus.files} files, {corpus.seconds / 60:.1f} min, {corpus.over_range} over full scale")
-    console.rule("2/3  prep: clip, segment, split, write shards")
-    dataset = out / "data"
-    summary = run_prep([str(corpus.manifest)], str(dataset), cfg.prep, overwrite=True)
-    print_prep_summary(summary)
-    console.rule("3/3  shards ls")
+    from data_prep.reshard import ReshardOptions, reshard
+    from pipeline.evaluation import evaluate_checkpoint
     from pipeline.shards import load_index
 
+    out = Path(args.out).absolute()
+    tiny = [str(Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml")]
+    cfg = load_cli_config(tiny + list(args.items))
+    workers = cfg.train.workers
+    console.rule("1/5  synthesize a Telugu corpus (espeak-ng / festival)")
+    corpus = synthesize_corpus(out / "corpus", minutes=args.minutes, seed=args.seed)
+    console.print(f"{corpus.files} files, {corpus.seconds / 60:.1f} min from {len(corpus.speakers)} voices, "
+                  f"{corpus.over_range} over full scale")
+    console.rule("2/5  prep: clip to [-1, 1], trim, segment, split by speaker, write shards")
+    prepped = out / "data"
+    print_prep_summary(run_prep([str(corpus.manifest)], str(prepped), cfg.prep, overwrite=True))
+    console.rule(f"3/5  reshard for {max(workers, 1)} rank(s)")
+    dataset = out / f"data-r{max(workers, 1)}"
+    reshard(str(prepped), str(dataset), ReshardOptions(ranks=max(workers, 1), shuffle=True, overwrite=True))
     console.print(shards_table(str(dataset), load_index(str(dataset))))
-    console.print(f"\ndataset: {dataset}\nnext: telucodec shards verify {dataset}")
+    console.rule(f"4/5  train the tiny codec ({cfg.train.steps} steps, {workers or 'no'} Ray worker(s))")
+    run_dir = out / "run"
+    items = tiny + list(args.items) + [f"data.url={dataset}", f"run.dir={run_dir}", "train.eval_split=test"]
+    train_args = argparse.Namespace(items=items)
+    cmd_train(train_args)
+    console.rule("5/5  eval against Opus 6 kbps and Codec2 3.2 kbps (test split)")
+    report = evaluate_checkpoint(str(run_dir), str(dataset), "test", 8, 4.0, out / "eval", 3)
+    console.print(eval_table(report))
+    full = report.score(f"telucodec-{cfg.model.n_codebooks}")
+    console.rule("summary")
+    console.print(f"shards:       {dataset}  (prepped: {prepped}, rejects: {prepped / 'rejects.jsonl'})")
+    console.print(f"checkpoints:  {run_dir / 'checkpoints'}")
+    console.print(f"metrics:      {run_dir / 'metrics.jsonl'}, events: {run_dir / 'events.jsonl'}")
+    console.print(f"eval:         {out / 'eval' / 'eval.json'} and {len(report.spectrograms)} spectrogram PNG(s)")
+    console.print(f"telucodec-{cfg.model.n_codebooks} at {full.bitrate_kbps:.2f} kbps on held-out clips: "
+                  f"SNR {full.snr:.2f} dB, SI-SDR {full.si_sdr:.2f} dB (a CPU toy: minutes of audio, "
+                  f"{cfg.train.steps} steps; see README for what to expect at scale)")
+    console.print("next, on a real cluster: telucodec prep ... --out s3://BUCKET/te; "
+                  "RAY_ADDRESS=http://HEAD:8265 telucodec train configs/gpu.yaml data.url=s3://BUCKET/te "
+                  "run.dir=s3://BUCKET/runs/r1 train.workers=8")
     return 0
 
 
@@ -553,7 +537,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="run the pipeline end to end on this machine",
                        description="Synthesize a small Telugu corpus, prep it into shards in a local "
-                       "folder, and list them. Needs no cloud account.", formatter_class=fmt)
+                       "folder, reshard it for the Ray workers, train the tiny codec on a local Ray "
+                       "(configs/tiny.yaml), and evaluate it beside Opus and Codec2. Needs no cloud "
+                       "account; key=value words override configs/tiny.yaml.",
+                       epilog="examples:\n  telucodec demo\n  telucodec demo --minutes 1 train.steps=50",
+                       formatter_class=fmt)
     s.add_argument("--out", default="demo_out", help="folder for everything the demo writes")
     s.add_argument("--minutes", type=float, default=3.0, help="minutes of speech to synthesize")
     s.add_argument("--seed", type=int, default=0)

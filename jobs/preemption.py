@@ -22,33 +22,11 @@ import subprocess
 import threading
 import time
 import urllib.error
-import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 
+from pipeline.cloud import metadata_get as _http
+from pipeline.cloud import resolve_endpoint
 from pipeline.config import PreemptConfig
-
-AWS_DEFAULT = "http://169.254.169.254"
-GCP_DEFAULT = "http://metadata.google.internal"
-
-
-def _dmi(name: str) -> str:
-    try:
-        return Path(f"/sys/class/dmi/id/{name}").read_text().strip()
-    except OSError:
-        return ""
-
-
-def resolve_endpoint(setting: str, cloud: str) -> str:
-    """'auto' -> the cloud's metadata address if DMI says we run there, else ''; '' -> off."""
-    if setting != "auto":
-        return setting.rstrip("/")
-    if cloud == "aws" and ("amazon" in _dmi("sys_vendor").lower() or _dmi("board_vendor").startswith("Amazon")):
-        return AWS_DEFAULT
-    if cloud == "gcp" and "google" in _dmi("product_name").lower():
-        return GCP_DEFAULT
-    return ""
-
 
 @dataclass
 class Notice:
@@ -126,18 +104,6 @@ class PreemptionWatcher:
             return None
         body = _http(f"{self.gcp}/computeMetadata/v1/instance/preempted", headers={"Metadata-Flavor": "Google"})
         return ("gcp", "instance/preempted is TRUE") if body.strip().upper() == "TRUE" else None
-
-
-def _http(url: str, method: str = "GET", headers: dict | None = None, timeout: float = 1.0) -> str:
-    """Body of a 200 answer; '' for 404 (no notice)."""
-    req = urllib.request.Request(url, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as e:
-        if e.code == 404:
-            return ""
-        raise
 
 
 def drain_this_node(detail: str) -> None:

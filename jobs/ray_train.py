@@ -7,7 +7,7 @@ worker reuses the process group Ray set up (gloo on CPU, NCCL on GPU). State liv
 checkpoints on `run.dir` (local or s3://), so any restart, by Ray after a crashed worker or by this
 driver after a preemption, resumes from the newest whole checkpoint. Ray's failure policy counts
 real errors (`train.max_failures`); a clean stop on a preemption notice is followed by a new
-`fit()` here, without limit, as long as steps remain.
+`fit()` here, without limit, as long as steps remain; a budget stop (status budget) is final.
 """
 
 from __future__ import annotations
@@ -36,11 +36,17 @@ class RayRunContext(RunContext):
 
         from jobs.preemption import PreemptionWatcher
 
+        super().__init__()  # the cost clock of this worker group starts now
         self.watcher = PreemptionWatcher(cfg.preempt).start()
-        rank = ray.train.get_context().get_world_rank()
-        # Who runs where: fault tests and the cost tracker read these.
-        RunDir(cfg.run.dir).store.put_text(f"workers/rank{rank}.json", json.dumps(
-            {"rank": rank, "pid": os.getpid(), "host": socket.gethostname(), "start": time.time()}))
+        self.rank = ray.train.get_context().get_world_rank()
+        self.store = RunDir(cfg.run.dir).store
+        # Who runs where, from when to when: fault and cost tests read these.
+        self.info = {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(), "start": self.started}
+        self.store.put_text(f"workers/rank{self.rank}.json", json.dumps(self.info))
+
+    def finished(self) -> None:
+        self.watcher.stop()
+        self.store.put_text(f"workers/rank{self.rank}.json", json.dumps({**self.info, "end": time.time()}))
 
     def stop_requested(self) -> bool:
         return self.watcher.notice is not None
@@ -63,7 +69,7 @@ def train_worker(config: dict) -> None:
 
     ctx = RayRunContext(cfg)
     result = train(cfg, ctx=ctx)
-    ctx.watcher.stop()
+    ctx.finished()
     ray.train.report({"step": result.step})
 
 

@@ -308,6 +308,64 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class CostConfig:
+    instance_type: str = ""
+    """Instance type the workers run on (e.g. g5.xlarge), priced from cost.prices; '' = read it from
+    the cloud's metadata (preempt.aws_endpoint / gcp_endpoint) when running on AWS or GCP, else a
+    local machine that costs $0 unless cost.usd_per_hour is set."""
+    region: str = ""
+    """Region of the price; '' = from the metadata, else the first region the table lists."""
+    spot: typing.Optional[bool] = None
+    """Spot (preemptible) prices; null = from the metadata, else on-demand."""
+    usd_per_hour: typing.Optional[float] = None
+    """Dollars per worker-hour, overriding the table (a worker has one GPU on GPU runs: 8 workers on
+    an 8-GPU instance at $32/h is 4.0 each); null = from the table."""
+    prices: str = ""
+    """Price table (YAML); '' = configs/prices.yaml shipped with telucodec (approximate list prices)."""
+    heartbeat_seconds: float = 60.0
+    """Rank 0 appends the running totals to ledger.jsonl this often, so a node that dies without a
+    goodbye is billed up to its last heartbeat."""
+    max_gap_minutes: float = 30.0
+    """The gap between a lost worker group's last ledger line and its replacement is billed (as
+    wasted) up to this long; a longer gap means the run was down, not waiting."""
+
+    def __post_init__(self):
+        _check(self.usd_per_hour is None or self.usd_per_hour >= 0, "cost.usd_per_hour", "must be >= 0 or null")
+        _check(self.heartbeat_seconds > 0, "cost.heartbeat_seconds", "must be > 0")
+        _check(self.max_gap_minutes >= 0, "cost.max_gap_minutes", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    max_usd: float = 0.0
+    """Stop the run (final checkpoint, status budget) once it has cost this many dollars; 0 = no limit."""
+    max_gpu_hours: float = 0.0
+    """Stop the run once its workers have used this many GPU-hours; 0 = no limit."""
+
+    def __post_init__(self):
+        _check(self.max_usd >= 0, "budget.max_usd", "must be >= 0 (0 = no limit)")
+        _check(self.max_gpu_hours >= 0, "budget.max_gpu_hours", "must be >= 0 (0 = no limit)")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    enabled: bool = True
+    """Log to Weights & Biases from rank 0; offline (no network) when WANDB_API_KEY is not set."""
+    project: str = "telucodec"
+    """W&B project."""
+    entity: str = ""
+    """W&B entity (user or team); '' = the API key's default."""
+    dir: str = ""
+    """Folder W&B puts its wandb/ folder in; '' = the run dir when it is local, else
+    ~/.cache/telucodec/wandb/<run>."""
+    audio_samples: int = 2
+    """Eval clips logged as input-vs-decoded audio and spectrograms at each eval; 0 = none."""
+
+    def __post_init__(self):
+        _check(self.audio_samples >= 0, "tracking.audio_samples", "must be >= 0")
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     """Where the training data lives."""
@@ -323,6 +381,12 @@ class Config:
     """Where this run keeps its state."""
     preempt: PreemptConfig = field(default_factory=PreemptConfig)
     """Spot preemption notices."""
+    cost: CostConfig = field(default_factory=CostConfig)
+    """What the run costs: instance type, prices, ledger heartbeats."""
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    """Spending limits that stop a run."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Weights & Biases."""
 
 
 def _check(ok: bool, key: str, message: str) -> None:

@@ -7,11 +7,14 @@
 once-in-a-while blocks (log, eval, checkpoint). Everything the old codec got wrong is watched:
 non-finite losses or gradients skip the step and, K times in a row, roll back to the last checkpoint
 with a lower learning rate; after warm-up a val SNR below 0 dB or an output/input range ratio
-below 0.5 is a loud warning and an event. Resume is automatic from `run.dir`.
+below 0.5 is a loud warning and an event. Resume is automatic from `run.dir`. Rank 0 keeps the cost
+ledger (pipeline/cost.py) and the W&B run (pipeline/tracking.py) through the RunContext, and a
+budget (budget.max_usd, budget.max_gpu_hours) stops the run like a preemption notice, for good.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import random
@@ -24,33 +27,83 @@ import torch
 
 from pipeline.checkpoint import Checkpoints
 from pipeline.config import Config, to_dict
+from pipeline.cost import CostTracker
 from pipeline.data import CropLoader, eval_clips
 from pipeline.discriminator import Discriminator
 from pipeline.losses import adversarial_active, discriminator_loss, generator_loss
 from pipeline.metrics import codebook_perplexity, mel_distance, range_ratio, si_sdr_db, snr_db
 from pipeline.model import Codec
 from pipeline.rundir import RunDir
+from pipeline.tracking import Tracker, make_tracker
+
+LEDGER_END = {"finished": "finished", "stopped": "preempted", "budget": "budget", "crashed": "crashed"}
 
 
 class RunContext:
-    """What a launcher can hook into; the default is a plain single-process run."""
+    """What a launcher can hook into; the default is a plain single-process run. On rank 0 every
+    context keeps the run's cost ledger and its W&B run (a no-op tracker when tracking is off)."""
+
+    def __init__(self):
+        self.started = time.time()
+        """This worker group's start: the cost clock runs from here."""
+        self.cost: CostTracker | None = None
+        self.tracker: Tracker = Tracker()
+        self.restored: dict = {}
+
+    def begin(self, cfg: Config, accel, run: RunDir, step: int) -> None:
+        """Rank 0, before the first step: continue the cost ledger and the W&B run of the checkpoint."""
+        if not accel.is_main_process:
+            return
+        self.cost = CostTracker(cfg, run, workers=accel.num_processes, started=self.started)
+        self.tracker = make_tracker(cfg, self.restored.get("wandb_run_id") or self.cost.ledger_value("wandb_run_id"))
+        self.cost.begin(self.restored.get("cost"), step, wandb_run_id=self.tracker.run_id)
 
     def stop_requested(self) -> bool:
         """True when the node is about to go away (a preemption notice)."""
         return False
 
+    def over_budget(self, step: int) -> str | None:
+        """Rank 0: why the run must stop for good now (budget.*), else None."""
+        return self.cost.over_budget(step) if self.cost else None
+
     def after_checkpoint(self, step: int, metrics: dict, checkpoints: Checkpoints) -> None:
         """Called on every rank after each checkpoint (Ray reports it here)."""
 
     def extra_state(self) -> dict:
-        """Launcher state to keep in the checkpoint (cost totals, tracker run id)."""
-        return {}
+        """Launcher state to keep in the checkpoint (cost totals, tracker run id); rank 0."""
+        return {"cost": self.cost.state(), "wandb_run_id": self.tracker.run_id} if self.cost else {}
 
     def restore_extra_state(self, state: dict) -> None:
-        pass
+        self.restored = state
+        if self.cost is not None and state.get("cost"):  # a rollback: the work since then is redone
+            self.cost.rolled_back(state["cost"])
 
     def log(self, metrics: dict, step: int) -> None:
-        """Metrics for an external tracker (W&B), rank 0 only."""
+        """Metrics for the tracker (W&B) with the running cost, rank 0 only."""
+        if self.cost:
+            self.tracker.log({**metrics, **self.cost.metrics(step)}, step)
+
+    def log_eval(self, ev: dict, step: int, model, clips: list) -> None:
+        """Eval metrics, dollars per dB, a ledger line and audio samples, rank 0 only."""
+        if self.cost:
+            self.tracker.log({**ev, **self.cost.evaluated(step, ev["val/snr"])}, step)
+            self.tracker.log_samples(step, model, clips)
+
+    def event(self, record: dict) -> None:
+        """A health or rollback event (as in events.jsonl): a ledger line and a W&B alert, rank 0."""
+        if self.cost:
+            fields = {k: v for k, v in record.items() if k not in ("event", "step")}
+            self.cost.record(record["event"], record["step"], **fields)
+            self.tracker.alert(f"{record['event']} at step {record['step']}",
+                               record.get("problem") or record.get("message", ""))
+
+    def end(self, status: str, step: int) -> None:
+        """Rank 0: the final cost to W&B, close it, and the ledger's last line (finished, preempted, budget)."""
+        if self.cost:
+            self.tracker.log(self.cost.metrics(step), step)
+            self.tracker.finish(exit_code=1 if status == "crashed" else 0)
+            self.cost.close(LEDGER_END[status], step)
+            self.cost = None
 
 
 @dataclass
@@ -295,6 +348,20 @@ def train(cfg: Config, ctx: RunContext | None = None, accel=None) -> TrainResult
             print(f"resumed {run.url} from step {state.step}", flush=True)
     elif main:
         run.events.append({"event": "start", "step": 0, "bitrate": cfg.model.bitrate()})
+    ctx.begin(cfg, accel, run, state.step)
+    try:
+        result = train_loop(state, accel, cfg, ctx, run, ckpts)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the ledger's last line; the original error is what matters
+            ctx.end("crashed", state.step)
+        raise
+    ctx.end(result.status, result.step)
+    return result
+
+
+def train_loop(state: State, accel, cfg: Config, ctx: RunContext, run: RunDir, ckpts: Checkpoints) -> TrainResult:
+    """Steps until cfg.train.steps, a stop notice or the budget, with the once-in-a-while blocks."""
+    main = accel.is_main_process
     crop = int(cfg.train.segment_seconds * cfg.model.sample_rate)
     loader = CropLoader(cfg.data.url, "train", cfg.train.batch_size, crop, cfg.train.seed,
                         rank=accel.process_index, world=accel.num_processes)
@@ -323,14 +390,21 @@ def train(cfg: Config, ctx: RunContext | None = None, accel=None) -> TrainResult
             done = state.step >= cfg.train.steps
             if main and (state.step % cfg.train.eval_every == 0 or done):
                 last_eval = evaluate(unwrap(accel, state.model), clips, cfg, accel.device)
-                report_eval(last_eval, state, run, cfg, ctx)
-            stop = agree(accel, ctx.stop_requested())
-            due = agree(accel, time.monotonic() - last_save > cfg.train.checkpoint_minutes * 60)
-            if done or stop or due or state.step % cfg.train.checkpoint_every == 0:
+                report_eval(last_eval, state, run, cfg, ctx, unwrap(accel, state.model), clips)
+            over = ctx.over_budget(state.step)
+            stop, budget, due = agree_each(accel, ctx.stop_requested(), over is not None,
+                                           time.monotonic() - last_save > cfg.train.checkpoint_minutes * 60)
+            if done or stop or budget or due or state.step % cfg.train.checkpoint_every == 0:
                 save_checkpoint(state, accel, cfg, ckpts, ctx, last_eval if main else {})
                 last_save = time.monotonic()
                 if main:
                     run.flush()
+            if budget:  # for good: the driver does not restart a budget stop
+                if main:
+                    run.events.append({"event": "budget", "step": state.step, "reason": over})
+                    run.flush()
+                    print(f"budget reached ({over}): checkpoint at step {state.step} saved, exiting", flush=True)
+                return TrainResult(state.step, "budget", last_eval)
             if stop:
                 status = "stopped"
                 if main:
@@ -350,21 +424,28 @@ def train(cfg: Config, ctx: RunContext | None = None, accel=None) -> TrainResult
 
 def agree(accel, flag: bool) -> bool:
     """True on every rank if it is true on any (so all ranks checkpoint or stop together)."""
+    return agree_each(accel, flag)[0]
+
+
+def agree_each(accel, *flags: bool) -> list[bool]:
+    """Each flag true on every rank if it is true on any; one all-reduce for all of them."""
     if accel.num_processes == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=accel.device)
-    return bool(accel.reduce(t, reduction="sum").item() > 0)
+        return [bool(f) for f in flags]
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=accel.device)
+    return [bool(v > 0) for v in accel.reduce(t, reduction="sum").tolist()]
 
 
-def report_eval(ev: dict, state: State, run: RunDir, cfg: Config, ctx: RunContext) -> None:
+def report_eval(ev: dict, state: State, run: RunDir, cfg: Config, ctx: RunContext, model, clips: list) -> None:
     run.metrics.append({"step": state.step, **ev})
-    ctx.log(ev, state.step)
+    ctx.log_eval(ev, state.step, model, clips)
     print(f"step {state.step}: val SNR {ev['val/snr']:.2f} dB, SI-SDR {ev['val/si_sdr']:.2f} dB, "
           f"range ratio {ev['val/range_ratio']:.2f}, mel distance {ev['val/mel_distance']:.3f}", flush=True)
     for problem in health_problems(ev, state.step, cfg):
         print(f"WARNING step {state.step}: {problem}", flush=True)
-        run.events.append({"event": "health", "step": state.step, "problem": problem,
-                           "val/snr": ev["val/snr"], "val/range_ratio": ev["val/range_ratio"]})
+        record = {"event": "health", "step": state.step, "problem": problem,
+                  "val/snr": ev["val/snr"], "val/range_ratio": ev["val/range_ratio"]}
+        run.events.append(record)
+        ctx.event(record)
 
 
 def rollback(state: State, accel, ckpts: Checkpoints, run: RunDir, cfg: Config, ctx: RunContext) -> bool:
@@ -379,6 +460,7 @@ def rollback(state: State, accel, ckpts: Checkpoints, run: RunDir, cfg: Config, 
                f"{'step ' + str(latest) if latest is not None else 'the start'} with LR x{scale:g}")
     if accel.is_main_process:
         print(f"WARNING {message}", flush=True)
-        run.events.append({"event": "rollback", "step": bad_step, "to_step": latest, "lr_scale": scale,
-                           "message": message})
+        record = {"event": "rollback", "step": bad_step, "to_step": latest, "lr_scale": scale, "message": message}
+        run.events.append(record)
+        ctx.event(record)
     return True

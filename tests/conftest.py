@@ -5,6 +5,9 @@ import uuid
 
 import pytest
 
+# Tests never talk to W&B's servers: every run they start is an offline run.
+os.environ.setdefault("WANDB_MODE", "offline")
+
 
 @pytest.fixture(scope="session")
 def s3_server():

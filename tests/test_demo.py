@@ -1,0 +1,26 @@
+"""`telucodec demo`, reduced: every stage runs for real and the summary says where things are."""
+
+import json
+
+import pytest
+
+from jobs.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_end_to_end_reduced(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--minutes", "0.6", "train.steps=6", "train.eval_every=3",
+                 "train.checkpoint_every=3", "train.log_every=1"]) == 0
+    text = capsys.readouterr().out
+    for stage in ("1/5", "2/5", "3/5", "4/5", "5/5", "summary"):
+        assert stage in text
+    assert (out / "data" / "index.json").is_file() and (out / "data-r2" / "index.json").is_file()
+    assert (out / "run" / "checkpoints" / "latest.json").is_file()
+    report = json.loads((out / "eval" / "eval.json").read_text())
+    names = [s["name"] for s in report["scores"]]
+    assert names[-2:] == ["opus-6k", "codec2-3200"] and "telucodec-8" in names
+    assert list(out.glob("eval/*.png"))
+    assert f"checkpoints:  {out / 'run' / 'checkpoints'}" in text
+    assert "SNR" in text and "next, on a real cluster" in text
