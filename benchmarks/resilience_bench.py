@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from pipeline.checkpoint import Checkpoints  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.rundir import RunDir  # noqa: E402
-from pipeline.train import RunContext, build_state, load_checkpoint, make_accelerator, save_checkpoint, train_step  # noqa: E402
+from pipeline.train import (RunContext, build_state, load_checkpoint, make_accelerator,  # noqa: E402
+                            save_checkpoint, train_step)
 from test_data import make_dataset  # noqa: E402
 from test_ray_train import TINY, MetadataServer  # noqa: E402
 
@@ -283,7 +284,7 @@ def main() -> None:
 
         dataset = str(tmp / "ds")
         make_dataset(dataset, [12, 12, 12, 12], sr=16000, seconds=0.6)
-        ray.init(num_cpus=3, include_dashboard=True, log_to_driver=False)
+        ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)  # as the tests, less the dashboard
         try:
             preempt_rows = {"spot notice (watcher on)": run_with_notice(dataset, tmp / "notice", args.steps),
                             "SIGKILL, no notice": run_with_kill(dataset, tmp / "kill", args.steps)}

@@ -149,7 +149,8 @@ class CostTracker:
         history = self.ledger.read()
         last = next((r for r in reversed(history) if "usd" in r), None)
         ckpt = CostTotals.from_dict(saved)
-        self.first_snr = (saved or {}).get("first_snr", first_snr(history))
+        self.first_snr = (saved or {}).get("first_snr")
+        self.first_snr = first_snr(history) if self.first_snr is None else self.first_snr
         if last is None or (saved and saved.get("time", 0) >= last["time"]):
             prior, prior_time, after = ckpt, (saved or {}).get("time"), "checkpoint"
         else:
@@ -160,7 +161,7 @@ class CostTracker:
             gap_s = 0.0 if clean else min(max(0.0, self.started - prior_time), self.cfg.cost.max_gap_minutes * 60)
             self.add_waste(prior, ckpt)
             gap = self.spend(gap_s)
-            self.base = dataclasses.replace(self.base, restarts=self.base.restarts + (not clean))
+            self.base = dataclasses.replace(self.base, restarts=self.base.restarts + int(not clean))
             self.add_waste(gap, CostTotals(), bill=True)
             event = "resumed" if clean else "restarted"
             extra = {"after": after, "gap_s": round(gap_s, 3),
@@ -312,12 +313,14 @@ def summarize_from_checkpoint(run: RunDir, name: str) -> RunCost:
 
     ckpts = Checkpoints(run.store)
     step = ckpts.latest_step()
-    extra = ckpts.load(step, "train").get("extra", {}) if step is not None else {}
+    if step is None:
+        raise StoreError(f"{run.url}: not a run dir (no {LEDGER} and no whole checkpoint)")
+    extra = ckpts.load(step, "train").get("extra", {})
     saved = extra.get("cost") or {}
     ends = {"finished": "finished", "budget": "budget", "preempted": "stopped"}
     status = next((ends[e["event"]] for e in reversed(run.events.read()) if e["event"] in ends), "unknown")
     best = ckpts.best()
-    return RunCost(name, run.url, status, step or 0, CostTotals.from_dict(saved),
+    return RunCost(name, run.url, status, step, CostTotals.from_dict(saved),
                    best["value"] if best else None, saved.get("first_snr"), last_time=saved.get("time"))
 
 
