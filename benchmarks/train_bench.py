@@ -158,7 +158,7 @@ def run_gpu(url: str, args) -> None:
     print(f"configs/gpu.yaml: batch {b.cfg.train.batch_size} x {b.cfg.train.segment_seconds} s, "
           f"mixed precision {b.accel.mixed_precision}, {b.params / 1e6:.2f}M generator params; "
           f"{args.gpu_warmup} warm-up + {args.gpu_steps} timed steps per phase, batches already on the GPU")
-    print(f"{'phase':26} {'steps/s':>8} {'audio s/GPU s':>14} {'peak GiB':>9} {'GFLOP/step':>11} "
+    print(f"{'phase':28} {'steps/s':>8} {'audio s/GPU s':>14} {'peak GiB':>9} {'GFLOP/step':>11} "
           f"{'TFLOP/s':>8} {'MFU':>6}")
     phases = [("reconstruction (< adv start)", 0)]
     if b.cfg.loss.adversarial:
@@ -176,7 +176,7 @@ def run_gpu(url: str, args) -> None:
         dt = statistics.median(b.times)
         achieved = flops / dt
         mfu = f"{100 * achieved / peak:5.1f}%" if peak else "   n/a"
-        print(f"{label:26} {1 / dt:8.2f} {b.audio_s_per_step / dt:14.1f} {peak_mem:9.2f} "
+        print(f"{label:28} {1 / dt:8.2f} {b.audio_s_per_step / dt:14.1f} {peak_mem:9.2f} "
               f"{flops / 1e9:11.1f} {achieved / 1e12:8.1f} {mfu:>6}")
     print("FLOPs: matmul/conv ops as FlopCounterMode counts them (FFTs of the spectral losses and the "
           "STFT discriminator are not counted), forward + backward of one step")

@@ -608,7 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "checkpoints, with its status and cost (as `telucodec cost`).",
                        epilog="examples:\n  telucodec runs\n  telucodec runs s3://bucket/runs --json",
                        formatter_class=fmt)
-    s.add_argument("store", nargs="?", default="runs", metavar="STORE_URL", help="folder or s3:// prefix (default ./runs)")
+    s.add_argument("store", nargs="?", default="runs", metavar="STORE_URL",
+                   help="folder or s3:// prefix (default ./runs)")
     s.add_argument("--json", action="store_true", help="print a JSON list")
     s.set_defaults(func=cmd_runs)
 

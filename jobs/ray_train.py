@@ -114,7 +114,6 @@ def train_on_ray(cfg: Config) -> TrainResult:
     init_ray(cfg)
     storage_path, name = storage_for(cfg.run.dir)
     resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}
-    run = RunDir(cfg.run.dir)
     while True:
         trainer = TorchTrainer(
             train_worker,
@@ -125,6 +124,7 @@ def train_on_ray(cfg: Config) -> TrainResult:
                                  failure_config=FailureConfig(max_failures=cfg.train.max_failures)),
         )
         trainer.fit()
+        run = RunDir(cfg.run.dir)  # fresh: the workers wrote to the run's logs meanwhile
         status, step = final_status(run)
         if status == "stopped" and step < cfg.train.steps:
             print(f"run stopped on a preemption notice at step {step}: restarting the worker group", flush=True)

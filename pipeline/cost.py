@@ -83,14 +83,19 @@ def worker_price(cfg: Config, instance: InstanceInfo | None = None) -> Price:
         if origin == "cost.instance_type":
             raise ConfigError(f"cost.instance_type: {kind} has no price in {c.prices or PRICES_FILE} (known: "
                               f"{', '.join(sorted(table))}); add it there or set cost.usd_per_hour")
-        return Price(0.0, f"{kind} (from {origin}) has no price in the table: set cost.usd_per_hour", kind, region, spot)
+        return Price(0.0, f"{kind} (from {origin}) has no price in the table: set cost.usd_per_hour",
+                     kind, region, spot)
     regions = entry["usd_per_hour"]
     priced = region if region in regions else next(iter(regions))
     note = "" if priced == region else f", {priced} price: no {region or 'region'} in the table"
-    per_instance = entry["gpus"] if cfg.train.use_gpu else max(1, entry["vcpus"] // max(1, cfg.train.cpus_per_worker))
+    cpus = max(1, cfg.train.cpus_per_worker)
+    per_instance = entry["gpus"] if cfg.train.use_gpu else max(1, entry["vcpus"] // cpus)
     usd = regions[priced]["spot" if spot else "on_demand"]
     return Price(usd / per_instance, f"{kind} {'spot' if spot else 'on-demand'} ${usd:g}/h / {per_instance} "
                  f"workers (configs/prices.yaml, approximate; from {origin}{note})", kind, priced, spot)
+
+
+_SPENT = ("worker_hours", "gpu_hours", "usd")
 
 
 @dataclass
@@ -106,6 +111,19 @@ class CostTotals:
 
     def to_dict(self) -> dict:
         return {k: (round(v, 9) if isinstance(v, float) else v) for k, v in dataclasses.asdict(self).items()}
+
+    def spent_since(self, earlier: "CostTotals") -> "CostTotals":
+        """What was spent between `earlier` and these totals (never negative)."""
+        return CostTotals(*(max(0.0, getattr(self, k) - getattr(earlier, k)) for k in _SPENT))
+
+    def billed(self, spent: "CostTotals") -> "CostTotals":
+        """These totals with `spent` added."""
+        return dataclasses.replace(self, **{k: getattr(self, k) + getattr(spent, k) for k in _SPENT})
+
+    def wasted(self, spent: "CostTotals") -> "CostTotals":
+        """These totals with `spent` (already billed) counted as wasted too."""
+        return dataclasses.replace(self, **{f"wasted_{k}": getattr(self, f"wasted_{k}") + getattr(spent, k)
+                                            for k in _SPENT})
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "CostTotals":
@@ -139,9 +157,7 @@ class CostTracker:
         return CostTotals(h, h * self.gpus_per_worker, h * self.price.usd_per_worker_hour)
 
     def totals(self, at: float | None = None) -> CostTotals:
-        now = self.spend((at or time.time()) - self.started)
-        return dataclasses.replace(self.base, worker_hours=self.base.worker_hours + now.worker_hours,
-                                   gpu_hours=self.base.gpu_hours + now.gpu_hours, usd=self.base.usd + now.usd)
+        return self.base.billed(self.spend((at or time.time()) - self.started))
 
     def begin(self, saved: dict | None, step: int, **fields) -> dict:
         """Continue from the checkpoint's totals or the ledger's last line (whichever is newer); write
@@ -156,16 +172,15 @@ class CostTracker:
         else:
             prior, prior_time, after = CostTotals.from_dict(last), last["time"], last["event"]
         self.base, event, extra = prior, "start", {}
-        if prior_time is not None:
+        if prior_time is not None:  # a later worker group: the work after the checkpoint is replayed now
             clean = after in ("finished", "budget")
             gap_s = 0.0 if clean else min(max(0.0, self.started - prior_time), self.cfg.cost.max_gap_minutes * 60)
-            self.add_waste(prior, ckpt)
-            gap = self.spend(gap_s)
-            self.base = dataclasses.replace(self.base, restarts=self.base.restarts + int(not clean))
-            self.add_waste(gap, CostTotals(), bill=True)
+            replayed, gap = prior.spent_since(ckpt), self.spend(gap_s)
+            self.base = dataclasses.replace(prior.wasted(replayed).billed(gap).wasted(gap),
+                                            restarts=prior.restarts + int(not clean))
             event = "resumed" if clean else "restarted"
             extra = {"after": after, "gap_s": round(gap_s, 3),
-                     "replayed_worker_hours": round(max(0.0, prior.worker_hours - ckpt.worker_hours), 9)}
+                     "replayed_worker_hours": round(replayed.worker_hours, 9)}
         record = self.record(event, step, **extra, workers=self.workers, gpus_per_worker=self.gpus_per_worker,
                              usd_per_worker_hour=self.price.usd_per_worker_hour, price_source=self.price.source,
                              instance_type=self.price.instance_type, region=self.price.region,
@@ -174,18 +189,10 @@ class CostTracker:
         self._thread.start()
         return record
 
-    def add_waste(self, spent: CostTotals, kept: CostTotals, bill: bool = False) -> None:
-        """Count `spent - kept` as wasted (and, with `bill`, also as spent: a restart gap)."""
-        with self._lock:
-            b, d = self.base, [max(0.0, getattr(spent, k) - getattr(kept, k)) for k in ("worker_hours", "gpu_hours", "usd")]
-            self.base = dataclasses.replace(
-                b, wasted_worker_hours=b.wasted_worker_hours + d[0], wasted_gpu_hours=b.wasted_gpu_hours + d[1],
-                wasted_usd=b.wasted_usd + d[2], **({"worker_hours": b.worker_hours + d[0],
-                                                   "gpu_hours": b.gpu_hours + d[1], "usd": b.usd + d[2]} if bill else {}))
-
     def rolled_back(self, saved: dict) -> None:
         """The loop went back to a checkpoint mid-run: the work since then is redone."""
-        self.add_waste(self.totals(), CostTotals.from_dict(saved))
+        with self._lock:
+            self.base = self.base.wasted(self.totals().spent_since(CostTotals.from_dict(saved)))
 
     def record(self, event: str, step: int | None = None, **fields) -> dict:
         """Append a ledger line with the running totals (and upload it, for s3 run dirs)."""
@@ -201,8 +208,8 @@ class CostTracker:
         while not self._stop.wait(self.cfg.cost.heartbeat_seconds):
             try:
                 self.record("heartbeat")
-            except (OSError, StoreError) as e:  # a store hiccup; the next beat tries again
-                print(f"WARNING cost ledger heartbeat failed: {e}", flush=True)
+            except Exception as e:  # a store hiccup must not end the heartbeat: the next beat tries again
+                print(f"WARNING cost ledger heartbeat failed: {type(e).__name__}: {e}", flush=True)
 
     def evaluated(self, step: int, snr: float) -> dict:
         """Ledger line for an eval; returns cost metrics with dollars per dB gained since the first eval."""

@@ -50,11 +50,24 @@ class CropLoader:
         self.shards = self.index.split_shards(split)
         self.split, self.batch_size, self.crop = split, batch_size, crop_samples
         self.seed, self.rank, self.world = seed, rank, world
-        per_rank = [sum(p.kept(s) for s in p.shards) for p in (self.plan(0, r) for r in range(world))]
-        self.steps_per_epoch = min(per_rank) // batch_size
+        fewest = self.fewest_samples_per_rank()
+        self.steps_per_epoch = fewest // batch_size
         if self.steps_per_epoch == 0:
-            raise DataError(f"{url}: split {split!r} has {min(per_rank)} samples for the smallest of "
-                            f"{world} rank(s), fewer than one batch of {batch_size}")
+            raise DataError(f"{url}: split {split!r} guarantees only {fewest} samples per rank per epoch "
+                            f"over {world} rank(s), fewer than one batch of {batch_size} (reshard with "
+                            f"--ranks {world} to balance it)")
+
+    def fewest_samples_per_rank(self) -> int:
+        """A bound that holds for every rank in every epoch, whatever the shard permutation.
+
+        With at least as many shards as ranks a rank reads floor(n / world) or more shards, so it
+        gets at least the smallest floor(n / world) shards' samples; with fewer shards every rank
+        keeps at least floor(samples / world) of each shard.
+        """
+        counts = sorted(s.samples for s in self.shards)
+        if len(counts) >= self.world:
+            return sum(counts[: len(counts) // self.world])
+        return sum(c // self.world for c in counts)
 
     def plan(self, epoch: int, rank: int) -> RankPlan:
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))

@@ -80,18 +80,18 @@ class RunContext:
 
     def log(self, metrics: dict, step: int) -> None:
         """Metrics for the tracker (W&B) with the running cost, rank 0 only."""
-        if self.cost:
+        if self.cost is not None:
             self.tracker.log({**metrics, **self.cost.metrics(step)}, step)
 
     def log_eval(self, ev: dict, step: int, model, clips: list) -> None:
         """Eval metrics, dollars per dB, a ledger line and audio samples, rank 0 only."""
-        if self.cost:
+        if self.cost is not None:
             self.tracker.log({**ev, **self.cost.evaluated(step, ev["val/snr"])}, step)
             self.tracker.log_samples(step, model, clips)
 
     def event(self, record: dict) -> None:
         """A health or rollback event (as in events.jsonl): a ledger line and a W&B alert, rank 0."""
-        if self.cost:
+        if self.cost is not None:
             fields = {k: v for k, v in record.items() if k not in ("event", "step")}
             self.cost.record(record["event"], record["step"], **fields)
             self.tracker.alert(f"{record['event']} at step {record['step']}",
@@ -99,7 +99,7 @@ class RunContext:
 
     def end(self, status: str, step: int) -> None:
         """Rank 0: the final cost to W&B, close it, and the ledger's last line (finished, preempted, budget)."""
-        if self.cost:
+        if self.cost is not None:
             self.tracker.log(self.cost.metrics(step), step)
             self.tracker.finish(exit_code=1 if status == "crashed" else 0)
             self.cost.close(LEDGER_END[status], step)

@@ -89,3 +89,13 @@ def test_short_clips_are_padded_and_eval_clips(tmp_path):
     assert batch.shape == (3, 1, 1600) and float(batch[:, :, 800:].abs().max()) == 0.0
     clips = eval_clips(str(tmp_path), "train", 2, 500)
     assert [k for k, _ in clips] == ["s0000", "s0001"] and all(len(a) == 500 for _, a in clips)
+
+
+def test_no_rank_runs_dry_in_any_epoch(tmp_path):
+    """Shard-to-rank assignment changes every epoch; the step count must hold for all of them."""
+    make_dataset(str(tmp_path), [9, 4, 6])
+    for r in range(2):
+        loader = CropLoader(str(tmp_path), "train", 2, 1000, seed=0, rank=r, world=2)
+        it = loader.batches(0)
+        for _ in range(6 * loader.steps_per_epoch):  # six epochs, several permutations
+            next(it)

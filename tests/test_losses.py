@@ -39,7 +39,7 @@ def test_all_terms_and_gradients_finite_on_edge_signals(name):
     target = _signals()[name].view(1, 1, T).repeat(2, 1, 1)
     codec, disc = Codec(TINY_MODEL), Discriminator(TINY_MODEL)
     result = generator_loss(codec(target), target, ADV, disc=disc, step=10)
-    assert set(result.terms) == {"l1", "mse", "stft", "mel", "vq/commit", "adv", "feat"}
+    assert set(result.terms) == {"l1", "mse", "snr", "stft", "mel", "vq/commit", "adv", "feat"}
     assert all(torch.isfinite(v) for v in result.terms.values()), result.terms
     result.total.backward()
     d = discriminator_loss(disc, target, codec(target).audio, ADV.loss)
