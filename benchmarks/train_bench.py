@@ -1,6 +1,6 @@
 """Training throughput of the tiny and base configs, measured side by side in one run.
 
-    .venv/bin/python benchmarks/train_bench.py [--steps 3] [--warmup 1] [--max-minutes 3.5]
+    .venv/bin/python benchmarks/train_bench.py [--steps 3] [--warmup 1] [--max-minutes 3] [--threads N]
 
 CPU: both configs train in this process (train.workers=0) through `build_state` + `train_step`
 under `make_accelerator`, on one synthetic 16 kHz dataset written to a temporary folder, with
@@ -104,13 +104,17 @@ def open_bench(name: str, files: list[str], url: str) -> Bench:
 
 
 def machine_report() -> None:
-    load = os.getloadavg()
+    load, threads = os.getloadavg(), torch.get_num_threads()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), python {platform.python_version()}")
+          f"torch {torch.__version__} with {threads} CPU thread(s), python {platform.python_version()}")
     print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     if load[0] > 1.5:
-        print(f"NOTE: figures are from a loaded {os.cpu_count()}-core machine (load > 1.5 at start): "
-              "other work shared the cores, so absolute numbers are low and noisy; ratios hold better")
+        print(f"NOTE: figures are from a loaded {os.cpu_count()}-core machine (load > 1.5 at start): other work "
+              "shared the cores, so absolute figures are low")
+        if threads > 1:
+            print("      and, with more than one torch thread, each op waits for descheduled threads: step "
+                  "times vary several-fold\n      between runs (small ops most, so base/tiny too); --threads 1 "
+                  "gives steadier figures")
 
 
 def run_cpu(url: str, args) -> None:
@@ -127,15 +131,17 @@ def run_cpu(url: str, args) -> None:
             b.times.append(b.step())
     print(f"CPU, fp32, in-process (train.workers=0); {args.warmup} warm-up step(s) not timed, "
           f"{len(benches[0].times)} timed per config, interleaved; median step time")
-    print(f"{'config':8} {'params':>8} {'batch':>6} {'segment s':>10} {'s/step':>8} {'steps/s':>9} {'audio s/s':>10}")
+    print(f"{'config':8} {'params':>8} {'batch':>6} {'segment s':>10} {'s/step':>8} {'min-max':>11} "
+          f"{'steps/s':>9} {'audio s/s':>10}")
     rates = {}
     for b in benches:
         dt = statistics.median(b.times)
         rates[b.name] = (1 / dt, b.audio_s_per_step / dt)
         print(f"{b.name:8} {b.params / 1e6:7.2f}M {b.cfg.train.batch_size:6d} {b.cfg.train.segment_seconds:10.2f} "
-              f"{dt:8.2f} {1 / dt:9.3f} {b.audio_s_per_step / dt:10.2f}")
+              f"{dt:8.2f} {f'{min(b.times):.2f}-{max(b.times):.2f}':>11} {1 / dt:9.3f} "
+              f"{b.audio_s_per_step / dt:10.2f}")
     (tiny_steps, tiny_audio), (base_steps, base_audio) = rates["tiny"], rates["base"]
-    print(f"{'base/tiny':8} {benches[1].params / benches[0].params:7.1f}x {'':6} {'':10} {'':8} "
+    print(f"{'base/tiny':8} {benches[1].params / benches[0].params:7.1f}x {'':6} {'':10} {'':8} {'':11} "
           f"{base_steps / tiny_steps:8.3f}x {base_audio / tiny_audio:9.3f}x")
 
 
@@ -189,8 +195,11 @@ def main() -> None:
     ap.add_argument("--max-minutes", type=float, default=3.0, help="stop timing CPU steps after this")
     ap.add_argument("--gpu-steps", type=int, default=20)
     ap.add_argument("--gpu-warmup", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--skip-cpu", action="store_true", help="GPU part only")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     os.chdir(Path(__file__).resolve().parent.parent)  # config paths are relative to the repo
     machine_report()
     with tempfile.TemporaryDirectory() as tmp:
