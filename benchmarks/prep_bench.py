@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from audio_fixtures import write_manifest_corpus  # noqa: E402
+from local_s3 import MotoS3  # noqa: E402
 from data_prep.prep import run_prep  # noqa: E402
 from data_prep.sources import scan_sources  # noqa: E402
 from pipeline.audio import cut_segments, load_audio, resample  # noqa: E402
@@ -64,30 +65,18 @@ def main() -> None:
         summary = run_prep([str(manifest)], str(tmp / "out"), cfg, progress=False)
         local = audio_s / (time.perf_counter() - t) / args.workers
 
-        import logging
-
-        import boto3
-        from moto.server import ThreadedMotoServer
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
-
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="bench",
-                          AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-        boto3.client("s3").create_bucket(Bucket="bench")
+        s3 = MotoS3("bench").__enter__()
         t = time.perf_counter()
         run_prep([str(manifest)], "s3://bench/te", cfg, progress=False)
-        s3 = audio_s / (time.perf_counter() - t) / args.workers
-        server.stop()
+        s3_rate = audio_s / (time.perf_counter() - t) / args.workers
+        s3.__exit__()
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}; workers: {args.workers}")
     print(f"audio: {audio_s / 60:.1f} min in {len(items)} files -> {summary.samples} samples")
     print(f"{'stage':32} {'audio s / wall s / core':>24} {'ratio to ceiling':>18}")
     for name, value in [("FLAC encode only (ceiling)", ceiling), ("prep -> local folder", local),
-                        ("prep -> S3 (moto, 127.0.0.1)", s3)]:
+                        ("prep -> S3 (moto, 127.0.0.1)", s3_rate)]:
         print(f"{name:32} {value:24.1f} {value / ceiling:18.2f}")
 
 

@@ -15,7 +15,6 @@ each local folder -> local folder and S3 -> S3 (moto on 127.0.0.1, started here)
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import platform
 import sys
@@ -29,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from audio_fixtures import tone  # noqa: E402
+from local_s3 import MotoS3  # noqa: E402
 from data_prep.reshard import ReshardOptions, reshard  # noqa: E402
 from pipeline.shards import DatasetIndex, ShardWriter, encode_sample, load_index, write_index  # noqa: E402
 from pipeline.store import Store, open_store  # noqa: E402
@@ -71,19 +71,6 @@ def best_of(repeats: int, fn) -> float:
     return min(times)
 
 
-def start_moto() -> None:
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="bench",
-                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-    boto3.client("s3").create_bucket(Bucket="bench")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, default=80.0, help="source size in megabytes of FLAC")
@@ -98,7 +85,7 @@ def main() -> None:
         build_s = time.perf_counter() - t
         totals = index.splits["train"]
         mb, audio_s = sum(s.bytes for s in index.shards) / 1e6, totals["seconds"]
-        start_moto()
+        MotoS3("bench").__enter__()  # lives until the script ends
         raw_copy(open_store(f"{tmp}/src"), open_store("s3://bench/src"), args.io_threads)  # untimed
         for label, src, dst in [("local -> local", f"{tmp}/src", f"{tmp}/dst"),
                                 ("S3 -> S3", "s3://bench/src", "s3://bench/dst")]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
 import signal
@@ -38,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from local_s3 import MotoS3  # noqa: E402
 from pipeline.checkpoint import Checkpoints  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.rundir import RunDir  # noqa: E402
@@ -51,32 +51,6 @@ INTERRUPT_AT = 15
 
 
 # ------------------------------------------------------------------------------ (a) checkpoints
-class MotoS3:
-    """moto's S3 server on a free loopback port, with the AWS variables pointing boto3 at it."""
-
-    def __enter__(self):
-        from moto.server import ThreadedMotoServer
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self.server.start()
-        host, port = self.server.get_host_and_port()
-        env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "bench",
-               "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-               "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
-        self.saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        return self
-
-    def __exit__(self, *_):
-        for k, v in self.saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        self.server.stop()
-
-
 def checkpoint_times(run_url: str, repeats: int) -> dict:
     """Median save and restore seconds of a base checkpoint at `run_url`, and its size."""
     # Batch and segment only shape the one step; the saved state is the same size for any batch.
@@ -272,10 +246,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ckpt_rows = {"local folder": checkpoint_times(str(tmp / "ckpt-local"), args.repeats)}
-        with MotoS3():
-            import boto3
-
-            boto3.client("s3").create_bucket(Bucket="bench")
+        with MotoS3("bench"):
             ckpt_rows["S3 (moto on 127.0.0.1)"] = checkpoint_times("s3://bench/ckpt", args.repeats)
         print_checkpoints(ckpt_rows, args.repeats)
         if args.skip_ray:
