@@ -50,11 +50,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.bitstream import BitstreamError
     from pipeline.checkpoint import CheckpointError
     from pipeline.config import ConfigError
+    from pipeline.data import DataError
     from pipeline.shards import DatasetError
     from pipeline.store import StoreError
 
     return (UsageError, ConfigError, StoreError, DatasetError, PrepError, CorpusError, ReshardError,
-            CheckpointError, BitstreamError, AudioError)
+            CheckpointError, BitstreamError, AudioError, DataError)
 
 
 def split_config_args(items: list[str]) -> tuple[list[str], list[str]]:
@@ -405,15 +406,18 @@ def cmd_demo(args) -> int:
     print_prep_summary(run_prep([str(corpus.manifest)], str(prepped), cfg.prep, overwrite=True))
     console.rule(f"3/5  reshard for {max(workers, 1)} rank(s)")
     dataset = out / f"data-r{max(workers, 1)}"
-    reshard(str(prepped), str(dataset), ReshardOptions(ranks=max(workers, 1), shuffle=True, overwrite=True))
+    # Only train is sharded for the ranks; eval reads the held-out splits from the prepped dataset.
+    reshard(str(prepped), str(dataset), ReshardOptions(ranks=max(workers, 1), shuffle=True, overwrite=True,
+                                                       splits=("train",)))
     console.print(shards_table(str(dataset), load_index(str(dataset))))
     console.rule(f"4/5  train the tiny codec ({cfg.train.steps} steps, {workers or 'no'} Ray worker(s))")
     run_dir = out / "run"
-    items = tiny + list(args.items) + [f"data.url={dataset}", f"run.dir={run_dir}", "train.eval_split=test"]
+    items = tiny + list(args.items) + [f"data.url={dataset}", f"train.eval_url={prepped}", f"run.dir={run_dir}",
+                                       "train.eval_split=test"]
     train_args = argparse.Namespace(items=items)
     cmd_train(train_args)
     console.rule("5/5  eval against Opus 6 kbps and Codec2 3.2 kbps (test split)")
-    report = evaluate_checkpoint(str(run_dir), str(dataset), "test", 8, 4.0, out / "eval", 3)
+    report = evaluate_checkpoint(str(run_dir), str(prepped), "test", 8, 4.0, out / "eval", 3)
     console.print(eval_table(report))
     full = report.score(f"telucodec-{cfg.model.n_codebooks}")
     console.rule("summary")

@@ -107,10 +107,14 @@ def train_on_ray(cfg: Config) -> TrainResult:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from pipeline.data import CropLoader
     from pipeline.shards import load_index
 
     cfg = with_absolute_paths(cfg)
-    load_index(cfg.data.url)  # a wrong dataset URL fails here, in one line, not in every worker
+    # A wrong dataset URL or a split too small for the ranks fails here, in one line, not in every
+    # worker (where Ray would retry it train.max_failures times).
+    CropLoader(cfg.data.url, "train", cfg.train.batch_size, int(cfg.train.segment_seconds * cfg.model.sample_rate),
+               cfg.train.seed, rank=0, world=max(cfg.train.workers, 1), index=load_index(cfg.data.url))
     init_ray(cfg)
     storage_path, name = storage_for(cfg.run.dir)
     resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}

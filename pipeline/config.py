@@ -247,6 +247,9 @@ class TrainConfig:
     """Evaluate on eval_split every this many steps (and at the end)."""
     eval_split: str = "val"
     """Split evaluated during training."""
+    eval_url: str = ""
+    """Dataset to evaluate on (default: data.url), e.g. the prepped dataset when training on a
+    reshard of its train split only."""
     eval_clips: int = 8
     """Clips evaluated (the first of the split, always the same)."""
     eval_seconds: float = 4.0

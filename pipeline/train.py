@@ -365,7 +365,7 @@ def train_loop(state: State, accel, cfg: Config, ctx: RunContext, run: RunDir, c
     crop = int(cfg.train.segment_seconds * cfg.model.sample_rate)
     loader = CropLoader(cfg.data.url, "train", cfg.train.batch_size, crop, cfg.train.seed,
                         rank=accel.process_index, world=accel.num_processes)
-    clips = eval_clips(cfg.data.url, cfg.train.eval_split, cfg.train.eval_clips,
+    clips = eval_clips(cfg.train.eval_url or cfg.data.url, cfg.train.eval_split, cfg.train.eval_clips,
                        int(cfg.train.eval_seconds * cfg.model.sample_rate)) if main else []
     last_eval: dict = {}
     last_save, t_log, n_log = time.monotonic(), time.monotonic(), 0

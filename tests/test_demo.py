@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 def test_demo_end_to_end_reduced(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--minutes", "0.6", "train.steps=6", "train.eval_every=3",
+    assert main(["demo", "--out", str(out), "--minutes", "0.6", "train.steps=6", "train.eval_every=3", "train.batch_size=2",
                  "train.checkpoint_every=3", "train.log_every=1"]) == 0
     text = capsys.readouterr().out
     for stage in ("1/5", "2/5", "3/5", "4/5", "5/5", "summary"):
