@@ -7,6 +7,9 @@
     telucodec reshard SRC_URL DST_URL --ranks 8 --shard-mb 500
     telucodec config show [CONFIG.yaml...] [key=value...]
     telucodec train configs/tiny.yaml data.url=DATA run.dir=RUN
+    telucodec encode IN.wav OUT.tcq --checkpoint RUN | decode IN.tcq OUT.wav --checkpoint RUN
+    telucodec eval --checkpoint RUN --data DATA
+    telucodec cost RUN | runs STORE
 
 Errors in user input print one line (`telucodec: error: ...`) and exit 2, never a traceback.
 """
@@ -31,6 +34,9 @@ examples:
   telucodec prep corpus/ --out s3://my-bucket/te-v1
   telucodec shards ls s3://my-bucket/te-v1
   telucodec reshard s3://my-bucket/te-v1 s3://my-bucket/te-v1-r24 --ranks 24 --shuffle
+  telucodec train configs/tiny.yaml data.url=demo_out/data run.dir=runs/tiny
+  telucodec eval --checkpoint runs/tiny --data demo_out/data
+  telucodec cost runs/tiny
   telucodec config show configs/base.yaml prep.sample_rate=24000
 
 Run `telucodec COMMAND --help` for each command's options.
