@@ -12,10 +12,13 @@ real errors (`train.max_failures`); a clean stop on a preemption notice is follo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -39,7 +42,10 @@ class RayRunContext(RunContext):
         super().__init__()  # the cost clock of this worker group starts now
         self.watcher = PreemptionWatcher(cfg.preempt).start()
         self.rank = ray.train.get_context().get_world_rank()
-        self.store = RunDir(cfg.run.dir).store
+        self.run = RunDir(cfg.run.dir)
+        self.store = self.run.store
+        self.poll_seconds = cfg.preempt.poll_seconds
+        self._next_cancel_check = 0.0
         # Who runs where, from when to when: fault and cost tests read these.
         self.info = {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(), "start": self.started}
         self.store.put_text(f"workers/rank{self.rank}.json", json.dumps(self.info))
@@ -50,6 +56,13 @@ class RayRunContext(RunContext):
 
     def stop_requested(self) -> bool:
         return self.watcher.notice is not None
+
+    def cancel_requested(self) -> bool:
+        # The driver's stop request (see `cancel_on_sigterm`), one store lookup per poll interval.
+        if time.monotonic() < self._next_cancel_check:
+            return False
+        self._next_cancel_check = time.monotonic() + self.poll_seconds
+        return self.run.stop_requested()
 
     def after_checkpoint(self, step: int, metrics: dict, checkpoints) -> None:
         import ray.train
@@ -73,18 +86,20 @@ def train_worker(config: dict) -> None:
     ray.train.report({"step": result.step})
 
 
-def init_ray(cfg: Config) -> None:
-    """Join the cluster in RAY_ADDRESS, or start a local Ray sized for this run."""
+def init_ray(cfg: Config) -> bool:
+    """Join the cluster in RAY_ADDRESS, or start a local Ray sized for this run; True if this call
+    connected (so the caller shuts it down again), False if Ray was already up."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
         cpus = max(os.cpu_count() or 1, cfg.train.workers * cfg.train.cpus_per_worker + 1)
         ray.init(num_cpus=cpus, include_dashboard=True, log_to_driver=True,
                  runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+    return True
 
 
 def storage_for(run_dir: str) -> tuple[str, str]:
@@ -104,8 +119,7 @@ def with_absolute_paths(cfg: Config) -> Config:
 
 def train_on_ray(cfg: Config) -> TrainResult:
     """Fit on Ray; restart after each clean preemption stop until train.steps are done."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    import ray
 
     from pipeline.data import CropLoader
     from pipeline.shards import load_index
@@ -115,7 +129,41 @@ def train_on_ray(cfg: Config) -> TrainResult:
     # worker (where Ray would retry it train.max_failures times).
     CropLoader(cfg.data.url, "train", cfg.train.batch_size, int(cfg.train.segment_seconds * cfg.model.sample_rate),
                cfg.train.seed, rank=0, world=max(cfg.train.workers, 1), index=load_index(cfg.data.url))
-    init_ray(cfg)
+    RunDir(cfg.run.dir).clear_stop_request()
+    started = init_ray(cfg)
+    try:
+        with cancel_on_sigterm(cfg.run.dir):
+            return fit_until_done(cfg)
+    finally:
+        if started:  # a caller in the same process (the demo, a test) may start its own Ray next
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def cancel_on_sigterm(run_dir: str):
+    """SIGTERM to the driver (`telucodec jobs stop`, `ray job stop`) becomes a stop request the
+    workers poll: they save a checkpoint and end the run as cancelled while the driver waits.
+    A submitted job sets RAY_JOB_STOP_WAIT_TIME_S so Ray gives the driver that time."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum, frame):
+        print("SIGTERM: asking the workers to save a checkpoint and stop", flush=True)
+        RunDir(run_dir).request_stop("SIGTERM to the driver")
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def fit_until_done(cfg: Config) -> TrainResult:
+    """Fit, and fit again after each clean preemption stop, until train.steps are done."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
     storage_path, name = storage_for(cfg.run.dir)
     resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}
     while True:
@@ -130,7 +178,7 @@ def train_on_ray(cfg: Config) -> TrainResult:
         trainer.fit()
         run = RunDir(cfg.run.dir)  # fresh: the workers wrote to the run's logs meanwhile
         status, step = final_status(run)
-        if status == "stopped" and step < cfg.train.steps:
+        if status == "stopped" and step < cfg.train.steps:  # a preemption: cancelled and budget are final
             print(f"run stopped on a preemption notice at step {step}: restarting the worker group", flush=True)
             run.events.append({"event": "restarted", "step": step, "reason": "preemption"})
             run.flush()
@@ -141,7 +189,7 @@ def train_on_ray(cfg: Config) -> TrainResult:
 
 def final_status(run: RunDir) -> tuple[str, int]:
     """How the last fit ended, from the run's own events (rank 0 writes them)."""
-    ends = {"finished": "finished", "preempted": "stopped", "budget": "budget"}
+    ends = {"finished": "finished", "preempted": "stopped", "budget": "budget", "cancelled": "cancelled"}
     for event in reversed(run.events.read()):
         if event["event"] in ends:
             return ends[event["event"]], int(event["step"])

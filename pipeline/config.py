@@ -363,6 +363,9 @@ class TrackingConfig:
     ~/.cache/telucodec/wandb/<run>."""
     audio_samples: int = 2
     """Eval clips logged as input-vs-decoded audio and spectrograms at each eval; 0 = none."""
+    run_id: str = ""
+    """W&B run id of a new run (`telucodec submit` sets it, so it can print the run's URL up front);
+    '' = random. A resumed run keeps the id in its checkpoint."""
 
     def __post_init__(self):
         _check(self.audio_samples >= 0, "tracking.audio_samples", "must be >= 0")

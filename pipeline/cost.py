@@ -36,7 +36,8 @@ from pipeline.store import StoreError, open_store
 
 PRICES_FILE = Path(__file__).resolve().parent.parent / "configs" / "prices.yaml"
 LEDGER = "ledger.jsonl"
-END_EVENTS = {"finished": "finished", "budget": "budget", "preempted": "stopped", "crashed": "crashed"}
+END_EVENTS = {"finished": "finished", "budget": "budget", "preempted": "stopped", "cancelled": "cancelled",
+              "crashed": "crashed"}
 """Ledger events that end a worker group cleanly, and the run status each means."""
 
 
@@ -173,7 +174,7 @@ class CostTracker:
             prior, prior_time, after = CostTotals.from_dict(last), last["time"], last["event"]
         self.base, event, extra = prior, "start", {}
         if prior_time is not None:  # a later worker group: the work after the checkpoint is replayed now
-            clean = after in ("finished", "budget")
+            clean = after in ("finished", "budget", "cancelled")
             gap_s = 0.0 if clean else min(max(0.0, self.started - prior_time), self.cfg.cost.max_gap_minutes * 60)
             replayed, gap = prior.spent_since(ckpt), self.spend(gap_s)
             self.base = dataclasses.replace(prior.wasted(replayed).billed(gap).wasted(gap),
@@ -273,8 +274,8 @@ class RunCost:
     name: str
     url: str
     status: str
-    """finished, budget, stopped (preempted), crashed, running, lost (no goodbye; billed to its last
-    heartbeat) or unknown."""
+    """finished, budget, stopped (preempted), cancelled (job stopped), crashed, running, lost (no
+    goodbye; billed to its last heartbeat) or unknown."""
     step: int
     totals: CostTotals
     best_snr: float | None = None
@@ -324,7 +325,7 @@ def summarize_from_checkpoint(run: RunDir, name: str) -> RunCost:
         raise StoreError(f"{run.url}: not a run dir (no {LEDGER} and no whole checkpoint)")
     extra = ckpts.load(step, "train").get("extra", {})
     saved = extra.get("cost") or {}
-    ends = {"finished": "finished", "budget": "budget", "preempted": "stopped"}
+    ends = {"finished": "finished", "budget": "budget", "preempted": "stopped", "cancelled": "cancelled"}
     status = next((ends[e["event"]] for e in reversed(run.events.read()) if e["event"] in ends), "unknown")
     best = ckpts.best()
     return RunCost(name, run.url, status, step, CostTotals.from_dict(saved),

@@ -5,6 +5,9 @@
     run.events.append({"event": "health", "val/snr": -3.0})
     run.flush()                                  # local: already on disk; s3: upload now
 
+A stop request (`request_stop`, written by the driver when its job is stopped) is a small object
+the training loop polls: the workers save a checkpoint and end the run as `cancelled`.
+
 A local run dir is appended to directly (line by line, flushed). For s3:// the lines go to a local
 mirror under ~/.cache/telucodec/ and the whole object is uploaded on `flush()` (at checkpoints and
 evals), after first downloading what an earlier process left, so a resumed run keeps its history.
@@ -69,6 +72,9 @@ class JsonlLog:
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+STOP_REQUEST = "control/stop.json"
+
+
 class RunDir:
     def __init__(self, url: str | Store):
         self.store = open_store(url) if isinstance(url, str) else url
@@ -82,3 +88,15 @@ class RunDir:
     def flush(self) -> None:
         self.metrics.flush()
         self.events.flush()
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the run's workers to save a checkpoint and end (they poll `stop_requested`)."""
+        self.store.put_text(STOP_REQUEST, json.dumps({"time": time.time(), "reason": reason}))
+
+    def stop_requested(self) -> bool:
+        return self.store.exists(STOP_REQUEST)
+
+    def clear_stop_request(self) -> None:
+        """A new driver starts: an old job's stop request must not end it."""
+        if self.store.exists(STOP_REQUEST):
+            self.store.delete(STOP_REQUEST)

@@ -58,8 +58,9 @@ class WandbTracker(Tracker):
         folder = tracking_dir(cfg)
         folder.mkdir(parents=True, exist_ok=True)
         offline = not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE")
+        run_id = run_id or cfg.tracking.run_id or uuid.uuid4().hex[:12]
         self.run = wandb.init(project=cfg.tracking.project, entity=cfg.tracking.entity or None,
-                              name=run_name(cfg), id=run_id or uuid.uuid4().hex[:12], resume="allow",
+                              name=run_name(cfg), id=run_id, resume="allow",
                               dir=str(folder), mode="offline" if offline else None,
                               config=redact_secrets(to_dict(cfg)),
                               settings=wandb.Settings(console="off", silent=True))

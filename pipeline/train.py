@@ -36,7 +36,8 @@ from pipeline.model import Codec
 from pipeline.rundir import RunDir
 from pipeline.tracking import Tracker, make_tracker
 
-LEDGER_END = {"finished": "finished", "stopped": "preempted", "budget": "budget", "crashed": "crashed"}
+LEDGER_END = {"finished": "finished", "stopped": "preempted", "budget": "budget", "cancelled": "cancelled",
+              "crashed": "crashed"}
 
 
 class RunContext:
@@ -60,6 +61,10 @@ class RunContext:
 
     def stop_requested(self) -> bool:
         """True when the node is about to go away (a preemption notice)."""
+        return False
+
+    def cancel_requested(self) -> bool:
+        """Rank 0: True when the run was asked to end for good (its job was stopped)."""
         return False
 
     def over_budget(self, step: int) -> str | None:
@@ -127,7 +132,7 @@ class State:
 class TrainResult:
     step: int
     status: str
-    """finished, stopped (preemption notice) or budget."""
+    """finished, stopped (preemption notice: restart), budget or cancelled (job stopped: final)."""
     last_eval: dict = field(default_factory=dict)
 
 
@@ -392,9 +397,10 @@ def train_loop(state: State, accel, cfg: Config, ctx: RunContext, run: RunDir, c
                 last_eval = evaluate(unwrap(accel, state.model), clips, cfg, accel.device)
                 report_eval(last_eval, state, run, cfg, ctx, unwrap(accel, state.model), clips)
             over = ctx.over_budget(state.step)
-            stop, budget, due = agree_each(accel, ctx.stop_requested(), over is not None,
-                                           time.monotonic() - last_save > cfg.train.checkpoint_minutes * 60)
-            if done or stop or budget or due or state.step % cfg.train.checkpoint_every == 0:
+            stop, cancel, budget, due = agree_each(
+                accel, ctx.stop_requested(), main and ctx.cancel_requested(), over is not None,
+                time.monotonic() - last_save > cfg.train.checkpoint_minutes * 60)
+            if done or stop or cancel or budget or due or state.step % cfg.train.checkpoint_every == 0:
                 save_checkpoint(state, accel, cfg, ckpts, ctx, last_eval if main else {})
                 last_save = time.monotonic()
                 if main:
@@ -405,6 +411,12 @@ def train_loop(state: State, accel, cfg: Config, ctx: RunContext, run: RunDir, c
                     run.flush()
                     print(f"budget reached ({over}): checkpoint at step {state.step} saved, exiting", flush=True)
                 return TrainResult(state.step, "budget", last_eval)
+            if cancel:  # for good too: the job was stopped
+                if main:
+                    run.events.append({"event": "cancelled", "step": state.step})
+                    run.flush()
+                    print(f"run cancelled: checkpoint at step {state.step} saved, exiting", flush=True)
+                return TrainResult(state.step, "cancelled", last_eval)
             if stop:
                 status = "stopped"
                 if main:
