@@ -44,7 +44,8 @@ from pipeline.rundir import RunDir  # noqa: E402
 from pipeline.train import (RunContext, build_state, load_checkpoint, make_accelerator,  # noqa: E402
                             save_checkpoint, train_step)
 from test_data import make_dataset  # noqa: E402
-from test_ray_train import TINY, MetadataServer  # noqa: E402
+from jobs.spot_drill import MetadataServer  # noqa: E402
+from test_ray_train import TINY  # noqa: E402
 
 INTERRUPT_AT = 15
 """Step after which the notice is raised or the worker killed."""

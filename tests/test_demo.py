@@ -1,4 +1,5 @@
-"""`telucodec demo`, reduced: every stage runs for real and the summary says where things are."""
+"""`telucodec demo`, reduced: every stage runs for real (the spot drill too) and the summary says
+where things are."""
 
 import json
 
@@ -14,7 +15,7 @@ def test_demo_end_to_end_reduced(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--minutes", "0.6", "train.steps=6", "train.eval_every=3", "train.batch_size=2",
                  "train.checkpoint_every=3", "train.log_every=1"]) == 0
     text = capsys.readouterr().out
-    for stage in ("1/5", "2/5", "3/5", "4/5", "5/5", "summary"):
+    for stage in ("1/6", "2/6", "3/6", "4/6", "5/6", "6/6", "summary"):
         assert stage in text
     assert (out / "data" / "index.json").is_file() and (out / "data-r2" / "index.json").is_file()
     assert (out / "run" / "checkpoints" / "latest.json").is_file()
@@ -24,3 +25,11 @@ def test_demo_end_to_end_reduced(tmp_path, capsys):
     assert list(out.glob("eval/*.png"))
     assert f"checkpoints:  {out / 'run' / 'checkpoints'}" in text
     assert "SNR" in text and "next, on a real cluster" in text
+    events = [json.loads(line)["event"] for line in (out / "run" / "events.jsonl").read_text().splitlines()]
+    assert events.count("preempted") == 1 and events[-1] == "finished"  # one simulated reclaim, then done
+    assert events.index("preempted") < events.index("restarted") < events.index("resumed")
+    assert "spot drill:   notice at step" in text and "resumed there by a new worker group" in text
+    ledger = [json.loads(line) for line in (out / "run" / "ledger.jsonl").read_text().splitlines()]
+    assert ledger[-1]["event"] == "finished" and ledger[-1]["restarts"] == 1  # the reclaim is billed as a restart
+    assert f"cost ledger:  {out / 'run' / 'ledger.jsonl'}" in text
+    assert list((out / "run" / "wandb").glob("offline-run-*/run-*.wandb"))

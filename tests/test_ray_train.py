@@ -3,7 +3,6 @@
 Slow (each fit starts a worker group, ~12 s): marked `slow`, run in CI.
 """
 
-import http.server
 import json
 import os
 import signal
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 from jobs.ray_train import train_on_ray
+from jobs.spot_drill import SpotDrill
 from pipeline.checkpoint import Checkpoints
 from pipeline.config import load_config
 from pipeline.rundir import RunDir
@@ -102,68 +102,22 @@ def test_sigkilled_worker_resumes_with_identical_losses(ray_local, dataset, tmp_
         assert got[step] == ref[step], f"step {step}: {got[step]} != {ref[step]}"
 
 
-class MetadataServer:
-    """A fake AWS IMDSv2 on 127.0.0.1 whose spot/instance-action flips to 'terminate' on demand."""
-
-    def __init__(self):
-        self.action = None
-        self.requests = 0
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_PUT(self):
-                server.requests += 1
-                self._answer(200, b"token-123" if self.path == "/latest/api/token" else b"")
-
-            def do_GET(self):
-                server.requests += 1
-                ok = self.headers.get("X-aws-ec2-metadata-token") == "token-123"
-                if self.path == "/latest/meta-data/spot/instance-action" and ok and server.action:
-                    self._answer(200, json.dumps(server.action).encode())
-                else:
-                    self._answer(404, b"")
-
-            def _answer(self, code, body):
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-
 def test_spot_notice_checkpoints_at_next_step_and_resumes_there(ray_local, dataset, tmp_path):
-    meta = MetadataServer()
     run = tmp_path / "spot"
-    events = RunDir(str(run)).events
-    flipped = {}
-
-    def operator():
-        wait_for(lambda: max(losses_by_step(run), default=0) >= 5)
-        flipped["at"] = max(losses_by_step(run))
-        meta.action = {"action": "terminate", "time": "2026-11-24T20:00:00Z"}
-        wait_for(lambda: any(e["event"] == "preempted" for e in events.read()))
-        meta.action = None  # the replacement node gets no notice
-
-    thread = threading.Thread(target=operator, daemon=True)
-    thread.start()
-    result = train_on_ray(config(dataset, run, "train.steps=40", "train.checkpoint_every=1000",
-                                 f"preempt.aws_endpoint={meta.url}", "preempt.poll_seconds=0.1"))
-    thread.join(timeout=5)
+    with SpotDrill(str(run), at_step=5, poll_seconds=0.05) as drill:  # a fake IMDSv2 on 127.0.0.1
+        result = train_on_ray(config(dataset, run, "train.steps=40", "train.checkpoint_every=1000",
+                                     f"preempt.aws_endpoint={drill.url}", "preempt.poll_seconds=0.1"))
     assert result.status == "finished" and result.step == 40
-    log = events.read()
+    log = RunDir(str(run)).events.read()
     stop = next(e for e in log if e["event"] == "preempted")["step"]
-    assert flipped["at"] <= stop <= flipped["at"] + 20  # the notice was acted on at a step boundary soon after
+    assert drill.fired_at is not None and drill.stopped_at == stop
+    assert drill.fired_at <= stop <= drill.fired_at + 20  # the notice was acted on at a step boundary soon after
     kinds = [e["event"] for e in log]
+    assert kinds.count("preempted") == 1  # the replacement group got no notice
     assert kinds.index("preempted") < kinds.index("restarted") < kinds.index("resumed")
     resumed = next(e for e in log if e["event"] == "resumed")["step"]
     assert resumed == stop and stop % 1000 != 0  # a just-in-time checkpoint, nothing lost
-    assert meta.requests > 0
+    assert drill.server.requests > 0
 
 
 def test_driver_rerun_resumes_and_new_name_starts_fresh(ray_local, dataset, tmp_path):
