@@ -97,7 +97,7 @@ def init_ray(cfg: Config) -> bool:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
         cpus = max(os.cpu_count() or 1, cfg.train.workers * cfg.train.cpus_per_worker + 1)
-        ray.init(num_cpus=cpus, include_dashboard=True, log_to_driver=True,
+        ray.init(address="local", num_cpus=cpus, include_dashboard=True, log_to_driver=True,
                  runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
     return True
 

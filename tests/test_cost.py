@@ -191,7 +191,7 @@ def test_killed_driver_is_billed_to_its_last_heartbeat_then_resumed(dataset, tmp
 def ray_local():
     import ray
 
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

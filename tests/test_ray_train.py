@@ -33,7 +33,7 @@ TINY = ["model.channels=2", "model.latent_dim=8", "model.codebook_size=16", "mod
 def ray_local():
     import ray
 
-    ray.init(num_cpus=3, include_dashboard=True, log_to_driver=False)
+    ray.init(address="local", num_cpus=3, include_dashboard=True, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -38,7 +38,7 @@ def killed_run(tmp_path_factory):
     planted = {"WANDB_API_KEY": WANDB_KEY, "AWS_SECRET_ACCESS_KEY": AWS_SECRET, "WANDB_MODE": "offline"}
     saved = {k: os.environ.get(k) for k in planted}
     os.environ.update(planted)  # before ray.init: the workers inherit it
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
     try:
         data = str(tmp_path_factory.mktemp("ds"))
         make_dataset(data, [6, 6, 6, 6], sr=16000, seconds=0.3)  # every epoch equal per rank
