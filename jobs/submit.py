@@ -67,14 +67,34 @@ class Submission:
 
 # ------------------------------------------------------------------------------------- packaging
 def project_files(root: Path) -> list[Path]:
-    """The files a job needs: everything under root but EXCLUDED_DIRS, *.egg-info and .git* files
-    (Ray would also skip what a .gitignore in the staged folder names)."""
-    files = []
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if d not in EXCLUDED_DIRS and not d.endswith(".egg-info"))
-        files += [Path(folder) / n for n in sorted(names)
-                  if not n.startswith(".git") and not (Path(folder) / n).is_symlink()]
-    return files
+    """The files a job needs: in a git work tree what git would keep (tracked, or untracked and not
+    ignored), else everything; never EXCLUDED_DIRS, *.egg-info, .git* files or symlinks."""
+    listed = git_files(root)
+    if listed is None:
+        listed = []
+        for folder, dirs, names in os.walk(root):
+            dirs[:] = sorted(dirs)
+            listed += [Path(folder) / n for n in sorted(names)]
+
+    def kept(path: Path) -> bool:
+        parts = path.relative_to(root).parts
+        return (not any(d in EXCLUDED_DIRS or d.endswith(".egg-info") for d in parts[:-1])
+                and not parts[-1].startswith(".git") and path.is_file() and not path.is_symlink())
+    return [f for f in listed if kept(f)]
+
+
+def git_files(root: Path) -> list[Path] | None:
+    """`git ls-files --cached --others --exclude-standard` under root, or None outside a work tree."""
+    if not (root / ".git").exists():
+        return None
+    try:
+        done = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                              capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    return sorted(root / name for name in done.stdout.decode().split("\0") if name)
 
 
 def check_upload_size(root: Path, files: list[Path], max_mb: float) -> int:

@@ -64,6 +64,19 @@ def test_project_files_leave_out_git_venv_data_runs_and_caches(tmp_path):
     assert kept == ["configs/base.yaml", "pipeline/model.py"]
 
 
+def test_project_files_in_a_git_work_tree_follow_gitignore(tmp_path):
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("*.pt\nscratch/\n")
+    for name in ("pipeline/model.py", "best.pt", "scratch/notes.txt", "new_untracked.py", "runs/r1/ledger.jsonl"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    subprocess.run(["git", "-C", str(tmp_path), "add", "pipeline/model.py"], check=True)
+    kept = sorted(str(p.relative_to(tmp_path)) for p in project_files(tmp_path))
+    assert kept == ["new_untracked.py", "pipeline/model.py"]  # ignored, .git* and runs/ left out
+
+
 def test_no_cluster_named_is_one_line_error(capsys, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert main(["jobs", "ls"]) == 2
