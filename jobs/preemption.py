@@ -9,7 +9,10 @@ Sources, each optional:
 - AWS IMDSv2: PUT /latest/api/token, then GET /latest/meta-data/spot/instance-action (404 until
   a reclaim is scheduled) and /latest/meta-data/events/recommendations/rebalance;
 - GCP: GET /computeMetadata/v1/instance/preempted (with Metadata-Flavor: Google) -> TRUE;
-- SIGTERM to the worker process (what most schedulers send before a kill).
+- SIGTERM to the worker process (what most schedulers send before a kill). Ray Train runs the
+  training function in a thread, where Python refuses `signal.signal`; the handler is then
+  installed by the worker actor's own main thread (its `execute` method), and only records the
+  time: the loop saves and exits at the next step instead of Ray's default of exiting at once.
 Endpoints come from config; "auto" enables a cloud only when this machine's DMI data says it runs
 there, so a laptop or CI box never sends a request to a metadata address. The watcher only sets a
 flag: the training loop acts on it at the next step boundary, on all ranks together.
@@ -28,6 +31,35 @@ from pipeline.cloud import metadata_get as _http
 from pipeline.cloud import resolve_endpoint
 from pipeline.config import PreemptConfig
 
+_sigterm_at: float | None = None
+"""When this process got SIGTERM (set by the handler, read by every watcher in the process)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    global _sigterm_at
+    _sigterm_at = _sigterm_at or time.time()
+
+
+def _install_sigterm_handler() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def catch_sigterm() -> bool:
+    """Route this process's SIGTERM to `_on_sigterm`, from the main thread or, inside a Ray Train
+    worker, through the worker actor's main thread. False when neither is possible."""
+    if threading.current_thread() is threading.main_thread():
+        _install_sigterm_handler()
+        return True
+    try:
+        import ray
+
+        actor = ray.get_runtime_context().current_actor
+        ray.get(actor.execute.remote(_install_sigterm_handler), timeout=30)
+        return True
+    except Exception:  # not in a Ray actor, or a Ray Train without `execute`: metadata notices only
+        return False
+
+
 @dataclass
 class Notice:
     source: str
@@ -42,22 +74,14 @@ class PreemptionWatcher:
         self.aws = resolve_endpoint(cfg.aws_endpoint, "aws")
         self.gcp = resolve_endpoint(cfg.gcp_endpoint, "gcp")
         self.notice: Notice | None = None
+        self.catches_sigterm = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> "PreemptionWatcher":
         if not self.cfg.enabled:
             return self
-        try:  # only possible in the main thread; Ray may run us elsewhere
-            previous = signal.getsignal(signal.SIGTERM)
-
-            def on_sigterm(signum, frame):
-                self._set("sigterm", "SIGTERM received")
-                if callable(previous) and previous not in (signal.SIG_DFL, signal.SIG_IGN):
-                    previous(signum, frame)
-            signal.signal(signal.SIGTERM, on_sigterm)
-        except ValueError:
-            pass
+        self.catches_sigterm = catch_sigterm()
         if self.aws or self.gcp:
             self._thread = threading.Thread(target=self._run, daemon=True, name="preemption-watcher")
             self._thread.start()
@@ -66,12 +90,18 @@ class PreemptionWatcher:
     def stop(self) -> None:
         self._stop.set()
 
+    def poll(self) -> Notice | None:
+        """The notice so far (a SIGTERM to this process counts); cheap, for every step."""
+        if self.notice is None and self.cfg.enabled and _sigterm_at is not None:
+            self._set("sigterm", "SIGTERM received")
+        return self.notice
+
     def _set(self, source: str, detail: str) -> None:
         if self.notice is None:
             self.notice = Notice(source, detail, time.time())
             print(f"preemption notice ({source}): {detail}", flush=True)
-            if self.cfg.drain_node:
-                drain_this_node(detail)
+            if self.cfg.drain_node:  # in the background: the training loop must not wait for it
+                threading.Thread(target=drain_this_node, args=(detail,), daemon=True, name="drain-node").start()
 
     def _run(self) -> None:
         while not self._stop.is_set() and self.notice is None:

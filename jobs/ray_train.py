@@ -55,7 +55,7 @@ class RayRunContext(RunContext):
         self.store.put_text(f"workers/rank{self.rank}.json", json.dumps({**self.info, "end": time.time()}))
 
     def stop_requested(self) -> bool:
-        return self.watcher.notice is not None
+        return self.watcher.poll() is not None
 
     def cancel_requested(self) -> bool:
         # The driver's stop request (see `cancel_on_sigterm`), one store lookup per poll interval.

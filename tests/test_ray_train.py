@@ -120,6 +120,27 @@ def test_spot_notice_checkpoints_at_next_step_and_resumes_there(ray_local, datas
     assert drill.server.requests > 0
 
 
+def test_sigterm_to_a_worker_is_a_notice_checkpointed_at_the_next_step(ray_local, dataset, tmp_path):
+    run = tmp_path / "sigterm"
+    sent = {}
+
+    def scheduler():  # what a node shutdown or a batch scheduler does to the worker process
+        wait_for(lambda: max(losses_by_step(run), default=0) >= 4 and (run / "workers" / "rank1.json").exists())
+        sent["at"] = max(losses_by_step(run))
+        os.kill(json.loads((run / "workers" / "rank1.json").read_text())["pid"], signal.SIGTERM)
+
+    thread = threading.Thread(target=scheduler, daemon=True)
+    thread.start()
+    result = train_on_ray(config(dataset, run, "train.steps=30", "train.checkpoint_every=1000"))
+    thread.join(timeout=5)
+    assert sent and result.status == "finished" and result.step == 30
+    log = RunDir(str(run)).events.read()
+    stop = next(e for e in log if e["event"] == "preempted")["step"]
+    assert sent["at"] <= stop <= sent["at"] + 20  # saved at a step boundary soon after, not killed
+    resumed = next(e for e in log if e["event"] == "resumed")["step"]
+    assert resumed == stop  # nothing replayed: the worker saved before it left
+
+
 def test_driver_rerun_resumes_and_new_name_starts_fresh(ray_local, dataset, tmp_path):
     run = tmp_path / "again"
     train_on_ray(config(dataset, run, "train.steps=3", "train.checkpoint_every=3"))
