@@ -202,6 +202,13 @@ def cmd_train(args) -> int:
     cfg = load_cli_config(args.items)
     if not cfg.data.url:
         raise UsageError("no dataset: give data.url=URL (a folder or s3:// prefix made by `telucodec prep`)")
+    if args.resume == "never":
+        from pipeline.checkpoint import Checkpoints
+
+        step = Checkpoints(cfg.run.dir).latest_step()
+        if step is not None:
+            raise UsageError(f"{cfg.run.dir} already holds a run at step {step}: give a new run.dir, "
+                             f"or --resume auto to continue it")
     console.print(f"run {cfg.run.dir}: {cfg.model.n_codebooks} codebooks x {cfg.model.codebook_size} -> "
                   f"{cfg.model.bitrate() / 1000:.2f} kbps at {cfg.model.sample_rate} Hz, "
                   f"{cfg.train.steps} steps, {max(cfg.train.workers, 1)} worker(s)")
@@ -571,10 +578,11 @@ def demo_train(cfg, items: list[str], dataset: Path, prepped: Path, run_dir: Pat
                  + (f", a simulated spot reclaim at step ~{at})" if preempt else ")"))
     items = items + [f"data.url={dataset}", f"train.eval_url={prepped}", f"run.dir={run_dir}", "train.eval_split=test"]
     if not preempt:
-        cmd_train(argparse.Namespace(items=items))
+        cmd_train(argparse.Namespace(items=items, resume="auto"))
         return None
     with SpotDrill(str(run_dir), at_step=at) as drill:
-        cmd_train(argparse.Namespace(items=items + [f"preempt.aws_endpoint={drill.url}", "preempt.poll_seconds=0.5"]))
+        cmd_train(argparse.Namespace(items=items + [f"preempt.aws_endpoint={drill.url}", "preempt.poll_seconds=0.5"],
+                                     resume="auto"))
     return drill
 
 
@@ -678,6 +686,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "train.workers=8 train.use_gpu=true\n"
                        "  telucodec train configs/tiny.yaml data.url=demo_out/data train.workers=0   # no Ray",
                        formatter_class=fmt)
+    s.add_argument("--resume", choices=("auto", "never"), default="auto",
+                   help="auto (default): continue the run in run.dir if it has a checkpoint; never: refuse "
+                   "to start when it has one")
     s.add_argument("items", nargs="*", metavar="CONFIG.yaml|key=value")
     s.set_defaults(func=cmd_train)
 

@@ -127,3 +127,9 @@ def test_decode_requires_a_checkpoint(good_tcq, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["decode", str(good_tcq), str(tmp_path / "o.wav")])
     assert e.value.code == 2 and "--checkpoint" in capsys.readouterr().err
+
+
+def test_train_resume_never_refuses_a_run_dir_with_a_checkpoint(checkpoint, capsys):
+    assert main(["train", "data.url=unused", f"run.dir={checkpoint}", "--resume", "never"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run at step 7" in err and "--resume auto" in err
