@@ -131,6 +131,8 @@ def test_submitted_job_succeeds_with_logs_ledger_and_no_secret_shown(head, datas
     logs = capsys.readouterr().out
     assert "forwarded from the submitting machine: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, WANDB_API_KEY" in logs
     assert "finished at step 4" in logs
+    assert main(["jobs", "logs", job, "--address", head, "--follow"]) == 0  # a finished job: all, then return
+    assert "finished at step 4" in capsys.readouterr().out
 
     run_dir = next((tmp_path / "runs").iterdir())
     ledger = RunDir(str(run_dir)).log("ledger.jsonl").read()
