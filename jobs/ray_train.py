@@ -161,7 +161,7 @@ def cancel_on_sigterm(run_dir: str):
 
 def fit_until_done(cfg: Config) -> TrainResult:
     """Fit, and fit again after each clean preemption stop, until train.steps are done."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     storage_path, name = storage_for(cfg.run.dir)
@@ -173,7 +173,10 @@ def fit_until_done(cfg: Config) -> TrainResult:
             scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
                                          resources_per_worker=resources),
             run_config=RunConfig(name=name, storage_path=storage_path,
-                                 failure_config=FailureConfig(max_failures=cfg.train.max_failures)),
+                                 failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+                                 # Ray Train's INFO lines (a dump per report) drown rank 0's own
+                                 # prints; its warnings and errors still show.
+                                 logging_config=LoggingConfig(log_level="WARNING")),
         )
         trainer.fit()
         run = RunDir(cfg.run.dir)  # fresh: the workers wrote to the run's logs meanwhile
