@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 from rich.console import Console
 from rich.table import Table
@@ -438,6 +439,14 @@ def cmd_submit(args) -> int:
     if args.local:
         cfg = with_absolute_paths(cfg)
     address = cluster_address(args)
+    if not args.local and urlparse(address).hostname not in ("127.0.0.1", "localhost", "::1"):
+        from pipeline.store import is_remote
+
+        local = [name for name, url in (("data.url", cfg.data.url), ("run dir", cfg.run.dir if run_dir_given else args.runs))
+                 if not is_remote(url)]
+        if local:
+            err_console.print(f"telucodec: warning: {' and '.join(local)} on this machine's disk: the cluster's nodes "
+                              f"must see the same path (a shared file system), else use s3://", highlight=False)
     sub = submit(address, cfg, run=args.run or "", runs_root=args.runs, run_dir_given=run_dir_given,
                  max_upload_mb=args.max_upload_mb, pip=args.pip, image=args.image or "")
     print(f"job: {sub.job_id}")

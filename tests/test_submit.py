@@ -77,6 +77,14 @@ def test_project_files_in_a_git_work_tree_follow_gitignore(tmp_path):
     assert kept == ["new_untracked.py", "pipeline/model.py"]  # ignored, .git* and runs/ left out
 
 
+def test_local_paths_for_a_remote_cluster_are_warned_about(tmp_path, capsys):
+    # .invalid never resolves: the submit fails after the warning, without any network
+    assert main(["submit", "--address", "http://head.invalid:8265", "--runs", str(tmp_path),
+                 "data.url=/data/te"]) == 2
+    err = capsys.readouterr().err
+    assert "warning: data.url and run dir on this machine's disk" in err and "no Ray dashboard at" in err
+
+
 def test_no_cluster_named_is_one_line_error(capsys, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert main(["jobs", "ls"]) == 2
