@@ -436,10 +436,9 @@ def cmd_submit(args) -> int:
         raise UsageError("no dataset: give data.url=URL (an s3:// prefix made by `telucodec prep`, or a folder "
                          "the cluster's nodes can read)")
     run_dir_given = any(i.startswith("run.dir=") for i in args.items)
-    if args.local:
-        cfg = with_absolute_paths(cfg)
+    cfg = with_absolute_paths(cfg)  # the job runs in another directory (a relative path means nothing there)
     address = cluster_address(args)
-    if not args.local and urlparse(address).hostname not in ("127.0.0.1", "localhost", "::1"):
+    if urlparse(address).hostname not in ("127.0.0.1", "localhost", "::1"):
         from pipeline.store import is_remote
 
         local = [name for name, url in (("data.url", cfg.data.url), ("run dir", cfg.run.dir if run_dir_given else args.runs))

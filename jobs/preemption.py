@@ -74,14 +74,13 @@ class PreemptionWatcher:
         self.aws = resolve_endpoint(cfg.aws_endpoint, "aws")
         self.gcp = resolve_endpoint(cfg.gcp_endpoint, "gcp")
         self.notice: Notice | None = None
-        self.catches_sigterm = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> "PreemptionWatcher":
         if not self.cfg.enabled:
             return self
-        self.catches_sigterm = catch_sigterm()
+        catch_sigterm()  # where it cannot (no main thread, no Ray actor) metadata notices still work
         if self.aws or self.gcp:
             self._thread = threading.Thread(target=self._run, daemon=True, name="preemption-watcher")
             self._thread.start()

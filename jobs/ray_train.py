@@ -58,11 +58,11 @@ class RayRunContext(RunContext):
         return self.watcher.poll() is not None
 
     def cancel_requested(self) -> bool:
-        # The driver's stop request (see `cancel_on_sigterm`), one store lookup per poll interval.
+        # The driver's cancel request (see `cancel_on_sigterm`), one store lookup per poll interval.
         if time.monotonic() < self._next_cancel_check:
             return False
         self._next_cancel_check = time.monotonic() + self.poll_seconds
-        return self.run.stop_requested()
+        return self.run.cancel_requested()
 
     def after_checkpoint(self, step: int, metrics: dict, checkpoints) -> None:
         import ray.train
@@ -129,7 +129,7 @@ def train_on_ray(cfg: Config) -> TrainResult:
     # worker (where Ray would retry it train.max_failures times).
     CropLoader(cfg.data.url, "train", cfg.train.batch_size, int(cfg.train.segment_seconds * cfg.model.sample_rate),
                cfg.train.seed, rank=0, world=max(cfg.train.workers, 1), index=load_index(cfg.data.url))
-    RunDir(cfg.run.dir).clear_stop_request()
+    RunDir(cfg.run.dir).clear_cancel_request()
     started = init_ray(cfg)
     try:
         with cancel_on_sigterm(cfg.run.dir):
@@ -141,7 +141,7 @@ def train_on_ray(cfg: Config) -> TrainResult:
 
 @contextlib.contextmanager
 def cancel_on_sigterm(run_dir: str):
-    """SIGTERM to the driver (`telucodec jobs stop`, `ray job stop`) becomes a stop request the
+    """SIGTERM to the driver (`telucodec jobs stop`, `ray job stop`) becomes a cancel request the
     workers poll: they save a checkpoint and end the run as cancelled while the driver waits.
     A submitted job sets RAY_JOB_STOP_WAIT_TIME_S so Ray gives the driver that time."""
     if threading.current_thread() is not threading.main_thread():
@@ -150,7 +150,7 @@ def cancel_on_sigterm(run_dir: str):
 
     def on_sigterm(signum, frame):
         print("SIGTERM: asking the workers to save a checkpoint and stop", flush=True)
-        RunDir(run_dir).request_stop("SIGTERM to the driver")
+        RunDir(run_dir).request_cancel("SIGTERM to the driver")
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
@@ -192,8 +192,4 @@ def fit_until_done(cfg: Config) -> TrainResult:
 
 def final_status(run: RunDir) -> tuple[str, int]:
     """How the last fit ended, from the run's own events (rank 0 writes them)."""
-    ends = {"finished": "finished", "preempted": "stopped", "budget": "budget", "cancelled": "cancelled"}
-    for event in reversed(run.events.read()):
-        if event["event"] in ends:
-            return ends[event["event"]], int(event["step"])
-    return "finished", 0
+    return run.last_end() or ("finished", 0)

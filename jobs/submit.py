@@ -18,6 +18,7 @@ the run's ledger and metrics (on the run's store) beside Ray's state.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -155,8 +156,6 @@ def submit(address: str, cfg: Config, *, run: str = "", runs_root: str = "runs",
            project: Path = PROJECT_ROOT, max_upload_mb: float = 100.0, pip: bool = False,
            image: str = "") -> Submission:
     """Stage, size-check and submit `telucodec train` with cfg as a Ray job; returns its ids and URLs."""
-    import dataclasses
-
     files = project_files(project)
     check_upload_size(project, files, max_upload_mb)  # before anything talks to the cluster
     if run_dir_given:
@@ -195,16 +194,17 @@ def submit(address: str, cfg: Config, *, run: str = "", runs_root: str = "runs",
 def earlier_run(run_dir: str) -> tuple[bool, str | None]:
     """(whether run_dir holds a checkpoint to resume, the W&B run id its ledger names)."""
     from pipeline.checkpoint import Checkpoints
+    from pipeline.cost import LEDGER, newest_ledger_value
     from pipeline.rundir import RunDir
     from pipeline.store import StoreError
 
     try:
         if Checkpoints(run_dir).latest_step() is None:
             return False, None
-        ledger = RunDir(run_dir).log("ledger.jsonl").read()
+        ledger = RunDir(run_dir).log(LEDGER).read()
     except (StoreError, OSError):
         return False, None  # not reachable from the laptop: the job resumes by itself if it can
-    return True, next((r["wandb_run_id"] for r in reversed(ledger) if r.get("wandb_run_id")), None)
+    return True, newest_ledger_value(ledger, "wandb_run_id")
 
 
 def project_dependencies(project: Path) -> list[str]:
@@ -262,10 +262,14 @@ class JobView:
     run_status: str = ""
 
 
+def state_word(status) -> str:
+    """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED, from Ray's JobStatus."""
+    return str(getattr(status, "value", status))
+
+
 def job_view(details) -> JobView:
     meta = details.metadata or {}
-    view = JobView(details.submission_id or details.job_id, str(details.status.value if hasattr(details.status, "value")
-                                                                 else details.status),
+    view = JobView(details.submission_id or details.job_id, state_word(details.status),
                    meta.get("telucodec_run", ""), meta.get("run_dir", ""),
                    details.start_time / 1000 if details.start_time else None,
                    details.end_time / 1000 if details.end_time else None, details.message or "")
@@ -288,7 +292,8 @@ def add_run_progress(view: JobView) -> None:
         return  # not started yet, or the store is not reachable from here
     view.val_snr = next((r["val/snr"] for r in reversed(metrics) if "val/snr" in r), None)
     view.steps_per_s = next((r["steps_per_s"] for r in reversed(metrics) if "steps_per_s" in r), None)
-    view.step = max([view.step or 0] + [r["step"] for r in metrics[-1:]])
+    if metrics:  # newer than the ledger, which rank 0 writes at heartbeats and evals
+        view.step = max(view.step or 0, metrics[-1]["step"])
 
 
 def list_jobs(address: str) -> list[JobView]:
@@ -297,18 +302,22 @@ def list_jobs(address: str) -> list[JobView]:
     return [job_view(d) for d in sorted(jobs, key=lambda d: d.start_time or 0, reverse=True)]
 
 
-def job_status(address: str, job_id: str) -> JobView:
-    client = job_client(address)
+def job_details(client, job_id: str):
+    """Ray's JobDetails, or a one-line SubmitError for an unknown id."""
     try:
-        return job_view(client.get_job_info(job_id))
+        return client.get_job_info(job_id)
     except RuntimeError as e:
-        raise SubmitError(f"no job {job_id} at {address} ({str(e).splitlines()[0][:120]})")
+        raise SubmitError(f"no job {job_id} at {client.get_address()} ({str(e).splitlines()[0][:120]})")
+
+
+def job_status(address: str, job_id: str) -> JobView:
+    return job_view(job_details(job_client(address), job_id))
 
 
 def job_logs(address: str, job_id: str, follow: bool = False, out=None) -> None:
     out = out or sys.stdout
     client = job_client(address)
-    job_status(address, job_id)  # a clear error for an unknown id
+    job_details(client, job_id)  # a clear error for an unknown id
     if not follow:
         out.write(client.get_job_logs(job_id))
         return
@@ -320,21 +329,18 @@ def job_logs(address: str, job_id: str, follow: bool = False, out=None) -> None:
     asyncio.run(tail())
 
 
+FINAL_STATES = ("STOPPED", "SUCCEEDED", "FAILED")
+
+
 def stop_job(address: str, job_id: str, wait_s: float = STOP_GRACE_S + 30) -> JobView:
     """SIGTERM the job's driver (its workers save a checkpoint first); wait for a final state."""
     client = job_client(address)
-    job_status(address, job_id)
+    job_details(client, job_id)
     client.stop_job(job_id)
-    return wait_for_state(address, job_id, ("STOPPED", "SUCCEEDED", "FAILED"), wait_s)
-
-
-def wait_for_state(address: str, job_id: str, states: tuple[str, ...], timeout_s: float) -> JobView:
-    deadline = time.time() + timeout_s
-    while True:
-        view = job_status(address, job_id)
-        if view.state in states or time.time() > deadline:
-            return view
+    deadline = time.time() + wait_s
+    while state_word(client.get_job_status(job_id)) not in FINAL_STATES and time.time() < deadline:
         time.sleep(1.0)
+    return job_view(job_details(client, job_id))
 
 
 # ------------------------------------------------------------------------------------- local head

@@ -31,14 +31,13 @@ import yaml
 
 from pipeline.cloud import InstanceInfo, instance_info, resolve_endpoint
 from pipeline.config import Config, ConfigError
-from pipeline.rundir import RunDir
+from pipeline.rundir import RUN_END_EVENTS, RunDir
 from pipeline.store import StoreError, open_store
 
 PRICES_FILE = Path(__file__).resolve().parent.parent / "configs" / "prices.yaml"
 LEDGER = "ledger.jsonl"
-END_EVENTS = {"finished": "finished", "budget": "budget", "preempted": "stopped", "cancelled": "cancelled",
-              "crashed": "crashed"}
-"""Ledger events that end a worker group cleanly, and the run status each means."""
+END_EVENTS = {**RUN_END_EVENTS, "crashed": "crashed"}
+"""Ledger events that end a worker group (the run's clean ends, and a crash), and the run status each means."""
 
 
 @dataclass(frozen=True)
@@ -254,7 +253,12 @@ class CostTracker:
 
     def ledger_value(self, key: str):
         """The newest value of `key` in the ledger (e.g. the W&B run id of a run that never checkpointed)."""
-        return next((r[key] for r in reversed(self.ledger.read()) if r.get(key)), None)
+        return newest_ledger_value(self.ledger.read(), key)
+
+
+def newest_ledger_value(history: list[dict], key: str):
+    """The newest non-empty value of `key` among ledger lines, or None."""
+    return next((r[key] for r in reversed(history) if r.get(key)), None)
 
 
 def first_snr(history: list[dict]) -> float | None:
@@ -325,8 +329,7 @@ def summarize_from_checkpoint(run: RunDir, name: str) -> RunCost:
         raise StoreError(f"{run.url}: not a run dir (no {LEDGER} and no whole checkpoint)")
     extra = ckpts.load(step, "train").get("extra", {})
     saved = extra.get("cost") or {}
-    ends = {"finished": "finished", "budget": "budget", "preempted": "stopped", "cancelled": "cancelled"}
-    status = next((ends[e["event"]] for e in reversed(run.events.read()) if e["event"] in ends), "unknown")
+    status = (run.last_end() or ("unknown", 0))[0]
     best = ckpts.best()
     return RunCost(name, run.url, status, step, CostTotals.from_dict(saved),
                    best["value"] if best else None, saved.get("first_snr"), last_time=saved.get("time"))

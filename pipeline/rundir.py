@@ -5,7 +5,7 @@
     run.events.append({"event": "health", "val/snr": -3.0})
     run.flush()                                  # local: already on disk; s3: upload now
 
-A stop request (`request_stop`, written by the driver when its job is stopped) is a small object
+A cancel request (`request_cancel`, written by the driver when its job is stopped) is a small object
 the training loop polls: the workers save a checkpoint and end the run as `cancelled`.
 
 A local run dir is appended to directly (line by line, flushed). For s3:// the lines go to a local
@@ -72,7 +72,9 @@ class JsonlLog:
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-STOP_REQUEST = "control/stop.json"
+CANCEL_REQUEST = "control/cancel.json"
+RUN_END_EVENTS = {"finished": "finished", "preempted": "stopped", "budget": "budget", "cancelled": "cancelled"}
+"""Events rank 0 writes when a worker group ends cleanly, and the run status each means."""
 
 
 class RunDir:
@@ -89,14 +91,21 @@ class RunDir:
         self.metrics.flush()
         self.events.flush()
 
-    def request_stop(self, reason: str) -> None:
-        """Ask the run's workers to save a checkpoint and end (they poll `stop_requested`)."""
-        self.store.put_text(STOP_REQUEST, json.dumps({"time": time.time(), "reason": reason}))
+    def last_end(self) -> tuple[str, int] | None:
+        """(status, step) of the newest clean end in events.jsonl (RUN_END_EVENTS), or None."""
+        for event in reversed(self.events.read()):
+            if event["event"] in RUN_END_EVENTS:
+                return RUN_END_EVENTS[event["event"]], int(event["step"])
+        return None
 
-    def stop_requested(self) -> bool:
-        return self.store.exists(STOP_REQUEST)
+    def request_cancel(self, reason: str) -> None:
+        """Ask the run's workers to save a checkpoint and end (they poll `cancel_requested`)."""
+        self.store.put_text(CANCEL_REQUEST, json.dumps({"time": time.time(), "reason": reason}))
 
-    def clear_stop_request(self) -> None:
-        """A new driver starts: an old job's stop request must not end it."""
-        if self.store.exists(STOP_REQUEST):
-            self.store.delete(STOP_REQUEST)
+    def cancel_requested(self) -> bool:
+        return self.store.exists(CANCEL_REQUEST)
+
+    def clear_cancel_request(self) -> None:
+        """A new driver starts: an old job's cancel request must not end it."""
+        if self.store.exists(CANCEL_REQUEST):
+            self.store.delete(CANCEL_REQUEST)

@@ -27,7 +27,7 @@ import torch
 
 from pipeline.checkpoint import Checkpoints
 from pipeline.config import Config, to_dict
-from pipeline.cost import CostTracker
+from pipeline.cost import END_EVENTS, CostTracker
 from pipeline.data import CropLoader, eval_clips
 from pipeline.discriminator import Discriminator
 from pipeline.losses import adversarial_active, discriminator_loss, generator_loss
@@ -36,8 +36,8 @@ from pipeline.model import Codec
 from pipeline.rundir import RunDir
 from pipeline.tracking import Tracker, make_tracker
 
-LEDGER_END = {"finished": "finished", "stopped": "preempted", "budget": "budget", "cancelled": "cancelled",
-              "crashed": "crashed"}
+LEDGER_END = {status: event for event, status in END_EVENTS.items()}
+"""The ledger's last line for each TrainResult status (crashed included)."""
 
 
 class RunContext:

@@ -156,8 +156,9 @@ def test_submitted_job_succeeds_with_logs_ledger_and_no_secret_shown(head, datas
     shown = json.dumps({"runtime_env": details.runtime_env, "metadata": details.metadata,
                         "entrypoint": details.entrypoint}, default=str)
     assert "WANDB_API_KEY" not in json.dumps(details.runtime_env)  # forwarded, but not in the visible env
-    for text in (logs, shown, *(p.read_text(errors="replace") for p in run_dir.rglob("*")
-                                 if p.is_file() and p.suffix in (".json", ".jsonl", ".yaml", ".txt", ".log"))):
+    written = [p for p in run_dir.rglob("*") if p.is_file()]  # checkpoints and the offline W&B run too
+    assert any(p.suffix == ".wandb" for p in written)
+    for text in (logs, shown, *(p.read_text(encoding="latin-1") for p in written)):
         assert FAKE_KEY not in text and FAKE_SECRET not in text
 
 
