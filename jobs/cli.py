@@ -214,9 +214,11 @@ def cmd_train(args) -> int:
                   f"{cfg.model.bitrate() / 1000:.2f} kbps at {cfg.model.sample_rate} Hz, "
                   f"{cfg.train.steps} steps, {max(cfg.train.workers, 1)} worker(s)")
     if cfg.train.workers == 0:
+        from jobs.ray_train import cancel_on_sigterm
         from pipeline.train import train
 
-        result = train(cfg)
+        with cancel_on_sigterm(cfg.run.dir):
+            result = train(cfg)
     else:
         from jobs.ray_train import train_on_ray
 

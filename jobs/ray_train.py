@@ -42,10 +42,7 @@ class RayRunContext(RunContext):
         super().__init__()  # the cost clock of this worker group starts now
         self.watcher = PreemptionWatcher(cfg.preempt).start()
         self.rank = ray.train.get_context().get_world_rank()
-        self.run = RunDir(cfg.run.dir)
-        self.store = self.run.store
-        self.poll_seconds = cfg.preempt.poll_seconds
-        self._next_cancel_check = 0.0
+        self.store = RunDir(cfg.run.dir).store
         # Who runs where, from when to when: fault and cost tests read these.
         self.info = {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(), "start": self.started}
         self.store.put_text(f"workers/rank{self.rank}.json", json.dumps(self.info))
@@ -56,13 +53,6 @@ class RayRunContext(RunContext):
 
     def stop_requested(self) -> bool:
         return self.watcher.poll() is not None
-
-    def cancel_requested(self) -> bool:
-        # The driver's cancel request (see `cancel_on_sigterm`), one store lookup per poll interval.
-        if time.monotonic() < self._next_cancel_check:
-            return False
-        self._next_cancel_check = time.monotonic() + self.poll_seconds
-        return self.run.cancel_requested()
 
     def after_checkpoint(self, step: int, metrics: dict, checkpoints) -> None:
         import ray.train
@@ -129,7 +119,6 @@ def train_on_ray(cfg: Config) -> TrainResult:
     # worker (where Ray would retry it train.max_failures times).
     CropLoader(cfg.data.url, "train", cfg.train.batch_size, int(cfg.train.segment_seconds * cfg.model.sample_rate),
                cfg.train.seed, rank=0, world=max(cfg.train.workers, 1), index=load_index(cfg.data.url))
-    RunDir(cfg.run.dir).clear_cancel_request()
     started = init_ray(cfg)
     try:
         with cancel_on_sigterm(cfg.run.dir):
@@ -143,7 +132,9 @@ def train_on_ray(cfg: Config) -> TrainResult:
 def cancel_on_sigterm(run_dir: str):
     """SIGTERM to the driver (`telucodec jobs stop`, `ray job stop`) becomes a cancel request the
     workers poll: they save a checkpoint and end the run as cancelled while the driver waits.
-    A submitted job sets RAY_JOB_STOP_WAIT_TIME_S so Ray gives the driver that time."""
+    A submitted job sets RAY_JOB_STOP_WAIT_TIME_S so Ray gives the driver that time. Used around
+    in-process training too (train.workers=0), where the driver is the worker."""
+    RunDir(run_dir).clear_cancel_request()  # a stopped job's request must not end this new driver
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -50,11 +50,15 @@ class RunContext:
         self.cost: CostTracker | None = None
         self.tracker: Tracker = Tracker()
         self.restored: dict = {}
+        self.run: RunDir | None = None
+        self.cancel_poll_seconds = 5.0
+        self._next_cancel_check = 0.0
 
     def begin(self, cfg: Config, accel, run: RunDir, step: int) -> None:
         """Rank 0, before the first step: continue the cost ledger and the W&B run of the checkpoint."""
         if not accel.is_main_process:
             return
+        self.run, self.cancel_poll_seconds = run, cfg.preempt.poll_seconds
         self.cost = CostTracker(cfg, run, workers=accel.num_processes, started=self.started)
         self.tracker = make_tracker(cfg, self.restored.get("wandb_run_id") or self.cost.ledger_value("wandb_run_id"))
         self.cost.begin(self.restored.get("cost"), step, wandb_run_id=self.tracker.run_id)
@@ -64,8 +68,12 @@ class RunContext:
         return False
 
     def cancel_requested(self) -> bool:
-        """Rank 0: True when the run was asked to end for good (its job was stopped)."""
-        return False
+        """Rank 0: True when the run was asked to end for good (its job was stopped: the driver's
+        RunDir.request_cancel); one store lookup per preempt.poll_seconds."""
+        if self.run is None or time.monotonic() < self._next_cancel_check:
+            return False
+        self._next_cancel_check = time.monotonic() + self.cancel_poll_seconds
+        return self.run.cancel_requested()
 
     def over_budget(self, step: int) -> str | None:
         """Rank 0: why the run must stop for good now (budget.*), else None."""

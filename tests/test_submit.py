@@ -7,6 +7,9 @@ and a Ray Train worker group.
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -190,3 +193,28 @@ def test_stopped_job_is_stopped_with_a_final_checkpoint(head, dataset, tmp_path,
     assert status_word(head, job2, capsys) == "SUCCEEDED"
     kinds = [e["event"] for e in run.events.read() if e["event"] != "health"]  # val SNR warnings of a toy run
     assert kinds[-3:] == ["cancelled", "resumed", "finished"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_an_in_process_run_cancels_it_with_a_checkpoint_and_no_bill_for_the_pause(dataset, tmp_path):
+    """train.workers=0 (a job whose driver is the worker): SIGTERM, as `jobs stop` sends it."""
+    run = tmp_path / "solo"
+    args = [*TINY, f"data.url={dataset}", f"run.dir={run}", "train.workers=0", "train.steps=100000",
+            "train.checkpoint_every=100000", "preempt.poll_seconds=0.2", "tracking.enabled=false"]
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "train", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: max([r["step"] for r in RunDir(str(run)).metrics.read()], default=0) >= 3, timeout=120)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0  # a clean exit after saving, not a kill
+    finally:
+        proc.kill()
+    events = RunDir(str(run)).events.read()
+    assert events[-1]["event"] == "cancelled"
+    assert Checkpoints(str(run)).latest_step() == events[-1]["step"] >= 3
+    assert RunDir(str(run)).log("ledger.jsonl").read()[-1]["event"] == "cancelled"
+
+    time.sleep(1.0)  # the pause before the run is resumed
+    assert main(["train", *args, f"train.steps={events[-1]['step'] + 1}"]) == 0
+    resumed = next(r for r in RunDir(str(run)).log("ledger.jsonl").read() if r["event"] in ("resumed", "restarted"))
+    assert resumed["event"] == "resumed" and resumed["gap_s"] == 0 and resumed["restarts"] == 0
