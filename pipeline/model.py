@@ -125,6 +125,21 @@ class Decoder(nn.Module):
         return self.net(latent)
 
 
+def zero_conv_biases(module: nn.Module) -> None:
+    """Start every conv bias at 0 instead of PyTorch's uniform(+-1/sqrt(fan_in)).
+
+    Speech arrives at an RMS of about 0.05-0.2; the input conv's default biases (up to +-0.38 for
+    its 7 taps) are larger than its input-driven outputs, and so on down the network: at
+    initialisation the decoder's output barely depends on the input. Training then sat at the
+    "output silence" minimum of the SNR loss for 150 to over 300 steps before it found any
+    correlation (measured on configs/tiny.yaml); with zero biases the network starts as a
+    near-linear function of its input (ELU is linear around 0) and leaves that plateau in ~50.
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
 @dataclass
 class CodecOutput:
     audio: torch.Tensor
@@ -150,6 +165,7 @@ class Codec(nn.Module):
         self.encoder = Encoder(cfg)
         self.quantizer = ResidualVQ(cfg)
         self.decoder = Decoder(cfg)
+        zero_conv_biases(self)
 
     @property
     def hop_length(self) -> int:

@@ -83,6 +83,21 @@ def test_final_tanh_when_switched_on():
         assert codec(torch.zeros(1, 1, 640)).audio.abs().max() < 1.0
 
 
+def test_fresh_encoder_output_is_driven_by_speech_level_input():
+    """Zero conv biases at init: at RMS ~0.1 the latent must come from the input, not from biases.
+
+    With PyTorch's default biases the input-driven part of the latent was a fraction of the
+    bias-driven part, and the tiny config sat 150-300+ steps at "output silence" (see
+    zero_conv_biases)."""
+    torch.manual_seed(0)
+    codec = Codec(ModelConfig(channels=8, latent_dim=32))
+    speech_level = 0.1 * torch.randn(1, 1, 3200)
+    with torch.no_grad():
+        from_input = codec.encoder(speech_level) - codec.encoder(torch.zeros_like(speech_level))
+        at_rest = codec.encoder(torch.zeros_like(speech_level))
+    assert from_input.norm() > 10 * at_rest.norm()
+
+
 def test_bitrate():
     assert ModelConfig().hop_length == 320 and ModelConfig().frame_rate == 50
     assert ModelConfig().bitrate() == 4000.0
