@@ -74,7 +74,7 @@ def project_files(root: Path) -> list[Path]:
     if listed is None:
         listed = []
         for folder, dirs, names in os.walk(root):
-            dirs[:] = sorted(dirs)
+            dirs[:] = sorted(d for d in dirs if d not in EXCLUDED_DIRS and not d.endswith(".egg-info"))
             listed += [Path(folder) / n for n in sorted(names)]
 
     def kept(path: Path) -> bool:
