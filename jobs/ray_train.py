@@ -68,12 +68,30 @@ def train_worker(config: dict) -> None:
 
     cfg = from_dict(Config, config["cfg"])
     torch.set_num_threads(max(1, cfg.train.cpus_per_worker))
+    quiet_report_log()
     from pipeline.train import train
 
     ctx = RayRunContext(cfg)
     result = train(cfg, ctx=ctx)
     ctx.finished()
     ray.train.report({"step": result.step})
+
+
+def quiet_report_log() -> None:
+    """Silence Ray Train's INFO line per ray.train.report ("Reporting training result N: ...", a
+    dump of the whole report), which drowns rank 0's own prints in the job log.
+
+    Ray logs it through `logging.getLogger(__file__)` in its execution context module: a logger
+    named by a file path, outside the "ray.train" tree that RunConfig's LoggingConfig levels, so
+    only that logger's own level stops it. Its warnings and errors still show.
+    """
+    import logging
+
+    try:  # a private module: other Ray versions may lack it, and then the log is only noisier
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def init_ray(cfg: Config) -> bool:
@@ -165,8 +183,8 @@ def fit_until_done(cfg: Config) -> TrainResult:
                                          resources_per_worker=resources),
             run_config=RunConfig(name=name, storage_path=storage_path,
                                  failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-                                 # Ray Train's INFO lines (a dump per report) drown rank 0's own
-                                 # prints; its warnings and errors still show.
+                                 # Ray Train's own INFO lines; the per-report one needs
+                                 # quiet_report_log() on the worker as well.
                                  logging_config=LoggingConfig(log_level="WARNING")),
         )
         trainer.fit()
