@@ -167,17 +167,17 @@ class ModelConfig:
         return self.frame_rate * n * self.codebook_bits
 
 
-LOSS_TERMS = ("l1", "mse", "snr", "stft", "mel", "vq/commit", "adv", "feat")
+LOSS_TERMS = ("l1", "mse", "snr", "level", "stft", "mel", "vq/commit", "adv", "feat")
 """Every generator loss term by name; LossConfig.weights may only name these."""
 
-DEFAULT_LOSS_WEIGHTS = {"l1": 1.0, "mse": 0.0, "snr": 0.0, "stft": 1.0, "mel": 15.0, "vq/commit": 1.0,
-                        "adv": 1.0, "feat": 2.0}
+DEFAULT_LOSS_WEIGHTS = {"l1": 1.0, "mse": 0.0, "snr": 0.0, "level": 0.0, "stft": 1.0, "mel": 15.0,
+                        "vq/commit": 1.0, "adv": 1.0, "feat": 2.0}
 
 
 @dataclass(frozen=True)
 class LossConfig:
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))
-    """Weight per loss term (l1, mse, stft, mel, vq/commit, adv, feat). A name left out keeps its
+    """Weight per loss term (l1, mse, snr, level, stft, mel, vq/commit, adv, feat). A name left out keeps its
     default; 0 means computed and logged but not back-propagated."""
     adversarial: bool = False
     """Train against the discriminator (adds the adv and feat terms from adv_start_step on)."""

@@ -184,14 +184,30 @@ def negative_snr_loss(target: torch.Tensor, est: torch.Tensor) -> torch.Tensor:
     return (10 * (torch.log10(err) - torch.log10(sig))).mean()
 
 
+def level_loss(target: torch.Tensor, est: torch.Tensor) -> torch.Tensor:
+    """|output level - input level| in dB (RMS over each clip), averaged over clips: -> scalar.
+
+    A pure gain term. The SNR loss's optimum scales the output by its correlation with the input,
+    so while a codec is still poor (correlation ~0.5) the SNR loss alone makes it ~6 dB too quiet:
+    the old failure's symptom. This pulls the level back with a constant force (L1 in dB), which
+    a codec whose output already matches the input's level does not feel.
+    """
+    target32, est32 = _fp32_mono(target), _fp32_mono(est)
+    floor = SNR_FLOOR * target32.shape[-1]
+    est_energy = est32.pow(2).sum(-1) + floor
+    target_energy = target32.pow(2).sum(-1) + floor
+    return (10 * (torch.log10(est_energy) - torch.log10(target_energy))).abs().mean()
+
+
 def reconstruction_terms(target: torch.Tensor, est: torch.Tensor, cfg: LossConfig,
                          sample_rate: int) -> dict[str, torch.Tensor]:
-    """l1, mse, snr, stft and mel terms between target and est ([B, 1, T] each)."""
+    """l1, mse, snr, level, stft and mel terms between target and est ([B, 1, T] each)."""
     est32, target32 = est.float(), target.float()
     return {
         "l1": F.l1_loss(est32, target32),
         "mse": F.mse_loss(est32, target32),
         "snr": negative_snr_loss(target32, est32),
+        "level": level_loss(target32, est32),
         "stft": stft_loss(target, est, cfg.stft_windows),
         "mel": mel_loss(target, est, sample_rate, cfg.mel_windows, cfg.mel_bins, cfg.mel_floor),
     }

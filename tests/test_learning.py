@@ -2,8 +2,8 @@
 
 Synthesized Telugu speech -> prep -> configs/tiny.yaml trained in this process -> held-out clips
 (the test split: speakers never seen in training) must reach SNR > 0 dB and an output/input range
-ratio above 0.5. The issue asks for 0.7; at 500 CPU steps this config measures 0.60-0.72 across
-seeds and thread counts (see README's quality section), so 0.7 is not asserted.
+ratio above 0.7. At 500 CPU steps (one thread) this config measured SNR 0.62-0.76 dB and range
+ratio 0.81-0.85 over seeds 0-2 (see README's quality section).
 Slow (a few minutes on 2 cores); runs in CI.
 """
 
@@ -45,7 +45,7 @@ def test_tiny_codec_learns_positive_snr_on_held_out_speakers(tmp_path):
             ratios.append(float(range_ratio(x, y)[0]))
     print(f"held-out SNR per clip {np.round(snrs, 2)}, range ratio {np.round(ratios, 2)}")
     assert np.mean(snrs) > 0.0
-    assert np.mean(ratios) > 0.5  # the old tanh codec sat near 0.1
+    assert np.mean(ratios) > 0.7  # the old tanh codec sat near 0.1
     # the run recorded its history: a metrics line per logged step and the evals
     records = RunDir(cfg.run.dir).metrics.read()
     assert any("val/snr" in r for r in records)

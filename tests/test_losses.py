@@ -13,8 +13,8 @@ import yaml
 
 from pipeline.config import Config, ConfigError, LossConfig, ModelConfig, load_config
 from pipeline.discriminator import Discriminator
-from pipeline.losses import (discriminator_loss, generator_loss, log_mel, mel_filterbank, mel_loss,
-                             reconstruction_terms, stft_loss)
+from pipeline.losses import (discriminator_loss, generator_loss, level_loss, log_mel, mel_filterbank,
+                             mel_loss, negative_snr_loss, reconstruction_terms, stft_loss)
 from pipeline.model import Codec
 
 T = 4000
@@ -39,7 +39,7 @@ def test_all_terms_and_gradients_finite_on_edge_signals(name):
     target = _signals()[name].view(1, 1, T).repeat(2, 1, 1)
     codec, disc = Codec(TINY_MODEL), Discriminator(TINY_MODEL)
     result = generator_loss(codec(target), target, ADV, disc=disc, step=10)
-    assert set(result.terms) == {"l1", "mse", "snr", "stft", "mel", "vq/commit", "adv", "feat"}
+    assert set(result.terms) == {"l1", "mse", "snr", "level", "stft", "mel", "vq/commit", "adv", "feat"}
     assert all(torch.isfinite(v) for v in result.terms.values()), result.terms
     result.total.backward()
     d = discriminator_loss(disc, target, codec(target).audio, ADV.loss)
@@ -60,6 +60,25 @@ def test_reconstruction_terms_finite_for_perfect_silent_and_noisy_estimates(ref_
     assert torch.isfinite(total)
     total.backward()
     assert torch.isfinite(est.grad).all()
+
+
+def test_level_term_reads_the_gain_in_db_and_lifts_a_quiet_output_the_snr_loss_keeps_quiet():
+    torch.manual_seed(0)
+    ref = 0.1 * torch.randn(2, 1, T)
+    assert level_loss(ref, ref) == pytest.approx(0.0, abs=1e-4)
+    assert level_loss(ref, 0.5 * ref) == pytest.approx(20 * math.log10(2), abs=1e-3)
+    assert level_loss(ref, 2.0 * ref) == pytest.approx(20 * math.log10(2), abs=1e-3)
+    assert torch.isfinite(level_loss(torch.zeros(1, 1, T), torch.zeros(1, 1, T)))
+    # An output at the input's level but only ~0.5 correlated with it, times a gain g: the SNR
+    # loss is lowest near g = 0.5, the old "too quiet" optimum; the level term pulls g up.
+    noise = 0.1 * torch.randn(2, 1, T)
+    shape = 0.5 * ref + math.sqrt(0.75) * noise
+    gain = torch.tensor(0.7, requires_grad=True)
+    negative_snr_loss(ref, gain * shape).backward()
+    assert gain.grad > 0  # SNR alone: lower the gain
+    gain.grad = None
+    level_loss(ref, gain * shape).backward()
+    assert gain.grad < 0  # level: raise it
 
 
 def test_zero_weight_term_is_logged_but_not_in_total():
