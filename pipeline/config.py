@@ -177,8 +177,8 @@ DEFAULT_LOSS_WEIGHTS = {"l1": 1.0, "mse": 0.0, "snr": 0.0, "level": 0.0, "stft":
 @dataclass(frozen=True)
 class LossConfig:
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))
-    """Weight per loss term (l1, mse, snr, level, stft, mel, vq/commit, adv, feat). A name left out keeps its
-    default; 0 means computed and logged but not back-propagated."""
+    """Weight per loss term (l1, mse, snr, level, stft, mel, vq/commit, adv, feat). A name left
+    out keeps its default; 0 means computed and logged but not back-propagated."""
     adversarial: bool = False
     """Train against the discriminator (adds the adv and feat terms from adv_start_step on)."""
     adv_start_step: int = 2000
