@@ -7,8 +7,9 @@ float WAV that peaks above full scale, so that clipping downstream has something
 
     python -m data_prep.corpus OUT_DIR [--minutes 3] [--seed 0]     (or: telucodec corpus OUT_DIR)
 
-Needs espeak-ng and/or festival with festvox-te-nsk (Debian: apt-get install espeak-ng festival
-festvox-te-nsk). Layout: OUT_DIR/wavs/{speaker}/{speaker}_{n:05d}.wav and OUT_DIR/manifest.tsv
+Needs espeak-ng and/or festival with its Telugu voice (Debian: apt-get install espeak-ng festival
+festvox-te-nsk festival-te). Each engine is tried on one sentence first; one that fails is reported
+(`CorpusSummary.broken`) and left out, and the corpus is made with the others. Layout: OUT_DIR/wavs/{speaker}/{speaker}_{n:05d}.wav and OUT_DIR/manifest.tsv
 (columns path, text, speaker, voice), the manifest written last so a half-made corpus has none.
 """
 
@@ -24,7 +25,7 @@ import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,11 @@ IN_RANGE_PEAKS = (0.3, 0.95)
 THREADS = 2
 QUEUED = 4  # files submitted ahead of the one being written, so both threads stay busy
 
+APT_FIX = {"espeak": "apt-get install espeak-ng",
+           "festival": "apt-get install festival festvox-te-nsk festival-te"}
+"""The Debian packages that give each engine a working Telugu voice."""
 NO_TTS = ("no Telugu TTS found: install espeak-ng (apt-get install espeak-ng) "
-          "and/or festival festvox-te-nsk")
+          "and/or festival's Telugu voice (apt-get install festival festvox-te-nsk festival-te)")
 _TELUGU_LINE = re.compile(r"[\u0C00-\u0C7F .,?!]+")
 
 # The Debian voice never sets Int_Method (it leans on a default English voice that is not
@@ -74,6 +78,8 @@ class CorpusSummary:
     """Files whose peak is above 1.0 (float WAV)."""
     speakers: list[str]
     manifest: Path
+    broken: list[str] = field(default_factory=list)
+    """One line per installed engine that failed its trial sentence and was left out."""
 
 
 @dataclass(frozen=True)
@@ -134,12 +140,31 @@ def available_voices() -> list[Voice]:
     return voices
 
 
+def working_voices(voices: list[Voice], sentence: str) -> tuple[list[Voice], list[str]]:
+    """Try each engine once on `sentence`; (voices of the engines that made audio, one line per
+    engine that did not: the speaker, the engine's error and the apt line that fixes it)."""
+    broken: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for voice in {v.engine: v for v in voices}.values():
+            trial = Utterance(0, sentence, voice, speed=1.0, pitch=1.0, peak=0.5)
+            try:
+                _synthesize(trial, Path(tmp))
+            except (CorpusError, subprocess.TimeoutExpired, OSError) as error:
+                reason = " ".join(str(error).split())  # engines write multi-line errors
+                broken[voice.engine] = f"{reason}; left out (fix: {APT_FIX[voice.engine]})"
+    return [v for v in voices if v.engine not in broken], list(broken.values())
+
+
 def synthesize_corpus(out_dir: Path, minutes: float = 3.0, seed: int = 0,
                       on_file: Callable[[float], None] | None = None) -> CorpusSummary:
-    """Write at least `minutes` of Telugu TTS speech and its manifest under `out_dir`."""
+    """Write at least `minutes` of Telugu TTS speech and its manifest under `out_dir`, with every
+    engine that works (the others are listed in the summary's `broken`)."""
     if minutes <= 0:
         raise ValueError(f"minutes must be positive, got {minutes}")
-    voices, sentences = available_voices(), load_sentences()
+    sentences = load_sentences()
+    voices, broken = working_voices(available_voices(), sentences[0])
+    if not voices:
+        raise CorpusError("no Telugu voice works: " + "; ".join(broken))
     out_dir = Path(out_dir)
     manifest = out_dir / "manifest.tsv"
     manifest.unlink(missing_ok=True)  # a corpus being rewritten must not look finished
@@ -164,7 +189,7 @@ def synthesize_corpus(out_dir: Path, minutes: float = 3.0, seed: int = 0,
     partial.write_text("\n".join(["path\ttext\tspeaker\tvoice", *rows]) + "\n", encoding="utf-8")
     os.replace(partial, manifest)
     speakers = sorted({row.split("\t")[2] for row in rows})
-    return CorpusSummary(len(rows), seconds, over_range, speakers, manifest)
+    return CorpusSummary(len(rows), seconds, over_range, speakers, manifest, broken)
 
 
 def _plan(sentences: list[str], voices: list[Voice], rng: random.Random) -> Iterator[Utterance]:
@@ -255,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     summary = synthesize_corpus(args.out_dir, args.minutes, args.seed)
+    for line in summary.broken:
+        print(f"warning: {line}")
     print(f"{summary.files} files, {summary.seconds / 60:.1f} min, {summary.over_range} over range, "
           f"{len(summary.speakers)} speakers ({', '.join(summary.speakers)}) -> {summary.manifest}")
 

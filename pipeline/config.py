@@ -1,7 +1,10 @@
 """The telucodec configuration: nested frozen dataclasses, YAML layering and dotted overrides.
 
     cfg = load_config(["configs/base.yaml", "configs/tiny.yaml"], ["prep.sample_rate=24000"])
+    cfg = load_config(["base", "tiny"], ["prep.sample_rate=24000"])      # the same, by name
 
+The named configs (base, tiny, gpu) and the price table ship inside the package (pipeline/configs/,
+which the checkout's configs/ links to), so a name works from any folder and from a wheel install.
 Files layer left to right, then `key.sub=value` overrides. Unknown keys and values of the wrong type
 raise `ConfigError` naming the full dotted key. Each section is one dataclass; the string under a
 field is its documentation (shown by `telucodec config show --docs`).
@@ -26,6 +29,29 @@ import yaml
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the dotted key."""
+
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+"""The configs that ship with telucodec: base.yaml, tiny.yaml, gpu.yaml and prices.yaml."""
+
+
+def config_names() -> list[str]:
+    """Names of the shipped training configs (`tiny` for pipeline/configs/tiny.yaml), prices excluded."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem != "prices")
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A YAML file's path: an existing file as given, else a shipped config by name (`tiny`,
+    `tiny.yaml`, or the checkout's `configs/tiny.yaml` from another folder); ConfigError naming the
+    shipped ones when it is neither."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = CONFIG_DIR / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    if path.parent in (Path("."), Path("configs")) and shipped.is_file():
+        return shipped
+    raise ConfigError(f"config file not found: {name_or_path} (a path to a .yaml file, or one of the "
+                      f"shipped names: {', '.join(config_names())})")
 
 
 @dataclass(frozen=True)
@@ -242,7 +268,11 @@ class TrainConfig:
     seed: int = 0
     """Seed for weights, data order, crops and quantizer dropout."""
     log_every: int = 10
-    """Append a line to metrics.jsonl every this many steps."""
+    """Append a line to metrics.jsonl (and W&B) and print a progress line every this many steps."""
+    progress_seconds: float = 60.0
+    """Rank 0 also prints the progress line at the next step once this long has passed without one,
+    so a job log is never silent for more than about this long while training (metrics.jsonl and
+    W&B keep the log_every cadence)."""
     eval_every: int = 500
     """Evaluate on eval_split every this many steps (and at the end)."""
     eval_split: str = "val"
@@ -281,6 +311,7 @@ class TrainConfig:
                "must be auto, no, bf16 or fp16")
         _check(self.log_every >= 1 and self.eval_every >= 1 and self.checkpoint_every >= 1,
                "train.log_every", "log_every, eval_every and checkpoint_every must be >= 1")
+        _check(self.progress_seconds >= 0, "train.progress_seconds", "must be >= 0")
         _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
         _check(self.max_nonfinite >= 1, "train.max_nonfinite", "must be >= 1")
         _check(self.workers >= 0, "train.workers", "must be >= 0")
@@ -324,7 +355,7 @@ class CostConfig:
     """Dollars per worker-hour, overriding the table (a worker has one GPU on GPU runs: 8 workers on
     an 8-GPU instance at $32/h is 4.0 each); null = from the table."""
     prices: str = ""
-    """Price table (YAML); '' = configs/prices.yaml shipped with telucodec (approximate list prices)."""
+    """Price table (YAML); '' = the prices.yaml shipped with telucodec (approximate list prices)."""
     heartbeat_seconds: float = 60.0
     """Rank 0 appends the running totals to ledger.jsonl this often, so a node that dies without a
     goodbye is billed up to its last heartbeat."""
@@ -403,10 +434,8 @@ def _check(ok: bool, key: str, message: str) -> None:
 def load_config(files: typing.Sequence[str | Path] = (), overrides: typing.Sequence[str] = ()) -> Config:
     """Layer YAML files left to right, then apply `dotted.key=value` overrides."""
     merged: dict = {}
-    for path in files:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+    for name_or_path in files:
+        path = config_path(name_or_path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:

@@ -30,11 +30,11 @@ from pathlib import Path
 import yaml
 
 from pipeline.cloud import InstanceInfo, instance_info, resolve_endpoint
-from pipeline.config import Config, ConfigError
+from pipeline.config import CONFIG_DIR, Config, ConfigError
 from pipeline.rundir import RUN_END_EVENTS, RunDir
 from pipeline.store import StoreError, open_store
 
-PRICES_FILE = Path(__file__).resolve().parent.parent / "configs" / "prices.yaml"
+PRICES_FILE = CONFIG_DIR / "prices.yaml"
 LEDGER = "ledger.jsonl"
 END_EVENTS = {**RUN_END_EVENTS, "crashed": "crashed"}
 """Ledger events that end a worker group (the run's clean ends, and a crash), and the run status each means."""

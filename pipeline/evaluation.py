@@ -25,11 +25,13 @@ Alignment, measured on speech (demo_out test clips) and on a harmonic test tone:
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import struct
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -196,18 +198,20 @@ def telucodec_outputs(codec: Codec, clips: list[np.ndarray]) -> list[list[np.nda
 
 
 def score_outputs(name: str, refs: list[np.ndarray], outputs: list[np.ndarray], payload_bytes: int,
-                  sample_rate: int, note: str = "") -> CodecScore:
-    """Mean scores of outputs against refs (lists of [T]) and the measured bitrate."""
+                  sample_rate: int, note: str = "", on_scored: Callable[[], None] | None = None) -> CodecScore:
+    """Mean scores of outputs against refs (lists of [T]) and the measured bitrate; on_scored() after each clip."""
     seconds = sum(len(r) for r in refs) / sample_rate
-    pesq_scores = [pesq_wb(r, o, sample_rate)[0] for r, o in zip(refs, outputs)]
-    stoi_scores = [stoi(r, o, sample_rate)[0] for r, o in zip(refs, outputs)]
+    rows = []
+    for r, o in zip(refs, outputs):
+        rows.append((snr_db(r, o), si_sdr_db(r, o), mel_distance(r, o, sample_rate),
+                     pesq_wb(r, o, sample_rate)[0], stoi(r, o, sample_rate)[0]))
+        if on_scored:
+            on_scored()
+    snrs, si_sdrs, mels, pesq_scores, stoi_scores = map(list, zip(*rows))
     notes = [note] + [_failures(label, s) for label, s in (("PESQ", pesq_scores), ("STOI", stoi_scores))]
     return CodecScore(
-        name=name, bitrate_kbps=payload_bytes * 8 / seconds / 1000,
-        snr=_mean([snr_db(r, o) for r, o in zip(refs, outputs)]),
-        si_sdr=_mean([si_sdr_db(r, o) for r, o in zip(refs, outputs)]),
-        mel_distance=_mean([mel_distance(r, o, sample_rate) for r, o in zip(refs, outputs)]),
-        pesq=mean_score(pesq_scores), stoi=mean_score(stoi_scores),
+        name=name, bitrate_kbps=payload_bytes * 8 / seconds / 1000, snr=_mean(snrs), si_sdr=_mean(si_sdrs),
+        mel_distance=_mean(mels), pesq=mean_score(pesq_scores), stoi=mean_score(stoi_scores),
         note="; ".join(n for n in notes if n))
 
 
@@ -222,28 +226,40 @@ def _failures(label: str, scores: list[Score]) -> str:
     return f"{label} not scored on {len(failed)}/{len(scores)} clips ({failed[0].reason})"
 
 
-def evaluate_codecs(codec: Codec, clips: list[np.ndarray], sample_rate: int) -> list[CodecResult]:
-    """telucodec at 1..n_codebooks levels, Opus 6 kbps and Codec2 3.2 kbps on the same clips [T]."""
+def evaluate_codecs(codec: Codec, clips: list[np.ndarray], sample_rate: int,
+                    on_clip: Callable[[int, int], None] | None = None) -> list[CodecResult]:
+    """telucodec at 1..n_codebooks levels, Opus 6 kbps and Codec2 3.2 kbps on the same clips [T].
+
+    on_clip(done, total) after each clip a codec has scored (or could not run on): done counts up
+    to total = (n_codebooks + 2) x len(clips), so a caller can draw a progress bar.
+    """
     bits, hop = codec.cfg.codebook_bits, codec.hop_length
+    total, done = (codec.cfg.n_codebooks + 2) * len(clips), itertools.count(1)
+    scored = (lambda: on_clip(next(done), total)) if on_clip else None
     results = []
     for n, outputs in enumerate(telucodec_outputs(codec, clips), start=1):
         payload = sum(payload_size(n, -(-len(c) // hop), bits) for c in clips)
-        results.append(CodecResult(score_outputs(f"telucodec-{n}", clips, outputs, payload, sample_rate),
-                                   outputs))
+        results.append(CodecResult(score_outputs(f"telucodec-{n}", clips, outputs, payload, sample_rate,
+                                                 on_scored=scored), outputs))
     for name, baseline in (("opus-6k", run_baseline_opus), ("codec2-3200", run_baseline_codec2)):
-        results.append(baseline_result(name, baseline, clips, sample_rate))
+        results.append(baseline_result(name, baseline, clips, sample_rate, on_scored=scored))
     return results
 
 
-def baseline_result(name: str, baseline, clips: list[np.ndarray], sample_rate: int) -> CodecResult:
-    """Run one baseline over every clip and score it; a row with a note if it cannot run."""
+def baseline_result(name: str, baseline, clips: list[np.ndarray], sample_rate: int,
+                    on_scored: Callable[[], None] | None = None) -> CodecResult:
+    """Run one baseline over every clip and score it; a row with a note if it cannot run (on_scored()
+    is then called once per clip all the same, so progress still reaches its total)."""
     try:
         coded = [baseline(c, sample_rate) for c in clips]
     except BaselineError as e:
+        if on_scored:
+            for _ in clips:
+                on_scored()
         return CodecResult(CodecScore(name, None, None, None, None, None, None, note=str(e)))
     outputs = [c.audio for c in coded]
     payload = sum(c.payload_bytes for c in coded)
-    return CodecResult(score_outputs(name, clips, outputs, payload, sample_rate), outputs)
+    return CodecResult(score_outputs(name, clips, outputs, payload, sample_rate, on_scored=on_scored), outputs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,16 +319,17 @@ def load_eval_clips(url: str, split: str, n_clips: int, seconds: float, sample_r
 
 
 def evaluate_checkpoint(checkpoint: str, data: str, split: str = "test", n_clips: int = 8,
-                        seconds: float = 4.0, out_dir: str | Path = "eval_out",
-                        n_spectrograms: int = 3) -> EvalReport:
-    """Score a checkpoint and the baselines on a split; writes OUT/eval.json and spectrogram PNGs."""
+                        seconds: float = 4.0, out_dir: str | Path = "eval_out", n_spectrograms: int = 3,
+                        on_clip: Callable[[int, int], None] | None = None) -> EvalReport:
+    """Score a checkpoint and the baselines on a split; writes OUT/eval.json and spectrogram PNGs.
+    on_clip(done, total) as in evaluate_codecs."""
     from pipeline.inference import load_codec
 
     codec, cfg, step = load_codec(checkpoint)
     sr = cfg.model.sample_rate
     keyed = load_eval_clips(data, split, n_clips, seconds, sr)
     clips = [audio for _, audio in keyed]
-    results = evaluate_codecs(codec, clips, sr)
+    results = evaluate_codecs(codec, clips, sr, on_clip)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     full = f"telucodec-{cfg.model.n_codebooks}"

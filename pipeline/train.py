@@ -27,7 +27,7 @@ import torch
 
 from pipeline.checkpoint import Checkpoints
 from pipeline.config import Config, to_dict
-from pipeline.cost import END_EVENTS, CostTracker
+from pipeline.cost import END_EVENTS, CostTotals, CostTracker
 from pipeline.data import CropLoader, eval_clips
 from pipeline.discriminator import Discriminator
 from pipeline.losses import adversarial_active, discriminator_loss, generator_loss
@@ -114,7 +114,7 @@ class RunContext:
         """Rank 0: the final cost to W&B, close it, and the ledger's last line (finished, preempted, budget)."""
         if self.cost is not None:
             self.tracker.log(self.cost.metrics(step), step)
-            self.tracker.finish(exit_code=1 if status == "crashed" else 0)
+            self.tracker.finish(exit_code=1 if status == "crashed" else 0, preempted=status == "stopped")
             self.cost.close(LEDGER_END[status], step)
             self.cost = None
 
@@ -325,16 +325,26 @@ def gather_parts(accel, name: str, part: dict) -> dict:
     return dict(out)
 
 
+def load_optimizer(opt, sched, opt_state: dict, sched_state: dict) -> None:
+    """Moments and step from the checkpoint; lr, betas and weight decay stay the config's (a forced
+    resume changes them, and the saved param groups and base_lrs would silently bring back the old)."""
+    hyper = [{k: v for k, v in group.items() if k != "params"} for group in opt.param_groups]
+    base_lrs = list(sched.base_lrs)
+    opt.load_state_dict(opt_state)
+    sched.load_state_dict(sched_state)
+    for group, h in zip(opt.param_groups, hyper):
+        group.update(h)
+    sched.base_lrs = base_lrs
+
+
 def load_checkpoint(state: State, accel, ckpts: Checkpoints, step: int, ctx: RunContext) -> None:
     model = unwrap(accel, state.model)
     model.load_state_dict(ckpts.load(step, "model"))
     optim = ckpts.load(step, "optim")
-    state.opt_g.load_state_dict(optim["opt_g"])
-    state.sched_g.load_state_dict(optim["sched_g"])
+    load_optimizer(state.opt_g, state.sched_g, optim["opt_g"], optim["sched_g"])
     if state.disc is not None and optim["disc"]:
         unwrap(accel, state.disc).load_state_dict(optim["disc"])
-        state.opt_d.load_state_dict(optim["opt_d"])
-        state.sched_d.load_state_dict(optim["sched_d"])
+        load_optimizer(state.opt_d, state.sched_d, optim["opt_d"], optim["sched_d"])
     train_state = ckpts.load(step, "train")
     state.step, state.lr_scale = train_state["step"], train_state["lr_scale"]
     state.nonfinite_total, state.rollbacks = train_state["nonfinite_total"], train_state["rollbacks"]
@@ -381,7 +391,7 @@ def train_loop(state: State, accel, cfg: Config, ctx: RunContext, run: RunDir, c
     clips = eval_clips(cfg.train.eval_url or cfg.data.url, cfg.train.eval_split, cfg.train.eval_clips,
                        int(cfg.train.eval_seconds * cfg.model.sample_rate)) if main else []
     last_eval: dict = {}
-    last_save, t_log, n_log = time.monotonic(), time.monotonic(), 0
+    last_save, t_log, n_log, t_print = time.monotonic(), time.monotonic(), 0, time.monotonic()
     status = "finished"
     while state.step < cfg.train.steps:
         rolled_back = False
@@ -392,11 +402,16 @@ def train_loop(state: State, accel, cfg: Config, ctx: RunContext, run: RunDir, c
             if state.nonfinite_in_row >= cfg.train.max_nonfinite:
                 rolled_back = rollback(state, accel, ckpts, run, cfg, ctx)
                 break
-            if main and (state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps):
-                dt = time.monotonic() - t_log
+            log_due = state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps
+            if main and (log_due or time.monotonic() - t_print >= cfg.train.progress_seconds):
+                dt = time.monotonic() - t_log  # rates since the last logged step
                 metrics.update({"steps_per_s": n_log / dt, "audio_s_per_s": n_log * batch.shape[0] * batch.shape[-1]
                                 / cfg.model.sample_rate * accel.num_processes / dt,
                                 "nonfinite_total": state.nonfinite_total})
+                print(progress_line(state.step, cfg.train.steps, metrics, ctx.cost.totals(), cfg.train.use_gpu),
+                      flush=True)
+                t_print = time.monotonic()
+            if main and log_due:
                 run.metrics.append({"step": state.step, **metrics})
                 ctx.log(metrics, state.step)
                 t_log, n_log = time.monotonic(), 0
@@ -440,6 +455,18 @@ def train_loop(state: State, accel, cfg: Config, ctx: RunContext, run: RunDir, c
         run.events.append({"event": "finished", "step": state.step})
         run.flush()
     return TrainResult(state.step, status, last_eval)
+
+
+def progress_line(step: int, steps: int, metrics: dict, spent: CostTotals, gpu: bool) -> str:
+    """One line of progress for the job log: step/total, loss, rates, ETA and what was spent so far
+    (GPU-hours on GPU, worker-hours on CPU)."""
+    rate = metrics["steps_per_s"]
+    eta = round((steps - step) / rate) if rate > 0 else 0
+    hours, minutes, seconds = eta // 3600, eta // 60 % 60, eta % 60
+    eta_text = f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+    hours_text = f"{spent.gpu_hours:.2f} GPU-h" if gpu else f"{spent.worker_hours:.2f} worker-h"
+    return (f"step {step}/{steps}  loss {metrics['loss/total']:.3f}  {rate:.2f} steps/s  "
+            f"{metrics['audio_s_per_s']:.1f} audio-s/s  ETA {eta_text}  {hours_text}  ${spent.usd:.2f}")
 
 
 def agree(accel, flag: bool) -> bool:

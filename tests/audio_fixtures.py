@@ -1,4 +1,5 @@
-"""Small real audio files for tests: tones with a speech-like envelope, and broken files."""
+"""Small real audio files for tests: tones with a speech-like envelope, broken files, and a tiny
+sharded dataset."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from pipeline.shards import DatasetIndex, ShardWriter, encode_sample, write_index
+from pipeline.store import open_store
 
 
 def tone(seconds: float, sr: int, freq: float = 220.0, peak: float = 0.5, seed: int = 0) -> np.ndarray:
@@ -56,3 +60,18 @@ def write_bad_files(folder: Path, sr: int = 16000) -> dict[str, str]:
     (folder / "voice.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A ")
     return {"empty.wav": "zero-length", "corrupt.flac": "cannot decode", "truncated.wav": "truncated",
             "nan.wav": "NaN", "zero_frames.wav": "empty", "voice.m4a": "unsupported"}
+
+
+def make_dataset(url: str, shard_sizes: list[int], sr: int = 8000, seconds: float = 0.5) -> None:
+    """A train split with shards of the given sample counts; sample j of shard i is a constant
+    level, so every crop tells which sample it came from."""
+    store = open_store(url)
+    infos, n = [], 0
+    for i, count in enumerate(shard_sizes):
+        with ShardWriter(store, "train", i) as w:
+            for _ in range(count):
+                level = (n + 1) / 1000
+                w.add(encode_sample(f"s{n:04d}", np.full(int(sr * seconds), level, np.float32), sr, {}))
+                n += 1
+        infos.append(w.info)
+    write_index(store, DatasetIndex(shards=infos, sample_rate=sr))

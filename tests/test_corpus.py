@@ -83,3 +83,34 @@ def test_no_tts_on_path_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(CorpusError, match="no Telugu TTS found: install espeak-ng"):
         synthesize_corpus(tmp_path / "out", minutes=0.1)
     assert not (tmp_path / "out" / "manifest.tsv").exists()
+
+
+def stub_text2wave(bin_dir: Path) -> None:
+    """A festival that fails the way a missing festival-te does: an error on stderr, exit 0, no audio."""
+    stub = bin_dir / "text2wave"
+    stub.write_text("#!/bin/sh\necho 'SIOD ERROR: could not open file telugu_phones.scm' >&2\nexit 0\n")
+    stub.chmod(0o755)
+
+
+def test_a_broken_voice_is_reported_once_and_left_out(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub_text2wave(bin_dir)
+    (bin_dir / "espeak-ng").symlink_to(shutil.which("espeak-ng"))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    summary = synthesize_corpus(tmp_path / "out", minutes=0.1, seed=0)
+    assert summary.speakers and all(s.startswith("espeak-te-") for s in summary.speakers)
+    assert len(summary.broken) == 1
+    line = summary.broken[0]
+    assert "festival-te-nsk" in line and "telugu_phones.scm" in line and "festival-te" in line
+    assert "\n" not in line
+
+
+def test_no_working_voice_is_an_error_naming_the_engine_error(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub_text2wave(bin_dir)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(CorpusError, match="no Telugu voice works: festival-te-nsk .*telugu_phones.scm"):
+        synthesize_corpus(tmp_path / "out", minutes=0.1)
+    assert not (tmp_path / "out" / "manifest.tsv").exists()

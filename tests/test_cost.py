@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from audio_fixtures import make_dataset
 from jobs.cli import main
 from jobs.ray_train import train_on_ray
 from pipeline.checkpoint import Checkpoints
@@ -24,7 +25,6 @@ from pipeline.cost import CostTracker, summarize_run, worker_price
 from pipeline.inference import load_codec
 from pipeline.rundir import RunDir
 from pipeline.train import train
-from test_data import make_dataset
 from test_ray_train import TINY, wait_for
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,27 +1,10 @@
 """Training batches: equal per rank, deterministic, resumable to the exact step."""
 
-import numpy as np
 import pytest
 import torch
 
+from audio_fixtures import make_dataset
 from pipeline.data import CropLoader, DataError, eval_clips
-from pipeline.shards import DatasetIndex, ShardWriter, encode_sample, write_index
-from pipeline.store import open_store
-
-
-def make_dataset(url: str, shard_sizes: list[int], sr: int = 8000, seconds: float = 0.5) -> None:
-    """A train split with shards of the given sample counts; sample j of shard i is a constant
-    level, so every crop tells which sample it came from."""
-    store = open_store(url)
-    infos, n = [], 0
-    for i, count in enumerate(shard_sizes):
-        with ShardWriter(store, "train", i) as w:
-            for _ in range(count):
-                level = (n + 1) / 1000
-                w.add(encode_sample(f"s{n:04d}", np.full(int(sr * seconds), level, np.float32), sr, {}))
-                n += 1
-        infos.append(w.info)
-    write_index(store, DatasetIndex(shards=infos, sample_rate=sr))
 
 
 def sample_ids(batch: torch.Tensor) -> list[int]:

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from jobs.cli import main
-from pipeline.evaluation import (CODEC2_DELAY, align, baseline_result, log_spectrogram, run_baseline_codec2,
-                                 run_baseline_opus, score_outputs, telucodec_outputs)
+from pipeline.evaluation import (CODEC2_DELAY, align, baseline_result, evaluate_checkpoint, log_spectrogram,
+                                 run_baseline_codec2, run_baseline_opus, score_outputs, telucodec_outputs)
 from pipeline.inference import load_codec
 from pipeline.shards import DatasetIndex, ShardWriter, encode_sample, write_index
 from pipeline.store import open_store
@@ -92,8 +92,11 @@ def test_codec2_3200_is_aligned_and_scores_like_a_vocoder():
 
 def test_missing_tool_is_a_row_with_a_note(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty PATH: the tools are not there
-    result = baseline_result("opus-6k", run_baseline_opus, [speech_like(0.5, 16000)], 16000)
+    calls = []
+    result = baseline_result("opus-6k", run_baseline_opus, [speech_like(0.5, 16000)] * 2, 16000,
+                             on_scored=lambda: calls.append(1))
     assert result.outputs is None and result.score.note == "opusenc not installed"
+    assert len(calls) == 2  # a progress bar still reaches its total
     assert result.score.pesq is None and result.score.bitrate_kbps is None
 
 
@@ -149,3 +152,12 @@ def test_eval_prints_a_table(eval_inputs, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "telucodec-4" in out and "opus-6k" in out and "codec2-3200" in out and "PESQ-WB" in out
     assert (tmp_path / "eval.json").is_file() and not list(tmp_path.glob("*.png"))
+
+
+def test_eval_reports_progress_once_per_clip_and_codec(eval_inputs, tmp_path):
+    checkpoint, data, _ = eval_inputs
+    calls = []
+    report = evaluate_checkpoint(checkpoint, data, "test", n_clips=2, seconds=0.5, out_dir=tmp_path,
+                                 n_spectrograms=0, on_clip=lambda done, total: calls.append((done, total)))
+    total = len(report.scores) * 2  # telucodec-1..4, opus-6k, codec2-3200, two clips each
+    assert calls == [(done, total) for done in range(1, total + 1)] and total == 12

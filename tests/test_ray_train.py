@@ -12,12 +12,12 @@ import time
 import pytest
 import torch
 
+from audio_fixtures import make_dataset
 from jobs.ray_train import train_on_ray
 from jobs.spot_drill import SpotDrill
 from pipeline.checkpoint import Checkpoints
 from pipeline.config import load_config
 from pipeline.rundir import RunDir
-from test_data import make_dataset
 
 pytestmark = pytest.mark.slow
 

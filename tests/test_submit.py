@@ -14,12 +14,12 @@ import time
 
 import pytest
 
+from audio_fixtures import make_dataset
 from jobs.cli import main
 from jobs.submit import SubmitError, project_files, submit
 from pipeline.checkpoint import Checkpoints
 from pipeline.config import load_config
 from pipeline.rundir import RunDir
-from test_data import make_dataset
 from test_ray_train import TINY
 
 FAKE_KEY = "wandb-fake-0123456789abcdef0123456789abcdef01234567"
@@ -33,9 +33,12 @@ def job_id_of(out: str) -> str:
 
 
 def status_word(address, job_id, capsys) -> str:
+    """`jobs status`'s first line; its exit status is 0 only for a healthy state."""
     capsys.readouterr()
-    assert main(["jobs", "status", job_id, "--address", address]) == 0
-    return capsys.readouterr().out.splitlines()[0]
+    rc = main(["jobs", "status", job_id, "--address", address])
+    word = capsys.readouterr().out.splitlines()[0]
+    assert rc == (0 if word in ("PENDING", "RUNNING", "SUCCEEDED") else 1), (word, rc)
+    return word
 
 
 def wait_for(predicate, timeout=240.0, every=0.5):
@@ -88,10 +91,16 @@ def test_local_paths_for_a_remote_cluster_are_warned_about(tmp_path, capsys):
     assert "warning: data.url and run dir on this machine's disk" in err and "no Ray dashboard at" in err
 
 
-def test_no_cluster_named_is_one_line_error(capsys, monkeypatch):
+def test_no_cluster_named_and_none_on_the_local_port_is_one_line_error(capsys, monkeypatch):
+    from jobs.submit import free_port
+
+    port = free_port()  # nothing listens there
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("TELUCODEC_LOCAL_RAY_PORT", str(port))
     assert main(["jobs", "ls"]) == 2
-    assert "pass --address http://HEAD:8265" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"no Ray cluster answers at http://127.0.0.1:{port}" in err and "--address http://HEAD:8265" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 # ------------------------------------------------------------------------------------- local head
@@ -126,7 +135,7 @@ def planted_secrets(monkeypatch):
 
 @pytest.mark.slow
 def test_submitted_job_succeeds_with_logs_ledger_and_no_secret_shown(head, dataset, tmp_path, capsys,
-                                                                      planted_secrets):
+                                                                      planted_secrets, monkeypatch):
     assert main(["submit", "--address", head, "--runs", str(tmp_path / "runs"), *TINY, f"data.url={dataset}",
                  "train.steps=4", "train.checkpoint_every=2", "train.eval_every=2", "cost.usd_per_hour=1.0"]) == 0
     out = capsys.readouterr().out
@@ -152,6 +161,9 @@ def test_submitted_job_succeeds_with_logs_ledger_and_no_secret_shown(head, datas
 
     assert main(["jobs", "ls", "--address", head]) == 0
     assert job in capsys.readouterr().out
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # no address at all: the local head, as `ray job` finds it
+    assert main(["jobs", "ls"]) == 0 and job in capsys.readouterr().out
+    assert main(["jobs", "status", job]) == 0 and capsys.readouterr().out.startswith("SUCCEEDED")
 
     from ray.job_submission import JobSubmissionClient
 

@@ -1,0 +1,236 @@
+"""The data commands: `corpus` (offline Telugu TTS), `prep` (raw audio -> shards), `shards ls|verify`
+and `reshard` (store to store)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from jobs.cli.common import (FORMATTER, UsageError, console, err_console, is_config_word,
+                             is_override, load_cli_config)
+
+
+def register(sub) -> None:
+    register_corpus(sub)
+    register_prep(sub)
+    register_shards(sub)
+    register_reshard(sub)
+
+
+# ---------------------------------------------------------------- corpus
+def register_corpus(sub) -> None:
+    s = sub.add_parser("corpus", help="synthesize an offline Telugu speech corpus (espeak-ng, festival)",
+                       description="Synthesize Telugu speech from a bundled sentence list with every "
+                       "Telugu voice installed, and write wavs plus manifest.tsv. Some files are "
+                       "deliberately over full scale (float WAV, peaks 1.01-1.3) to exercise clipping. "
+                       "Each engine is tried on one sentence first: one that fails is reported with its "
+                       "error and the apt line that fixes it, and left out.",
+                       epilog="example: telucodec corpus corpus/ --minutes 5 --seed 1", formatter_class=FORMATTER)
+    s.add_argument("out_dir", metavar="OUT_DIR")
+    s.add_argument("--minutes", type=float, default=3.0, help="audio to make (default 3)")
+    s.add_argument("--seed", type=int, default=0, help="random seed for sentences and voices")
+    s.set_defaults(func=corpus)
+
+
+def corpus(args) -> int:
+    from data_prep.corpus import synthesize_corpus
+
+    if args.minutes <= 0:
+        raise UsageError(f"--minutes must be > 0, got {args.minutes:g}")
+    summary = synthesize_corpus(Path(args.out_dir), minutes=args.minutes, seed=args.seed)
+    print_broken_voices(summary)
+    console.print(f"wrote {summary.files} files, {summary.seconds / 60:.1f} min of Telugu speech "
+                  f"({summary.over_range} over full scale) -> {summary.manifest}")
+    return 0
+
+
+def print_broken_voices(summary) -> None:
+    for line in summary.broken:
+        err_console.print(f"telucodec: warning: {line}", markup=False, highlight=False)
+
+
+# ---------------------------------------------------------------- prep
+def register_prep(sub) -> None:
+    s = sub.add_parser("prep", help="raw audio -> clipped, segmented WebDataset shards on a store",
+                       description="Decode, mix to mono, resample, clip to [-1, 1], trim silence, cut "
+                       "into segments, split by speaker and write {split}-NNNNNN.tar shards and "
+                       "index.json (last). Bad files go to rejects.jsonl and the run continues. "
+                       "Re-running the same command after an interruption completes the dataset. "
+                       "Words ending in .yaml (or a shipped config name) and key=value words are config; "
+                       "every other word is a source.",
+                       epilog="sources: a folder (wav, flac, ogg, mp3; recursive), a manifest "
+                       "(.tsv/.csv/.jsonl with a path column), an OpenSLR SLR66 folder (line_index.tsv) "
+                       "or a Common Voice folder (validated.tsv + clips/).\n\nexamples:\n"
+                       "  telucodec prep corpus/ --out runs/data\n"
+                       "  telucodec prep te_in_female/ te_in_male/ --out s3://bucket/te --format openslr\n"
+                       "  telucodec prep cv-te/ --out s3://bucket/cv configs/base.yaml prep.workers=8",
+                       formatter_class=FORMATTER)
+    s.add_argument("words", nargs="+", metavar="SRC|CONFIG|key=value")
+    s.add_argument("--out", required=True, metavar="URL", help="dataset URL: folder, file:// or s3://")
+    s.add_argument("--format", choices=["auto", "folder", "manifest", "openslr", "commonvoice"],
+                   default="auto", help="source layout (default: detect)")
+    s.add_argument("--config", dest="config_items", action="append", default=[], metavar="CONFIG|key=value",
+                   help="config or override (repeatable; bare words work too)")
+    s.add_argument("--overwrite", action="store_true", help="replace a different dataset at --out")
+    s.set_defaults(func=prep)
+
+
+def prep(args) -> int:
+    from data_prep.prep import run_prep
+
+    sources = [w for w in args.words if not (is_override(w) or is_config_word(w))]
+    items = [w for w in args.words if w not in sources] + args.config_items
+    if not sources:
+        raise UsageError("no source: give a folder, a manifest, an OpenSLR or a Common Voice folder")
+    cfg = load_cli_config(items)
+    summary = run_prep(sources, args.out, cfg.prep, fmt=args.format, overwrite=args.overwrite)
+    print_prep_summary(summary)
+    return 0 if summary.samples else 1
+
+
+def print_prep_summary(summary) -> None:
+    if summary.already_complete:
+        console.print(f"{summary.url} already holds this dataset (same sources and config): nothing to do")
+    table = Table(title=f"prep -> {summary.url}")
+    for col in ("split", "shards", "samples", "hours", "clipped files"):
+        table.add_column(col, justify="right" if col != "split" else "left")
+    for split, t in summary.splits.items():
+        table.add_row(split, str(t["shards"]), str(t["samples"]), f"{t['seconds'] / 3600:.3f}",
+                      str(summary.clipped_files.get(split, 0)))
+    console.print(table)
+    if summary.resumed_shards:
+        console.print(f"resumed: {summary.resumed_shards} verified shards kept from an earlier run")
+    if summary.rejects:
+        console.print(f"[yellow]{len(summary.rejects)} file(s) rejected[/] (listed in {summary.rejects_url}):")
+        for r in summary.rejects[:20]:
+            console.print(f"  {r['path']}: {r['reason']}", markup=False, highlight=False)
+        if len(summary.rejects) > 20:
+            console.print(f"  ... and {len(summary.rejects) - 20} more")
+
+
+# ---------------------------------------------------------------- shards
+def register_shards(sub) -> None:
+    sh = sub.add_parser("shards", help="list or verify a dataset's shards")
+    shsub = sh.add_subparsers(dest="shards_command", metavar="ACTION", required=True)
+    s = shsub.add_parser("ls", help="table of splits: shards, samples, hours, size",
+                         epilog="examples:\n  telucodec shards ls s3://bucket/te\n  telucodec shards ls data/te --json",
+                         formatter_class=FORMATTER)
+    s.add_argument("url", metavar="URL")
+    s.add_argument("--json", action="store_true", help="print totals per split as JSON")
+    s.set_defaults(func=shards_ls)
+    s = shsub.add_parser("verify", help="re-hash every shard and decode every sample",
+                         description="Re-hash every shard against index.json, decode every sample and "
+                         "check it lies in [-1, 1]. Exits 1 naming each bad shard.",
+                         epilog="example: telucodec shards verify s3://bucket/te", formatter_class=FORMATTER)
+    s.add_argument("url", metavar="URL")
+    s.set_defaults(func=shards_verify)
+
+
+def shards_ls(args) -> int:
+    from pipeline.shards import load_index
+
+    index = load_index(args.url)
+    if args.json:
+        print(json.dumps(index.splits, indent=2))
+        return 0
+    console.print(shards_table(args.url, index))
+    return 0
+
+
+def shards_table(url: str, index) -> Table:
+    table = Table(title=f"{url}  ({index.sample_rate} Hz, telucodec {index.version})")
+    for col in ("split", "shards", "samples", "hours", "size"):
+        table.add_column(col, justify="left" if col == "split" else "right")
+    for split, t in index.splits.items():
+        table.add_row(split, str(t["shards"]), str(t["samples"]), f"{t['seconds'] / 3600:.3f}",
+                      human_bytes(t["bytes"]))
+    return table
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""  # unreachable
+
+
+def shards_verify(args) -> int:
+    from rich.progress import Progress
+
+    from pipeline.shards import load_index, verify_dataset
+
+    total = len(load_index(args.url).shards)
+    with Progress(console=err_console, transient=True) as bar:
+        task = bar.add_task("verifying shards", total=total)
+        problems = verify_dataset(args.url, on_shard=lambda _: bar.advance(task))
+    if problems:
+        for p in problems:
+            err_console.print(f"BAD {p}", markup=False, highlight=False)
+        err_console.print(f"{len(problems)} problem(s) in {args.url}")
+        return 1
+    console.print(f"OK: {total} shards match the index; every sample decodes and lies in [-1, 1]")
+    return 0
+
+
+# ---------------------------------------------------------------- reshard
+def register_reshard(sub) -> None:
+    s = sub.add_parser("reshard", help="copy a dataset into new shards: sizes, ranks, shuffle, re-cut, resample",
+                       description="Stream a dataset from one store to another (s3:// or local, either way) "
+                       "into new shards: sized by samples, megabytes or count, balanced so every split's "
+                       "shard count is a multiple of --ranks with sample counts differing by at most one, "
+                       "optionally shuffled, re-cut or resampled. A plain re-pack copies the FLAC bytes "
+                       "as they are. The source is only read; index.json (with lineage) is written last, "
+                       "after the result is checked against the source. Re-running the same command "
+                       "after an interruption completes it; re-running a finished one does nothing.",
+                       epilog="examples:\n"
+                       "  telucodec reshard s3://bucket/te s3://bucket/te-r8 --shard-mb 256 --ranks 8 --shuffle\n"
+                       "  telucodec reshard s3://bucket/te /data/te-val --splits val\n"
+                       "  telucodec reshard /data/te s3://bucket/te-24k-5s --sample-rate 24000 "
+                       "--segment-seconds 5",
+                       formatter_class=FORMATTER)
+    s.add_argument("src", metavar="SRC_URL", help="source dataset: folder, file:// or s3://")
+    s.add_argument("dst", metavar="DST_URL", help="destination prefix: folder, file:// or s3://")
+    shape = s.add_mutually_exclusive_group()
+    shape.add_argument("--samples-per-shard", type=int, metavar="N", help="at most N samples per shard")
+    shape.add_argument("--shard-mb", type=float, metavar="M", help="shards of about M megabytes")
+    shape.add_argument("--shards", type=int, metavar="K", help="K shards per split")
+    s.add_argument("--ranks", type=int, default=1, metavar="R",
+                   help="make each split's shard count a multiple of R, samples balanced (default 1)")
+    s.add_argument("--shuffle", action="store_true", help="shuffle samples across each split")
+    s.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
+    s.add_argument("--splits", metavar="LIST", help="comma-separated splits to copy (default: all)")
+    s.add_argument("--segment-seconds", type=float, metavar="S",
+                   help="re-cut samples into equal parts of at most S seconds (keys KEY_s000, ...)")
+    s.add_argument("--sample-rate", type=int, metavar="HZ", help="resample to HZ (soxr)")
+    s.add_argument("--overwrite", action="store_true", help="replace a different dataset at DST_URL")
+    s.add_argument("--workers", type=int, default=0, help="processes for re-cut/resample (default: CPUs)")
+    s.add_argument("--io-threads", type=int, default=8, help="download/upload threads (default 8)")
+    s.add_argument("--spill-gb", type=float, default=16.0,
+                   help="local disk a shuffle may use per source pass (default 16)")
+    s.add_argument("--tmp-dir", metavar="DIR", help="folder for temporary files (default: system temp)")
+    s.set_defaults(func=reshard)
+
+
+def reshard(args) -> int:
+    from data_prep.reshard import ReshardOptions, reshard as run_reshard
+    from pipeline.shards import load_index
+
+    opts = ReshardOptions(samples_per_shard=args.samples_per_shard, shard_mb=args.shard_mb, shards=args.shards,
+                          ranks=args.ranks, shuffle=args.shuffle, seed=args.seed,
+                          splits=tuple(s for s in (args.splits or "").split(",") if s),
+                          segment_seconds=args.segment_seconds, sample_rate=args.sample_rate,
+                          overwrite=args.overwrite, workers=args.workers, io_threads=args.io_threads,
+                          spill_gb=args.spill_gb, tmp_dir=args.tmp_dir)
+    summary = run_reshard(args.src, args.dst, opts)
+    if summary.noop:
+        console.print(f"nothing to do: {summary.dst_url} already holds this reshard of {summary.src_url}")
+        return 0
+    console.print(shards_table(summary.dst_url, load_index(summary.dst_url)))
+    rate = summary.bytes_written / 1e6 / max(summary.elapsed_s, 1e-9)
+    kept = f", kept {summary.kept_shards} from an interrupted run" if summary.kept_shards else ""
+    console.print(f"wrote {summary.written_shards} shards{kept} in {summary.elapsed_s:.1f} s ({rate:.1f} MB/s); "
+                  f"keys and seconds match the source")
+    return 0

@@ -1,0 +1,93 @@
+"""What runs cost and where they stand: `cost RUN...` and `runs STORE` (tables, or --json)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from jobs.cli.common import FORMATTER, UsageError, amount, cell, console
+
+
+def register(sub) -> None:
+    s = sub.add_parser("cost", help="what runs cost: GPU-hours, worker-hours, dollars, restarts, waste",
+                       description="Read each run's ledger.jsonl (or, without one, its latest checkpoint) and "
+                       "print GPU-hours, worker-hours, dollars, restarts, wasted GPU-hours (replayed steps and "
+                       "restart gaps), best val SNR and dollars per dB of SNR gained. A run whose last ledger "
+                       "line is an old heartbeat is 'lost': it died without a goodbye and is billed to that "
+                       "heartbeat. Without RUN_URL: every run under ./runs.",
+                       epilog="examples:\n  telucodec cost runs/tiny\n  telucodec cost s3://bucket/runs/r1 --json",
+                       formatter_class=FORMATTER)
+    s.add_argument("runs", nargs="*", metavar="RUN_URL", help="run dir or s3:// URL")
+    s.add_argument("--json", action="store_true", help="print JSON (an object for one run, else a list)")
+    s.set_defaults(func=cost)
+
+    s = sub.add_parser("runs", help="table of every run under a store: status, cost, best SNR",
+                       description="List every run dir directly under STORE_URL that has a ledger or "
+                       "checkpoints, with its status and cost (as `telucodec cost`).",
+                       epilog="examples:\n  telucodec runs\n  telucodec runs s3://bucket/runs --json",
+                       formatter_class=FORMATTER)
+    s.add_argument("store", nargs="?", default="runs", metavar="STORE_URL",
+                   help="folder or s3:// prefix (default ./runs)")
+    s.add_argument("--json", action="store_true", help="print a JSON list")
+    s.set_defaults(func=runs)
+
+
+def cost(args) -> int:
+    from pipeline.cost import find_runs, summarize_run
+
+    urls = args.runs or find_runs("runs")
+    if not urls:
+        raise UsageError("no runs under ./runs: give RUN_URL (a run dir or s3:// URL)")
+    summaries = [summarize_run(u) for u in urls]
+    if args.json:
+        data = [s.to_dict() for s in summaries]
+        print(json.dumps(data[0] if len(args.runs) == 1 else data, indent=2))
+        return 0
+    console.print(cost_table(summaries, "cost of " + (", ".join(args.runs) if args.runs else "runs under ./runs")))
+    return 0
+
+
+def runs(args) -> int:
+    from pipeline.cost import find_runs, summarize_run
+
+    require_store(args.store)
+    summaries = [summarize_run(u) for u in find_runs(args.store)]
+    if args.json:
+        print(json.dumps([s.to_dict() for s in summaries], indent=2))
+        return 0
+    if not summaries:
+        console.print(f"no runs under {args.store} (a run dir holds ledger.jsonl or checkpoints/)", highlight=False)
+        return 0
+    console.print(cost_table(summaries, f"runs under {args.store}"))
+    return 0
+
+
+def require_store(url: str) -> None:
+    """UsageError when there is nothing at `url`: a missing folder, or an S3 prefix with no objects."""
+    from pipeline.store import is_remote, open_store
+
+    if not (open_store(url).list() if is_remote(url) else Path(url).is_dir()):
+        raise UsageError(f"{url}: no such folder" if not is_remote(url) else f"{url}: nothing stored there")
+
+
+def cost_table(summaries, title: str) -> Table:
+    """One row per run (RunCost), and a total row when there are several."""
+    from rich import box
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    for col in ("run", "status", "GPU\nhours", "worker\nhours", "$", "restarts", "wasted\nGPU-h", "best val\nSNR dB",
+                "$/dB"):
+        table.add_column(col, justify="left" if col in ("run", "status") else "right", overflow="fold")
+    for s in summaries:
+        t = s.totals
+        table.add_row(s.name, s.status, amount(t.gpu_hours), amount(t.worker_hours), amount(t.usd),
+                      str(t.restarts), amount(t.wasted_gpu_hours), cell(s.best_snr, 2),
+                      "-" if s.usd_per_db is None else amount(s.usd_per_db))
+    if len(summaries) > 1:
+        totals = [sum(getattr(s.totals, k) for s in summaries)
+                  for k in ("gpu_hours", "worker_hours", "usd", "restarts", "wasted_gpu_hours")]
+        table.add_section()
+        table.add_row("total", "", *(amount(v) for v in totals[:3]), str(totals[3]), amount(totals[4]), "", "")
+    return table
