@@ -110,6 +110,20 @@ def is_remote(url: str) -> bool:
     return urlparse(str(url)).scheme == "s3"
 
 
+def current_umask() -> int:
+    """This process's umask, read without changing it (os.umask can only set it, and setting it
+    for a moment would race with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc (macOS): the swap, once
+    os.umask(mask)
+    return mask
+
+
 class LocalStore(Store):
     def __init__(self, root: Path):
         self.root = Path(root).expanduser().absolute()
@@ -153,6 +167,7 @@ class LocalStore(Store):
                 final = store._path(key)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 fd, name = tempfile.mkstemp(prefix=f".{final.name}{_TMP_MARK}", dir=final.parent)
+                os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a team's disk wants 0644
                 os.close(fd)
                 self.tmp, self.final = Path(name), final
                 return self.tmp

@@ -132,3 +132,24 @@ def test_retries_on_503_and_dropped_connections(s3_server, s3_bucket, monkeypatc
         assert len(seen) >= 5  # 2 x 503 + 1 drop + put + get
     finally:
         proxy.shutdown()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_files_written_honour_the_umask_shards_index_and_checkpoints_included(tmp_path, umask):
+    import io
+
+    from audio_fixtures import make_dataset
+    from pipeline.checkpoint import Checkpoints
+
+    saved = os.umask(umask)
+    try:
+        store = open_store(str(tmp_path / "store"))
+        store.put("a.bin", b"x")
+        store.put_fileobj("b.bin", io.BytesIO(b"y"))
+        make_dataset(str(tmp_path / "data"), [2, 2])
+        Checkpoints(str(tmp_path / "run")).save(3, {"model": {"w": [1.0]}, "train": {"step": 3}})
+    finally:
+        os.umask(saved)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert {p.name for p in written} >= {"a.bin", "b.bin", "index.json", "train-000000.tar", "manifest.json"}
+    assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(0o666 & ~umask)}
