@@ -7,12 +7,14 @@
     tracker.finish()
 
 W&B runs offline (files only, no network) whenever WANDB_API_KEY is not set and WANDB_MODE does not
-say otherwise; `wandb sync RUN/wandb/offline-run-*` uploads later. The run id is kept in every
-checkpoint, so a restarted worker group resumes the same W&B run (resume="allow"); offline, each
-restart writes a new offline-run-* folder with that id. The x-axis is our own `step` (a restart
-replays steps, which W&B's internal step would refuse). The resolved config goes to W&B with any
-value that contains a secret from the environment (a *KEY*, *SECRET*, *TOKEN* variable) redacted;
-the key itself is never printed, logged or stored by us.
+say otherwise. The run id is kept in every checkpoint, so a restarted worker group resumes the same
+W&B run (resume="allow"); offline, each worker group writes its own offline-run-* folder with that id
+(W&B's writer never appends to an existing .wandb file), and `sync_run(RUN)` uploads them as one run.
+A worker group stopped by a preemption notice ends its segment marked preempting with exit code 143
+(W&B's "preempted"), never a plain finish. The x-axis is our own `step` (a restart replays steps,
+which W&B's internal step would refuse). The resolved config goes to W&B with any value that
+contains a secret from the environment (a *KEY*, *SECRET*, *TOKEN* variable) redacted; the key
+itself is never printed, logged or stored by us.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -30,6 +35,13 @@ from pipeline.rundir import cache_dir
 from pipeline.store import LocalStore, open_store
 
 _SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL", re.IGNORECASE)
+PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
+"""A preempted segment's exit code: a SIGTERM's, as W&B's docs advise; with mark_preempting W&B
+records the run as preempted, where exit code 0 would record it finished."""
+
+
+class TrackingError(RuntimeError):
+    """A run's W&B files cannot be synced (none there, or `wandb sync` failed); one line for the CLI."""
 
 
 class Tracker:
@@ -46,7 +58,7 @@ class Tracker:
     def alert(self, title: str, text: str) -> None:
         pass
 
-    def finish(self, exit_code: int = 0) -> None:
+    def finish(self, exit_code: int = 0, preempted: bool = False) -> None:
         pass
 
 
@@ -93,7 +105,11 @@ class WandbTracker(Tracker):
         except Exception as e:  # an alert must never stop training
             print(f"WARNING W&B alert failed: {e}", flush=True)
 
-    def finish(self, exit_code: int = 0) -> None:
+    def finish(self, exit_code: int = 0, preempted: bool = False) -> None:
+        """Close the run; `preempted`: this worker group stopped on a notice and the run goes on in the next."""
+        if preempted:
+            self.run.mark_preempting()
+            exit_code = exit_code or PREEMPTED_EXIT_CODE
         self.run.finish(exit_code=exit_code)
 
 
@@ -110,12 +126,39 @@ def make_tracker(cfg: Config, run_id: str | None = None) -> Tracker:
 
 def tracking_dir(cfg: Config) -> Path:
     """Where wandb/ goes: tracking.dir, else the run dir when local, else a cache folder per run."""
-    if cfg.tracking.dir:
-        return Path(cfg.tracking.dir).expanduser()
-    store = open_store(cfg.run.dir)
+    return Path(cfg.tracking.dir).expanduser() if cfg.tracking.dir else default_tracking_dir(cfg.run.dir)
+
+
+def default_tracking_dir(run_dir: str) -> Path:
+    """A run's tracking dir when tracking.dir is '': the run dir when local, else this machine's cache
+    folder for its URL."""
+    store = open_store(run_dir)
     if isinstance(store, LocalStore):
         return store.root
     return cache_dir() / "wandb" / hashlib.sha256(store.url.encode()).hexdigest()[:16]
+
+
+def sync_run(run: str, project: str = "", entity: str = "", dry_run: bool = False) -> list[Path]:
+    """Upload `run`'s offline W&B folders (one per worker group) as one W&B run; returns them, oldest first.
+
+    `run`: a run dir or s3:// URL (its W&B files are where its rank 0 wrote them: the run dir, or for an
+    s3:// run that machine's cache), or a tracking.dir folder. All folders go to ONE `wandb sync`: it
+    groups same-id folders, replays them oldest first and resumes the run for each later one, so a
+    resumed segment's history goes on where the previous one ended (one call per folder, out of order,
+    would replay them out of order). Folders synced before (a .synced mark) are skipped.
+    """
+    folder = default_tracking_dir(run).absolute()
+    segments = sorted((folder / "wandb").glob("offline-run-*"))  # offline-run-<start time>-<id>: oldest first
+    if not segments:
+        raise TrackingError(f"{run}: no offline W&B run under {folder / 'wandb'} "
+                            "(if its tracking.dir was set, give that folder)")
+    flags = [*(["--project", project] if project else []), *(["--entity", entity] if entity else []),
+             *(["--dry-run"] if dry_run else [])]
+    # from the tracking dir: wandb sync's own debug logs go to its wandb/, beside the segments
+    done = subprocess.run([sys.executable, "-m", "wandb", "sync", *flags, *map(str, segments)], cwd=folder)
+    if done.returncode != 0:
+        raise TrackingError(f"wandb sync of {folder / 'wandb'} exited with code {done.returncode}")
+    return segments
 
 
 def run_name(cfg: Config) -> str:

@@ -8,7 +8,7 @@
     telucodec config show [CONFIG...] [key=value...]             jobs/cli/config.py
     telucodec train tiny data.url=DATA run.dir=RUN               jobs/cli/train.py
     telucodec encode | decode | eval                             jobs/cli/codec.py
-    telucodec cost RUN | runs STORE                              jobs/cli/runs.py
+    telucodec cost RUN | runs STORE | sync RUN                   jobs/cli/runs.py
     telucodec submit | jobs ls|status|logs|stop | cluster        jobs/cli/cluster.py
     telucodec demo                                               jobs/cli/demo.py
 

@@ -32,10 +32,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.data import DataError
     from pipeline.shards import DatasetError
     from pipeline.store import StoreError
+    from pipeline.tracking import TrackingError
     from jobs.submit import SubmitError
 
     return (UsageError, ConfigError, StoreError, DatasetError, PrepError, CorpusError, ReshardError,
-            CheckpointError, BitstreamError, AudioError, DataError, SubmitError)
+            CheckpointError, BitstreamError, AudioError, DataError, SubmitError, TrackingError)
 
 
 _OVERRIDE = re.compile(r"([A-Za-z_]\w*)\.[^=\s]+=")

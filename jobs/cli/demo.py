@@ -98,7 +98,8 @@ def print_demo_summary(cfg, out: Path, dataset: Path, prepped: Path, run_dir: Pa
     console.print(f"cost ledger:  {run_dir / 'ledger.jsonl'}  (${cost.totals.usd:.2f}, "
                   f"{cost.totals.worker_hours:.3f} worker-hours, {cost.totals.restarts} restart(s))")
     console.print(f"W&B offline:  {wandb_runs[-1] if wandb_runs else 'none (tracking.enabled=false)'}"
-                  + (f" ({len(wandb_runs)} folders, one per worker group; `wandb sync` uploads them)"
+                  + (f" ({len(wandb_runs)} folders, one per worker group; `telucodec sync {run_dir}` "
+                     f"uploads them as one W&B run)"
                      if wandb_runs else ""))
     console.print(f"eval:         {out / 'eval' / 'eval.json'} and {len(report.spectrograms)} spectrogram PNG(s)")
     if drill is not None:

@@ -1,4 +1,5 @@
-"""What runs cost and where they stand: `cost RUN...` and `runs STORE` (tables, or --json)."""
+"""What runs cost and where they stand: `cost RUN...` and `runs STORE` (tables, or --json); `sync RUN`
+uploads a run's offline W&B folders as one W&B run."""
 
 from __future__ import annotations
 
@@ -33,6 +34,21 @@ def register(sub) -> None:
     s.add_argument("--json", action="store_true", help="print a JSON list")
     s.set_defaults(func=runs)
 
+    s = sub.add_parser("sync", help="upload a run's offline W&B folders as one W&B run",
+                       description="Upload the offline W&B folders a run left (one per worker group: a "
+                       "preempted and resumed run has several) in one `wandb sync`, which replays folders of "
+                       "the same run id oldest first and resumes the run for each later one: one W&B run whose "
+                       "history goes on across restarts. Folders synced before are skipped. Needs "
+                       "WANDB_API_KEY (or `wandb login`). Run it when the run has ended or waits for a "
+                       "restart, not while a worker group is still writing.",
+                       epilog="examples:\n  telucodec sync runs/tiny\n  telucodec sync runs/tiny --dry-run\n"
+                       "  telucodec sync s3://bucket/runs/r1 --entity team", formatter_class=FORMATTER)
+    s.add_argument("run", metavar="RUN", help="run dir or s3:// URL (its W&B files are where its rank 0 "
+                   "wrote them), or a tracking.dir folder")
+    s.add_argument("--project", default="", help="W&B project (default: the one the run was started with)")
+    s.add_argument("--entity", default="", help="W&B entity (default: the run's, else the API key's)")
+    s.add_argument("--dry-run", action="store_true", help="list what wandb sync would upload; upload nothing")
+    s.set_defaults(func=sync)
 
 def cost(args) -> int:
     from pipeline.cost import find_runs, summarize_run
@@ -61,6 +77,15 @@ def runs(args) -> int:
         console.print(f"no runs under {args.store} (a run dir holds ledger.jsonl or checkpoints/)", highlight=False)
         return 0
     console.print(cost_table(summaries, f"runs under {args.store}"))
+    return 0
+
+
+def sync(args) -> int:
+    from pipeline.tracking import sync_run
+
+    segments = sync_run(args.run, project=args.project, entity=args.entity, dry_run=args.dry_run)
+    console.print(f"{'would upload' if args.dry_run else 'synced'} {len(segments)} offline folder(s) of "
+                  f"{args.run} as one W&B run", highlight=False)
     return 0
 
 
