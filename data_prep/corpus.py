@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from pipeline.errors import TelucodecError
+
 SENTENCES_FILE = Path(__file__).with_name("telugu_sentences.txt")
 SAMPLE_RATE = 22050
 ESPEAK_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m7", "f1", "f2", "f3", "f4", "f5", "klatt")
@@ -65,7 +67,7 @@ _FESTIVAL_SETUP = (
 _FESTIVAL_STRETCH = 1.4  # the voice's own default
 
 
-class CorpusError(RuntimeError):
+class CorpusError(TelucodecError, RuntimeError):
     """The corpus cannot be made here: no Telugu TTS, a bad sentence file, or an engine failed."""
 
 

@@ -28,6 +28,7 @@ from typing import Iterable, Iterator
 from data_prep.sources import SourceError, SourceItem, scan_sources
 from pipeline.audio import AudioError, clip_to_unit_range, cut_segments, load_audio, normalize_rms, resample, trim_silence
 from pipeline.config import PrepConfig, to_dict
+from pipeline.errors import TelucodecError
 from pipeline.shards import (INDEX_NAME, SPLITS, DatasetIndex, EncodedSample, ShardInfo, ShardWriter,
                              encode_sample, load_index, parse_shard_name, safe_key, write_index)
 from pipeline.store import Store, StoreError, open_store
@@ -36,7 +37,7 @@ PROGRESS_PREFIX = "_prep/"
 REJECTS_NAME = "rejects.jsonl"
 
 
-class PrepError(RuntimeError):
+class PrepError(TelucodecError, RuntimeError):
     """Prep cannot run (bad sources, a different dataset at the destination, nothing usable)."""
 
 

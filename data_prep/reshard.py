@@ -43,6 +43,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 import numpy as np
 import soundfile as sf
 
+from pipeline.errors import TelucodecError
 from pipeline.shards import (FORMAT, INDEX_NAME, DatasetError, DatasetIndex, EncodedSample, ShardInfo,
                              ShardWriter, decode_flac, encode_sample, encoded_from_parts, index_sha256,
                              iter_tar, load_index, parse_shard_name, shard_name, write_index)
@@ -51,7 +52,7 @@ from pipeline.store import LocalStore, Store, StoreError, iter_chunks, open_stor
 LEDGER = "_reshard/"
 
 
-class ReshardError(RuntimeError):
+class ReshardError(TelucodecError, RuntimeError):
     """A reshard that cannot be done as asked, or whose result does not match its source."""
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import Config, to_yaml
+from pipeline.errors import TelucodecError
 from pipeline.store import is_remote
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +52,7 @@ STOP_GRACE_S = 120
 """Seconds Ray waits after SIGTERM before it kills a stopped job's driver: time for the final checkpoint."""
 
 
-class SubmitError(RuntimeError):
+class SubmitError(TelucodecError, RuntimeError):
     """A job that cannot be submitted or found; printed as one line."""
 
 

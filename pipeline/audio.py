@@ -15,8 +15,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from pipeline.errors import TelucodecError
 
-class AudioError(ValueError):
+
+class AudioError(TelucodecError, ValueError):
     """A file that cannot be used as audio; the message is the reason, in a few words."""
 
 

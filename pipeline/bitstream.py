@@ -25,13 +25,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.errors import TelucodecError
+
 MAGIC = b"TCQ1"
 VERSION = 1
 _HEADER = struct.Struct("<4sBIHBII")
 HEADER_SIZE = _HEADER.size
 
 
-class BitstreamError(ValueError):
+class BitstreamError(TelucodecError, ValueError):
     """Bytes that are not a readable telucodec bitstream; the message says what is wrong."""
 
 

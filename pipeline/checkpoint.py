@@ -24,12 +24,13 @@ from typing import Any
 
 import torch
 
+from pipeline.errors import TelucodecError
 from pipeline.store import Store, StoreError, open_store
 
 _STEP_RE = re.compile(r"^step_(\d{8})/manifest\.json$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(TelucodecError, RuntimeError):
     """A checkpoint that is missing, incomplete or does not fit the model."""
 
 

@@ -26,8 +26,10 @@ from typing import Any
 
 import yaml
 
+from pipeline.errors import TelucodecError
 
-class ConfigError(ValueError):
+
+class ConfigError(TelucodecError, ValueError):
     """A config file or override that cannot be used; the message names the dotted key."""
 
 

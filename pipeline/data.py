@@ -23,11 +23,12 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from pipeline.errors import TelucodecError
 from pipeline.shards import DatasetIndex, ShardInfo, iter_tar, load_index, sample_from_parts
 from pipeline.store import open_store
 
 
-class DataError(RuntimeError):
+class DataError(TelucodecError, RuntimeError):
     """A split too small for the batch size and world, or similar."""
 
 

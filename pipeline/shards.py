@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import soundfile as sf
 
+from pipeline.errors import TelucodecError
 from pipeline.store import Store, StoreError, open_store
 
 INDEX_NAME = "index.json"
@@ -33,7 +34,7 @@ SPLITS = ("train", "val", "test")
 _SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<n>\d{6})\.tar$")
 
 
-class DatasetError(RuntimeError):
+class DatasetError(TelucodecError, RuntimeError):
     """A dataset that is missing, incomplete or does not match its index."""
 
 

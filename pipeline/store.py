@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 from urllib.parse import urlparse
 
+from pipeline.errors import TelucodecError
+
 _TMP_MARK = ".tmp-"
 
 
-class StoreError(RuntimeError):
+class StoreError(TelucodecError, RuntimeError):
     """A storage URL or object that cannot be used; the message says which."""
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import Config, to_dict
+from pipeline.errors import TelucodecError
 from pipeline.rundir import cache_dir
 from pipeline.store import LocalStore, open_store
 
@@ -40,7 +41,7 @@ PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
 records the run as preempted, where exit code 0 would record it finished."""
 
 
-class TrackingError(RuntimeError):
+class TrackingError(TelucodecError, RuntimeError):
     """A run's W&B files cannot be synced (none there, or `wandb sync` failed); one line for the CLI."""
 
 

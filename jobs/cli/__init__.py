@@ -23,7 +23,8 @@ import os
 import sys
 
 from jobs.cli import cluster, codec, config, data, demo, runs, train
-from jobs.cli.common import FORMATTER, err_console, user_errors
+from jobs.cli.common import FORMATTER, err_console
+from pipeline.errors import TelucodecError
 
 EPILOG = """\
 examples:
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         setattr(args, target, list(getattr(args, target)) + extra)
     try:
         return args.func(args)
-    except user_errors() as e:
+    except TelucodecError as e:  # a user's mistake: one line, no traceback
         err_console.print(f"telucodec: error: {e}", markup=False, highlight=False)
         return 2
     except KeyboardInterrupt:

@@ -10,33 +10,16 @@ from pathlib import Path
 
 from rich.console import Console
 
+from pipeline.errors import TelucodecError
+
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 FORMATTER = argparse.RawDescriptionHelpFormatter
 """Every parser keeps its description's and examples' line breaks."""
 
 
-class UsageError(RuntimeError):
+class UsageError(TelucodecError, RuntimeError):
     """Bad command-line input; printed as one line."""
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input, not a bug: printed as one line."""
-    from data_prep.corpus import CorpusError
-    from data_prep.prep import PrepError
-    from data_prep.reshard import ReshardError
-    from pipeline.audio import AudioError
-    from pipeline.bitstream import BitstreamError
-    from pipeline.checkpoint import CheckpointError
-    from pipeline.config import ConfigError
-    from pipeline.data import DataError
-    from pipeline.shards import DatasetError
-    from pipeline.store import StoreError
-    from pipeline.tracking import TrackingError
-    from jobs.submit import SubmitError
-
-    return (UsageError, ConfigError, StoreError, DatasetError, PrepError, CorpusError, ReshardError,
-            CheckpointError, BitstreamError, AudioError, DataError, SubmitError, TrackingError)
 
 
 _OVERRIDE = re.compile(r"([A-Za-z_]\w*)\.[^=\s]+=")
