@@ -31,13 +31,11 @@ import yaml
 
 from pipeline.cloud import InstanceInfo, instance_info, resolve_endpoint
 from pipeline.config import CONFIG_DIR, Config, ConfigError
-from pipeline.rundir import RUN_END_EVENTS, RunDir
+from pipeline.rundir import RUN_END_BY_EVENT, RunDir
 from pipeline.store import StoreError, open_store
 
 PRICES_FILE = CONFIG_DIR / "prices.yaml"
 LEDGER = "ledger.jsonl"
-END_EVENTS = {**RUN_END_EVENTS, "crashed": "crashed"}
-"""Ledger events that end a worker group (the run's clean ends, and a crash), and the run status each means."""
 
 
 @dataclass(frozen=True)
@@ -173,7 +171,8 @@ class CostTracker:
             prior, prior_time, after = CostTotals.from_dict(last), last["time"], last["event"]
         self.base, event, extra = prior, "start", {}
         if prior_time is not None:  # a later worker group: the work after the checkpoint is replayed now
-            clean = after in ("finished", "budget", "cancelled")
+            end = RUN_END_BY_EVENT.get(after)
+            clean = end is not None and end.for_good
             gap_s = 0.0 if clean else min(max(0.0, self.started - prior_time), self.cfg.cost.max_gap_minutes * 60)
             replayed, gap = prior.spent_since(ckpt), self.spend(gap_s)
             self.base = dataclasses.replace(prior.wasted(replayed).billed(gap).wasted(gap),
@@ -309,8 +308,8 @@ def summarize_run(url: str, now: float | None = None) -> RunCost:
     last = history[-1]
     starts = [r for r in history if r["event"] in ("start", "restarted", "resumed")]
     beat = starts[-1].get("heartbeat_s", 60.0) if starts else 60.0
-    if last["event"] in END_EVENTS:
-        status = END_EVENTS[last["event"]]
+    if last["event"] in RUN_END_BY_EVENT:
+        status = RUN_END_BY_EVENT[last["event"]].status
     else:
         status = "running" if (now or time.time()) - last["time"] < 3 * beat else "lost"
     snrs = [r["val/snr"] for r in history if r.get("event") == "eval"]

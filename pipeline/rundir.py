@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.store import LocalStore, Store, StoreError, open_store
@@ -73,8 +74,33 @@ class JsonlLog:
 
 
 CANCEL_REQUEST = "control/cancel.json"
-RUN_END_EVENTS = {"finished": "finished", "preempted": "stopped", "budget": "budget", "cancelled": "cancelled"}
-"""Events rank 0 writes when a worker group ends cleanly, and the run status each means."""
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """One way a worker group ends."""
+
+    status: str
+    """TrainResult.status, and the run's status in `telucodec runs`."""
+    event: str
+    """Its event: rank 0's line in events.jsonl and the ledger's last line."""
+    message: str = ""
+    """What rank 0 prints, formatted with the step and the event's fields."""
+    in_events: bool = True
+    """Written to events.jsonl; a crash is only the ledger's last line."""
+    for_good: bool = False
+    """The run chose to end: a later worker group resumes it (no gap billed), not a restart."""
+
+
+RUN_ENDS = {end.status: end for end in (
+    RunEnd("finished", "finished", for_good=True),
+    RunEnd("stopped", "preempted", "stop requested: checkpoint at step {step} saved, exiting"),
+    RunEnd("budget", "budget", "budget reached ({reason}): checkpoint at step {step} saved, exiting", for_good=True),
+    RunEnd("cancelled", "cancelled", "run cancelled: checkpoint at step {step} saved, exiting", for_good=True),
+    RunEnd("crashed", "crashed", in_events=False),
+)}
+"""Every way a worker group ends, by status: the one table of run ends."""
+RUN_END_BY_EVENT = {end.event: end for end in RUN_ENDS.values()}
 
 
 class RunDir:
@@ -92,10 +118,11 @@ class RunDir:
         self.events.flush()
 
     def last_end(self) -> tuple[str, int] | None:
-        """(status, step) of the newest clean end in events.jsonl (RUN_END_EVENTS), or None."""
+        """(status, step) of the newest clean end in events.jsonl (RUN_ENDS), or None."""
         for event in reversed(self.events.read()):
-            if event["event"] in RUN_END_EVENTS:
-                return RUN_END_EVENTS[event["event"]], int(event["step"])
+            end = RUN_END_BY_EVENT.get(event["event"])
+            if end is not None and end.in_events:
+                return end.status, int(event["step"])
         return None
 
     def request_cancel(self, reason: str) -> None:

@@ -27,17 +27,14 @@ import torch
 
 from pipeline.checkpoint import Checkpoints
 from pipeline.config import Config, to_dict
-from pipeline.cost import END_EVENTS, CostTotals, CostTracker
+from pipeline.cost import CostTotals, CostTracker
 from pipeline.data import CropLoader, eval_clips
 from pipeline.discriminator import Discriminator
 from pipeline.losses import adversarial_active, discriminator_loss, generator_loss
 from pipeline.metrics import codebook_perplexity, mel_distance, range_ratio, si_sdr_db, snr_db
 from pipeline.model import Codec
-from pipeline.rundir import RunDir
+from pipeline.rundir import RUN_ENDS, RunDir, RunEnd
 from pipeline.tracking import Tracker, make_tracker
-
-LEDGER_END = {status: event for event, status in END_EVENTS.items()}
-"""The ledger's last line for each TrainResult status (crashed included)."""
 
 
 class RunContext:
@@ -115,7 +112,7 @@ class RunContext:
         if self.cost is not None:
             self.tracker.log(self.cost.metrics(step), step)
             self.tracker.finish(exit_code=1 if status == "crashed" else 0, preempted=status == "stopped")
-            self.cost.close(LEDGER_END[status], step)
+            self.cost.close(RUN_ENDS[status].event, step)
             self.cost = None
 
 
@@ -392,7 +389,6 @@ def train_loop(state: State, accel, cfg: Config, ctx: RunContext, run: RunDir, c
                        int(cfg.train.eval_seconds * cfg.model.sample_rate)) if main else []
     last_eval: dict = {}
     last_save, t_log, n_log, t_print = time.monotonic(), time.monotonic(), 0, time.monotonic()
-    status = "finished"
     while state.step < cfg.train.steps:
         rolled_back = False
         for _, batch in loader.batches(state.step):
@@ -429,32 +425,26 @@ def train_loop(state: State, accel, cfg: Config, ctx: RunContext, run: RunDir, c
                 if main:
                     run.flush()
             if budget:  # for good: the driver does not restart a budget stop
-                if main:
-                    run.events.append({"event": "budget", "step": state.step, "reason": over})
-                    run.flush()
-                    print(f"budget reached ({over}): checkpoint at step {state.step} saved, exiting", flush=True)
-                return TrainResult(state.step, "budget", last_eval)
+                return end_loop(RUN_ENDS["budget"], state.step, run, main, last_eval, reason=over)
             if cancel:  # for good too: the job was stopped
-                if main:
-                    run.events.append({"event": "cancelled", "step": state.step})
-                    run.flush()
-                    print(f"run cancelled: checkpoint at step {state.step} saved, exiting", flush=True)
-                return TrainResult(state.step, "cancelled", last_eval)
+                return end_loop(RUN_ENDS["cancelled"], state.step, run, main, last_eval)
             if stop:
-                status = "stopped"
-                if main:
-                    run.events.append({"event": "preempted", "step": state.step})
-                    run.flush()
-                    print(f"stop requested: checkpoint at step {state.step} saved, exiting", flush=True)
-                return TrainResult(state.step, status, last_eval)
+                return end_loop(RUN_ENDS["stopped"], state.step, run, main, last_eval)
             if done:
                 break
         if not rolled_back and state.step >= cfg.train.steps:
             break
+    return end_loop(RUN_ENDS["finished"], state.step, run, main, last_eval)
+
+
+def end_loop(end: RunEnd, step: int, run: RunDir, main: bool, last_eval: dict, **fields) -> TrainResult:
+    """How train_loop returns: rank 0 writes the end to events.jsonl and says so (end.message)."""
     if main:
-        run.events.append({"event": "finished", "step": state.step})
+        run.events.append({"event": end.event, "step": step, **fields})
         run.flush()
-    return TrainResult(state.step, status, last_eval)
+        if end.message:
+            print(end.message.format(step=step, **fields), flush=True)
+    return TrainResult(step, end.status, last_eval)
 
 
 def progress_line(step: int, steps: int, metrics: dict, spent: CostTotals, gpu: bool) -> str:
