@@ -28,10 +28,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from audio_fixtures import tone  # noqa: E402
-from local_s3 import MotoS3  # noqa: E402
 from data_prep.reshard import ReshardOptions, reshard  # noqa: E402
 from pipeline.shards import DatasetIndex, ShardWriter, encode_sample, load_index, write_index  # noqa: E402
 from pipeline.store import Store, open_store  # noqa: E402
+from run_fixtures import MotoS3  # noqa: E402
 
 RATE, SECONDS, PER_SHARD = 16000, 8.0, 48
 

@@ -13,7 +13,7 @@
     "recovery" is the wall time from the last step logged before the interruption until training
     is past that step again;
 (c) per-rank steps/s and total samples/s with 1 vs 2 Ray workers at the same global batch.
-Ray runs use the TINY overrides of tests/test_ray_train.py, so the whole script takes minutes.
+Ray runs use the TINY overrides of tests/run_fixtures.py, so the whole script takes minutes.
 """
 
 from __future__ import annotations
@@ -37,15 +37,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from local_s3 import MotoS3  # noqa: E402
+from audio_fixtures import make_dataset  # noqa: E402
+from jobs.spot_drill import SpotDrill  # noqa: E402
 from pipeline.checkpoint import Checkpoints  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.rundir import RunDir  # noqa: E402
 from pipeline.train import (RunContext, build_state, load_checkpoint, make_accelerator,  # noqa: E402
                             save_checkpoint, train_step)
-from test_data import make_dataset  # noqa: E402
-from jobs.spot_drill import MetadataServer  # noqa: E402
-from test_ray_train import TINY  # noqa: E402
+from run_fixtures import TINY, MotoS3, wait_for  # noqa: E402
 
 INTERRUPT_AT = 15
 """Step after which the notice is raised or the worker killed."""
@@ -82,14 +81,6 @@ def logged(run_dir: Path) -> list[dict]:
     return [r for r in RunDir(str(run_dir)).metrics.read() if "loss/total" in r]
 
 
-def wait_for(predicate, timeout: float = 300.0) -> None:
-    deadline = time.time() + timeout
-    while not predicate():
-        if time.time() > deadline:
-            raise TimeoutError("timed out")
-        time.sleep(0.05)
-
-
 def interruption(run_dir: Path) -> dict:
     """Steps replayed, where the run resumed, and the wall time until it was past the break again."""
     records = logged(run_dir)
@@ -109,30 +100,22 @@ def ray_config(dataset: str, run_dir: Path, *more: str):
 
 
 def run_with_notice(dataset: str, run_dir: Path, steps: int) -> dict:
-    """Fake IMDSv2 flips to terminate once step INTERRUPT_AT is logged; the replacement gets none."""
+    """A spot drill (fake IMDSv2) flips to terminate once step INTERRUPT_AT is logged; the
+    replacement gets none."""
     from jobs.ray_train import train_on_ray
 
-    meta, seen = MetadataServer(), {}
-    events = RunDir(str(run_dir)).events
-
-    def operator():
-        try:
-            wait_for(lambda: max((r["step"] for r in logged(run_dir)), default=0) >= INTERRUPT_AT)
-            seen["flipped_at"] = max(r["step"] for r in logged(run_dir))
-            meta.action = {"action": "terminate", "time": "2026-11-24T20:00:00Z"}
-            wait_for(lambda: any(e["event"] == "preempted" for e in events.read()))
-            meta.action = None
-        except TimeoutError as e:
-            seen["error"] = str(e)
-
-    threading.Thread(target=operator, daemon=True).start()
-    t = time.monotonic()
-    result = train_on_ray(ray_config(dataset, run_dir, f"train.steps={steps}", "train.checkpoint_every=10",
-                                     f"preempt.aws_endpoint={meta.url}", "preempt.poll_seconds=0.1"))
-    meta.httpd.shutdown()
-    return {"wall_s": time.monotonic() - t, "status": result.status, "final_step": result.step,
-            "interrupted_at": seen.get("flipped_at"), "error": seen.get("error"),
-            **interruption(run_dir)}
+    with SpotDrill(str(run_dir), at_step=INTERRUPT_AT, poll_seconds=0.05) as drill:
+        t = time.monotonic()
+        result = train_on_ray(ray_config(dataset, run_dir, f"train.steps={steps}", "train.checkpoint_every=10",
+                                         f"preempt.aws_endpoint={drill.url}", "preempt.poll_seconds=0.1"))
+        wall = time.monotonic() - t
+    error = None
+    if drill.fired_at is None:
+        error = f"the run never logged step {INTERRUPT_AT}: no notice was raised"
+    elif drill.stopped_at is None:
+        error = "the notice was raised but no worker group stopped on it"
+    return {"wall_s": wall, "status": result.status, "final_step": result.step,
+            "interrupted_at": drill.fired_at, "error": error, **interruption(run_dir)}
 
 
 def run_with_kill(dataset: str, run_dir: Path, steps: int) -> dict:
@@ -143,7 +126,7 @@ def run_with_kill(dataset: str, run_dir: Path, steps: int) -> dict:
 
     def killer():
         try:
-            wait_for(lambda: max((r["step"] for r in logged(run_dir)), default=0) >= INTERRUPT_AT)
+            wait_for(lambda: max((r["step"] for r in logged(run_dir)), default=0) >= INTERRUPT_AT, timeout=300)
             seen["killed_at"] = max(r["step"] for r in logged(run_dir))
             pid = json.loads((run_dir / "workers" / "rank1.json").read_text())["pid"]
             os.kill(pid, signal.SIGKILL)

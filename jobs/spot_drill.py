@@ -8,6 +8,9 @@ spot reclaim when the run reaches a step, then goes quiet (the "replacement node
 The workers' PreemptionWatcher polls it exactly as it polls a real EC2 node's IMDSv2 (token, then
 spot/instance-action), so the drill exercises the real path: notice, checkpoint at the next step,
 clean stop, new worker group, resume. Nothing on the run's side knows it is a drill.
+
+MetadataServer is the one fake cloud metadata endpoint, for the drill, tests and benchmarks; a test
+can also give it answers about the instance (type, region, spot or not).
 """
 
 from __future__ import annotations
@@ -20,13 +23,17 @@ import time
 from pipeline.rundir import RunDir
 
 TOKEN = "drill-token"
+SPOT_ACTION = "/latest/meta-data/spot/instance-action"
 
 
 class MetadataServer:
-    """A fake AWS IMDSv2 whose spot/instance-action answers `action` (404 while it is None)."""
+    """A fake AWS IMDSv2 and GCP metadata server on 127.0.0.1: spot/instance-action answers `action`
+    (404 while it is None); other paths answer from `answers` ({path: text}) to either cloud's
+    headers, 404 for the rest."""
 
-    def __init__(self):
+    def __init__(self, answers: dict[str, str] | None = None):
         self.action: dict | None = None
+        self.answers = dict(answers or {})
         self.requests = 0
         server = self
 
@@ -37,11 +44,8 @@ class MetadataServer:
 
             def do_GET(self):
                 server.requests += 1
-                ok = self.headers.get("X-aws-ec2-metadata-token") == TOKEN
-                if self.path == "/latest/meta-data/spot/instance-action" and ok and server.action:
-                    self._answer(200, json.dumps(server.action).encode())
-                else:
-                    self._answer(404, b"")
+                body = server.answer(self.path, self.headers)
+                self._answer(404, b"") if body is None else self._answer(200, body)
 
             def _answer(self, code, body):
                 self.send_response(code)
@@ -55,6 +59,14 @@ class MetadataServer:
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.httpd.serve_forever, daemon=True, name="fake-imds").start()
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def answer(self, path: str, headers) -> bytes | None:
+        """The body for a GET of `path`, or None for a 404."""
+        aws = headers.get("X-aws-ec2-metadata-token") == TOKEN
+        if path == SPOT_ACTION:
+            return json.dumps(self.action).encode() if aws and self.action else None
+        text = self.answers.get(path)
+        return text.encode() if text and (aws or headers.get("Metadata-Flavor") == "Google") else None
 
     def close(self) -> None:
         self.httpd.shutdown()

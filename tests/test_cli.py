@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 from importlib.metadata import version
-from pathlib import Path
 
 import pytest
 
@@ -16,6 +15,7 @@ from audio_fixtures import make_dataset, write_manifest_corpus
 from jobs.cli import main
 from pipeline.config import CONFIG_DIR, load_config, to_dict
 from pipeline.shards import load_index
+from run_fixtures import OFF_CLOUD, QUICK_EVAL
 
 TELUCODEC = [sys.executable, "-m", "jobs.cli"]
 
@@ -83,9 +83,8 @@ def trained_run(tmp_path_factory) -> tuple[str, list[str]]:
     root = tmp_path_factory.mktemp("cli-run")
     make_dataset(str(root / "data"), [8], sr=16000, seconds=0.3)
     words = ["tiny", f"data.url={root / 'data'}", f"run.dir={root / 'run'}", "train.workers=0", "train.steps=2",
-             "train.batch_size=2", "train.segment_seconds=0.2", "train.eval_every=1000", "train.eval_clips=1",
-             "train.eval_seconds=0.2", "train.eval_split=train", "tracking.enabled=false",
-             "preempt.aws_endpoint=''", "preempt.gcp_endpoint=''"]
+             "train.batch_size=2", "train.segment_seconds=0.2", "train.eval_every=1000", *QUICK_EVAL,
+             "tracking.enabled=false", *OFF_CLOUD]
     assert main(["train", *words]) == 0
     return str(root / "run"), words
 

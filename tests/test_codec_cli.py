@@ -15,24 +15,9 @@ from audio_fixtures import tone
 from jobs.cli import main
 from pipeline.audio import resample
 from pipeline.bitstream import HEADER_SIZE, read_bitstream
-from pipeline.checkpoint import Checkpoints
-from pipeline.config import Config, ModelConfig, to_dict
+from pipeline.config import ModelConfig
 from pipeline.inference import load_codec
-from pipeline.model import Codec
-
-TINY = ModelConfig(channels=4, latent_dim=16, codebook_size=16, n_codebooks=4, kmeans_iters=2)
-
-
-def make_checkpoint(run_dir: Path, model_cfg: ModelConfig = TINY, step: int = 7) -> str:
-    """A tiny codec whose codebooks were initialised by one training call, saved as a checkpoint."""
-    torch.manual_seed(0)
-    codec = Codec(model_cfg)
-    codec.train()
-    codec(torch.from_numpy(tone(0.5, model_cfg.sample_rate))[None, None])
-    cfg = Config(model=model_cfg)
-    Checkpoints(str(run_dir)).save(step, {"model": codec.state_dict(),
-                                          "train": {"config": to_dict(cfg), "step": step}})
-    return str(run_dir)
+from run_fixtures import make_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,10 @@ The killed-worker run that checks ledger and W&B totals against measured wall ti
 test_tracking.py (one Ray run serves the W&B and secret checks too).
 """
 
-import http.server
 import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,16 +17,16 @@ import pytest
 from audio_fixtures import make_dataset
 from jobs.cli import main
 from jobs.ray_train import train_on_ray
+from jobs.spot_drill import MetadataServer
 from pipeline.checkpoint import Checkpoints
 from pipeline.config import ConfigError, load_config
 from pipeline.cost import CostTracker, summarize_run, worker_price
 from pipeline.inference import load_codec
 from pipeline.rundir import RunDir
 from pipeline.train import train
-from test_ray_train import TINY, wait_for
+from run_fixtures import OFF_CLOUD, TINY, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
-OFF_CLOUD = ["preempt.aws_endpoint=''", "preempt.gcp_endpoint=''"]
 
 
 def cfg_of(*overrides):
@@ -47,7 +45,7 @@ def ledger(run_dir) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------- prices
-class FakeMetadata:
+class FakeMetadata(MetadataServer):
     """AWS IMDSv2 and GCP metadata answers for one instance, served on 127.0.0.1."""
 
     ANSWERS = {"/latest/meta-data/instance-type": "g5.xlarge", "/latest/meta-data/placement/region": "eu-west-1",
@@ -58,30 +56,7 @@ class FakeMetadata:
                "/computeMetadata/v1/instance/scheduling/preemptible": "FALSE"}
 
     def __init__(self):
-        answers = self.ANSWERS
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_PUT(self):
-                self._answer(200, "token-1")
-
-            def do_GET(self):
-                aws_ok = self.headers.get("X-aws-ec2-metadata-token") == "token-1"
-                gcp_ok = self.headers.get("Metadata-Flavor") == "Google"
-                body = answers.get(self.path)
-                self._answer(200, body) if body and (aws_ok or gcp_ok) else self._answer(404, "")
-
-            def _answer(self, code, body):
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body.encode())
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        super().__init__(self.ANSWERS)
 
 
 def test_price_per_worker_hour_from_override_table_metadata_or_local():

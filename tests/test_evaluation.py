@@ -16,7 +16,7 @@ from pipeline.evaluation import (CODEC2_DELAY, align, baseline_result, evaluate_
 from pipeline.inference import load_codec
 from pipeline.shards import DatasetIndex, ShardWriter, encode_sample, write_index
 from pipeline.store import open_store
-from test_codec_cli import make_checkpoint
+from run_fixtures import make_checkpoint
 
 
 def speech_like(seconds: float, sr: int, seed: int = 0) -> np.ndarray:

@@ -7,10 +7,8 @@ import json
 import os
 import signal
 import threading
-import time
 
 import pytest
-import torch
 
 from audio_fixtures import make_dataset
 from jobs.ray_train import train_on_ray
@@ -18,16 +16,9 @@ from jobs.spot_drill import SpotDrill
 from pipeline.checkpoint import Checkpoints
 from pipeline.config import load_config
 from pipeline.rundir import RunDir
+from run_fixtures import TINY, losses_by_step, wait_for
 
 pytestmark = pytest.mark.slow
-
-TINY = ["model.channels=2", "model.latent_dim=8", "model.codebook_size=16", "model.n_codebooks=2",
-        "model.kmeans_iters=2", "model.dilations=[1]", "train.batch_size=2", "train.segment_seconds=0.1",
-        "train.warmup_steps=2", "train.log_every=1", "train.eval_every=1000", "train.eval_clips=1",
-        "train.eval_seconds=0.2", "train.eval_split=train", "train.workers=2", "train.max_failures=2",
-        "preempt.aws_endpoint=''", "preempt.gcp_endpoint=''", "loss.weights={mel: 1.0, stft: 0.0}",
-        "loss.mel_windows=[128]", "loss.mel_bins=[16]"]
-
 
 @pytest.fixture(scope="module")
 def ray_local():
@@ -47,18 +38,6 @@ def dataset(tmp_path_factory):
 
 def config(dataset, run_dir, *more):
     return load_config(["configs/base.yaml"], [f"data.url={dataset}", f"run.dir={run_dir}", *TINY, *more])
-
-
-def losses_by_step(run_dir) -> dict[int, float]:
-    """Last logged loss per step (a restarted run logs replayed steps again)."""
-    return {r["step"]: r["loss/total"] for r in RunDir(str(run_dir)).metrics.read() if "loss/total" in r}
-
-
-def wait_for(predicate, timeout=240.0):
-    deadline = time.time() + timeout
-    while not predicate():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_two_workers_stay_in_sync_with_uneven_shards(ray_local, dataset, tmp_path):

@@ -15,13 +15,9 @@ from pipeline.config import Config, load_config, to_dict
 from pipeline.resume import RESUME_RULES, ResumeError, check_resume, resume_rule
 from pipeline.rundir import RunDir
 from pipeline.train import lr_lambda, train
+from run_fixtures import TINY_MEL, TINY_RUN
 
-SMALL = ["model.channels=2", "model.latent_dim=8", "model.codebook_size=16", "model.n_codebooks=2",
-         "model.kmeans_iters=2", "model.dilations=[1]", "train.batch_size=2", "train.segment_seconds=0.1",
-         "train.steps=2", "train.warmup_steps=2", "train.log_every=1", "train.eval_clips=1",
-         "train.eval_seconds=0.2", "train.eval_split=train", "train.workers=0", "train.lr=0.003",
-         "loss.mel_windows=[128]", "loss.mel_bins=[16]", "preempt.aws_endpoint=''",
-         "preempt.gcp_endpoint=''", "tracking.enabled=false"]
+SMALL = [*TINY_RUN, *TINY_MEL, "train.steps=2", "train.workers=0", "train.lr=0.003", "tracking.enabled=false"]
 
 
 def leaf_keys(cls: type, prefix: str = "") -> list[str]:

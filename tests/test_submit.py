@@ -5,6 +5,7 @@ dashboard on a free port) and stopped with `cluster down --local`. Slow: each jo
 and a Ray Train worker group.
 """
 
+import functools
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ from jobs.submit import SubmitError, project_files, submit
 from pipeline.checkpoint import Checkpoints
 from pipeline.config import load_config
 from pipeline.rundir import RunDir
-from test_ray_train import TINY
+from run_fixtures import TINY, wait_for
 
 FAKE_KEY = "wandb-fake-0123456789abcdef0123456789abcdef01234567"
 FAKE_SECRET = "aws-fake-SECRET-9f8e7d6c5b4a"
@@ -41,11 +42,7 @@ def status_word(address, job_id, capsys) -> str:
     return word
 
 
-def wait_for(predicate, timeout=240.0, every=0.5):
-    deadline = time.time() + timeout
-    while not predicate():
-        assert time.time() < deadline, "timed out"
-        time.sleep(every)
+wait_for = functools.partial(wait_for, every=0.5)  # a look every half second: most are calls to the Ray head
 
 
 # ------------------------------------------------------------------------------------- no cluster

@@ -23,7 +23,7 @@ from pipeline.checkpoint import Checkpoints
 from pipeline.config import load_config
 from pipeline.rundir import RunDir
 from pipeline.tracking import Tracker, make_tracker, redact_secrets
-from test_ray_train import TINY, losses_by_step, wait_for
+from run_fixtures import TINY, losses_by_step, wait_for
 
 WANDB_KEY = "fake-key-0123456789abcdef"
 AWS_SECRET = "fake-aws-secret-9876543210fedcba"

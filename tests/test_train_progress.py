@@ -14,6 +14,7 @@ from pipeline.config import load_config
 from pipeline.cost import CostTotals
 from pipeline.rundir import RunDir
 from pipeline.train import progress_line, train
+from run_fixtures import OFF_CLOUD, QUICK_EVAL
 
 REPO = Path(__file__).resolve().parent.parent
 LINE = re.compile(r"^step (\d+)/6  loss -?\d+\.\d{3}  \d+\.\d{2} steps/s  \d+\.\d audio-s/s  ETA \d+m\d\ds  "
@@ -30,10 +31,8 @@ def dataset(tmp_path_factory) -> str:
 def train_tiny(dataset: str, run_dir: Path, *overrides: str):
     cfg = load_config([REPO / "configs" / "base.yaml", REPO / "configs" / "tiny.yaml"], [
         f"data.url={dataset}", f"run.dir={run_dir}", "train.workers=0", "train.steps=6", "train.batch_size=2",
-        "train.segment_seconds=0.2", "train.warmup_steps=2", "train.eval_every=1000", "train.eval_clips=1",
-        "train.eval_seconds=0.2", "train.eval_split=train", "train.checkpoint_every=1000",
-        "tracking.enabled=false", "cost.usd_per_hour=3.6", "preempt.aws_endpoint=''",
-        "preempt.gcp_endpoint=''", *overrides])
+        "train.segment_seconds=0.2", "train.warmup_steps=2", "train.eval_every=1000", *QUICK_EVAL,
+        "train.checkpoint_every=1000", "tracking.enabled=false", "cost.usd_per_hour=3.6", *OFF_CLOUD, *overrides])
     assert train(cfg).status == "finished"
     return cfg
 

@@ -21,12 +21,10 @@ from pipeline.config import load_config
 from jobs.cli import main
 from pipeline.tracking import PREEMPTED_EXIT_CODE
 from pipeline.train import RunContext, train
+from run_fixtures import TINY_RUN
 
-SMALL = ["model.channels=2", "model.latent_dim=8", "model.codebook_size=16", "model.n_codebooks=2",
-         "model.kmeans_iters=2", "model.dilations=[1]", "train.batch_size=2", "train.segment_seconds=0.1",
-         "train.steps=4", "train.warmup_steps=2", "train.log_every=1", "train.eval_every=2",
-         "train.checkpoint_every=2", "train.eval_clips=1", "train.eval_seconds=0.2", "train.eval_split=train",
-         "train.workers=0", "preempt.aws_endpoint=''", "preempt.gcp_endpoint=''", "tracking.audio_samples=0"]
+SMALL = [*TINY_RUN, "train.steps=4", "train.eval_every=2", "train.checkpoint_every=2", "train.workers=0",
+         "tracking.audio_samples=0"]
 
 
 class NoticeAfter(RunContext):

@@ -1,0 +1,109 @@
+"""Tiny training runs and the local S3 server they can use, shared by the tests and benchmarks/
+(which put tests/ on sys.path); the audio and datasets they train on are in audio_fixtures.py, the
+fake cloud metadata server in jobs/spot_drill.py (the demo's drill uses it too).
+
+    from run_fixtures import TINY, wait_for
+    load_config(["configs/base.yaml"], [f"data.url={url}", f"run.dir={run}", *TINY, "train.steps=6"])
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from audio_fixtures import tone
+from pipeline.config import Config, ModelConfig, to_dict
+from pipeline.rundir import RunDir
+
+OFF_CLOUD = ["preempt.aws_endpoint=''", "preempt.gcp_endpoint=''"]
+"""No cloud metadata endpoints: the run is on a local machine (free) and gets no preemption notice."""
+
+QUICK_EVAL = ["train.eval_clips=1", "train.eval_seconds=0.2", "train.eval_split=train"]
+"""Evaluation on one short clip of the train split (the tiny datasets have no test split)."""
+
+TINY_RUN = ["model.channels=2", "model.latent_dim=8", "model.codebook_size=16", "model.n_codebooks=2",
+            "model.kmeans_iters=2", "model.dilations=[1]", "train.batch_size=2", "train.segment_seconds=0.1",
+            "train.warmup_steps=2", "train.log_every=1", *QUICK_EVAL, *OFF_CLOUD]
+"""A model and batch small enough for quick CPU steps, every step logged; add steps, workers and
+what the test is about."""
+
+TINY_MEL = ["loss.mel_windows=[128]", "loss.mel_bins=[16]"]
+"""One small mel resolution instead of base's four (windows up to 2048 samples)."""
+
+TINY = [*TINY_RUN, "train.eval_every=1000", "train.workers=2", "train.max_failures=2",
+        "loss.weights={mel: 1.0, stft: 0.0}", *TINY_MEL]
+"""TINY_RUN over base.yaml on two Ray workers (restarted at most twice), mel loss only, eval every 1000 steps."""
+
+TINY_CODEC = ModelConfig(channels=4, latent_dim=16, codebook_size=16, n_codebooks=4, kmeans_iters=2)
+"""The model of make_checkpoint."""
+
+
+def make_checkpoint(run_dir: Path, model_cfg: ModelConfig = TINY_CODEC, step: int = 7) -> str:
+    """A tiny codec whose codebooks were initialised by one training call, saved as a checkpoint."""
+    import torch  # here, not above: prep_bench's spawned workers import this module and need no torch
+
+    from pipeline.checkpoint import Checkpoints
+    from pipeline.model import Codec
+
+    torch.manual_seed(0)
+    codec = Codec(model_cfg)
+    codec.train()
+    codec(torch.from_numpy(tone(0.5, model_cfg.sample_rate))[None, None])
+    cfg = Config(model=model_cfg)
+    Checkpoints(str(run_dir)).save(step, {"model": codec.state_dict(),
+                                          "train": {"config": to_dict(cfg), "step": step}})
+    return str(run_dir)
+
+
+def losses_by_step(run_dir) -> dict[int, float]:
+    """Last logged loss per step (a restarted run logs replayed steps again)."""
+    return {r["step"]: r["loss/total"] for r in RunDir(str(run_dir)).metrics.read() if "loss/total" in r}
+
+
+def wait_for(predicate, timeout: float = 240.0, every: float = 0.05) -> None:
+    """Call `predicate` every `every` seconds until it is true; TimeoutError after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s")
+        time.sleep(every)
+
+
+class MotoS3:
+    """moto's S3 server on a free loopback port, with the AWS variables pointing boto3 at it while
+    open; creates `bucket` if given.
+
+        with MotoS3(bucket="bench") as s3:   # s3.endpoint; s3://bench/... reaches it through boto3
+    """
+
+    def __init__(self, bucket: str | None = None):
+        self.bucket = bucket
+
+    def __enter__(self) -> "MotoS3":
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        host, port = self.server.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+        env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+               "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+        self.saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        if self.bucket:
+            import boto3
+
+            boto3.client("s3").create_bucket(Bucket=self.bucket)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        self.server.stop()
