@@ -13,9 +13,10 @@ Sources, each optional:
   training function in a thread, where Python refuses `signal.signal`; the handler is then
   installed by the worker actor's own main thread (its `execute` method), and only records the
   time: the loop saves and exits at the next step instead of Ray's default of exiting at once.
-Endpoints come from config; "auto" enables a cloud only when this machine's DMI data says it runs
-there, so a laptop or CI box never sends a request to a metadata address. The watcher only sets a
-flag: the training loop acts on it at the next step boundary, on all ranks together.
+Endpoints come from config, resolved by pipeline/cloud.py (which also owns the IMDSv2 token
+exchange); "auto" enables a cloud only when this machine's DMI data says it runs there, so a laptop
+or CI box never sends a request to a metadata address. The watcher only sets a flag: the training
+loop acts on it at the next step boundary, on all ranks together.
 """
 
 from __future__ import annotations
@@ -27,25 +28,32 @@ import time
 import urllib.error
 from dataclasses import dataclass
 
-from pipeline.cloud import metadata_get as _http
-from pipeline.cloud import resolve_endpoint
+from pipeline.cloud import GCP_HEADERS, aws_headers, metadata_endpoints, metadata_get
 from pipeline.config import PreemptConfig
 
-_sigterm_at: float | None = None
-"""When this process got SIGTERM (set by the handler, read by every watcher in the process)."""
+
+class SigtermClock:
+    """When this process got SIGTERM, or None: set by the handler, read by the watchers."""
+
+    def __init__(self):
+        self.at: float | None = None
+
+    def record(self, signum=None, frame=None) -> None:
+        self.at = self.at or time.time()
 
 
-def _on_sigterm(signum, frame) -> None:
-    global _sigterm_at
-    _sigterm_at = _sigterm_at or time.time()
+SIGTERM = SigtermClock()
+"""This process's clock: a signal handler belongs to the whole process, so every watcher reads this one."""
 
 
 def _install_sigterm_handler() -> None:
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    # A module function (Ray pickles it by reference): the worker actor's main thread then installs
+    # the handler of that process's SIGTERM clock, not of a pickled copy.
+    signal.signal(signal.SIGTERM, SIGTERM.record)
 
 
 def catch_sigterm() -> bool:
-    """Route this process's SIGTERM to `_on_sigterm`, from the main thread or, inside a Ray Train
+    """Route this process's SIGTERM to its SIGTERM clock, from the main thread or, inside a Ray Train
     worker, through the worker actor's main thread. False when neither is possible."""
     if threading.current_thread() is threading.main_thread():
         _install_sigterm_handler()
@@ -69,10 +77,10 @@ class Notice:
 
 
 class PreemptionWatcher:
-    def __init__(self, cfg: PreemptConfig):
-        self.cfg = cfg
-        self.aws = resolve_endpoint(cfg.aws_endpoint, "aws")
-        self.gcp = resolve_endpoint(cfg.gcp_endpoint, "gcp")
+    def __init__(self, cfg: PreemptConfig, sigterm: SigtermClock = SIGTERM):
+        self.cfg, self.sigterm = cfg, sigterm
+        urls = metadata_endpoints(cfg)
+        self.aws, self.gcp = urls.aws, urls.gcp
         self.notice: Notice | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -91,7 +99,7 @@ class PreemptionWatcher:
 
     def poll(self) -> Notice | None:
         """The notice so far (a SIGTERM to this process counts); cheap, for every step."""
-        if self.notice is None and self.cfg.enabled and _sigterm_at is not None:
+        if self.notice is None and self.cfg.enabled and self.sigterm.at is not None:
             self._set("sigterm", "SIGTERM received")
         return self.notice
 
@@ -116,14 +124,12 @@ class PreemptionWatcher:
     def _check_aws(self) -> tuple[str, str] | None:
         if not self.aws:
             return None
-        token = _http(f"{self.aws}/latest/api/token", method="PUT",
-                      headers={"X-aws-ec2-metadata-token-ttl-seconds": "300"})
-        headers = {"X-aws-ec2-metadata-token": token}
-        action = _http(f"{self.aws}/latest/meta-data/spot/instance-action", headers=headers)
+        headers = aws_headers(self.aws)
+        action = metadata_get(f"{self.aws}/latest/meta-data/spot/instance-action", headers=headers)
         if action:
             return "aws-spot", action
         if self.cfg.rebalance_is_notice:
-            rebalance = _http(f"{self.aws}/latest/meta-data/events/recommendations/rebalance", headers=headers)
+            rebalance = metadata_get(f"{self.aws}/latest/meta-data/events/recommendations/rebalance", headers=headers)
             if rebalance:
                 return "aws-rebalance", rebalance
         return None
@@ -131,7 +137,7 @@ class PreemptionWatcher:
     def _check_gcp(self) -> tuple[str, str] | None:
         if not self.gcp:
             return None
-        body = _http(f"{self.gcp}/computeMetadata/v1/instance/preempted", headers={"Metadata-Flavor": "Google"})
+        body = metadata_get(f"{self.gcp}/computeMetadata/v1/instance/preempted", headers=GCP_HEADERS)
         return ("gcp", "instance/preempted is TRUE") if body.strip().upper() == "TRUE" else None
 
 

@@ -12,23 +12,17 @@ real errors (`train.max_failures`); a clean stop on a preemption notice is follo
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import os
-import signal
 import socket
-import threading
 import time
 from pathlib import Path
 
+from jobs.submit import with_absolute_paths
 from pipeline.config import Config, from_dict, to_dict
-from pipeline.rundir import RunDir
+from pipeline.rundir import RunDir, cancel_on_sigterm
 from pipeline.store import is_remote
 from pipeline.train import RunContext, TrainResult
-
-# Ray's worker prints would be doubled in the driver's log otherwise.
-os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 
 
 class RayRunContext(RunContext):
@@ -105,8 +99,7 @@ def init_ray(cfg: Config) -> bool:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
         cpus = max(os.cpu_count() or 1, cfg.train.workers * cfg.train.cpus_per_worker + 1)
-        ray.init(address="local", num_cpus=cpus, include_dashboard=True, log_to_driver=True,
-                 runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+        ray.init(address="local", num_cpus=cpus, include_dashboard=True, log_to_driver=True)
     return True
 
 
@@ -115,14 +108,6 @@ def storage_for(run_dir: str) -> tuple[str, str]:
     if is_remote(run_dir):
         return run_dir.rstrip("/"), "ray"
     return str(Path(run_dir).absolute()), "ray"
-
-
-def with_absolute_paths(cfg: Config) -> Config:
-    """Local paths made absolute: Ray workers run in another working directory."""
-    def absolute(url: str) -> str:
-        return url if not url or is_remote(url) or url.startswith("file://") else str(Path(url).absolute())
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, url=absolute(cfg.data.url)),
-                               run=dataclasses.replace(cfg.run, dir=absolute(cfg.run.dir)))
 
 
 def train_on_ray(cfg: Config) -> TrainResult:
@@ -146,33 +131,15 @@ def train_on_ray(cfg: Config) -> TrainResult:
             ray.shutdown()
 
 
-@contextlib.contextmanager
-def cancel_on_sigterm(run_dir: str):
-    """SIGTERM to the driver (`telucodec jobs stop`, `ray job stop`) becomes a cancel request the
-    workers poll: they save a checkpoint and end the run as cancelled while the driver waits.
-    A submitted job sets RAY_JOB_STOP_WAIT_TIME_S so Ray gives the driver that time. Used around
-    in-process training too (train.workers=0), where the driver is the worker."""
-    RunDir(run_dir).clear_cancel_request()  # a stopped job's request must not end this new driver
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_sigterm(signum, frame):
-        print("SIGTERM: asking the workers to save a checkpoint and stop", flush=True)
-        RunDir(run_dir).request_cancel("SIGTERM to the driver")
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def fit_until_done(cfg: Config) -> TrainResult:
     """Fit, and fit again after each clean preemption stop, until train.steps are done."""
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    # Ray Train's print patch would double the workers' prints in the driver's log. Ray Train hands
+    # this variable from the driver's environment to its controller and workers, so setting it here,
+    # where the trainer is made, covers local, joined and submitted runs alike (a value the user set wins).
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     storage_path, name = storage_for(cfg.run.dir)
     resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}
     while True:

@@ -144,6 +144,14 @@ def new_run_name() -> str:
     return f"te-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
+def with_absolute_paths(cfg: Config) -> Config:
+    """Local paths made absolute: a submitted job, and each Ray worker, runs in another working directory."""
+    def absolute(url: str) -> str:
+        return url if not url or is_remote(url) or url.startswith("file://") else str(Path(url).absolute())
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, url=absolute(cfg.data.url)),
+                               run=dataclasses.replace(cfg.run, dir=absolute(cfg.run.dir)))
+
+
 def wandb_url(cfg: Config, run_id: str, env_secrets: dict) -> str:
     if not cfg.tracking.enabled:
         return "off (tracking.enabled=false)"
@@ -173,8 +181,7 @@ def submit(address: str, cfg: Config, *, run: str = "", runs_root: str = "runs",
                               tracking=dataclasses.replace(cfg.tracking, run_id=run_id))
     env_secrets = secrets_from_env()
     env_vars = {k: os.environ[k] for k in PLAIN_VARS if os.environ.get(k)}
-    env_vars.update({"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S), "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-                     "PYTHONUNBUFFERED": "1"})
+    env_vars.update({"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S), "PYTHONUNBUFFERED": "1"})
     client = job_client(address)
     job_id = f"{run}-{secrets.token_hex(3)}"
     with tempfile.TemporaryDirectory(prefix="telucodec-job-") as tmp:
@@ -375,8 +382,7 @@ def local_head_up(cpus: int | None = None, timeout_s: float = 90.0) -> tuple[str
     if dashboard_up(address):
         return address, False
     cpus = cpus or max(os.cpu_count() or 1, 3)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     cmd = [ray_command(), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(free_port()),
            "--dashboard-host", "127.0.0.1", "--dashboard-port", port, "--include-dashboard", "true",
            "--num-cpus", str(cpus), "--disable-usage-stats"]

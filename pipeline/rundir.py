@@ -6,7 +6,8 @@
     run.flush()                                  # local: already on disk; s3: upload now
 
 A cancel request (`request_cancel`, written by the driver when its job is stopped) is a small object
-the training loop polls: the workers save a checkpoint and end the run as `cancelled`.
+the training loop polls: the workers save a checkpoint and end the run as `cancelled`. The driver
+turns its SIGTERM into one with `with cancel_on_sigterm(run_dir): ...`.
 
 A local run dir is appended to directly (line by line, flushed). For s3:// the lines go to a local
 mirror under ~/.cache/telucodec/ and the whole object is uploaded on `flush()` (at checkpoints and
@@ -15,9 +16,12 @@ evals), after first downloading what an earlier process left, so a resumed run k
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,3 +140,25 @@ class RunDir:
         """A new driver starts: an old job's cancel request must not end it."""
         if self.store.exists(CANCEL_REQUEST):
             self.store.delete(CANCEL_REQUEST)
+
+
+@contextlib.contextmanager
+def cancel_on_sigterm(run_dir: str):
+    """SIGTERM to the driver (`telucodec jobs stop`, `ray job stop`) becomes a cancel request the
+    workers poll: they save a checkpoint and end the run as cancelled while the driver waits.
+    A submitted job sets RAY_JOB_STOP_WAIT_TIME_S so Ray gives the driver that time. Used around
+    in-process training too (train.workers=0), where the driver is the worker."""
+    RunDir(run_dir).clear_cancel_request()  # a stopped job's request must not end this new driver
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum, frame):
+        print("SIGTERM: asking the workers to save a checkpoint and stop", flush=True)
+        RunDir(run_dir).request_cancel("SIGTERM to the driver")
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -76,14 +76,13 @@ def register_submit(sub) -> None:
     s.add_argument("--max-upload-mb", type=float, default=100.0, help="refuse a bigger working dir (default 100)")
     s.add_argument("--pip", action="store_true",
                    help="install pyproject's dependencies in the job's runtime env (a cluster image without them)")
+    s.add_argument("--image", help="container image URI for the job (runtime_env image_uri)")
     add_config_items(s)
-    s.add_argument("items", nargs="*", metavar="CONFIG.yaml|key=value")
     s.set_defaults(func=submit)
 
 
 def submit(args) -> int:
-    from jobs.ray_train import with_absolute_paths
-    from jobs.submit import submit
+    from jobs.submit import submit, with_absolute_paths
 
     cfg = load_cli_config(args.items)  # checked here: a typo fails before any upload
     if not cfg.data.url:

@@ -46,7 +46,7 @@ def run_training(cfg, resume: str = "auto") -> int:
                   f"{cfg.model.bitrate() / 1000:.2f} kbps at {cfg.model.sample_rate} Hz, "
                   f"{cfg.train.steps} steps, {max(cfg.train.workers, 1)} worker(s)", highlight=False)
     if cfg.train.workers == 0:
-        from jobs.ray_train import cancel_on_sigterm
+        from pipeline.rundir import cancel_on_sigterm
         from pipeline.train import train as train_here
 
         with cancel_on_sigterm(cfg.run.dir):
