@@ -17,28 +17,33 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
-from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
+from data_prep.dataset_job import DatasetJob, DatasetProgress, RunRecords, claim_destination, ordered_map
 from data_prep.sources import SourceError, SourceItem, scan_sources
 from pipeline.audio import AudioError, clip_to_unit_range, cut_segments, load_audio, normalize_rms, resample, trim_silence
 from pipeline.config import PrepConfig, to_dict
 from pipeline.errors import TelucodecError
-from pipeline.shards import (INDEX_NAME, SPLITS, DatasetIndex, EncodedSample, ShardInfo, ShardWriter,
-                             encode_sample, load_index, parse_shard_name, safe_key, write_index)
-from pipeline.store import Store, StoreError, open_store
+from pipeline.shards import (SPLITS, DatasetIndex, EncodedSample, ShardInfo, ShardWriter, encode_sample,
+                             load_index, parse_shard_name, safe_key, shard_matches, write_index)
+from pipeline.store import Store, open_store
 
-PROGRESS_PREFIX = "_prep/"
 REJECTS_NAME = "rejects.jsonl"
 
 
 class PrepError(TelucodecError, RuntimeError):
     """Prep cannot run (bad sources, a different dataset at the destination, nothing usable)."""
+
+
+PREP = DatasetJob(
+    records="_prep/", start_record="plan.json", outputs=(REJECTS_NAME,), error=PrepError,
+    index_fingerprint=lambda index: index.lineage.get("fingerprint"), overwrite_restarts=True,
+    refusals={"dataset": "{url} already holds a different dataset (use --overwrite to replace it)",
+              "run": "{url} holds an unfinished prep of other sources or another config "
+                     "(re-run that command to finish it, or use --overwrite)",
+              "leftovers": "{url} already holds shards that are not from this prep (use --overwrite)"})
 
 
 @dataclass
@@ -93,11 +98,11 @@ def run_prep(sources: list[str], out_url: str, cfg: PrepConfig, fmt: str = "auto
     plan = plan_splits(scan.items, cfg)
     fingerprint = prep_fingerprint(plan, cfg)
     store = open_store(out_url)
-    done = claim_destination(store, fingerprint, overwrite)
-    if done is not None:
-        return summary_from_index(store, done)
+    records = RunRecords(store, PREP, fingerprint)
+    if claim_destination(records, overwrite) == "done":
+        return summary_from_index(store, load_index(store))
 
-    state = {split: resume_split(store, split) for split in plan}
+    state = {split: resume_split(records, split) for split in plan}
     resumed = sum(len(s.shards) for s in state.values())
     todo = [(split, pos, item) for split, items in plan.items()
             for pos, item in enumerate(items) if pos >= state[split].cursor[0]]
@@ -105,10 +110,10 @@ def run_prep(sources: list[str], out_url: str, cfg: PrepConfig, fmt: str = "auto
         results = ordered_map(process_item, [(item, cfg) for _, _, item in todo], cfg.workers)
         writers: dict[str, ShardWriter] = {}
         for (split, pos, item), result in zip(todo, results):
-            add_item_result(store, cfg, split, pos, item, result, state[split], writers, bar)
+            add_item_result(records, cfg, split, pos, item, result, state[split], writers, bar)
         for split, writer in writers.items():
-            close_shard(store, writer, state[split], bar)
-    return finish(store, plan, state, scan.rejects, cfg, fingerprint, sources, resumed)
+            close_shard(records, writer, state[split], bar)
+    return finish(records, state, scan.rejects, cfg, sources, resumed)
 
 
 def plan_splits(items: list[SourceItem], cfg: PrepConfig) -> dict[str, list[SourceItem]]:
@@ -142,44 +147,16 @@ def prep_fingerprint(plan: dict[str, list[SourceItem]], cfg: PrepConfig) -> str:
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
 
 
-def claim_destination(store: Store, fingerprint: str, overwrite: bool) -> DatasetIndex | None:
-    """Make sure `store` is ours to write; returns the index if this very dataset is already done."""
-    if store.exists(INDEX_NAME):
-        index = load_index(store)
-        if index.lineage.get("fingerprint") == fingerprint and not overwrite:
-            return index
-        if not overwrite:
-            raise PrepError(f"{store.url} already holds a different dataset (use --overwrite to replace it)")
-    plan_key = PROGRESS_PREFIX + "plan.json"
-    if store.exists(plan_key) and not overwrite:
-        if json.loads(store.get(plan_key))["fingerprint"] != fingerprint:
-            raise PrepError(f"{store.url} holds an unfinished prep of other sources or another config "
-                            "(re-run that command to finish it, or use --overwrite)")
-        return None
-    ours = [o.key for o in store.list() if is_dataset_file(o.key)]
-    if ours and not overwrite:
-        raise PrepError(f"{store.url} already holds shards that are not from this prep (use --overwrite)")
-    for key in ours:
-        store.delete(key)
-    store.put_text(plan_key, json.dumps({"fingerprint": fingerprint}))
-    return None
-
-
-def is_dataset_file(key: str) -> bool:
-    return (key in (INDEX_NAME, REJECTS_NAME) or key.startswith(PROGRESS_PREFIX)
-            or ("/" not in key and parse_shard_name(key) is not None))
-
-
-def resume_split(store: Store, split: str) -> SplitProgress:
+def resume_split(records: RunRecords, split: str) -> SplitProgress:
     """Progress of `split` from its records, keeping only shards whose sha256 still matches."""
     state = SplitProgress()
-    records = sorted(o.key for o in store.list(f"{PROGRESS_PREFIX}{split}-"))
-    for n, key in enumerate(records):
-        rec = json.loads(store.get(key))
+    names = records.names(f"{split}-")
+    for n, name in enumerate(names):
+        rec = records.get(name)
         info = ShardInfo(**rec["shard"])
-        if key != f"{PROGRESS_PREFIX}{split}-{n:06d}.json" or not shard_matches(store, info):
-            for stale in records[n:]:
-                store.delete(stale)
+        if name != f"{split}-{n:06d}.json" or not shard_matches(records.store, info):
+            for stale in names[n:]:
+                records.delete(stale)
             break
         state.shards.append(info)
         state.cursor = tuple(rec["cursor"])
@@ -189,15 +166,7 @@ def resume_split(store: Store, split: str) -> SplitProgress:
     return state
 
 
-def shard_matches(store: Store, info: ShardInfo) -> bool:
-    try:
-        data = store.get(info.name)
-    except StoreError:
-        return False
-    return len(data) == info.bytes and hashlib.sha256(data).hexdigest() == info.sha256
-
-
-def add_item_result(store: Store, cfg: PrepConfig, split: str, pos: int, item: SourceItem,
+def add_item_result(records: RunRecords, cfg: PrepConfig, split: str, pos: int, item: SourceItem,
                     result: ItemResult, state: SplitProgress, writers: dict, bar: "PrepProgress") -> None:
     """Append one file's segments to its split's open shard, closing shards as they fill."""
     skip = state.cursor[1] if pos == state.cursor[0] else 0
@@ -206,7 +175,7 @@ def add_item_result(store: Store, cfg: PrepConfig, split: str, pos: int, item: S
             continue  # written before an interruption
         writer = writers.get(split)
         if writer is None:
-            writer = writers[split] = ShardWriter(store, split, len(state.shards))
+            writer = writers[split] = ShardWriter(records.store, split, len(state.shards))
         writer.add(sample)
         bar.audio(sample.seconds)
         last = seg == len(result.samples) - 1
@@ -214,7 +183,7 @@ def add_item_result(store: Store, cfg: PrepConfig, split: str, pos: int, item: S
             _count_file(state, result)
         state.cursor = (pos + 1, 0) if last else (pos, seg + 1)
         if writer.samples >= cfg.shard_max_samples or writer.nbytes >= cfg.shard_max_mb * 1e6:
-            close_shard(store, writers.pop(split), state, bar)
+            close_shard(records, writers.pop(split), state, bar)
     if not result.samples:
         _count_file(state, result)
         state.cursor = (pos + 1, 0)
@@ -230,34 +199,36 @@ def _count_file(state: SplitProgress, result: ItemResult) -> None:
     state.clipped_samples += result.clipped_samples
 
 
-def close_shard(store: Store, writer: ShardWriter, state: SplitProgress, bar: "PrepProgress") -> None:
+def close_shard(records: RunRecords, writer: ShardWriter, state: SplitProgress, bar: "PrepProgress") -> None:
     """Put the shard to the store, then its progress record (the record is what makes it count)."""
     if writer.samples == 0:
         writer.abort()
         return
     state.shards.append(writer.close())
-    store.put_text(f"{PROGRESS_PREFIX}{writer.split}-{len(state.shards) - 1:06d}.json", json.dumps(state.record()))
+    records.put(f"{writer.split}-{len(state.shards) - 1:06d}.json", state.record())
     bar.shard_done()
 
 
-def finish(store: Store, plan: dict, state: dict[str, SplitProgress], scan_rejects: list[dict],
-           cfg: PrepConfig, fingerprint: str, sources: list[str], resumed: int) -> PrepSummary:
+def finish(records: RunRecords, state: dict[str, SplitProgress], scan_rejects: list[dict], cfg: PrepConfig,
+           sources: list[str], resumed: int) -> PrepSummary:
     """Write rejects.jsonl, then index.json (last), then drop the progress records."""
+    store = records.store
     rejects = sorted(scan_rejects + [r for s in state.values() for r in s.rejects], key=lambda r: r["path"])
     store.put_text(REJECTS_NAME, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
     shards = [info for split in SPLITS if split in state for info in state[split].shards]
     if not shards:
         raise PrepError(f"nothing usable: all {len(rejects)} file(s) were rejected "
                         f"(see {store.join(REJECTS_NAME)})")
-    lineage = {"fingerprint": fingerprint, "sources": [str(Path(s).absolute()) for s in sources],
+    lineage = {"fingerprint": records.fingerprint, "sources": [str(Path(s).absolute()) for s in sources],
                "files_ok": sum(s.files_ok for s in state.values()),
                "clipped_files": {k: s.clipped_files for k, s in state.items()},
                "clipped_samples": sum(s.clipped_samples for s in state.values()), "rejects": len(rejects)}
     index = DatasetIndex(shards=shards, sample_rate=cfg.sample_rate, config={"prep": to_dict(cfg)}, lineage=lineage)
     write_index(store, index)
+    records.clear()
     keep = {s.name for s in shards}
     for obj in store.list():
-        if obj.key.startswith(PROGRESS_PREFIX) or (parse_shard_name(obj.key) and obj.key not in keep):
+        if parse_shard_name(obj.key) and obj.key not in keep:
             store.delete(obj.key)
     return summary_from_index(store, index, resumed=resumed, rejects=rejects, complete=False)
 
@@ -310,56 +281,20 @@ def _process(item: SourceItem, cfg: PrepConfig) -> ItemResult:
     return result
 
 
-def ordered_map(fn, jobs: list, workers: int) -> Iterator:
-    """fn over jobs in a process pool, results in job order, at most a few jobs ahead per worker."""
-    workers = workers or os.cpu_count() or 1
-    if workers == 1 or len(jobs) <= 1:
-        yield from map(fn, jobs)
-        return
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending: deque = deque()
-        it: Iterable = iter(jobs)
-        for job in it:
-            pending.append(pool.submit(fn, job))
-            if len(pending) >= 4 * workers:
-                break
-        while pending:
-            result = pending.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.submit(fn, nxt))
-            yield result
-
-
-class PrepProgress:
+class PrepProgress(DatasetProgress):
     """A rich progress bar: files, audio hours written, shards, rejects."""
 
     def __init__(self, total_files: int, enabled: bool = True):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-        self.hours, self.shards, self.rejects = 0.0, 0, 0
-        self.progress = Progress(TextColumn("prep"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
-                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not enabled)
-        self.task = self.progress.add_task("prep", total=total_files, info="")
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
-
-    def _refresh(self, advance: int = 0) -> None:
-        self.progress.update(self.task, advance=advance, info=f"{self.hours:.3f} h audio · {self.shards} shards"
-                             f" · {self.rejects} rejected")
-
-    def audio(self, seconds: float) -> None:
-        self.hours += seconds / 3600
+        super().__init__([TextColumn("prep"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
+                          TextColumn("{task.fields[info]}"), TimeRemainingColumn()], enabled)
+        self.rejects = 0
+        self.task = self.add_task("prep", total_files)
 
     def file_done(self, reject: dict | None) -> None:
         self.rejects += reject is not None
-        self._refresh(advance=1)
+        self.advance(1)
 
-    def shard_done(self) -> None:
-        self.shards += 1
-        self._refresh()
+    def info(self) -> str:
+        return f"{self.seconds / 3600:.3f} h audio · {self.shards} shards · {self.rejects} rejected"

@@ -43,17 +43,26 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 import numpy as np
 import soundfile as sf
 
+from data_prep.dataset_job import DatasetJob, DatasetProgress, RunRecords, claim_destination, prefetched
 from pipeline.errors import TelucodecError
-from pipeline.shards import (FORMAT, INDEX_NAME, DatasetError, DatasetIndex, EncodedSample, ShardInfo,
-                             ShardWriter, decode_flac, encode_sample, encoded_from_parts, index_sha256,
-                             iter_tar, load_index, parse_shard_name, shard_name, write_index)
-from pipeline.store import LocalStore, Store, StoreError, iter_chunks, open_store
-
-LEDGER = "_reshard/"
+from pipeline.shards import (FORMAT, DatasetIndex, EncodedSample, ShardInfo, ShardWriter, decode_flac,
+                             encode_sample, encoded_from_parts, index_sha256, iter_tar, load_index,
+                             shard_matches, shard_mismatches, shard_name, write_index)
+from pipeline.store import LocalStore, Store, iter_chunks, open_store
 
 
 class ReshardError(TelucodecError, RuntimeError):
     """A reshard that cannot be done as asked, or whose result does not match its source."""
+
+
+RESHARD = DatasetJob(
+    records="_reshard/", start_record="run.json", error=ReshardError,
+    index_fingerprint=lambda index: index.config.get("fingerprint"),
+    refusals={"dataset": "{url} already holds a different dataset (index.json); pass --overwrite to replace it",
+              "run": "{url} already holds an unfinished reshard with other options or of another source; "
+                     "pass --overwrite to replace it",
+              "leftovers": "{url} already holds shards without an index.json (an unfinished dataset); "
+                           "pass --overwrite to replace it"})
 
 
 @dataclass(frozen=True)
@@ -141,8 +150,8 @@ def reshard(src_url: str, dst_url: str, opts: ReshardOptions = ReshardOptions(),
     content = opts.content(src_index.sample_rate)
     fingerprint = hashlib.sha256(json.dumps({"format": FORMAT, "source_index_sha256": src_sha, **content},
                                             sort_keys=True).encode()).hexdigest()
-    ledger = Ledger(dst, fingerprint)
-    if claim_destination(dst, ledger, opts.overwrite, src.url) == "done":
+    ledger = Ledger(dst, RESHARD, fingerprint)
+    if claim_destination(ledger, opts.overwrite, {"source": src.url}) == "done":
         ledger.clear()  # left over if a run stopped between index.json and this
         return ReshardSummary(src.url, dst.url, load_index(dst).splits, noop=True, fingerprint=fingerprint,
                               elapsed_s=time.monotonic() - started)
@@ -317,116 +326,46 @@ def scan_counts(parts: dict[str, bytes], rate_out: int, segment_seconds: float |
 
 
 # ---------------------------------------------------------------- destination bookkeeping
-class Ledger:
-    """The `_reshard/` prefix at the destination: what a run leaves for the next one if it is cut short.
+class Ledger(RunRecords):
+    """The `_reshard/` records at the destination: what a run leaves for the next one if it is cut short.
 
     run.json names the fingerprint; scan/NAME.json holds each source shard's keys digest (and, when
-    re-cutting, its samples' segment counts); done/NAME.json holds each finished destination shard."""
-
-    def __init__(self, store: Store, fingerprint: str):
-        self.store, self.fingerprint = store, fingerprint
-
-    def run_fingerprint(self) -> str | None:
-        try:
-            return json.loads(self.store.get(LEDGER + "run.json"))["fingerprint"]
-        except (StoreError, ValueError, KeyError):
-            return None
-
-    def start(self, record: dict) -> None:
-        self.store.put_text(LEDGER + "run.json", json.dumps({"fingerprint": self.fingerprint, **record}))
+    re-cutting, its samples' segment counts); done/NAME.json holds each finished destination shard.
+    Every record carries the run's fingerprint."""
 
     def load(self, kind: str, pool: ThreadPoolExecutor) -> dict[str, dict]:
         """Records of `kind` ("scan" or "done") with this run's fingerprint, by shard name."""
-        keys = [o.key for o in self.store.list(f"{LEDGER}{kind}/") if o.key.endswith(".json")]
-        records = [json.loads(text) for text in pool.map(self.store.get, keys)]
-        return {r["name"]: r for r in records if r.get("fingerprint") == self.fingerprint}
+        names = [n for n in self.names(f"{kind}/") if n.endswith(".json")]
+        return {r["name"]: r for r in pool.map(self.get, names) if r.get("fingerprint") == self.fingerprint}
 
     def save(self, kind: str, record: dict) -> None:
         record = {**record, "fingerprint": self.fingerprint}
-        self.store.put_text(f"{LEDGER}{kind}/{record['name']}.json", json.dumps(record))
-
-    def clear(self) -> None:
-        self.store.delete_prefix(LEDGER)
-
-
-def claim_destination(dst: Store, ledger: Ledger, overwrite: bool, src_url: str) -> str:
-    """"done" (this reshard is already there), "resume" or "fresh"; refuses a different dataset."""
-    try:
-        keys = {o.key for o in dst.list("")}
-    except StoreError:
-        raise
-    except Exception as e:  # a missing bucket or a denied listing, in the S3 client's own words
-        raise ReshardError(f"{dst.url}: cannot list the destination ({e})") from None
-    running = ledger.run_fingerprint() if LEDGER + "run.json" in keys else None
-    if INDEX_NAME in keys:
-        try:
-            same = load_index(dst).config.get("fingerprint") == ledger.fingerprint
-        except DatasetError:
-            same = False
-        if same:
-            return "done"
-        what = "a different dataset (index.json)"
-    elif running == ledger.fingerprint:
-        return "resume"
-    elif running is not None or LEDGER + "run.json" in keys:
-        what = "an unfinished reshard with other options or of another source"
-    elif any(parse_shard_name(k) for k in keys):
-        what = "shards without an index.json (an unfinished dataset)"
-    else:
-        what = None
-    if what and not overwrite:
-        raise ReshardError(f"{dst.url} already holds {what}; pass --overwrite to replace it")
-    if what:
-        clear_dataset(dst, keys)
-    ledger.start({"source": src_url})
-    return "fresh"
-
-
-def clear_dataset(store: Store, keys: Iterable[str]) -> None:
-    """Delete a dataset's index.json (first, so it stops being a dataset), shards and `_reshard/`."""
-    store.delete(INDEX_NAME)
-    for key in keys:
-        if parse_shard_name(key) or key.startswith(LEDGER):
-            store.delete(key)
+        self.put(f"{kind}/{record['name']}.json", record)
 
 
 # ---------------------------------------------------------------- moving bytes
 def fetch_shard(store: Store, info: ShardInfo, tmp_dir: str | None) -> BinaryIO:
-    """Source shard `info` as a local file at offset 0, checked against the index's sha256."""
-    digest = hashlib.sha256()
+    """Source shard `info` as a local file at offset 0, checked against the index's size and sha256."""
     if isinstance(store, LocalStore):
         f = store.open(info.name)
-        for chunk in iter_chunks(f):
-            digest.update(chunk)
+        mismatches = shard_mismatches(info, iter_chunks(f))
     else:
         f = tempfile.TemporaryFile(dir=tmp_dir)
         with store.open(info.name) as src:
-            for chunk in iter_chunks(src):
-                digest.update(chunk)
-                f.write(chunk)
+            mismatches = shard_mismatches(info, copied(iter_chunks(src), f))
     f.seek(0)
-    if digest.hexdigest() != info.sha256:
+    if mismatches:
         f.close()
         raise ReshardError(f"{store.join(info.name)}: sha256 differs from the source index "
                            "(the source changed or is corrupt)")
     return f
 
 
-def prefetched(pool: ThreadPoolExecutor, fn: Callable, items: list, ahead: int) -> Iterator[tuple]:
-    """(item, fn(item)) in order, with up to `ahead` calls running in `pool` ahead of the consumer."""
-    window: deque[tuple] = deque()
-    try:
-        for item in items:
-            window.append((item, pool.submit(fn, item)))
-            if len(window) >= ahead:
-                item, fut = window.popleft()
-                yield item, fut.result()
-        while window:
-            item, fut = window.popleft()
-            yield item, fut.result()
-    finally:
-        for _, fut in window:
-            fut.cancel()
+def copied(chunks: Iterable[bytes], f: BinaryIO) -> Iterator[bytes]:
+    """`chunks`, each written to `f` on its way through."""
+    for chunk in chunks:
+        f.write(chunk)
+        yield chunk
 
 
 class Spill:
@@ -514,7 +453,7 @@ class _Resharder:
         if self.transform:  # spawn, not fork: this process already runs boto3 and I/O threads
             self.cpu = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                            initializer=exit_with_parent, initargs=(os.getpid(),))
-        self.progress = _Progress(progress)
+        self.progress = ReshardProgress(progress)
         self.uploads = _Uploads(self.io, opts.io_threads)
         self.fetch_ahead = max(2, opts.io_threads // 2)
         """Source shards fetched ahead of the router (each on local disk while it waits)."""
@@ -582,18 +521,8 @@ class _Resharder:
         planned = {shard_name(p.split, j): p.shard_samples(j) for p in plans for j in range(p.n_shards)}
         records = [r for name, r in self.ledger.load("done", self.io).items()
                    if planned.get(name) == r["info"]["samples"]]
-
-        def intact(record: dict) -> bool:
-            try:
-                with self.dst.open(record["name"]) as f:
-                    digest = hashlib.sha256()
-                    for chunk in iter_chunks(f):
-                        digest.update(chunk)
-                return digest.hexdigest() == record["info"]["sha256"]
-            except StoreError:
-                return False
-
-        kept = {r["name"]: r for r, ok in zip(records, self.io.map(intact, records)) if ok}
+        intact = self.io.map(lambda r: shard_matches(self.dst, ShardInfo(**r["info"])), records)
+        kept = {r["name"]: r for r, ok in zip(records, intact) if ok}
         self.kept = len(kept)
         return kept
 
@@ -754,50 +683,32 @@ def check_split(plan: SplitPlan, done: dict[str, dict], scans: dict[str, dict], 
                            f"{src_seconds:.6f} s (tolerance {tolerance:.6f} s)")
 
 
-class _Progress:
-    """A rich progress bar on stderr: samples, hours and shards; silent when disabled."""
+class ReshardProgress(DatasetProgress):
+    """A rich progress bar on stderr: samples, hours and shards, after a scan bar per split when re-cutting."""
 
     def __init__(self, enabled: bool):
-        from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+        from rich.progress import (BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
 
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                            console=Console(stderr=True), disable=not enabled, transient=False)
-        self.task = self.scan_task = None
-        self.seconds, self.shards, self.total_shards = 0.0, 0, 0
-        self.lock = threading.Lock()
-
-    def start(self) -> None:
-        self.bar.start()
-
-    def stop(self) -> None:
-        self.bar.stop()
+        super().__init__([TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()],
+                         enabled, stderr=True)
+        self.scan_task = None
+        self.total_shards = 0
 
     def scanning(self, split: str, total: int) -> None:
         if total:
-            self.scan_task = self.bar.add_task(f"scan {split} shards", total=total, info="")
+            self.scan_task = self.add_task(f"scan {split} shards", total)
 
     def scanned(self) -> None:
         self.bar.advance(self.scan_task)
 
     def begin(self, samples: int, shards: int, kept: list[dict]) -> None:
         self.total_shards = shards
-        self.task = self.bar.add_task("samples", total=samples, info="")
+        self.task = self.add_task("samples", samples)
         for record in kept:
             self.advance(record["info"]["samples"], record["info"]["seconds"])
             self.shard_done()
-
-    def advance(self, samples: int, seconds: float) -> None:
-        with self.lock:
-            self.seconds += seconds
-            self.bar.update(self.task, advance=samples, info=self.info())
-
-    def shard_done(self) -> None:
-        with self.lock:
-            self.shards += 1
-            self.bar.update(self.task, info=self.info())
 
     def info(self) -> str:
         return f"{self.seconds / 3600:.2f} h  {self.shards}/{self.total_shards} shards"

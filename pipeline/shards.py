@@ -26,7 +26,7 @@ import numpy as np
 import soundfile as sf
 
 from pipeline.errors import TelucodecError
-from pipeline.store import Store, StoreError, open_store
+from pipeline.store import Store, StoreError, iter_chunks, open_store
 
 INDEX_NAME = "index.json"
 FORMAT = "telucodec-shards/1"
@@ -316,6 +316,27 @@ def read_samples(url: str, split: str) -> Iterable[Sample]:
     return webdataset_samples(shard_urls(url, split))
 
 
+def shard_mismatches(info: ShardInfo, chunks: Iterable[bytes]) -> list[str]:
+    """How a shard's bytes differ from its entry in the index (size, sha256); empty when they match."""
+    digest, size = hashlib.sha256(), 0
+    for chunk in chunks:
+        digest.update(chunk)
+        size += len(chunk)
+    problems = [f"size {size} != index {info.bytes}"] if size != info.bytes else []
+    if digest.hexdigest() != info.sha256:
+        problems.append("sha256 differs from the index")
+    return problems
+
+
+def shard_matches(store: Store, info: ShardInfo) -> bool:
+    """Whether `store` still holds shard `info` as the index names it (streamed, never held whole)."""
+    try:
+        with store.open(info.name) as f:
+            return not shard_mismatches(info, iter_chunks(f))
+    except StoreError:
+        return False
+
+
 def verify_dataset(url: str, on_shard: Callable[[ShardInfo], None] | None = None) -> list[str]:
     """Re-hash every shard against the index and decode every sample; returns the problems found."""
     store = open_store(url)
@@ -333,11 +354,7 @@ def _verify_shard(store: Store, info: ShardInfo) -> list[str]:
         data = store.get(info.name)
     except StoreError:
         return ["missing"]
-    problems = []
-    if len(data) != info.bytes:
-        problems.append(f"size {len(data)} != index {info.bytes}")
-    if hashlib.sha256(data).hexdigest() != info.sha256:
-        problems.append("sha256 differs from the index")
+    problems = shard_mismatches(info, [data])
     count = 0
     try:
         for key, parts in iter_tar(io.BytesIO(data)):
