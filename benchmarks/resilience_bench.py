@@ -135,7 +135,8 @@ def run_with_kill(dataset: str, run_dir: Path, steps: int) -> dict:
 
     threading.Thread(target=killer, daemon=True).start()
     t = time.monotonic()
-    result = train_on_ray(ray_config(dataset, run_dir, f"train.steps={steps}", "train.checkpoint_every=10"))
+    result = train_on_ray(ray_config(dataset, run_dir, f"train.steps={steps}", "train.checkpoint_every=10",
+                                     "train.debug_worker_records=true"))  # rank 1's pid, to kill it
     return {"wall_s": time.monotonic() - t, "status": result.status, "final_step": result.step,
             "interrupted_at": seen.get("killed_at"), "error": seen.get("error"),
             **interruption(run_dir)}

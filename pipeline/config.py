@@ -304,6 +304,13 @@ class TrainConfig:
     """Real worker errors Ray recovers from (preemptions are retried without limit)."""
     use_gpu: bool = False
     """One GPU per worker (and bf16 by default)."""
+    debug_rank_digests: bool = False
+    """Debug: every rank stores a sha256 of all its weights in its checkpoint part (rankN), to check
+    from outside that DDP keeps the ranks identical; off by default because it hashes every weight
+    on every rank at every checkpoint."""
+    debug_worker_records: bool = False
+    """Debug: every Ray worker writes workers/rankN.json in the run dir (its rank, pid, host, start
+    and, on a clean exit, end time), so a check from outside can signal a rank or time it."""
 
     def __post_init__(self):
         _check(self.steps >= 1, "train.steps", "must be >= 1")

@@ -74,6 +74,8 @@ RESUME_RULES: dict[str, str] = {
     "train.cpus_per_worker": HARMLESS,
     "train.max_failures": HARMLESS,
     "train.use_gpu": HARMLESS,  # checkpoints load on the CPU and move to the device
+    "train.debug_rank_digests": HARMLESS,
+    "train.debug_worker_records": HARMLESS,
     "run": HARMLESS,  # the checkpoint was found in run.dir; a copied run keeps its old path inside
     "preempt": HARMLESS,
     "cost": HARMLESS,

@@ -74,10 +74,6 @@ class Store:
     def put(self, key: str, data: bytes) -> None:
         raise NotImplementedError
 
-    def put_file(self, key: str, path: str | Path) -> None:
-        with open(path, "rb") as f:
-            self.put_fileobj(key, f)
-
     def put_fileobj(self, key: str, fileobj: BinaryIO) -> None:
         """Upload from a readable binary file object positioned at the start."""
         raise NotImplementedError

@@ -279,8 +279,10 @@ def save_checkpoint(state: State, accel, cfg: Config, ckpts: Checkpoints, ctx: R
     """Rank 0 writes model and optimizer state, every rank its RNG; rank 0 commits once all are in."""
     step = state.step
     parts = {}
-    part = ckpts.save_part(step, f"rank{accel.process_index}", {
-        "rng": rng_state(), "step": step, "params_sha256": params_digest(unwrap(accel, state.model))})
+    rank_state = {"rng": rng_state(), "step": step}
+    if cfg.train.debug_rank_digests:
+        rank_state["params_sha256"] = params_digest(unwrap(accel, state.model))
+    part = ckpts.save_part(step, f"rank{accel.process_index}", rank_state)
     if accel.is_main_process:
         train_state = {"step": step, "lr_scale": state.lr_scale, "nonfinite_total": state.nonfinite_total,
                        "rollbacks": state.rollbacks, "best_snr": state.best_snr, "config": to_dict(cfg),
@@ -303,7 +305,8 @@ def save_checkpoint(state: State, accel, cfg: Config, ckpts: Checkpoints, ctx: R
 
 
 def params_digest(model: torch.nn.Module) -> str:
-    """sha256 of every parameter and buffer: equal on all ranks when DDP keeps them in sync."""
+    """sha256 of every parameter and buffer: equal on all ranks when DDP keeps them in sync
+    (stored per rank under train.debug_rank_digests)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
@@ -457,11 +460,6 @@ def progress_line(step: int, steps: int, metrics: dict, spent: CostTotals, gpu: 
     hours_text = f"{spent.gpu_hours:.2f} GPU-h" if gpu else f"{spent.worker_hours:.2f} worker-h"
     return (f"step {step}/{steps}  loss {metrics['loss/total']:.3f}  {rate:.2f} steps/s  "
             f"{metrics['audio_s_per_s']:.1f} audio-s/s  ETA {eta_text}  {hours_text}  ${spent.usd:.2f}")
-
-
-def agree(accel, flag: bool) -> bool:
-    """True on every rank if it is true on any (so all ranks checkpoint or stop together)."""
-    return agree_each(accel, flag)[0]
 
 
 def agree_each(accel, *flags: bool) -> list[bool]:

@@ -42,7 +42,8 @@ def config(dataset, run_dir, *more):
 
 def test_two_workers_stay_in_sync_with_uneven_shards(ray_local, dataset, tmp_path):
     run = tmp_path / "sync"
-    result = train_on_ray(config(dataset, run, "train.steps=6", "train.checkpoint_every=3"))
+    result = train_on_ray(config(dataset, run, "train.steps=6", "train.checkpoint_every=3",
+                                 "train.debug_rank_digests=true"))
     assert result.status == "finished" and result.step == 6
     ck = Checkpoints(str(run))
     for step in (3, 6):
@@ -66,7 +67,7 @@ def test_sigkilled_worker_resumes_with_identical_losses(ray_local, dataset, tmp_
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    result = train_on_ray(config(dataset, run, *steps))
+    result = train_on_ray(config(dataset, run, *steps, "train.debug_worker_records=true"))  # rank 1's pid
     thread.join(timeout=5)
     assert killed, "the worker was never killed"
     assert result.step == 14
@@ -110,7 +111,8 @@ def test_sigterm_to_a_worker_is_a_notice_checkpointed_at_the_next_step(ray_local
 
     thread = threading.Thread(target=scheduler, daemon=True)
     thread.start()
-    result = train_on_ray(config(dataset, run, "train.steps=30", "train.checkpoint_every=1000"))
+    result = train_on_ray(config(dataset, run, "train.steps=30", "train.checkpoint_every=1000",
+                                 "train.debug_worker_records=true"))
     thread.join(timeout=5)
     assert sent and result.status == "finished" and result.step == 30
     log = RunDir(str(run)).events.read()

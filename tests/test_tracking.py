@@ -55,7 +55,8 @@ def killed_run(tmp_path_factory):
         thread.start()
         cfg = load_config(["configs/base.yaml"], [f"data.url={data}", f"run.dir={run}", *TINY, "train.steps=14",
                                                   "train.checkpoint_every=4", "train.eval_every=5",
-                                                  "cost.usd_per_hour=3.6", "cost.heartbeat_seconds=1"])
+                                                  "cost.usd_per_hour=3.6", "cost.heartbeat_seconds=1",
+                                                  "train.debug_worker_records=true"])
         result = train_on_ray(cfg)
         thread.join(timeout=5)
         logs = Path(ray._private.worker._global_node.get_logs_dir_path())  # the workers' stdout/stderr
