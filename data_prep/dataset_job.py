@@ -23,7 +23,7 @@ import threading
 from collections import deque
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 from pipeline.errors import TelucodecError
 from pipeline.shards import INDEX_NAME, DatasetError, DatasetIndex, load_index, parse_shard_name
@@ -134,7 +134,7 @@ def clear_dataset(store: Store, job: DatasetJob, keys: list[str]) -> None:
 
 
 # ---------------------------------------------------------------- bounded look-ahead
-def prefetched(pool: Executor, fn: Callable, items: list, ahead: int) -> Iterator[tuple]:
+def prefetched(pool: Executor, fn: Callable, items: Iterable, ahead: int) -> Iterator[tuple]:
     """(item, fn(item)) in order, with up to `ahead` calls running in `pool` ahead of the consumer."""
     window: deque[tuple] = deque()
     try:

@@ -1,0 +1,406 @@
+"""The running half of a reshard: claim the destination, stream the source through, make the planned
+shards, check them and write index.json last.
+
+    summary = reshard("s3://bucket/te", "/data/te-5s", ReshardOptions(segment_seconds=5.0))
+
+`_Resharder` holds one run's stores, pools and settings and drives it: plan each split (scanning the
+source first when re-cutting), keep what an interrupted run finished, make the other shards wave by
+wave, check. `RunTally` is the one owner of what the run has done: its scan and done records (in memory
+and under `_reshard/`), the counters the summary reports and the progress bar; the waves, scan threads
+and upload threads report to it through its methods. A `_Wave` is one source pass: it routes every
+output item bound for its shards to a `DestShard` (transfer.py), through the worker processes when
+re-cutting or resampling (recut.py), and hands each full shard to an upload.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import BinaryIO, Iterator
+
+import numpy as np
+
+from data_prep.dataset_job import DatasetJob, DatasetProgress, RunRecords, claim_destination, prefetched
+from data_prep.reshard.check import check_split
+from data_prep.reshard.plan import (ReshardError, ReshardOptions, SplitPlan, derived_keys, keys_digest,
+                                    plan_split, reshard_fingerprint, select_splits, waves)
+from data_prep.reshard.recut import recut_sample, scan_counts
+from data_prep.reshard.transfer import DestShard, Spill, Uploads, fetch_shard
+from pipeline.shards import (DatasetIndex, EncodedSample, ShardInfo, encoded_from_parts, index_sha256, iter_tar,
+                             load_index, shard_matches, shard_name, write_index)
+from pipeline.store import Store, open_store
+
+RESHARD = DatasetJob(
+    records="_reshard/", start_record="run.json", error=ReshardError,
+    index_fingerprint=lambda index: index.config.get("fingerprint"),
+    refusals={"dataset": "{url} already holds a different dataset (index.json); pass --overwrite to replace it",
+              "run": "{url} already holds an unfinished reshard with other options or of another source; "
+                     "pass --overwrite to replace it",
+              "leftovers": "{url} already holds shards without an index.json (an unfinished dataset); "
+                           "pass --overwrite to replace it"})
+
+
+@dataclass
+class ReshardSummary:
+    src_url: str
+    dst_url: str
+    splits: dict[str, dict]
+    """Destination totals per split: shards, samples, seconds, bytes."""
+    written_shards: int = 0
+    kept_shards: int = 0
+    """Shards an interrupted run had finished, checked and kept."""
+    noop: bool = False
+    """The destination already held this reshard; nothing was done."""
+    bytes_read: int = 0
+    bytes_written: int = 0
+    elapsed_s: float = 0.0
+    fingerprint: str = ""
+
+
+def reshard(src_url: str, dst_url: str, opts: ReshardOptions = ReshardOptions(),
+            progress: bool = True) -> ReshardSummary:
+    """Copy the dataset at `src_url` to `dst_url` in a new shape; the source is never modified."""
+    started = time.monotonic()
+    src, dst = open_store(src_url), open_store(dst_url)
+    if src.url == dst.url:
+        raise ReshardError(f"{dst.url}: destination is the source; reshard into another prefix")
+    src_index = load_index(src)
+    src_sha = index_sha256(src)
+    splits = select_splits(src_index, opts.splits)
+    content = opts.content(src_index.sample_rate)
+    fingerprint = reshard_fingerprint(src_sha, content)
+    ledger = Ledger(dst, RESHARD, fingerprint)
+    if claim_destination(ledger, opts.overwrite, {"source": src.url}) == "done":
+        ledger.clear()  # left over if a run stopped between index.json and this
+        return ReshardSummary(src.url, dst.url, load_index(dst).splits, noop=True, fingerprint=fingerprint,
+                              elapsed_s=time.monotonic() - started)
+    with _Resharder(src, dst, src_index, opts, ledger, progress) as job:
+        infos = job.run(splits)
+    index = DatasetIndex(shards=infos, sample_rate=job.rate_out,
+                         config={"reshard": content, "fingerprint": fingerprint},
+                         lineage={"source": src.url, "source_index_sha256": src_sha,
+                                  "source_version": src_index.version, "source_lineage": src_index.lineage})
+    write_index(dst, index)
+    ledger.clear()
+    tally = job.tally
+    return ReshardSummary(src.url, dst.url, index.splits, written_shards=tally.written, kept_shards=tally.kept,
+                          bytes_read=tally.bytes_read, bytes_written=sum(i.bytes for i in infos),
+                          elapsed_s=time.monotonic() - started, fingerprint=fingerprint)
+
+
+# ---------------------------------------------------------------- what a run has done
+class Ledger(RunRecords):
+    """The `_reshard/` records at the destination: what a run leaves for the next one if it is cut short.
+
+    run.json names the fingerprint; scan/NAME.json holds each source shard's keys digest (and, when
+    re-cutting, its samples' segment counts); done/NAME.json holds each finished destination shard.
+    Every record carries the run's fingerprint."""
+
+    def load(self, kind: str, pool: ThreadPoolExecutor) -> dict[str, dict]:
+        """Records of `kind` ("scan" or "done") with this run's fingerprint, by shard name."""
+        names = [n for n in self.names(f"{kind}/") if n.endswith(".json")]
+        return {r["name"]: r for r in pool.map(self.get, names) if r.get("fingerprint") == self.fingerprint}
+
+    def save(self, kind: str, record: dict) -> None:
+        record = {**record, "fingerprint": self.fingerprint}
+        self.put(f"{kind}/{record['name']}.json", record)
+
+
+class RunTally:
+    """The one owner of what a run has done: its scan and done records (here and in the ledger), the
+    counters the summary reports and the progress bar that shows them. Threads report to it through
+    its methods, which are thread-safe; nothing else changes its fields."""
+
+    def __init__(self, ledger: Ledger, progress: bool):
+        self.ledger, self.progress = ledger, ReshardProgress(progress)
+        self.lock = threading.Lock()
+        self.scans: dict[str, dict] = {}
+        """Scan records by source shard name: keys digest and, when re-cutting, segment counts."""
+        self.done: dict[str, dict] = {}
+        """Done records by destination shard name: its ShardInfo and keys digest."""
+        self.written = self.kept = self.bytes_read = 0
+
+    def start(self) -> None:
+        self.progress.start()
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+    def resume(self, pool: ThreadPoolExecutor) -> None:
+        """Take the scans an interrupted run of this reshard recorded."""
+        self.scans = self.ledger.load("scan", pool)
+
+    def has_scan(self, name: str) -> bool:
+        return name in self.scans
+
+    def scanning(self, split: str, shards: int) -> None:
+        self.progress.scanning(split, shards)
+
+    def scanned(self, info: ShardInfo, keys: list[str], counts: list[int] | None) -> None:
+        """Record source shard `info`'s keys (and, when re-cutting, its samples' segment counts)."""
+        record = {"name": info.name, "samples": info.samples, "keys_digest": f"{keys_digest(keys):032x}"}
+        if counts is not None:
+            record["counts"] = counts
+        self.ledger.save("scan", record)
+        with self.lock:
+            self.scans[info.name] = record
+        self.progress.scanned()
+
+    def begin(self, plans: list[SplitPlan], kept: dict[str, dict]) -> None:
+        """Start on the planned shards, the `kept` done records of an interrupted run counted as done."""
+        self.done, self.kept = kept, len(kept)
+        self.progress.begin(sum(p.items for p in plans), sum(p.n_shards for p in plans), list(kept.values()))
+
+    def has_shard(self, name: str) -> bool:
+        return name in self.done
+
+    def read(self, info: ShardInfo) -> None:
+        """Source shard `info` went through."""
+        with self.lock:
+            self.bytes_read += info.bytes
+
+    def placed(self, sample: EncodedSample) -> None:
+        self.progress.advance(1, sample.seconds)
+
+    def shard_written(self, info: ShardInfo, digest: int) -> None:
+        """Destination shard `info`, of keys digest `digest`, is in the store: record it."""
+        record = {"name": info.name, "info": asdict(info), "keys_digest": f"{digest:032x}"}
+        self.ledger.save("done", record)
+        with self.lock:
+            self.done[info.name] = record
+            self.written += 1
+        self.progress.shard_done()
+
+    def shards(self, plans: list[SplitPlan]) -> list[ShardInfo]:
+        """Every planned destination shard, in order (all of them done)."""
+        return [ShardInfo(**self.done[shard_name(p.split, j)]["info"]) for p in plans for j in range(p.n_shards)]
+
+
+class ReshardProgress(DatasetProgress):
+    """A rich progress bar on stderr: samples, hours and shards, after a scan bar per split when re-cutting."""
+
+    def __init__(self, enabled: bool):
+        from rich.progress import (BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        super().__init__([TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()],
+                         enabled, stderr=True)
+        self.scan_task = None
+        self.total_shards = 0
+
+    def scanning(self, split: str, total: int) -> None:
+        if total:
+            self.scan_task = self.add_task(f"scan {split} shards", total)
+
+    def scanned(self) -> None:
+        if self.scan_task is not None:  # a plain copy records its scans as it goes, with no scan bar
+            self.bar.advance(self.scan_task)
+
+    def begin(self, samples: int, shards: int, kept: list[dict]) -> None:
+        self.total_shards = shards
+        self.task = self.add_task("samples", samples)
+        for record in kept:
+            self.advance(record["info"]["samples"], record["info"]["seconds"])
+            self.shard_done()
+
+    def info(self) -> str:
+        return f"{self.seconds / 3600:.2f} h  {self.shards}/{self.total_shards} shards"
+
+
+# ---------------------------------------------------------------- the run
+def check_sample_count(store: Store, info: ShardInfo, samples: int) -> None:
+    """Raise unless source shard `info` held as many samples as the source index says."""
+    if samples != info.samples:
+        raise ReshardError(f"{store.join(info.name)}: {samples} samples, the source index says {info.samples}")
+
+
+def exit_with_parent(parent: int) -> None:
+    """Worker initializer: leave once the parent is gone, so a killed reshard leaves no workers behind."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+class _Resharder:
+    """One reshard run's stores, pools and settings. `run` plans every split, makes the destination shards
+    an interrupted run did not finish, wave by wave, checks them and returns them all; `tally` owns what
+    the run has done."""
+
+    def __init__(self, src: Store, dst: Store, src_index: DatasetIndex, opts: ReshardOptions, ledger: Ledger,
+                 progress: bool):
+        self.src, self.dst, self.src_index, self.opts, self.ledger = src, dst, src_index, opts, ledger
+        self.rate_out = opts.sample_rate or src_index.sample_rate
+        self.recut = opts.segment_seconds is not None
+        self.resampled = self.rate_out != src_index.sample_rate
+        self.transform = self.recut or self.resampled
+        self.workers = opts.workers or os.cpu_count() or 1
+        self.io = ThreadPoolExecutor(opts.io_threads, thread_name_prefix="reshard-io")
+        self.cpu = None
+        if self.transform:  # spawn, not fork: this process already runs boto3 and I/O threads
+            self.cpu = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=exit_with_parent, initargs=(os.getpid(),))
+        self.tally = RunTally(ledger, progress)
+        self.uploads = Uploads(self.io, opts.io_threads)
+        self.fetch_ahead = max(2, opts.io_threads // 2)
+        """Source shards fetched ahead of the router (each on local disk while it waits)."""
+
+    def __enter__(self):
+        self.tally.start()
+        return self
+
+    def __exit__(self, *_):
+        self.tally.stop()
+        self.io.shutdown(wait=True, cancel_futures=True)
+        if self.cpu is not None:
+            self.cpu.shutdown(wait=True, cancel_futures=True)
+
+    def run(self, splits: list[str]) -> list[ShardInfo]:
+        self.tally.resume(self.io)
+        plans = [self.plan(split) for split in splits]
+        self.tally.begin(plans, self.keep_finished(plans))
+        for plan in plans:
+            todo = [j for j in range(plan.n_shards) if not self.tally.has_shard(shard_name(plan.split, j))]
+            for wave in waves(plan, todo, self.opts):
+                _Wave(self, plan, set(wave)).run()
+        for plan in plans:
+            check_split(plan, self.tally.done, self.tally.scans, self.rate_out, self.resampled)
+        return self.tally.shards(plans)
+
+    def plan(self, split: str) -> SplitPlan:
+        sources = self.src_index.split_shards(split)
+        counts = None
+        if self.recut:  # segment counts need every sample's length: scan what an earlier run did not
+            missing = [s for s in sources if not self.tally.has_scan(s.name)]
+            self.tally.scanning(split, len(missing))
+            for _ in prefetched(self.io, self.scan_shard, missing, self.opts.io_threads):
+                pass  # each scan reports to the tally
+            counts = [np.asarray(self.tally.scans[s.name]["counts"], np.int64) for s in sources]
+        return plan_split(split, sources, self.opts, self.rate_out / self.src_index.sample_rate, counts)
+
+    def scan_shard(self, info: ShardInfo) -> None:
+        with fetch_shard(self.src, info, self.opts.tmp_dir) as f:
+            counts, keys = [], []
+            for key, parts in iter_tar(f):
+                counts.append(scan_counts(parts, self.rate_out, self.opts.segment_seconds))
+                keys += derived_keys(key, counts[-1], True)
+        check_sample_count(self.src, info, len(counts))
+        self.tally.scanned(info, keys, counts)
+
+    def keep_finished(self, plans: list[SplitPlan]) -> dict[str, dict]:
+        """Done records of an interrupted run whose shard is still there with the same sha256."""
+        planned = {shard_name(p.split, j): p.shard_samples(j) for p in plans for j in range(p.n_shards)}
+        records = [r for name, r in self.ledger.load("done", self.io).items()
+                   if planned.get(name) == r["info"]["samples"]]
+        intact = self.io.map(lambda r: shard_matches(self.dst, ShardInfo(**r["info"])), records)
+        return {r["name"]: r for r, ok in zip(records, intact) if ok}
+
+
+@dataclass
+class Routed:
+    """A source sample bound for a wave: which of its `count` output items the wave wants, and where
+    each of them goes."""
+    key: str
+    parts: dict[str, bytes]
+    count: int
+    wanted: list[int]
+    """Indices of the wanted items among the sample's `count`."""
+    targets: list[tuple[int, int]]
+    """(destination position, destination shard) of each wanted item."""
+
+
+def recut_routed(item: Routed, rate_out: int, segment_seconds: float | None) -> list[EncodedSample]:
+    """The wanted output items of a routed sample, re-cut and resampled (in a worker process)."""
+    return recut_sample(item.key, item.parts, rate_out, segment_seconds, item.count, item.wanted)
+
+
+class _Wave:
+    """One pass over the source for a set of destination shards: route each output item bound for
+    them to its shard, and put every shard to the store as soon as its last item is in."""
+
+    def __init__(self, job: _Resharder, plan: SplitPlan, shards: set[int]):
+        self.job, self.plan, self.shards, self.tally = job, plan, shards, job.tally
+        self.builders: dict[int, DestShard] = {}
+        self.spill = Spill(job.opts.tmp_dir) if job.opts.shuffle else None
+
+    def run(self) -> None:
+        job = self.job
+        try:
+            for item, samples in self.made(self.routed()):
+                for target, sample in zip(item.targets, samples):
+                    self.place(target, sample)
+            if self.builders:
+                raise ReshardError(f"{self.plan.split}: shards {sorted(self.builders)} did not fill up "
+                                   "(the source changed?)")
+            job.uploads.wait()
+        finally:
+            for builder in self.builders.values():
+                builder.abort()
+            if self.spill is not None:
+                job.uploads.wait(check=False)  # the spill must outlive the uploads reading it
+                self.spill.close()
+
+    def routed(self) -> Iterator[Routed]:
+        """The samples of every source shard this wave needs (or has yet to scan) bound for it, in order."""
+        job, plan = self.job, self.plan
+        needed = [s for s in range(len(plan.sources)) if not self.tally.has_scan(plan.sources[s].name)
+                  or np.isin(plan.destinations(s)[1], list(self.shards)).any()]
+
+        def fetch(s: int) -> BinaryIO:
+            return fetch_shard(job.src, plan.sources[s], job.opts.tmp_dir)
+
+        for s, f in prefetched(job.io, fetch, needed, job.fetch_ahead):
+            with f:
+                yield from self.route_shard(s, f)
+            self.tally.read(plan.sources[s])
+
+    def route_shard(self, s: int, f: BinaryIO) -> Iterator[Routed]:
+        """The samples of source shard `s` with an output item bound for this wave; records its scan."""
+        info = self.plan.sources[s]
+        positions, dests = self.plan.destinations(s)
+        counts = self.plan.item_counts(s)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        keys = []
+        for g, (key, parts) in enumerate(iter_tar(f)):
+            keys.append(key)
+            if g >= len(counts):
+                break  # more samples than the index says: reported below
+            wanted = [i for i in range(int(starts[g]), int(starts[g + 1])) if int(dests[i]) in self.shards]
+            if wanted:
+                yield Routed(key, parts, int(counts[g]), [i - int(starts[g]) for i in wanted],
+                             [(int(positions[i]), int(dests[i])) for i in wanted])
+        check_sample_count(self.job.src, info, len(keys))
+        if not self.tally.has_scan(info.name):
+            self.tally.scanned(info, keys, None)
+
+    def made(self, routed: Iterator[Routed]) -> Iterator[tuple[Routed, list[EncodedSample]]]:
+        """Each routed sample with its wanted output items, in order: re-cut or resampled in the worker
+        processes, a few samples ahead of the placing; else its bytes as they are."""
+        job = self.job
+        if not job.transform:
+            return ((item, [encoded_from_parts(item.key, item.parts)]) for item in routed)
+        recut = partial(recut_routed, rate_out=job.rate_out, segment_seconds=job.opts.segment_seconds)
+        ahead = 4 * job.workers + 1  # the oldest result is placed once more than 4 per worker are pending
+        return prefetched(job.cpu, recut, routed, ahead)
+
+    def place(self, target: tuple[int, int], sample: EncodedSample) -> None:
+        """Add `sample` at destination (position, shard); hand the shard to an upload once it is full."""
+        position, j = target
+        if j not in self.builders:
+            self.builders[j] = DestShard(self.job.dst, self.plan, j, self.spill)
+        builder = self.builders[j]
+        builder.add(position, sample)
+        self.tally.placed(sample)
+        if builder.complete:
+            del self.builders[j]
+            if self.spill is not None:
+                self.spill.flush()
+            self.job.uploads.submit(lambda: self.tally.shard_written(builder.finish(), builder.digest))

@@ -1,0 +1,138 @@
+"""How a reshard moves bytes: a source shard fetched to local disk and checked against its index entry,
+a destination shard filled (straight into its tar, or through a shuffled wave's spill file), and uploads
+kept to a bounded number in flight. None of it knows about the run; run.py drives it.
+
+    with fetch_shard(src, info, tmp_dir) as f: ...           # ReshardError if the sha256 differs
+    shard = DestShard(dst, plan, j, spill); shard.add(position, sample); info = shard.finish()
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+from data_prep.reshard.plan import ReshardError, SplitPlan, keys_digest
+from pipeline.shards import EncodedSample, ShardInfo, ShardWriter, shard_mismatches
+from pipeline.store import LocalStore, Store, iter_chunks
+
+
+def fetch_shard(store: Store, info: ShardInfo, tmp_dir: str | None) -> BinaryIO:
+    """Source shard `info` as a local file at offset 0, checked against the index's size and sha256."""
+    if isinstance(store, LocalStore):
+        f = store.open(info.name)
+        mismatches = shard_mismatches(info, iter_chunks(f))
+    else:
+        f = tempfile.TemporaryFile(dir=tmp_dir)
+        with store.open(info.name) as src:
+            mismatches = shard_mismatches(info, copied(iter_chunks(src), f))
+    f.seek(0)
+    if mismatches:
+        f.close()
+        raise ReshardError(f"{store.join(info.name)}: sha256 differs from the source index "
+                           "(the source changed or is corrupt)")
+    return f
+
+
+def copied(chunks: Iterable[bytes], f: BinaryIO) -> Iterator[bytes]:
+    """`chunks`, each written to `f` on its way through."""
+    for chunk in chunks:
+        f.write(chunk)
+        yield chunk
+
+
+class Spill:
+    """One local file a shuffled wave appends its items to; each destination shard reads its own back."""
+
+    def __init__(self, tmp_dir: str | None):
+        self.file = tempfile.TemporaryFile(dir=tmp_dir)
+        self.size = 0
+
+    def append(self, data: bytes) -> int:
+        """Offset of `data` in the spill (called by the router thread only)."""
+        offset = self.size
+        self.file.write(data)
+        self.size += len(data)
+        return offset
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def read(self, offset: int, n: int) -> bytes:
+        """Bytes already flushed; safe from any thread."""
+        return os.pread(self.file.fileno(), n, offset)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class DestShard:
+    """One destination shard being filled: straight into its tar when items come in position order,
+    else into the wave's spill, and then into the tar in position order once the last item is in."""
+
+    def __init__(self, store: Store, plan: SplitPlan, j: int, spill: Spill | None):
+        self.store, self.split, self.j, self.spill = store, plan.split, j, spill
+        self.first, self.count = int(plan.bounds[j]), plan.shard_samples(j)
+        self.received, self.digest = 0, 0
+        self.writer = ShardWriter(store, plan.split, j) if spill is None else None
+        self.slots: list[tuple | None] = [] if spill is None else [None] * self.count
+
+    @property
+    def complete(self) -> bool:
+        return self.received == self.count
+
+    def add(self, position: int, sample: EncodedSample) -> None:
+        slot = position - self.first
+        if self.spill is None:
+            if slot != self.received:
+                raise ReshardError(f"{self.split} shard {self.j}: item {slot} came out of order")
+            self.writer.add(sample)
+        else:
+            if self.slots[slot] is not None:
+                raise ReshardError(f"{self.split} shard {self.j}: position {position} filled twice")
+            offset = self.spill.append(sample.flac + sample.meta)
+            self.slots[slot] = (sample.key, offset, len(sample.flac), len(sample.meta), sample.seconds)
+        self.received += 1
+        self.digest = (self.digest + keys_digest([sample.key])) % (1 << 128)
+
+    def finish(self) -> ShardInfo:
+        """Write the tar (from the spill, in position order) and put it to the store."""
+        if self.spill is not None:
+            self.writer = ShardWriter(self.store, self.split, self.j)
+            for key, offset, n_flac, n_meta, seconds in self.slots:
+                data = self.spill.read(offset, n_flac + n_meta)
+                self.writer.add(EncodedSample(key, data[:n_flac], data[n_flac:], seconds))
+        return self.writer.close()
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+
+
+class Uploads:
+    """Shard uploads in a thread pool, at most `limit` in flight (each holds a tar on local disk)."""
+
+    def __init__(self, pool: ThreadPoolExecutor, limit: int):
+        self.pool, self.slots, self.futures = pool, threading.Semaphore(limit), []
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        self.raise_failures()
+        self.slots.acquire()
+        fut = self.pool.submit(fn)
+        fut.add_done_callback(lambda _: self.slots.release())
+        self.futures.append(fut)
+
+    def raise_failures(self) -> None:
+        for fut in self.futures:
+            if fut.done() and fut.exception() is not None:
+                raise fut.exception()
+        self.futures = [f for f in self.futures if not f.done()]
+
+    def wait(self, check: bool = True) -> None:
+        """Wait for every upload in flight; raise the first failure if `check`."""
+        futures, self.futures = self.futures, []
+        wait(futures)
+        for fut in futures if check else ():
+            fut.result()
