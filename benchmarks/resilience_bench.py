@@ -42,7 +42,7 @@ from jobs.spot_drill import SpotDrill  # noqa: E402
 from pipeline.checkpoint import Checkpoints  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.rundir import RunDir  # noqa: E402
-from pipeline.train import (RunContext, build_state, load_checkpoint, make_accelerator,  # noqa: E402
+from pipeline.train import (RankDuties, build_state, load_checkpoint, make_accelerator,  # noqa: E402
                             save_checkpoint, train_step)
 from run_fixtures import TINY, MotoS3, wait_for  # noqa: E402
 
@@ -58,16 +58,16 @@ def checkpoint_times(run_url: str, repeats: int) -> dict:
     accel = make_accelerator(cfg)
     state = build_state(cfg, accel)
     train_step(state, 0.1 * torch.randn(2, 1, 5120), accel, cfg)  # optimizer moments exist now
-    ckpts, ctx = Checkpoints(run_url), RunContext()
+    ckpts, duties = Checkpoints(run_url), RankDuties()  # no ledger or W&B state in these checkpoints
     saves, loads = [], []
     for step in range(1, repeats + 1):
         state.step = step
         t = time.perf_counter()
-        save_checkpoint(state, accel, cfg, ckpts, ctx, {})
+        save_checkpoint(state, accel, cfg, ckpts, duties, {})
         saves.append(time.perf_counter() - t)
         fresh = build_state(cfg, accel)
         t = time.perf_counter()
-        load_checkpoint(fresh, accel, ckpts, ckpts.latest_step(), ctx)  # what a resume does
+        load_checkpoint(fresh, accel, ckpts, ckpts.latest_step())  # what a resume does
         loads.append(time.perf_counter() - t)
         assert fresh.step == step
     parts = ckpts.manifest(repeats)["parts"]

@@ -26,7 +26,8 @@ from pipeline.train import RunContext, TrainResult
 
 
 class RayRunContext(RunContext):
-    """Hooks of one Ray worker: preemption watcher in, `ray.train.report` out."""
+    """Hooks of one Ray worker, on every rank: preemption watcher in, `ray.train.report` out (rank 0's
+    own duties are the pipeline's: pipeline.train.MainProcessDuties)."""
 
     def __init__(self, cfg: Config):
         import ray.train

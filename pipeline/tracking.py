@@ -46,7 +46,8 @@ class TrackingError(TelucodecError, RuntimeError):
 
 
 class Tracker:
-    """The no-op tracker: what runs with tracking.enabled=false (and every rank but 0) get."""
+    """The no-op tracker: what runs with tracking.enabled=false get (other ranks have none: only
+    rank 0's duties track)."""
 
     run_id: str | None = None
 

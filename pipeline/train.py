@@ -7,9 +7,11 @@
 once-in-a-while blocks (log, eval, checkpoint). Everything the old codec got wrong is watched:
 non-finite losses or gradients skip the step and, K times in a row, roll back to the last checkpoint
 with a lower learning rate; after warm-up a val SNR below 0 dB or an output/input range ratio
-below 0.5 is a loud warning and an event. Resume is automatic from `run.dir`. Rank 0 keeps the cost
-ledger (pipeline/cost.py) and the W&B run (pipeline/tracking.py) through the RunContext, and a
-budget (budget.max_usd, budget.max_gpu_hours) stops the run like a preemption notice, for good.
+below 0.5 is a loud warning and an event. Resume is automatic from `run.dir`. Rank 0's duties (run logs,
+printed progress and evals, the cost ledger of pipeline/cost.py, the W&B run of pipeline/tracking.py)
+are MainProcessDuties; every other rank gets their no-ops (RankDuties). A budget (budget.max_usd,
+budget.max_gpu_hours) stops the run like a preemption notice, for good. A launcher hooks in through
+a RunContext (preemption notices in, checkpoints out).
 """
 
 from __future__ import annotations
@@ -38,82 +40,161 @@ from pipeline.tracking import Tracker, make_tracker
 
 
 class RunContext:
-    """What a launcher can hook into; the default is a plain single-process run. On rank 0 every
-    context keeps the run's cost ledger and its W&B run (a no-op tracker when tracking is off)."""
+    """What a launcher hooks into on every rank; the default is a plain single-process run."""
 
     def __init__(self):
         self.started = time.time()
         """This worker group's start: the cost clock runs from here."""
-        self.cost: CostTracker | None = None
-        self.tracker: Tracker = Tracker()
-        self.restored: dict = {}
-        self.run: RunDir | None = None
-        self.cancel_poll_seconds = 5.0
-        self._next_cancel_check = 0.0
-
-    def begin(self, cfg: Config, accel, run: RunDir, step: int) -> None:
-        """Rank 0, before the first step: continue the cost ledger and the W&B run of the checkpoint."""
-        if not accel.is_main_process:
-            return
-        self.run, self.cancel_poll_seconds = run, cfg.preempt.poll_seconds
-        self.cost = CostTracker(cfg, run, workers=accel.num_processes, started=self.started)
-        self.tracker = make_tracker(cfg, self.restored.get("wandb_run_id") or self.cost.ledger_value("wandb_run_id"))
-        self.cost.begin(self.restored.get("cost"), step, wandb_run_id=self.tracker.run_id)
 
     def stop_requested(self) -> bool:
         """True when the node is about to go away (a preemption notice)."""
         return False
 
-    def cancel_requested(self) -> bool:
-        """Rank 0: True when the run was asked to end for good (its job was stopped: the driver's
-        RunDir.request_cancel); one store lookup per preempt.poll_seconds."""
-        if self.run is None or time.monotonic() < self._next_cancel_check:
-            return False
-        self._next_cancel_check = time.monotonic() + self.cancel_poll_seconds
-        return self.run.cancel_requested()
-
-    def over_budget(self, step: int) -> str | None:
-        """Rank 0: why the run must stop for good now (budget.*), else None."""
-        return self.cost.over_budget(step) if self.cost else None
-
     def after_checkpoint(self, step: int, metrics: dict, checkpoints: Checkpoints) -> None:
         """Called on every rank after each checkpoint (Ray reports it here)."""
 
-    def extra_state(self) -> dict:
-        """Launcher state to keep in the checkpoint (cost totals, tracker run id); rank 0."""
-        return {"cost": self.cost.state(), "wandb_run_id": self.tracker.run_id} if self.cost else {}
 
-    def restore_extra_state(self, state: dict) -> None:
-        self.restored = state
-        if self.cost is not None and state.get("cost"):  # a rollback: the work since then is redone
-            self.cost.rolled_back(state["cost"])
+class RankDuties:
+    """What rank 0 does besides training, as no-ops: what every other rank gets (`train` builds
+    MainProcessDuties where `accel.is_main_process`), so the loop calls them without asking."""
+
+    def begin(self, step: int, saved: dict | None) -> None:
+        """Before the first step; `saved`: the checkpoint's extra state, None on a fresh start."""
+
+    def load_eval_clips(self) -> None:
+        """The val clips every eval decodes."""
+
+    def print_progress(self, step: int, metrics: dict) -> None:
+        """One progress line for the job log."""
 
     def log(self, metrics: dict, step: int) -> None:
-        """Metrics for the tracker (W&B) with the running cost, rank 0 only."""
-        if self.cost is not None:
-            self.tracker.log({**metrics, **self.cost.metrics(step)}, step)
+        """A step's metrics: metrics.jsonl and W&B."""
 
-    def log_eval(self, ev: dict, step: int, model, clips: list) -> None:
-        """Eval metrics, dollars per dB, a ledger line and audio samples, rank 0 only."""
-        if self.cost is not None:
-            self.tracker.log({**ev, **self.cost.evaluated(step, ev["val/snr"])}, step)
-            self.tracker.log_samples(step, model, clips)
+    def evaluate_and_report(self, model, step: int) -> dict:
+        """Val metrics, reported everywhere; {} where no eval runs."""
+        return {}
 
-    def event(self, record: dict) -> None:
-        """A health or rollback event (as in events.jsonl): a ledger line and a W&B alert, rank 0."""
-        if self.cost is not None:
-            fields = {k: v for k, v in record.items() if k not in ("event", "step")}
-            self.cost.record(record["event"], record["step"], **fields)
-            self.tracker.alert(f"{record['event']} at step {record['step']}",
-                               record.get("problem") or record.get("message", ""))
+    def warn(self, text: str, record: dict) -> None:
+        """A warning (health, rollback): job log, events.jsonl, ledger and a W&B alert."""
 
-    def end(self, status: str, step: int) -> None:
-        """Rank 0: the final cost to W&B, close it, and the ledger's last line (finished, preempted, budget)."""
-        if self.cost is not None:
-            self.tracker.log(self.cost.metrics(step), step)
-            self.tracker.finish(exit_code=1 if status == "crashed" else 0, preempted=status == "stopped")
-            self.cost.close(RUN_ENDS[status].event, step)
-            self.cost = None
+    def cancel_requested(self) -> bool:
+        """True when the run was asked to end for good (its job was stopped)."""
+        return False
+
+    def over_budget(self, step: int) -> str | None:
+        """Why the run must stop for good now (budget.*), else None."""
+        return None
+
+    def checkpoint_extra(self) -> dict:
+        """What the checkpoint keeps besides the training state (cost totals, W&B run id)."""
+        return {}
+
+    def rolled_back(self, saved: dict) -> None:
+        """The loop went back to a checkpoint with this extra state."""
+
+    def flush(self) -> None:
+        """The run's logs to the store (s3 run dirs)."""
+
+    def record_end(self, end: RunEnd, step: int, **fields) -> None:
+        """How the loop ended: events.jsonl and its message."""
+
+    def close(self, status: str, step: int) -> None:
+        """The final cost to W&B, close it, and the ledger's last line."""
+
+
+class MainProcessDuties(RankDuties):
+    """Rank 0's duties: events.jsonl and metrics.jsonl, the printed progress and eval lines, evals,
+    cancel polling, the cost ledger and budget (pipeline/cost.py) and W&B (pipeline/tracking.py;
+    its no-op tracker when tracking is off)."""
+
+    def __init__(self, cfg: Config, accel, run: RunDir, started: float):
+        self.cfg, self.run, self.started = cfg, run, started
+        self.workers, self.device = accel.num_processes, accel.device
+        self.clips: list = []
+        self._next_cancel_check = 0.0
+        self.cost: CostTracker  # both made in begin
+        self.tracker: Tracker
+
+    def begin(self, step: int, saved: dict | None) -> None:
+        """Continue the cost ledger and the W&B run of the checkpoint (`saved`), or start them."""
+        if saved is None:
+            self.run.events.append({"event": "start", "step": 0, "bitrate": self.cfg.model.bitrate()})
+        else:
+            self.run.events.append({"event": "resumed", "step": step})
+            print(f"resumed {self.run.url} from step {step}", flush=True)
+        saved = saved or {}
+        self.cost = CostTracker(self.cfg, self.run, workers=self.workers, started=self.started)
+        self.tracker = make_tracker(self.cfg, saved.get("wandb_run_id") or self.cost.ledger_value("wandb_run_id"))
+        self.cost.begin(saved.get("cost"), step, wandb_run_id=self.tracker.run_id)
+
+    def load_eval_clips(self) -> None:
+        cfg = self.cfg
+        self.clips = eval_clips(cfg.train.eval_url or cfg.data.url, cfg.train.eval_split, cfg.train.eval_clips,
+                                int(cfg.train.eval_seconds * cfg.model.sample_rate))
+
+    def print_progress(self, step: int, metrics: dict) -> None:
+        print(progress_line(step, self.cfg.train.steps, metrics, self.cost.totals(), self.cfg.train.use_gpu),
+              flush=True)
+
+    def log(self, metrics: dict, step: int) -> None:
+        """metrics.jsonl, and W&B with the running cost."""
+        self.run.metrics.append({"step": step, **metrics})
+        self.tracker.log({**metrics, **self.cost.metrics(step)}, step)
+
+    def evaluate_and_report(self, model, step: int) -> dict:
+        """Eval metrics to metrics.jsonl, W&B (with dollars per dB and audio samples), the ledger and the
+        job log; a health warning for each problem."""
+        ev = evaluate(model, self.clips, self.cfg, self.device)
+        self.run.metrics.append({"step": step, **ev})
+        self.tracker.log({**ev, **self.cost.evaluated(step, ev["val/snr"])}, step)
+        self.tracker.log_samples(step, model, self.clips)
+        print(f"step {step}: val SNR {ev['val/snr']:.2f} dB, SI-SDR {ev['val/si_sdr']:.2f} dB, "
+              f"range ratio {ev['val/range_ratio']:.2f}, mel distance {ev['val/mel_distance']:.3f}", flush=True)
+        for problem in health_problems(ev, step, self.cfg):
+            self.warn(f"step {step}: {problem}", {"event": "health", "step": step, "problem": problem,
+                                                  "val/snr": ev["val/snr"], "val/range_ratio": ev["val/range_ratio"]})
+        return ev
+
+    def warn(self, text: str, record: dict) -> None:
+        print(f"WARNING {text}", flush=True)
+        self.run.events.append(record)
+        fields = {k: v for k, v in record.items() if k not in ("event", "step")}
+        self.cost.record(record["event"], record["step"], **fields)
+        self.tracker.alert(f"{record['event']} at step {record['step']}",
+                           record.get("problem") or record.get("message", ""))
+
+    def cancel_requested(self) -> bool:
+        """The driver's RunDir.request_cancel; one store lookup per preempt.poll_seconds."""
+        if time.monotonic() < self._next_cancel_check:
+            return False
+        self._next_cancel_check = time.monotonic() + self.cfg.preempt.poll_seconds
+        return self.run.cancel_requested()
+
+    def over_budget(self, step: int) -> str | None:
+        return self.cost.over_budget(step)
+
+    def checkpoint_extra(self) -> dict:
+        return {"cost": self.cost.state(), "wandb_run_id": self.tracker.run_id}
+
+    def rolled_back(self, saved: dict) -> None:
+        if saved.get("cost"):  # the work since then is redone
+            self.cost.rolled_back(saved["cost"])
+
+    def flush(self) -> None:
+        self.run.flush()
+
+    def record_end(self, end: RunEnd, step: int, **fields) -> None:
+        self.run.events.append({"event": end.event, "step": step, **fields})
+        self.run.flush()
+        if end.message:
+            print(end.message.format(step=step, **fields), flush=True)
+
+    def close(self, status: str, step: int) -> None:
+        """The final cost to W&B, close it (crashed: exit code 1; stopped: preempted), and the ledger's
+        last line (finished, preempted, budget, cancelled, crashed)."""
+        self.tracker.log(self.cost.metrics(step), step)
+        self.tracker.finish(exit_code=1 if status == "crashed" else 0, preempted=status == "stopped")
+        self.cost.close(RUN_ENDS[status].event, step)
 
 
 @dataclass
@@ -274,9 +355,10 @@ def set_rng_state(s: dict) -> None:
     random.setstate((3, tuple(s["python"]), None))
 
 
-def save_checkpoint(state: State, accel, cfg: Config, ckpts: Checkpoints, ctx: RunContext,
+def save_checkpoint(state: State, accel, cfg: Config, ckpts: Checkpoints, duties: RankDuties,
                     metrics: dict) -> None:
-    """Rank 0 writes model and optimizer state, every rank its RNG; rank 0 commits once all are in."""
+    """Rank 0 writes model and optimizer state (and duties.checkpoint_extra()), every rank its RNG;
+    rank 0 commits once all are in."""
     step = state.step
     parts = {}
     rank_state = {"rng": rng_state(), "step": step}
@@ -286,7 +368,7 @@ def save_checkpoint(state: State, accel, cfg: Config, ckpts: Checkpoints, ctx: R
     if accel.is_main_process:
         train_state = {"step": step, "lr_scale": state.lr_scale, "nonfinite_total": state.nonfinite_total,
                        "rollbacks": state.rollbacks, "best_snr": state.best_snr, "config": to_dict(cfg),
-                       "world": accel.num_processes, "extra": ctx.extra_state()}
+                       "world": accel.num_processes, "extra": duties.checkpoint_extra()}
         parts["model"] = ckpts.save_part(step, "model", unwrap(accel, state.model).state_dict())
         parts["optim"] = ckpts.save_part(step, "optim", {
             "opt_g": state.opt_g.state_dict(), "sched_g": state.sched_g.state_dict(),
@@ -301,7 +383,6 @@ def save_checkpoint(state: State, accel, cfg: Config, ckpts: Checkpoints, ctx: R
             state.best_snr = metrics["val/snr"]
         ckpts.prune(cfg.train.keep_checkpoints)
     accel.wait_for_everyone()
-    ctx.after_checkpoint(step, metrics, ckpts)
 
 
 def params_digest(model: torch.nn.Module) -> str:
@@ -337,7 +418,8 @@ def load_optimizer(opt, sched, opt_state: dict, sched_state: dict) -> None:
     sched.base_lrs = base_lrs
 
 
-def load_checkpoint(state: State, accel, ckpts: Checkpoints, step: int, ctx: RunContext) -> None:
+def load_checkpoint(state: State, accel, ckpts: Checkpoints, step: int) -> dict:
+    """Load checkpoint `step` into `state`; returns its extra state (rank 0's cost totals, W&B run id)."""
     model = unwrap(accel, state.model)
     model.load_state_dict(ckpts.load(step, "model"))
     optim = ckpts.load(step, "optim")
@@ -349,10 +431,10 @@ def load_checkpoint(state: State, accel, ckpts: Checkpoints, step: int, ctx: Run
     state.step, state.lr_scale = train_state["step"], train_state["lr_scale"]
     state.nonfinite_total, state.rollbacks = train_state["nonfinite_total"], train_state["rollbacks"]
     state.best_snr, state.nonfinite_in_row = train_state["best_snr"], 0
-    ctx.restore_extra_state(train_state.get("extra", {}))
     rank_part = f"rank{accel.process_index}"
     if ckpts.has_part(step, rank_part):  # same world size: this rank's RNG continues exactly
         set_rng_state(ckpts.load(step, rank_part)["rng"])
+    return train_state.get("extra", {})
 
 
 # ------------------------------------------------------------------------------------- the loop
@@ -362,34 +444,27 @@ def train(cfg: Config, ctx: RunContext | None = None, accel=None) -> TrainResult
     accel = accel or make_accelerator(cfg)
     run, ckpts = RunDir(cfg.run.dir), Checkpoints(cfg.run.dir)
     state = build_state(cfg, accel)
-    main = accel.is_main_process
+    duties = MainProcessDuties(cfg, accel, run, ctx.started) if accel.is_main_process else RankDuties()
     latest = ckpts.latest_step()
-    if latest is not None:
-        load_checkpoint(state, accel, ckpts, latest, ctx)
-        if main:
-            run.events.append({"event": "resumed", "step": state.step})
-            print(f"resumed {run.url} from step {state.step}", flush=True)
-    elif main:
-        run.events.append({"event": "start", "step": 0, "bitrate": cfg.model.bitrate()})
-    ctx.begin(cfg, accel, run, state.step)
+    saved = load_checkpoint(state, accel, ckpts, latest) if latest is not None else None
+    duties.begin(state.step, saved)
     try:
-        result = train_loop(state, accel, cfg, ctx, run, ckpts)
+        result = train_loop(state, accel, cfg, ctx, duties, ckpts)
     except BaseException:
         with contextlib.suppress(Exception):  # the ledger's last line; the original error is what matters
-            ctx.end("crashed", state.step)
+            duties.close("crashed", state.step)
         raise
-    ctx.end(result.status, result.step)
+    duties.close(result.status, result.step)
     return result
 
 
-def train_loop(state: State, accel, cfg: Config, ctx: RunContext, run: RunDir, ckpts: Checkpoints) -> TrainResult:
+def train_loop(state: State, accel, cfg: Config, ctx: RunContext, duties: RankDuties,
+               ckpts: Checkpoints) -> TrainResult:
     """Steps until cfg.train.steps, a stop notice or the budget, with the once-in-a-while blocks."""
-    main = accel.is_main_process
     crop = int(cfg.train.segment_seconds * cfg.model.sample_rate)
     loader = CropLoader(cfg.data.url, "train", cfg.train.batch_size, crop, cfg.train.seed,
                         rank=accel.process_index, world=accel.num_processes)
-    clips = eval_clips(cfg.train.eval_url or cfg.data.url, cfg.train.eval_split, cfg.train.eval_clips,
-                       int(cfg.train.eval_seconds * cfg.model.sample_rate)) if main else []
+    duties.load_eval_clips()
     last_eval: dict = {}
     last_save, t_log, n_log, t_print = time.monotonic(), time.monotonic(), 0, time.monotonic()
     while state.step < cfg.train.steps:
@@ -399,54 +474,47 @@ def train_loop(state: State, accel, cfg: Config, ctx: RunContext, run: RunDir, c
             state.step += 1
             n_log += 1
             if state.nonfinite_in_row >= cfg.train.max_nonfinite:
-                rolled_back = rollback(state, accel, ckpts, run, cfg, ctx)
+                rolled_back = rollback(state, accel, ckpts, cfg, duties)
                 break
             log_due = state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps
-            if main and (log_due or time.monotonic() - t_print >= cfg.train.progress_seconds):
+            if log_due or time.monotonic() - t_print >= cfg.train.progress_seconds:
                 dt = time.monotonic() - t_log  # rates since the last logged step
                 metrics.update({"steps_per_s": n_log / dt, "audio_s_per_s": n_log * batch.shape[0] * batch.shape[-1]
                                 / cfg.model.sample_rate * accel.num_processes / dt,
                                 "nonfinite_total": state.nonfinite_total})
-                print(progress_line(state.step, cfg.train.steps, metrics, ctx.cost.totals(), cfg.train.use_gpu),
-                      flush=True)
+                duties.print_progress(state.step, metrics)
                 t_print = time.monotonic()
-            if main and log_due:
-                run.metrics.append({"step": state.step, **metrics})
-                ctx.log(metrics, state.step)
+            if log_due:
+                duties.log(metrics, state.step)
                 t_log, n_log = time.monotonic(), 0
             done = state.step >= cfg.train.steps
-            if main and (state.step % cfg.train.eval_every == 0 or done):
-                last_eval = evaluate(unwrap(accel, state.model), clips, cfg, accel.device)
-                report_eval(last_eval, state, run, cfg, ctx, unwrap(accel, state.model), clips)
-            over = ctx.over_budget(state.step)
+            if state.step % cfg.train.eval_every == 0 or done:
+                last_eval = duties.evaluate_and_report(unwrap(accel, state.model), state.step)
+            over = duties.over_budget(state.step)
             stop, cancel, budget, due = agree_each(
-                accel, ctx.stop_requested(), main and ctx.cancel_requested(), over is not None,
+                accel, ctx.stop_requested(), duties.cancel_requested(), over is not None,
                 time.monotonic() - last_save > cfg.train.checkpoint_minutes * 60)
             if done or stop or cancel or budget or due or state.step % cfg.train.checkpoint_every == 0:
-                save_checkpoint(state, accel, cfg, ckpts, ctx, last_eval if main else {})
+                save_checkpoint(state, accel, cfg, ckpts, duties, last_eval)
+                ctx.after_checkpoint(state.step, last_eval, ckpts)
                 last_save = time.monotonic()
-                if main:
-                    run.flush()
+                duties.flush()
             if budget:  # for good: the driver does not restart a budget stop
-                return end_loop(RUN_ENDS["budget"], state.step, run, main, last_eval, reason=over)
+                return end_loop(RUN_ENDS["budget"], state.step, duties, last_eval, reason=over)
             if cancel:  # for good too: the job was stopped
-                return end_loop(RUN_ENDS["cancelled"], state.step, run, main, last_eval)
+                return end_loop(RUN_ENDS["cancelled"], state.step, duties, last_eval)
             if stop:
-                return end_loop(RUN_ENDS["stopped"], state.step, run, main, last_eval)
+                return end_loop(RUN_ENDS["stopped"], state.step, duties, last_eval)
             if done:
                 break
         if not rolled_back and state.step >= cfg.train.steps:
             break
-    return end_loop(RUN_ENDS["finished"], state.step, run, main, last_eval)
+    return end_loop(RUN_ENDS["finished"], state.step, duties, last_eval)
 
 
-def end_loop(end: RunEnd, step: int, run: RunDir, main: bool, last_eval: dict, **fields) -> TrainResult:
+def end_loop(end: RunEnd, step: int, duties: RankDuties, last_eval: dict, **fields) -> TrainResult:
     """How train_loop returns: rank 0 writes the end to events.jsonl and says so (end.message)."""
-    if main:
-        run.events.append({"event": end.event, "step": step, **fields})
-        run.flush()
-        if end.message:
-            print(end.message.format(step=step, **fields), flush=True)
+    duties.record_end(end, step, **fields)
     return TrainResult(step, end.status, last_eval)
 
 
@@ -470,32 +538,16 @@ def agree_each(accel, *flags: bool) -> list[bool]:
     return [bool(v > 0) for v in accel.reduce(t, reduction="sum").tolist()]
 
 
-def report_eval(ev: dict, state: State, run: RunDir, cfg: Config, ctx: RunContext, model, clips: list) -> None:
-    run.metrics.append({"step": state.step, **ev})
-    ctx.log_eval(ev, state.step, model, clips)
-    print(f"step {state.step}: val SNR {ev['val/snr']:.2f} dB, SI-SDR {ev['val/si_sdr']:.2f} dB, "
-          f"range ratio {ev['val/range_ratio']:.2f}, mel distance {ev['val/mel_distance']:.3f}", flush=True)
-    for problem in health_problems(ev, state.step, cfg):
-        print(f"WARNING step {state.step}: {problem}", flush=True)
-        record = {"event": "health", "step": state.step, "problem": problem,
-                  "val/snr": ev["val/snr"], "val/range_ratio": ev["val/range_ratio"]}
-        run.events.append(record)
-        ctx.event(record)
-
-
-def rollback(state: State, accel, ckpts: Checkpoints, run: RunDir, cfg: Config, ctx: RunContext) -> bool:
+def rollback(state: State, accel, ckpts: Checkpoints, cfg: Config, duties: RankDuties) -> bool:
     """K non-finite steps in a row: reload the last checkpoint and lower the learning rate."""
     latest = ckpts.latest_step()
     bad_step, scale = state.step, state.lr_scale * cfg.train.rollback_lr_factor
     if latest is not None:
-        load_checkpoint(state, accel, ckpts, latest, ctx)
+        duties.rolled_back(load_checkpoint(state, accel, ckpts, latest))
     state.lr_scale, state.rollbacks = scale, state.rollbacks + 1
     state.nonfinite_in_row = 0
     message = (f"{cfg.train.max_nonfinite} non-finite steps in a row at step {bad_step}: rolled back to "
                f"{'step ' + str(latest) if latest is not None else 'the start'} with LR x{scale:g}")
-    if accel.is_main_process:
-        print(f"WARNING {message}", flush=True)
-        record = {"event": "rollback", "step": bad_step, "to_step": latest, "lr_scale": scale, "message": message}
-        run.events.append(record)
-        ctx.event(record)
+    duties.warn(message, {"event": "rollback", "step": bad_step, "to_step": latest, "lr_scale": scale,
+                          "message": message})
     return True
