@@ -120,3 +120,13 @@ def cut_segments(audio: np.ndarray, sr: int, max_seconds: float, min_seconds: fl
     bounds = np.linspace(0, len(audio), n + 1).round().astype(int)
     parts = [audio[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     return [p for p in parts if len(p) >= int(round(min_seconds * sr))]
+
+
+def log_spectrogram(audio: np.ndarray, n_fft: int = 512, hop: int = 128) -> np.ndarray:
+    """[T] -> power in dB [n_fft // 2 + 1, frames] (Hann window); what eval's PNGs and W&B's
+    spectrogram images show."""
+    x = np.asarray(audio, np.float32)
+    x = np.pad(x, (0, max(0, n_fft - len(x))))
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop] * np.hanning(n_fft)
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    return 10 * np.log10(power.T + 1e-10)

@@ -39,7 +39,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from pipeline.audio import resample
+from pipeline.audio import log_spectrogram, resample
 from pipeline.bitstream import payload_size
 from pipeline.metrics import Score, mean_score, mel_distance, pesq_wb, si_sdr_db, snr_db, stoi
 from pipeline.model import Codec
@@ -264,14 +264,6 @@ def baseline_result(name: str, baseline, clips: list[np.ndarray], sample_rate: i
 
 # ---------------------------------------------------------------------------------------------
 # Spectrograms and the whole evaluation.
-
-def log_spectrogram(audio: np.ndarray, n_fft: int = 512, hop: int = 128) -> np.ndarray:
-    """[T] -> power in dB [n_fft // 2 + 1, frames] (Hann window)."""
-    x = _pad(np.asarray(audio, np.float32), max(0, n_fft - len(audio)))
-    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop] * np.hanning(n_fft)
-    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
-    return 10 * np.log10(power.T + 1e-10)
-
 
 def save_spectrograms(path: str | Path, panels: dict[str, np.ndarray], sample_rate: int) -> Path:
     """One PNG with a spectrogram per panel (name -> audio [T]), stacked, on a shared colour scale."""

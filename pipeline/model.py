@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -195,6 +196,18 @@ class Codec(nn.Module):
         """codes [B, n_q, F] -> audio [B, 1, F * hop], cropped to `length` samples if given."""
         audio = self.decoder(self.quantizer.decode(codes))
         return audio if length is None else audio[..., :length]
+
+    @torch.no_grad()
+    def reconstruct(self, audio: np.ndarray) -> CodecOutput:
+        """One clip [T] (float32) through the codec in eval mode, on the model's device: no EMA
+        codebook update, no quantizer dropout; the training mode is restored after."""
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        try:
+            return self(torch.from_numpy(audio).to(device)[None, None])
+        finally:
+            self.train(was_training)
 
     def _pad_to_hop(self, audio: torch.Tensor) -> torch.Tensor:
         if audio.dim() != 3 or audio.shape[1] != 1:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.audio import log_spectrogram
 from pipeline.config import Config, to_dict
 from pipeline.errors import TelucodecError
 from pipeline.rundir import cache_dir
@@ -183,27 +184,12 @@ def redact_secrets(obj, secrets: list[str] | None = None):
 
 def decode_clips(model, clips: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(name, input [T], decoded [T]) per clip, in eval mode (no EMA codebook updates)."""
-    import torch
-
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    with torch.no_grad():
-        for name, audio in clips:
-            y = model(torch.from_numpy(audio).to(device)[None, None]).audio[0, 0].float().cpu().numpy()
-            out.append((name, audio, y[:len(audio)]))
-    model.train(was_training)
-    return out
+    return [(name, audio, model.reconstruct(audio).audio[0, 0].float().cpu().numpy()) for name, audio in clips]
 
 
 def spectrogram_image(signals: list[np.ndarray], n_fft: int = 512, hop: int = 128) -> np.ndarray:
     """Log-magnitude spectrograms of `signals` stacked top to bottom (low frequencies down), uint8."""
-    rows = []
-    for x in signals:
-        x = np.pad(np.asarray(x, np.float32), (0, max(0, n_fft - len(x))))
-        frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop] * np.hanning(n_fft)
-        rows.append(20 * np.log10(np.abs(np.fft.rfft(frames, axis=-1)).T[::-1] + 1e-5))
+    rows = [log_spectrogram(x, n_fft, hop)[::-1] for x in signals]
     width = min(r.shape[1] for r in rows)
     img = np.concatenate([r[:, :width] for r in rows], axis=0)
     img = np.clip((img - (img.max() - 80.0)) / 80.0, 0.0, 1.0)  # an 80 dB range below the peak

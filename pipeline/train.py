@@ -303,19 +303,15 @@ def train_step(state: State, batch: torch.Tensor, accel, cfg: Config) -> dict:
     return metrics
 
 
-@torch.no_grad()
 def evaluate(model: Codec, clips: list[tuple[str, np.ndarray]], cfg: Config, device) -> dict:
     """Val metrics over clips: SNR, SI-SDR, range ratio, mel distance, codebook perplexity."""
-    model.eval()
     rows, codes = [], []
     for _, audio in clips:
-        x = torch.from_numpy(audio).to(device)[None, None]
-        out = model(x)
-        y = out.audio.float().cpu()
-        rows.append([float(snr_db(x.cpu(), y)[0]), float(si_sdr_db(x.cpu(), y)[0]),
-                     float(range_ratio(x.cpu(), y)[0]), float(mel_distance(x.cpu(), y, cfg.model.sample_rate)[0])])
+        out = model.reconstruct(audio)
+        x, y = torch.from_numpy(audio)[None, None], out.audio.float().cpu()
+        rows.append([float(snr_db(x, y)[0]), float(si_sdr_db(x, y)[0]),
+                     float(range_ratio(x, y)[0]), float(mel_distance(x, y, cfg.model.sample_rate)[0])])
         codes.append(out.codes[0].cpu())
-    model.train()
     snr, sisdr, rr, mel = np.mean(rows, axis=0)
     perp = codebook_perplexity(torch.cat(codes, dim=-1), cfg.model.codebook_size)
     metrics = {"val/snr": snr, "val/si_sdr": sisdr, "val/range_ratio": rr, "val/mel_distance": mel,

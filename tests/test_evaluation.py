@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from jobs.cli import main
-from pipeline.evaluation import (CODEC2_DELAY, align, baseline_result, evaluate_checkpoint, log_spectrogram,
-                                 run_baseline_codec2, run_baseline_opus, score_outputs, telucodec_outputs)
+from pipeline.audio import log_spectrogram
+from pipeline.evaluation import (CODEC2_DELAY, align, baseline_result, evaluate_checkpoint, run_baseline_codec2,
+                                 run_baseline_opus, score_outputs, telucodec_outputs)
 from pipeline.inference import load_codec
 from pipeline.shards import DatasetIndex, ShardWriter, encode_sample, write_index
 from pipeline.store import open_store
