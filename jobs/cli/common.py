@@ -62,12 +62,12 @@ def split_config_args(items: list[str]) -> tuple[list[str], list[str]]:
     return files, overrides
 
 
-def load_cli_config(items: list[str], base: tuple[str, ...] = ("base",)):
-    """The shipped base.yaml (and `base` names), then the given configs, then the overrides."""
-    from pipeline.config import load_config
+def load_cli_config(items: list[str]):
+    """The shipped base config, then the given configs, then the overrides."""
+    from pipeline.config import CONFIG_DIR, load_config
 
     files, overrides = split_config_args(items)
-    return load_config([*base, *files], overrides)
+    return load_config([CONFIG_DIR / "base.yaml", *files], overrides)
 
 
 def cell(value: float | None, digits: int) -> str:

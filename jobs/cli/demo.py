@@ -11,6 +11,7 @@ from jobs.cli.common import FORMATTER, add_config_items, console, load_cli_confi
 from jobs.cli.data import print_broken_voices, print_prep_summary, shards_table
 from jobs.cli.runs import cost_table
 from jobs.cli.train import run_training
+from pipeline.config import CONFIG_DIR
 
 
 def register(sub) -> None:
@@ -40,7 +41,7 @@ def demo(args) -> int:
     from pipeline.shards import load_index
 
     out = Path(args.out).absolute()
-    items = ["tiny", *args.items]
+    items = [str(CONFIG_DIR / "tiny.yaml"), *args.items]  # the shipped one, whatever the folder holds
     cfg = load_cli_config(items)
     workers = cfg.train.workers
     console.rule("1/6  synthesize a Telugu corpus (espeak-ng / festival)")

@@ -68,8 +68,10 @@ def cost(args) -> int:
 def runs(args) -> int:
     from pipeline.cost import find_runs, summarize_run
 
-    require_store(args.store)
-    summaries = [summarize_run(u) for u in find_runs(args.store)]
+    urls = find_runs(args.store)
+    if not urls:  # none found: a store with no runs is an answer, a missing one is a mistake
+        require_store(args.store)
+    summaries = [summarize_run(u) for u in urls]
     if args.json:
         print(json.dumps([s.to_dict() for s in summaries], indent=2))
         return 0
