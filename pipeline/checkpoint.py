@@ -111,11 +111,13 @@ class Checkpoints:
         manifest = self.manifest(step)
         return manifest is not None and name in manifest["parts"]
 
-    def mark_best(self, step: int, metric: str, value: float) -> bool:
-        """Record step as best if `value` beats the current best (higher is better)."""
+    def mark_best(self, step: int, metric: str, value: float, higher_is_better: bool = True) -> bool:
+        """Record step as best if `value` beats the current best of the same `metric` (a best by
+        another metric, from before a change of train.best_metric, is replaced)."""
         best = self.best()
-        if best is not None and best["value"] >= value:
-            return False
+        if best is not None and best.get("metric") == metric:
+            if (best["value"] >= value) if higher_is_better else (best["value"] <= value):
+                return False
         self.store.put_text("best.json", json.dumps({"step": step, "metric": metric, "value": value}))
         return True
 

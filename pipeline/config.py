@@ -105,6 +105,14 @@ class ModelConfig:
     """Audio sample rate in Hz the codec works at; must match prep.sample_rate of its data."""
     channels: int = 32
     """Channels after the first encoder conv; each encoder block doubles them."""
+    decoder_channels: typing.Optional[int] = None
+    """Channels of the decoder's last block (at the audio end); each block towards the latent doubles
+    them, so its widest conv has decoder_channels x 2^len(strides). null = channels (a mirror of the
+    encoder). Decoding is the harder half: DAC 16 kHz pairs a 64-wide encoder with a decoder 1536
+    wide at the top (96 here)."""
+    activation: str = "snake"
+    """Nonlinearity of the encoder and decoder: snake (x + sin^2(a x)/a with a learned per channel;
+    a periodic bias that suits pitched audio, as in BigVGAN and DAC) or elu (v1)."""
     latent_dim: int = 128
     """Channels of the encoder output (the vectors that are quantised)."""
     strides: tuple[int, ...] = (2, 4, 5, 8)
@@ -124,13 +132,25 @@ class ModelConfig:
     """Dimension codes live in; None means latent_dim (no projection), smaller adds a 1x1
     projection in and out of each level."""
     quantizer_dropout: float = 0.5
-    """Probability that a training batch uses a random number of levels (1..n_codebooks), so one
+    """Share of training clips decoded from a random number of levels (1..n_codebooks), so one
     model serves several bitrates."""
+    quantizer_dropout_per: str = "sample"
+    """sample: that share of each batch's clips draws its own level count; every level still runs
+    and updates its codebook every step, and the dropped levels are masked out of those clips'
+    sum and commitment (DAC). batch: one draw for the whole batch on all ranks, so the full stack
+    trains on only part of the steps and skipped levels miss their EMA updates (v1)."""
+    quantizer_gradient: str = "sum"
+    """How the encoder's gradient passes the residual VQ. sum: every level quantises a detached
+    residual and one straight-through step carries the sum of levels back to the latent, so each
+    level's commitment reaches the encoder (audiocraft's fix of EnCodec issue 25). chained (v1):
+    levels chain straight-through outputs, which leaves every residual after the first with no
+    gradient: only level 1's commitment trains the encoder."""
     ema_decay: float = 0.99
     """Decay of the EMA codebook statistics (codebooks get no gradient)."""
-    dead_code_threshold: float = 0.5
-    """A code whose EMA use count (vectors per step, summed over ranks) falls below this is
-    replaced by a vector from the current batch; keep it well below batch_vectors/codebook_size."""
+    dead_code_ratio: float = 0.1
+    """A code whose EMA use falls below this fraction of the mean use per code is re-seeded from the
+    current batch and starts again at the mean use, so it has time to be chosen before it could
+    expire again. Relative, so it means the same at any batch size and world size (as in moshi)."""
     kmeans_init: bool = True
     """Initialise codebooks by k-means on the first training batch (else sampled batch vectors)."""
     kmeans_iters: int = 10
@@ -141,6 +161,10 @@ class ModelConfig:
     """Periods of the multi-period discriminator."""
     disc_stft_windows: tuple[int, ...] = (2048, 1024, 512)
     """FFT sizes of the multi-scale STFT discriminator (hop is a quarter of each)."""
+    disc_stft_bands: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+    """Band edges, as fractions of the STFT's bins, that split each STFT discriminator into one
+    conv stack per band (multi-band, as in DAC: high bands are judged on their own instead of under
+    the loud low ones); (0, 1) is one stack over all bins (v1)."""
 
     def __post_init__(self):
         _check(self.sample_rate >= 1000, "model.sample_rate", "must be at least 1000 Hz")
@@ -164,12 +188,16 @@ class ModelConfig:
         _check(0.0 <= self.quantizer_dropout <= 1.0, "model.quantizer_dropout",
                "must be in [0, 1]")
         _check(0.0 < self.ema_decay < 1.0, "model.ema_decay", "must be in (0, 1)")
-        _check(self.dead_code_threshold >= 0, "model.dead_code_threshold", "must be >= 0")
+        _check(0 <= self.dead_code_ratio < 1, "model.dead_code_ratio", "must be in [0, 1)")
         _check(self.kmeans_iters >= 0, "model.kmeans_iters", "must be >= 0")
         _check(self.disc_channels >= 1, "model.disc_channels", "must be >= 1")
         _check(all(p >= 2 for p in self.disc_periods), "model.disc_periods", "must all be >= 2")
         _check(all(w >= 16 for w in self.disc_stft_windows), "model.disc_stft_windows",
                "must all be >= 16")
+        bands = self.disc_stft_bands
+        _check(len(bands) >= 2 and bands[0] == 0 and bands[-1] == 1
+               and all(a < b for a, b in zip(bands, bands[1:])), "model.disc_stft_bands",
+               "must rise from 0 to 1, e.g. [0, 0.25, 0.5, 1] (or [0, 1] for one band)")
 
     @property
     def hop_length(self) -> int:
@@ -211,13 +239,19 @@ class LossConfig:
     """Train against the discriminator (adds the adv and feat terms from adv_start_step on)."""
     adv_start_step: int = 2000
     """First step at which the adversarial terms are used, so reconstruction settles first."""
-    adv_kind: str = "hinge"
-    """GAN objective: hinge or lsgan."""
+    adv_kind: str = "lsgan"
+    """GAN objective: lsgan (least squares, as in DAC) or hinge (discriminator hinge, generator -D
+    as in EnCodec/audiocraft)."""
+    adv_reduction: str = "sum"
+    """How adv and feat combine their parts: sum over sub-discriminators (adv) and over every
+    feature map (feat), like mel over its scales, so the weights mean what DAC's mean; mean (v1)
+    makes both 5-25x weaker than those weights intend."""
     stft_windows: tuple[int, ...] = (512, 1024, 2048)
     """FFT sizes of the multi-resolution STFT loss (hop is a quarter of each)."""
-    mel_windows: tuple[int, ...] = (256, 512, 1024, 2048)
-    """FFT sizes of the multi-scale mel loss (hop is a quarter of each)."""
-    mel_bins: tuple[int, ...] = (20, 40, 80, 160)
+    mel_windows: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048)
+    """FFT sizes of the multi-scale mel loss (hop is a quarter of each). The short ones (2-8 ms at
+    16 kHz) see transients that long windows smear (DAC 16 kHz's choice; v1 had 256-2048)."""
+    mel_bins: tuple[int, ...] = (5, 10, 20, 40, 80, 160, 320)
     """Mel bands at each of mel_windows."""
     mel_floor: float = 1e-5
     """Floor under mel magnitudes before the log, so silence gives a finite loss."""
@@ -234,6 +268,7 @@ class LossConfig:
         object.__setattr__(self, "weights", {**DEFAULT_LOSS_WEIGHTS, **weights})
         _check(self.adv_start_step >= 0, "loss.adv_start_step", "must be >= 0")
         _check(self.adv_kind in ("hinge", "lsgan"), "loss.adv_kind", "must be hinge or lsgan")
+        _check(self.adv_reduction in ("sum", "mean"), "loss.adv_reduction", "must be sum or mean")
         _check(len(self.stft_windows) >= 1 and all(w >= 16 for w in self.stft_windows),
                "loss.stft_windows", "must be a non-empty list of sizes >= 16")
         _check(len(self.mel_windows) >= 1 and all(w >= 16 for w in self.mel_windows),
@@ -241,6 +276,10 @@ class LossConfig:
         _check(len(self.mel_bins) == len(self.mel_windows) and all(b >= 1 for b in self.mel_bins),
                "loss.mel_bins", "needs one positive entry per loss.mel_windows entry")
         _check(self.mel_floor > 0, "loss.mel_floor", "must be > 0")
+
+
+BEST_METRICS = {"pesq": True, "stoi": True, "mel_distance": False, "si_sdr": True, "snr": True}
+"""Val metrics train.best_metric may name, and whether higher is better."""
 
 
 @dataclass(frozen=True)
@@ -261,8 +300,11 @@ class TrainConfig:
     """Linear warm-up steps; health checks start after them."""
     min_lr_ratio: float = 0.1
     """Cosine decay ends at this fraction of the peak learning rate."""
-    grad_clip: float = 1.0
-    """Gradient norm clip."""
+    grad_clip: float = 1000.0
+    """Codec gradient norm clip: a guard against spikes, not a normaliser (the codec's gradient norm
+    is ~1e4 at the start; v1's 1.0 rescaled every step). DAC clips at 1e3."""
+    disc_grad_clip: float = 10.0
+    """Discriminator gradient norm clip (DAC: 10)."""
     grad_accum: int = 1
     """Batches accumulated per optimizer update (accelerator.accumulate)."""
     mixed_precision: str = "auto"
@@ -291,7 +333,11 @@ class TrainConfig:
     checkpoint_minutes: float = 30.0
     """...and at least this often in wall time."""
     keep_checkpoints: int = 3
-    """Keep the newest this many checkpoints (plus the best by val SNR)."""
+    """Keep the newest this many checkpoints (plus the best by train.best_metric)."""
+    best_metric: str = "pesq"
+    """Val metric that picks the `best` checkpoint: pesq (PESQ-WB), stoi, mel_distance (lower is
+    better), si_sdr or snr (v1; adversarial training trades SNR away on purpose, so it would keep an
+    early, muffled checkpoint)."""
     max_nonfinite: int = 5
     """This many non-finite steps in a row roll back to the last checkpoint."""
     rollback_lr_factor: float = 0.5
@@ -322,6 +368,10 @@ class TrainConfig:
                "train.log_every", "log_every, eval_every and checkpoint_every must be >= 1")
         _check(self.progress_seconds >= 0, "train.progress_seconds", "must be >= 0")
         _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+        _check(self.grad_clip > 0 and self.disc_grad_clip > 0, "train.grad_clip",
+               "grad_clip and disc_grad_clip must be > 0")
+        _check(self.best_metric in BEST_METRICS, "train.best_metric",
+               f"must be one of {', '.join(BEST_METRICS)}")
         _check(self.max_nonfinite >= 1, "train.max_nonfinite", "must be >= 1")
         _check(self.workers >= 0, "train.workers", "must be >= 0")
 

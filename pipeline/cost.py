@@ -329,8 +329,9 @@ def summarize_from_checkpoint(run: RunDir, name: str) -> RunCost:
     saved = extra.get("cost") or {}
     status = (run.last_end() or ("unknown", 0))[0]
     best = ckpts.best()
+    best_snr = best["value"] if best and best.get("metric") == "val/snr" else None  # best may be by PESQ
     return RunCost(name, run.url, status, step, CostTotals.from_dict(saved),
-                   best["value"] if best else None, saved.get("first_snr"), last_time=saved.get("time"))
+                   best_snr, saved.get("first_snr"), last_time=saved.get("time"))
 
 
 _RUN_MARK = re.compile(r"^([^/]+)/(ledger\.jsonl|checkpoints/latest\.json|checkpoints/step_\d{8}/manifest\.json)$")

@@ -115,8 +115,9 @@ def stft_loss(ref: torch.Tensor, est: torch.Tensor, windows=(512, 1024, 2048)) -
     return total / len(windows)
 
 
-def mel_loss(ref: torch.Tensor, est: torch.Tensor, sample_rate: int, windows=(256, 512, 1024, 2048),
-             n_mels=(20, 40, 80, 160), floor: float = 1e-5) -> torch.Tensor:
+def mel_loss(ref: torch.Tensor, est: torch.Tensor, sample_rate: int,
+             windows=(32, 64, 128, 256, 512, 1024, 2048), n_mels=(5, 10, 20, 40, 80, 160, 320),
+             floor: float = 1e-5) -> torch.Tensor:
     """Multi-scale mel loss: sum over scales of L1 between log10 mel spectrograms."""
     total = 0.0
     for n_fft, bins in zip(windows, n_mels):
@@ -128,17 +129,28 @@ def mel_loss(ref: torch.Tensor, est: torch.Tensor, sample_rate: int, windows=(25
 # ---------------------------------------------------------------------------------------------
 # Adversarial terms on DiscriminatorOutput-like objects (lists of logits / feature maps).
 
-def adversarial_generator_loss(fake_logits: list[torch.Tensor], kind: str = "hinge") -> torch.Tensor:
-    """Generator side: push fake logits towards "real"; mean over sub-discriminators."""
+def _reduce(losses: list[torch.Tensor], reduction: str) -> torch.Tensor:
+    """Sum (DAC: each part weighs as much as the weight says) or mean (v1) of scalar parts."""
+    stacked = torch.stack(losses)
+    return stacked.sum() if reduction == "sum" else stacked.mean()
+
+
+def adversarial_generator_loss(fake_logits: list[torch.Tensor], kind: str = "lsgan",
+                               reduction: str = "sum") -> torch.Tensor:
+    """Generator side: push fake logits towards "real", over sub-discriminators.
+
+    lsgan: (1 - D)^2. hinge: -D (EnCodec/audiocraft), which keeps pulling when D is already past 1;
+    relu(1 - D), the discriminator's hinge, would stop there.
+    """
     if kind == "hinge":
-        losses = [F.relu(1 - lg).mean() for lg in fake_logits]
+        losses = [-lg.mean() for lg in fake_logits]
     else:  # lsgan
         losses = [(1 - lg).square().mean() for lg in fake_logits]
-    return torch.stack(losses).mean()
+    return _reduce(losses, reduction)
 
 
 def adversarial_discriminator_loss(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor],
-                                   kind: str = "hinge") -> torch.Tensor:
+                                   kind: str = "lsgan", reduction: str = "sum") -> torch.Tensor:
     """Discriminator side: real towards +1, fake towards -1 (hinge) or 0 (lsgan)."""
     losses = []
     for real, fake in zip(real_logits, fake_logits):
@@ -146,16 +158,17 @@ def adversarial_discriminator_loss(real_logits: list[torch.Tensor], fake_logits:
             losses.append(F.relu(1 - real).mean() + F.relu(1 + fake).mean())
         else:
             losses.append((1 - real).square().mean() + fake.square().mean())
-    return torch.stack(losses).mean()
+    return _reduce(losses, reduction)
 
 
 def feature_matching_loss(real_features: list[list[torch.Tensor]],
-                          fake_features: list[list[torch.Tensor]]) -> torch.Tensor:
-    """Mean L1 between real (detached) and fake hidden activations over all layers."""
+                          fake_features: list[list[torch.Tensor]], reduction: str = "sum") -> torch.Tensor:
+    """L1 between real (detached) and fake hidden activations, over every layer of every
+    sub-discriminator (summed, or v1's mean)."""
     losses = [F.l1_loss(fake, real.detach())
               for real_maps, fake_maps in zip(real_features, fake_features)
               for real, fake in zip(real_maps, fake_maps)]
-    return torch.stack(losses).mean()
+    return _reduce(losses, reduction)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,8 +246,8 @@ def generator_loss(out: CodecOutput, target: torch.Tensor, cfg: Config,
         with torch.no_grad():
             real = disc(target)
         fake = disc(out.audio)
-        terms["adv"] = adversarial_generator_loss(fake.logits, cfg.loss.adv_kind)
-        terms["feat"] = feature_matching_loss(real.features, fake.features)
+        terms["adv"] = adversarial_generator_loss(fake.logits, cfg.loss.adv_kind, cfg.loss.adv_reduction)
+        terms["feat"] = feature_matching_loss(real.features, fake.features, cfg.loss.adv_reduction)
     total = weighted_total(terms, cfg.loss.weights)
     return LossResult(total, {name: value.detach() for name, value in terms.items()})
 
@@ -243,5 +256,5 @@ def discriminator_loss(disc: Discriminator, target: torch.Tensor, est: torch.Ten
                        cfg: LossConfig) -> LossResult:
     """The discriminator's objective on real `target` vs detached codec output `est` ([B, 1, T])."""
     real, fake = disc(target), disc(est.detach())
-    total = adversarial_discriminator_loss(real.logits, fake.logits, cfg.adv_kind)
+    total = adversarial_discriminator_loss(real.logits, fake.logits, cfg.adv_kind, cfg.adv_reduction)
     return LossResult(total, {"disc": total.detach()})

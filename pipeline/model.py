@@ -1,4 +1,4 @@
-"""The telucodec codec: a SEANet-style convolutional encoder, residual VQ and mirrored decoder.
+"""The telucodec codec: a SEANet-style convolutional encoder, residual VQ and decoder.
 
     codec = Codec(cfg.model)                    # cfg.model: ModelConfig
     out = codec(audio)                          # audio [B, 1, T] -> CodecOutput
@@ -8,8 +8,9 @@
 
 Blocks compose as ResidualUnit -> EncoderBlock -> Encoder and DecoderBlock -> Decoder (after
 descript-audio-codec). Strides (2, 4, 5, 8) give a hop of 320 samples: 50 frames/s at 16 kHz, and
-with 8 codebooks of 1024 entries, 4 kbps. The decoder ends in a plain conv: no tanh unless
-model.final_tanh, so level errors show in the losses instead of being squashed away.
+with 8 codebooks of 1024 entries, 4 kbps. The nonlinearity is Snake (model.activation; elu is v1's).
+The decoder mirrors the encoder unless model.decoder_channels widens it, and ends in a plain conv:
+no tanh unless model.final_tanh, so level errors show in the losses instead of being squashed away.
 """
 
 from __future__ import annotations
@@ -34,16 +35,38 @@ def wn_conv_transpose1d(*args, **kwargs) -> nn.Module:
     return weight_norm(nn.ConvTranspose1d(*args, **kwargs))
 
 
-class ResidualUnit(nn.Module):
-    """ELU -> dilated conv -> ELU -> 1x1 conv, added to the input: [B, C, L] -> [B, C, L]."""
+class Snake(nn.Module):
+    """x + sin^2(alpha x) / alpha with a learned alpha per channel: [B, C, L] -> [B, C, L].
 
-    def __init__(self, channels: int, dilation: int, kernel_size: int = 7):
+    A periodic inductive bias for pitched audio, which ELU lacks (BigVGAN, DAC)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.sin(self.alpha * x).square() / (self.alpha + 1e-9)
+
+
+def activation(name: str, channels: int) -> nn.Module:
+    """The model's nonlinearity by name (model.activation): snake (per-channel) or elu."""
+    if name == "snake":
+        return Snake(channels)
+    if name == "elu":
+        return nn.ELU()
+    raise ValueError(f"unknown activation {name!r} (snake or elu)")
+
+
+class ResidualUnit(nn.Module):
+    """act -> dilated conv -> act -> 1x1 conv, added to the input: [B, C, L] -> [B, C, L]."""
+
+    def __init__(self, channels: int, dilation: int, kernel_size: int = 7, act: str = "elu"):
         super().__init__()
         self.block = nn.Sequential(
-            nn.ELU(),
+            activation(act, channels),
             wn_conv1d(channels, channels, kernel_size, dilation=dilation,
                       padding=dilation * (kernel_size - 1) // 2),
-            nn.ELU(),
+            activation(act, channels),
             wn_conv1d(channels, channels, 1),
         )
 
@@ -55,11 +78,11 @@ class EncoderBlock(nn.Module):
     """Residual units, then a strided conv: [B, C_in, L] -> [B, C_out, L / stride]."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, dilations=(1, 3, 9),
-                 kernel_size: int = 7):
+                 kernel_size: int = 7, act: str = "elu"):
         super().__init__()
         self.block = nn.Sequential(
-            *(ResidualUnit(in_channels, d, kernel_size) for d in dilations),
-            nn.ELU(),
+            *(ResidualUnit(in_channels, d, kernel_size, act) for d in dilations),
+            activation(act, in_channels),
             # kernel 2*stride, padding ceil(stride/2): L -> L/stride exactly, odd strides too
             wn_conv1d(in_channels, out_channels, 2 * stride, stride=stride,
                       padding=(stride + 1) // 2),
@@ -73,13 +96,13 @@ class DecoderBlock(nn.Module):
     """A transposed conv, then residual units: [B, C_in, L] -> [B, C_out, L * stride]."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, dilations=(1, 3, 9),
-                 kernel_size: int = 7):
+                 kernel_size: int = 7, act: str = "elu"):
         super().__init__()
         self.block = nn.Sequential(
-            nn.ELU(),
+            activation(act, in_channels),
             wn_conv_transpose1d(in_channels, out_channels, 2 * stride, stride=stride,
                                 padding=(stride + 1) // 2, output_padding=stride % 2),
-            *(ResidualUnit(out_channels, d, kernel_size) for d in dilations),
+            *(ResidualUnit(out_channels, d, kernel_size, act) for d in dilations),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,13 +115,13 @@ class Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         k, c = cfg.kernel_size, cfg.channels
-        blocks = [EncoderBlock(c * 2 ** i, c * 2 ** (i + 1), s, cfg.dilations, k)
+        blocks = [EncoderBlock(c * 2 ** i, c * 2 ** (i + 1), s, cfg.dilations, k, cfg.activation)
                   for i, s in enumerate(cfg.strides)]
         top = c * 2 ** len(cfg.strides)
         self.net = nn.Sequential(
             wn_conv1d(1, c, k, padding=k // 2),
             *blocks,
-            nn.ELU(),
+            activation(cfg.activation, top),
             wn_conv1d(top, cfg.latent_dim, 3, padding=1),
         )
 
@@ -107,17 +130,20 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Latent frames to audio: [B, latent_dim, F] -> [B, 1, F * hop]."""
+    """Latent frames to audio: [B, latent_dim, F] -> [B, 1, F * hop]; its widths halve from
+    decoder_channels x 2^len(strides) after the latent to decoder_channels (default: channels)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        k, c, n = cfg.kernel_size, cfg.channels, len(cfg.strides)
-        blocks = [DecoderBlock(c * 2 ** (n - i), c * 2 ** (n - i - 1), s, cfg.dilations, k)
+        k, n = cfg.kernel_size, len(cfg.strides)
+        c = cfg.channels if cfg.decoder_channels is None else cfg.decoder_channels
+        blocks = [DecoderBlock(c * 2 ** (n - i), c * 2 ** (n - i - 1), s, cfg.dilations, k,
+                               cfg.activation)
                   for i, s in enumerate(reversed(cfg.strides))]
         self.net = nn.Sequential(
             wn_conv1d(cfg.latent_dim, c * 2 ** n, k, padding=k // 2),
             *blocks,
-            nn.ELU(),
+            activation(cfg.activation, c),
             wn_conv1d(c, 1, k, padding=k // 2),
             *([nn.Tanh()] if cfg.final_tanh else []),
         )
@@ -133,8 +159,9 @@ def zero_conv_biases(module: nn.Module) -> None:
     its 7 taps) are larger than its input-driven outputs, and so on down the network: at
     initialisation the decoder's output barely depends on the input. Training then sat at the
     "output silence" minimum of the SNR loss for 150 to over 300 steps before it found any
-    correlation (measured on configs/tiny.yaml); with zero biases the network starts as a
-    near-linear function of its input (ELU is linear around 0) and leaves that plateau in ~50.
+    correlation (measured on configs/tiny.yaml, with ELU); with zero biases the network starts as a
+    near-linear function of its input (ELU and Snake are both close to x around 0) and leaves that
+    plateau in ~50.
     """
     for m in module.modules():
         if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)) and m.bias is not None:

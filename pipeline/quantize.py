@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ModelConfig
@@ -103,11 +102,12 @@ def perplexity(codes: torch.Tensor, codebook_size: int) -> torch.Tensor:
 @dataclass
 class VQOutput:
     quantized: torch.Tensor
-    """[B, D, F] quantised vectors (straight-through gradient to the input)."""
+    """[B, D, F] the chosen codebook vectors (no gradient: codebooks move by EMA)."""
     codes: torch.Tensor
     """[B, F] long code indices."""
     commit_loss: torch.Tensor
-    """Scalar MSE between input and (detached) quantised vectors."""
+    """[B] per-clip MSE between the input and its (constant) codebook vectors; its gradient pulls
+    the input towards them."""
     perplexity: torch.Tensor
     """Scalar exp(entropy) of this batch's code use."""
 
@@ -115,13 +115,14 @@ class VQOutput:
 class VectorQuantizer(nn.Module):
     """One EMA codebook: [B, D, F] -> nearest codebook vectors, codes and commitment loss."""
 
-    def __init__(self, dim: int, codebook_size: int, decay: float = 0.99,
-                 dead_code_threshold: float = 0.5, kmeans_init: bool = True, kmeans_iters: int = 10,
-                 eps: float = 1e-5):
+    def __init__(self, dim: int, codebook_size: int, decay: float = 0.99, dead_code_ratio: float = 0.1,
+                 kmeans_init: bool = True, kmeans_iters: int = 10, eps: float = 1e-5):
         super().__init__()
         self.codebook_size, self.decay, self.eps = codebook_size, decay, eps
-        self.dead_code_threshold = dead_code_threshold
+        self.dead_code_ratio = dead_code_ratio
         self.kmeans_iters = kmeans_iters if kmeans_init else 0
+        self.reseeded = 0
+        """Codes re-seeded by the last training call (a metric)."""
         codebook = torch.randn(codebook_size, dim)
         self.register_buffer("codebook", codebook)
         self.register_buffer("cluster_size", torch.ones(codebook_size))
@@ -143,10 +144,8 @@ class VectorQuantizer(nn.Module):
             quantized = self.codebook[codes].view(x.shape[0], x.shape[2], -1).transpose(1, 2)
             if self.training:
                 self._update_ema(clean, codes, finite)
-                self._replace_dead_codes(clean)
-            commit = F.mse_loss(x32, quantized)
-            if x.requires_grad:  # straight-through: forward the code, backward the identity
-                quantized = x32 + (quantized - x32).detach()
+                self.reseeded = self._replace_dead_codes(clean)
+            commit = (x32 - quantized).square().mean(dim=(1, 2))
         return VQOutput(quantized, codes.view(x.shape[0], x.shape[2]), commit,
                         perplexity(codes, self.codebook_size))
 
@@ -181,18 +180,23 @@ class VectorQuantizer(nn.Module):
         self.codebook.copy_(self.embed_sum / smoothed[:, None])
 
     @torch.no_grad()
-    def _replace_dead_codes(self, flat: torch.Tensor) -> None:
+    def _replace_dead_codes(self, flat: torch.Tensor) -> int:
+        """Re-seed codes used less than dead_code_ratio x the mean use; returns how many."""
         # cluster_size is identical on every rank (all-reduced), so all ranks agree on `dead`
         # and make the same broadcast calls.
-        dead = self.cluster_size < self.dead_code_threshold
-        if not bool(dead.any()):
-            return
-        fresh = sample_vectors(flat, int(dead.sum()))
+        mean_use = self.cluster_size.sum() / self.codebook_size
+        dead = self.cluster_size < self.dead_code_ratio * mean_use
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return 0
+        fresh = sample_vectors(flat, n_dead)
         self.codebook[dead] = fresh
-        # Give the new code a consistent EMA history, so the next update does not undo it.
-        self.cluster_size[dead] = self.dead_code_threshold
-        self.embed_sum[dead] = fresh * self.dead_code_threshold
+        # A fresh code starts at the mean use, so it expires only after ~log(1/ratio)/(1-decay)
+        # steps unchosen, not at the next step (as a start at the threshold itself would).
+        self.cluster_size[dead] = mean_use
+        self.embed_sum[dead] = fresh * mean_use
         broadcast_from_rank0_(self.codebook, self.cluster_size, self.embed_sum)
+        return n_dead
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,15 +205,22 @@ class VectorQuantizer(nn.Module):
 @dataclass
 class RVQOutput:
     quantized: torch.Tensor
-    """[B, D, F] sum of the used levels' quantised vectors."""
+    """[B, D, F] sum of the used levels' vectors; its gradient w.r.t. the latent is the identity."""
     codes: torch.Tensor
-    """[B, n_q, F] long codes of the used levels."""
+    """[B, n_q, F] long codes of the levels that ran."""
     commit_loss: torch.Tensor
-    """Scalar mean of the used levels' commitment losses."""
+    """Scalar mean of commit_losses."""
+    commit_losses: torch.Tensor
+    """[n_q] each level's commitment, averaged over the clips (those that do not decode the level
+    count as 0, as in DAC)."""
+    levels_per_clip: torch.Tensor
+    """[B] how many levels each clip's sum holds (under per-sample dropout, fewer for some)."""
     n_quantizers: int
-    """Levels used for this call (fewer than all under quantizer dropout)."""
+    """Levels that ran (fewer than all only under per-batch dropout or when asked)."""
     perplexity: torch.Tensor
-    """[n_q] code-use perplexity of each used level."""
+    """[n_q] code-use perplexity of each level that ran."""
+    reseeded: int = 0
+    """Dead codes re-seeded by this call, over all levels."""
 
 
 class QuantizerLevel(nn.Module):
@@ -221,12 +232,21 @@ class QuantizerLevel(nn.Module):
         self.project_in = nn.Conv1d(latent_dim, codebook_dim, 1) if project else nn.Identity()
         self.project_out = nn.Conv1d(codebook_dim, latent_dim, 1) if project else nn.Identity()
         self.vq = VectorQuantizer(codebook_dim, cfg.codebook_size, cfg.ema_decay,
-                                  cfg.dead_code_threshold, cfg.kmeans_init, cfg.kmeans_iters)
+                                  cfg.dead_code_ratio, cfg.kmeans_init, cfg.kmeans_iters)
 
-    def forward(self, residual: torch.Tensor) -> tuple[torch.Tensor, VQOutput]:
-        """[B, D, F] -> (quantized [B, D, F] in latent space, VQOutput in codebook space)."""
-        out = self.vq(self.project_in(residual))
-        return self.project_out(out.quantized), out
+    def forward(self, residual: torch.Tensor, straight_through: bool) -> tuple[torch.Tensor, VQOutput]:
+        """[B, D, F] -> (quantized [B, D, F] in latent space, VQOutput in codebook space).
+
+        Without `straight_through` the result depends on the weights of project_out only, not on
+        `residual` (the caller passes the latent's gradient on); with it, the identity passes back
+        to `residual` through the codebook space (v1's chained levels).
+        """
+        projected = self.project_in(residual)
+        out = self.vq(projected)
+        vectors = out.quantized
+        if straight_through and projected.requires_grad:
+            vectors = projected + (vectors - projected).detach()
+        return self.project_out(vectors), out
 
     def encode(self, residual: torch.Tensor) -> torch.Tensor:
         return self.vq.encode(self.project_in(residual))
@@ -236,42 +256,66 @@ class QuantizerLevel(nn.Module):
 
 
 class ResidualVQ(nn.Module):
-    """n_codebooks residual levels with quantizer dropout: [B, D, F] -> RVQOutput."""
+    """n_codebooks residual levels with quantizer dropout: [B, D, F] -> RVQOutput.
+
+    With model.quantizer_gradient "sum", level k quantises z - (levels 1..k-1, detached), so its
+    commitment pulls the latent towards what the levels before it left over, and the decoder's
+    gradient reaches the latent through one straight-through step on the sum. With
+    model.quantizer_dropout_per "sample", every level runs on every clip and only the sum and the
+    commitment are masked per clip.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_codebooks, self.dropout = cfg.n_codebooks, cfg.quantizer_dropout
+        self.per_sample = cfg.quantizer_dropout_per == "sample"
+        self.chained = cfg.quantizer_gradient == "chained"
         codebook_dim = cfg.codebook_dim or cfg.latent_dim
         self.levels = nn.ModuleList(QuantizerLevel(cfg.latent_dim, codebook_dim, cfg)
                                     for _ in range(cfg.n_codebooks))
 
     def forward(self, z: torch.Tensor, n_quantizers: int | None = None) -> RVQOutput:
-        """[B, D, F] -> RVQOutput using `n_quantizers` levels (training: maybe a random number)."""
-        n_q = self.choose_n_quantizers(n_quantizers, z.device)
-        quantized, residual = torch.zeros_like(z, dtype=torch.float32), z
-        codes, commits, perplexities = [], [], []
-        for level in self.levels[:n_q]:
-            level_q, out = level(residual)
-            quantized = quantized + level_q
-            residual = residual - level_q
+        """[B, D, F] -> RVQOutput using `n_quantizers` levels (training: maybe fewer per clip)."""
+        z32 = z.float()
+        n_run, per_clip = self.levels_to_run(n_quantizers, z32)
+        quantized, residual = torch.zeros_like(z32), z32
+        codes, commits, perplexities, reseeded = [], [], [], 0
+        for i, level in enumerate(self.levels[:n_run]):
+            level_q, out = level(residual, straight_through=self.chained)
+            used = (per_clip > i).to(z32.dtype)  # [B]: the clips that decode this level
+            quantized = quantized + level_q * used[:, None, None]
+            residual = residual - (level_q if self.chained else level_q.detach())
             codes.append(out.codes)
-            commits.append(out.commit_loss)
+            commits.append((out.commit_loss * used).mean())
             perplexities.append(out.perplexity)
-        return RVQOutput(quantized, torch.stack(codes, 1), torch.stack(commits).mean(), n_q,
-                         torch.stack(perplexities))
+            reseeded += level.vq.reseeded if self.training else 0
+        if not self.chained and z32.requires_grad:
+            quantized = quantized + (z32 - z32.detach())  # straight through: identity to the latent
+        commits = torch.stack(commits)
+        return RVQOutput(quantized, torch.stack(codes, 1), commits.mean(), commits, per_clip, n_run,
+                         torch.stack(perplexities), reseeded)
 
-    def choose_n_quantizers(self, requested: int | None, device: torch.device) -> int:
-        """Levels to use: `requested` if given; in training with prob. `dropout` a random 1..n."""
+    def levels_to_run(self, requested: int | None, z: torch.Tensor) -> tuple[int, torch.Tensor]:
+        """(levels to run, [B] levels each clip decodes): `requested` if given; in training, under
+        quantizer dropout, a random 1..n for a share of the clips (per sample) or the batch."""
+        batch = z.shape[0]
         if requested is not None:
-            return self._checked(requested)
+            n = self._checked(requested)
+            return n, torch.full((batch,), n, device=z.device)
+        full = torch.full((batch,), self.n_codebooks, device=z.device)
         if not self.training or self.dropout == 0:
-            return self.n_codebooks
+            return self.n_codebooks, full
+        if self.per_sample:  # every level runs; a share of the clips decodes fewer
+            dropped = torch.rand(batch, device=z.device) < self.dropout
+            drawn = torch.randint(1, self.n_codebooks + 1, (batch,), device=z.device)
+            return self.n_codebooks, torch.where(dropped, drawn, full)
         chosen = torch.tensor([self.n_codebooks])
         if torch.rand(()) < self.dropout:
             chosen = torch.randint(1, self.n_codebooks + 1, (1,))
-        chosen = chosen.to(device)
-        broadcast_from_rank0_(chosen)  # every rank must use the same levels (their EMA all-reduces)
-        return int(chosen.item())
+        chosen = chosen.to(z.device)
+        broadcast_from_rank0_(chosen)  # every rank must run the same levels (their EMA all-reduces)
+        n = int(chosen.item())
+        return n, torch.full((batch,), n, device=z.device)
 
     def _checked(self, n_quantizers: int) -> int:
         if not 1 <= n_quantizers <= self.n_codebooks:

@@ -26,6 +26,8 @@ RESUME_RULES: dict[str, str] = {
     "prep": HARMLESS,  # used by `prep` only; training reads what data.url holds
     "model.sample_rate": NEVER,
     "model.channels": NEVER,
+    "model.decoder_channels": NEVER,
+    "model.activation": NEVER,  # snake has its own weights
     "model.latent_dim": NEVER,
     "model.strides": NEVER,
     "model.dilations": NEVER,
@@ -35,13 +37,16 @@ RESUME_RULES: dict[str, str] = {
     "model.codebook_size": NEVER,
     "model.codebook_dim": NEVER,
     "model.quantizer_dropout": FORCEABLE,
+    "model.quantizer_dropout_per": FORCEABLE,
+    "model.quantizer_gradient": FORCEABLE,
     "model.ema_decay": FORCEABLE,
-    "model.dead_code_threshold": FORCEABLE,
+    "model.dead_code_ratio": FORCEABLE,
     "model.kmeans_init": HARMLESS,  # used only before the codebooks are initialised; a checkpoint is past that
     "model.kmeans_iters": HARMLESS,
     "model.disc_channels": NEVER,
     "model.disc_periods": NEVER,
     "model.disc_stft_windows": NEVER,
+    "model.disc_stft_bands": NEVER,
     "loss": FORCEABLE,  # turning adversarial on starts a fresh discriminator, which works
     "train.steps": HARMLESS,  # the cosine schedule is stretched to the new length
     "train.batch_size": FORCEABLE,
@@ -52,6 +57,7 @@ RESUME_RULES: dict[str, str] = {
     "train.warmup_steps": FORCEABLE,
     "train.min_lr_ratio": FORCEABLE,
     "train.grad_clip": FORCEABLE,
+    "train.disc_grad_clip": FORCEABLE,
     "train.grad_accum": FORCEABLE,
     "train.mixed_precision": FORCEABLE,
     "train.seed": FORCEABLE,  # data order and crops from here on
@@ -65,6 +71,7 @@ RESUME_RULES: dict[str, str] = {
     "train.checkpoint_every": HARMLESS,
     "train.checkpoint_minutes": HARMLESS,
     "train.keep_checkpoints": HARMLESS,
+    "train.best_metric": HARMLESS,  # the next eval that beats best.json's metric takes its place
     "train.max_nonfinite": HARMLESS,
     "train.rollback_lr_factor": HARMLESS,  # the rollbacks so far stay in the checkpoint's lr_scale
     # Another world size resumes: weights and optimizer load on every rank, each rank's data plan

@@ -27,7 +27,7 @@ def test_demo_end_to_end_reduced(tmp_path, capsys):
     assert names[-2:] == ["opus-6k", "codec2-3200"] and "telucodec-8" in names
     assert list(out.glob("eval/*.png"))
     assert f"checkpoints:  {out / 'run' / 'checkpoints'}" in text
-    assert "SNR" in text and "next, on a real cluster" in text
+    assert "SNR" in text and "PESQ-WB" in text and "STOI" in text and "next, on a real cluster" in text
     events = [json.loads(line)["event"] for line in (out / "run" / "events.jsonl").read_text().splitlines()]
     assert events.count("preempted") == 1 and events[-1] == "finished"  # one simulated reclaim, then done
     assert events.index("preempted") < events.index("restarted") < events.index("resumed")

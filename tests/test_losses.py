@@ -13,8 +13,9 @@ import yaml
 
 from pipeline.config import Config, ConfigError, LossConfig, ModelConfig, load_config
 from pipeline.discriminator import Discriminator
-from pipeline.losses import (discriminator_loss, generator_loss, level_loss, log_mel, mel_filterbank,
-                             mel_loss, negative_snr_loss, reconstruction_terms, stft_loss)
+from pipeline.losses import (adversarial_generator_loss, discriminator_loss, generator_loss, level_loss,
+                             log_mel, mel_filterbank, mel_loss, negative_snr_loss, reconstruction_terms,
+                             stft_loss)
 from pipeline.model import Codec
 
 T = 4000
@@ -106,6 +107,50 @@ def test_adversarial_terms_start_at_adv_start_step():
     out = codec(target)
     assert "adv" not in generator_loss(out, target, ADV, disc=disc, step=9).terms
     assert {"adv", "feat"} <= set(generator_loss(out, target, ADV, disc=disc, step=10).terms)
+
+
+def _gradient_norms(cfg: Config) -> dict[str, float]:
+    """Norm of each generator term's gradient w.r.t. the decoded audio, on one fixed batch."""
+    torch.manual_seed(0)
+    target = torch.randn(2, 1, 2000) * 0.1
+    codec, disc = Codec(cfg.model), Discriminator(cfg.model)
+    out = codec(target)
+    decoded = out.audio.detach().requires_grad_()
+    out.audio = decoded
+    terms = generator_loss(out, target, cfg, disc=disc, step=10).terms
+    norms = {}
+    for name in ("adv", "feat", "mel"):
+        torch.manual_seed(0)
+        out.audio = decoded
+        result = generator_loss(out, target, dataclasses.replace(
+            cfg, loss=dataclasses.replace(cfg.loss, weights={k: float(k == name) for k in terms})),
+            disc=disc, step=10)
+        (grad,) = torch.autograd.grad(result.total, decoded)
+        norms[name] = float(grad.norm())
+    return norms
+
+
+def test_adv_and_feat_are_sums_like_mel_so_their_weights_mean_what_dacs_mean():
+    """DAC sums mel over scales, adv over sub-discriminators and feat over feature maps, and weighs
+    them 15 / 1 / 2. v1 averaged adv and feat, which made them n_subs and n_maps times weaker
+    against mel than those weights say."""
+    summed = _gradient_norms(ADV)
+    averaged = _gradient_norms(dataclasses.replace(ADV, loss=dataclasses.replace(ADV.loss, adv_reduction="mean")))
+    disc_out = Discriminator(TINY_MODEL)(torch.randn(1, 1, 2000))
+    n_subs, n_maps = len(disc_out.logits), sum(len(f) for f in disc_out.features)
+    assert summed["adv"] / averaged["adv"] == pytest.approx(n_subs, rel=1e-4)
+    assert summed["feat"] / averaged["feat"] == pytest.approx(n_maps, rel=1e-4)
+    assert summed["mel"] == pytest.approx(averaged["mel"])
+    # the share of the adversarial terms in the decoder's gradient grows by those factors
+    share = lambda n: (n["adv"] + 2 * n["feat"]) / (15 * n["mel"])  # noqa: E731
+    assert share(summed) > 4 * share(averaged)
+
+
+def test_generator_hinge_keeps_pulling_past_one():
+    """relu(1 - D) (v1) has no gradient once D > 1; the generator's hinge is -D (EnCodec)."""
+    logits = torch.full((2, 1, 8), 2.0, requires_grad=True)
+    adversarial_generator_loss([logits], kind="hinge").backward()
+    assert (logits.grad < 0).all()
 
 
 def test_spectral_losses_run_in_fp32_under_bf16_autocast():

@@ -1,4 +1,5 @@
-"""The codec model: shapes, encode/decode consistency, no tanh by default, bitrate, config checks.
+"""The codec model: shapes, encode/decode consistency, Snake or ELU, a wider decoder, no tanh by
+default, bitrate, config checks.
 
     .venv/bin/pytest tests/test_model.py -q
 """
@@ -11,7 +12,7 @@ import yaml
 from torch import nn
 
 from pipeline.config import ConfigError, ModelConfig, load_config
-from pipeline.model import Codec, CodecOutput
+from pipeline.model import Codec, CodecOutput, Snake
 
 TINY = ModelConfig(channels=4, latent_dim=16, codebook_size=16, n_codebooks=4)
 
@@ -58,6 +59,52 @@ def test_training_forward_reports_losses_and_passes_gradients_through_quantizer(
     first_conv = codec.encoder.net[0]
     assert first_conv.parametrizations.weight.original1.grad.abs().sum() > 0  # straight-through
     assert out.perplexity.shape == (4,)
+
+
+def test_snake_at_alpha_one_is_x_plus_sin_squared_and_alpha_learns():
+    snake = Snake(3)
+    assert snake.alpha.shape == (1, 3, 1) and torch.equal(snake.alpha, torch.ones(1, 3, 1))
+    x = torch.randn(2, 3, 10)
+    y = snake(x)
+    assert torch.allclose(y, x + torch.sin(x) ** 2)
+    y.sum().backward()
+    assert snake.alpha.grad.shape == (1, 3, 1) and (snake.alpha.grad != 0).all()
+
+
+@pytest.mark.parametrize("name, kind, absent", [("snake", Snake, nn.ELU), ("elu", nn.ELU, Snake)])
+def test_model_activation_picks_the_nonlinearity_everywhere(name, kind, absent):
+    codec = Codec(dataclasses.replace(TINY, activation=name))
+    assert any(isinstance(m, kind) for m in codec.modules())
+    assert not any(isinstance(m, absent) for m in codec.modules())
+
+
+def test_snake_adds_one_alpha_per_channel_to_the_elu_model():
+    snake, elu = Codec(TINY), Codec(dataclasses.replace(TINY, activation="elu"))
+    alphas = sum(m.alpha.numel() for m in snake.modules() if isinstance(m, Snake))
+    n_weights = [sum(p.numel() for p in codec.parameters()) for codec in (snake, elu)]
+    assert alphas > 0 and n_weights[0] == n_weights[1] + alphas
+
+
+def _conv_widths(module: nn.Module) -> list[int]:
+    convs = (nn.Conv1d, nn.ConvTranspose1d)
+    return [m.out_channels for m in module.modules() if isinstance(m, convs)]
+
+
+def test_decoder_channels_widen_only_the_decoder():
+    torch.manual_seed(0)
+    wide = Codec(dataclasses.replace(TINY, decoder_channels=6))
+    n = len(TINY.strides)
+    assert max(_conv_widths(wide.decoder)) == wide.decoder.net[0].out_channels == 6 * 2 ** n
+    assert _conv_widths(wide.encoder) == _conv_widths(Codec(TINY).encoder)
+    mirrored = Codec(dataclasses.replace(TINY, decoder_channels=TINY.channels))
+    assert _conv_widths(mirrored.decoder) == _conv_widths(Codec(TINY).decoder)
+    x = torch.randn(2, 1, 1001) * 0.3
+    wide.train()
+    wide(x)  # initialises the codebooks
+    wide.eval()
+    with torch.no_grad():
+        assert wide.decode(wide.encode(x), length=1001).shape == x.shape
+        assert wide(x).audio.shape == x.shape
 
 
 def _set_output_bias(codec: Codec, value: float) -> None:
@@ -115,6 +162,8 @@ def test_bitrate():
     ({"strides": (3, 7)}, "model.strides"),
     ({"kernel_size": 4}, "model.kernel_size"),
     ({"quantizer_dropout": 1.5}, "model.quantizer_dropout"),
+    ({"disc_stft_bands": (0.2, 1.0)}, "model.disc_stft_bands"),
+    ({"disc_stft_bands": (0.0, 0.5, 0.4, 1.0)}, "model.disc_stft_bands"),
 ])
 def test_model_config_checks(override, key):
     with pytest.raises(ConfigError, match=key):

@@ -14,7 +14,7 @@ from pipeline.checkpoint import Checkpoints
 from pipeline.config import Config, load_config, to_dict
 from pipeline.resume import RESUME_RULES, ResumeError, check_resume, resume_rule
 from pipeline.rundir import RunDir
-from pipeline.train import lr_lambda, train
+from pipeline.train import lr_factor, train
 from run_fixtures import TINY_MEL, TINY_RUN
 
 SMALL = [*TINY_RUN, *TINY_MEL, "train.steps=2", "train.workers=0", "train.lr=0.003", "tracking.enabled=false"]
@@ -81,11 +81,11 @@ def test_a_forced_lr_is_what_the_optimizer_uses_and_what_the_checkpoint_records(
     assert "changed on resume: train.lr 0.003 -> 0.5 (forced)" in check_resume(cfg, "force")
     assert train(cfg).step == 4
     lrs = {r["step"]: r["lr"] for r in RunDir(str(run)).metrics.read() if "lr" in r}
-    schedule = lr_lambda(cfg)
-    assert lrs[3] == pytest.approx(0.5 * schedule(2)) and lrs[4] == pytest.approx(0.5 * schedule(3))
+    assert lrs[3] == pytest.approx(0.5 * lr_factor(cfg, 2)) and lrs[4] == pytest.approx(0.5 * lr_factor(cfg, 3))
     ckpts = Checkpoints(str(run))
     assert ckpts.load(ckpts.latest_step(), "train")["config"]["train"]["lr"] == 0.5
-    assert ckpts.load(ckpts.latest_step(), "optim")["opt_g"]["param_groups"][0]["initial_lr"] == 0.5
+    assert ckpts.load(ckpts.latest_step(), "optim")["opt_g"]["param_groups"][0]["lr"] == pytest.approx(
+        0.5 * lr_factor(cfg, 3))
 
 
 def test_a_model_change_is_refused_even_with_force(run_of):

@@ -107,9 +107,16 @@ def print_demo_summary(cfg, out: Path, dataset: Path, prepped: Path, run_dir: Pa
         console.print(f"spot drill:   notice at step {drill.fired_at}, checkpoint and stop at step {drill.stopped_at}, "
                       f"resumed there by a new worker group" if drill.stopped_at is not None
                       else "spot drill:   the run ended before the notice was acted on")
+    opus = report.score("opus-6k")
     console.print(f"telucodec-{cfg.model.n_codebooks} at {full.bitrate_kbps:.2f} kbps on held-out clips: "
-                  f"SNR {full.snr:.2f} dB, SI-SDR {full.si_sdr:.2f} dB (a CPU toy: minutes of audio, "
-                  f"{cfg.train.steps} steps; see README for what to expect at scale)")
+                  f"PESQ-WB {score_text(full.pesq)}, STOI {score_text(full.stoi, 3)}, SNR {full.snr:.2f} dB, "
+                  f"SI-SDR {full.si_sdr:.2f} dB; Opus 6 kbps: PESQ-WB {score_text(opus.pesq)}, STOI "
+                  f"{score_text(opus.stoi, 3)} (a CPU toy: minutes of audio, {cfg.train.steps} steps; see README "
+                  "for what to expect at scale)")
     console.print("next, on a real cluster: telucodec prep ... --out s3://BUCKET/te; telucodec submit --address "
                   "http://HEAD:8265 --runs s3://BUCKET/runs gpu data.url=s3://BUCKET/te-r8 "
                   "train.workers=8; telucodec jobs status ID")
+
+
+def score_text(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"

@@ -1,0 +1,77 @@
+"""The training recipe's knobs outside the quantizer and losses: separate codec and discriminator
+gradient clips, no weight decay sneaking into the discriminator, a schedule with no scheduler state,
+the best checkpoint by a perceptual metric, and a health guard that lets the GAN stage trade SNR.
+
+    .venv/bin/pytest tests/test_train_recipe.py -q
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from audio_fixtures import make_dataset
+from pipeline.checkpoint import Checkpoints
+from pipeline.config import load_config
+from pipeline.train import build_state, health_problems, make_accelerator, train_step
+from run_fixtures import OFF_CLOUD, TINY_MEL, TINY_RUN
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def adversarial_config(tmp_path, *overrides):
+    return load_config([REPO / "configs" / "base.yaml"], [
+        *TINY_RUN, *TINY_MEL, f"run.dir={tmp_path / 'run'}", "train.workers=0", "loss.adversarial=true",
+        "loss.adv_start_step=0", "model.disc_channels=2", "model.disc_periods=[2]",
+        "model.disc_stft_windows=[128]", "tracking.enabled=false", *OFF_CLOUD, *overrides])
+
+
+def test_discriminator_has_its_own_clip_and_the_configs_weight_decay(tmp_path):
+    cfg = adversarial_config(tmp_path, "train.grad_clip=1000", "train.disc_grad_clip=0.001")
+    accel = make_accelerator(cfg)
+    state = build_state(cfg, accel)
+    assert [g["weight_decay"] for g in state.opt_d.param_groups] == [0.0]  # AdamW's default is 0.01
+    seen = []  # the discriminator's gradient norm when its optimizer steps
+    state.opt_d.optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen.append(torch.linalg.vector_norm(
+        torch.stack([p.grad.norm() for g in opt.param_groups for p in g["params"] if p.grad is not None]))))
+    metrics = train_step(state, torch.randn(2, 1, 1600) * 0.3, accel, cfg)
+    assert len(seen) == 1 and 0 < seen[0] <= 0.001 * 1.01  # clipped at disc_grad_clip...
+    assert metrics["grad_norm"] > 0.001 and "disc" in metrics  # ...while the codec's is not
+
+
+def test_the_health_guard_lets_the_gan_stage_trade_snr_but_not_level(tmp_path):
+    cfg = adversarial_config(tmp_path, "loss.adv_start_step=100", "train.warmup_steps=10")
+    quiet_loud = {"val/snr": -2.0, "val/range_ratio": 0.9}
+    assert any("worse than silence" in p for p in health_problems(quiet_loud, 50, cfg))
+    assert health_problems(quiet_loud, 100, cfg) == []  # adversarial from step 100
+    collapsed = {"val/snr": -2.0, "val/range_ratio": 0.3}
+    assert any("collapsing" in p for p in health_problems(collapsed, 100, cfg))
+
+
+def test_best_checkpoint_by_a_metric_where_lower_is_better(tmp_path):
+    ck = Checkpoints(str(tmp_path))
+    assert ck.mark_best(1, "val/mel_distance", 2.0, higher_is_better=False)
+    assert not ck.mark_best(2, "val/mel_distance", 2.5, higher_is_better=False)
+    assert ck.mark_best(3, "val/mel_distance", 1.5, higher_is_better=False)
+    # a best by another metric (train.best_metric changed on resume) is replaced by the new one
+    assert ck.mark_best(4, "val/pesq", 1.1)
+    assert ck.best() == {"step": 4, "metric": "val/pesq", "value": 1.1}
+
+
+def test_best_is_chosen_by_pesq_and_no_scheduler_state_is_saved(tmp_path):
+    data = str(tmp_path / "data")
+    make_dataset(data, [4], sr=16000, seconds=1.0)
+    cfg = load_config([REPO / "configs" / "base.yaml", REPO / "configs" / "tiny.yaml"], [
+        *TINY_RUN, *TINY_MEL, f"data.url={data}", f"run.dir={tmp_path / 'run'}", "train.workers=0",
+        "train.steps=2", "train.eval_every=1", "train.eval_seconds=1.0", "train.checkpoint_every=1",
+        "tracking.enabled=false"])
+    from pipeline.train import train
+
+    assert train(cfg).status == "finished"
+    ck = Checkpoints(cfg.run.dir)
+    best = ck.best()
+    assert best["metric"] == "val/pesq" and best["step"] in (1, 2)
+    meta = [ck.load(s, "train") for s in ck.steps()]
+    assert all("best_snr" not in m for m in meta)
+    # the learning rate is a function of the step: nothing like a never-stepped LambdaLR is kept
+    assert set(ck.load(2, "optim")) == {"opt_g", "disc", "opt_d"}
