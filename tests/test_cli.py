@@ -40,7 +40,7 @@ def test_shipped_configs_by_name_from_another_folder(tmp_path, monkeypatch, caps
 def test_an_unknown_config_or_override_is_one_line_naming_it(capsys):
     assert main(["config", "show", "tinny"]) == 2
     assert capsys.readouterr().err.strip() == ("telucodec: error: tinny: expected a config (a .yaml file, or one of: "
-                                               "base, gpu, tiny) or a key=value override")
+                                               "base, gpu, tiny, v1) or a key=value override")
     assert main(["config", "show", "tiny", "lr=3"]) == 2
     assert "lr=3: not a key=value override" in capsys.readouterr().err
     assert main(["config", "show", "train.lrr=3"]) == 2
