@@ -208,7 +208,7 @@ def train_until(state: State, accel, cfg: Config, batches, deadline: float, swit
         t2 = time.perf_counter()
         state.step += 1
         phase.seen += 1
-        phase.losses.append(metrics["loss/total"])
+        phase.losses.append(float(metrics["loss/total"]))
         if count:
             phase.flops = float(counter.get_total_flops())
         elif phase.seen > WARMUP_STEPS:

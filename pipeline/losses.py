@@ -87,11 +87,17 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
     return torch.minimum(rising, falling).clamp(min=0).float()
 
 
+@functools.lru_cache(maxsize=64)
+def mel_filterbank_on(device: torch.device, sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
+    """mel_filterbank on `device`, copied there once (not at every loss call)."""
+    return mel_filterbank(sample_rate, n_fft, n_mels).to(device)
+
+
 def log_mel(x: torch.Tensor, sample_rate: int, n_fft: int, n_mels: int,
             floor: float = 1e-5) -> torch.Tensor:
     """log10 mel magnitudes in fp32: [B, 1, T] -> [B, n_mels, frames]."""
     with torch.autocast(x.device.type, enabled=False):
-        fb = mel_filterbank(sample_rate, n_fft, n_mels).to(x.device)
+        fb = mel_filterbank_on(x.device, sample_rate, n_fft, n_mels)
         mel = fb @ stft_magnitude(x, n_fft)
         return mel.clamp(min=floor).log10()  # floor on the log's input: silence -> log10(floor)
 

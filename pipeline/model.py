@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from pipeline.config import ModelConfig
-from pipeline.quantize import ResidualVQ
+from pipeline.quantize import ResidualVQ, perplexity
 
 
 def wn_conv1d(*args, **kwargs) -> nn.Module:
@@ -180,8 +180,13 @@ class CodecOutput:
     """Bits per second of the codes actually used (n_q levels)."""
     n_quantizers: int = 0
     """Levels used (fewer than model.n_codebooks under quantizer dropout or when asked)."""
-    perplexity: torch.Tensor | None = None
-    """[n_q] code-use perplexity of each level in this batch."""
+    codebook_size: int = 0
+
+    @property
+    def perplexity(self) -> torch.Tensor:
+        """[n_q] code-use perplexity of each level in this batch (computed when asked: a histogram
+        per level, not something every training step should pay for)."""
+        return torch.stack([perplexity(self.codes[:, i], self.codebook_size) for i in range(self.codes.shape[1])])
 
 
 class Codec(nn.Module):
@@ -213,7 +218,7 @@ class Codec(nn.Module):
         decoded = self.decoder(q.quantized)[..., :audio.shape[-1]]
         return CodecOutput(audio=decoded, codes=q.codes, losses={"vq/commit": q.commit_loss},
                            bitrate=self.bitrate(q.n_quantizers), n_quantizers=q.n_quantizers,
-                           perplexity=q.perplexity)
+                           codebook_size=self.cfg.codebook_size)
 
     def encode(self, audio: torch.Tensor, n_quantizers: int | None = None) -> torch.Tensor:
         """[B, 1, T] -> codes [B, n_q, ceil(T / hop)] (long)."""

@@ -80,11 +80,13 @@ def kmeans(vectors: torch.Tensor, k: int, iters: int) -> tuple[torch.Tensor, tor
 def cluster_stats(vectors: torch.Tensor, codes: torch.Tensor, k: int,
                   weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-code use counts [K] and sums of assigned vectors [K, D]; `weight` [N] (0/1) masks rows."""
+    # index_add_, not bincount: bincount sizes its output from the data, a host read on a GPU
     if weight is None:
-        counts = torch.bincount(codes, minlength=k).to(vectors.dtype)
+        weight = torch.ones_like(codes, dtype=vectors.dtype)
     else:
-        counts = torch.bincount(codes, weights=weight.to(vectors.dtype), minlength=k).to(vectors.dtype)
-        vectors = vectors * weight.to(vectors.dtype)[:, None]
+        weight = weight.to(vectors.dtype)
+        vectors = vectors * weight[:, None]
+    counts = vectors.new_zeros(k).index_add_(0, codes, weight)
     sums = vectors.new_zeros(k, vectors.shape[1]).index_add_(0, codes, vectors)
     return counts, sums
 
@@ -108,8 +110,6 @@ class VQOutput:
     commit_loss: torch.Tensor
     """[B] per-clip MSE between the input and its (constant) codebook vectors; its gradient pulls
     the input towards them."""
-    perplexity: torch.Tensor
-    """Scalar exp(entropy) of this batch's code use."""
 
 
 class VectorQuantizer(nn.Module):
@@ -121,8 +121,10 @@ class VectorQuantizer(nn.Module):
         self.codebook_size, self.decay, self.eps = codebook_size, decay, eps
         self.dead_code_ratio = dead_code_ratio
         self.kmeans_iters = kmeans_iters if kmeans_init else 0
-        self.reseeded = 0
-        """Codes re-seeded by the last training call (a metric)."""
+        self.reseeded: torch.Tensor | int = 0
+        """Codes re-seeded by the last training call (a metric: a device tensor, read when logged)."""
+        self._known_initialized = False
+        """Host mirror of the `initialized` buffer, so that training reads it from the device once."""
         codebook = torch.randn(codebook_size, dim)
         self.register_buffer("codebook", codebook)
         self.register_buffer("cluster_size", torch.ones(codebook_size))
@@ -138,16 +140,17 @@ class VectorQuantizer(nn.Module):
             # its EMA statistics and any code drawn from it would stay poisoned for good.
             finite = torch.isfinite(flat).all(dim=1)
             clean = torch.where(finite[:, None], flat, torch.zeros_like(flat))
-            if self.training and not bool(self.initialized):
-                self._init_codebook(clean)
+            if self.training and not self._known_initialized:
+                if not bool(self.initialized):
+                    self._init_codebook(clean)
+                self._known_initialized = True
             codes = nearest_code(clean, self.codebook)
             quantized = self.codebook[codes].view(x.shape[0], x.shape[2], -1).transpose(1, 2)
             if self.training:
                 self._update_ema(clean, codes, finite)
                 self.reseeded = self._replace_dead_codes(clean)
             commit = (x32 - quantized).square().mean(dim=(1, 2))
-        return VQOutput(quantized, codes.view(x.shape[0], x.shape[2]), commit,
-                        perplexity(codes, self.codebook_size))
+        return VQOutput(quantized, codes.view(x.shape[0], x.shape[2]), commit)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """[B, D, F] -> codes [B, F] (no codebook update)."""
@@ -180,23 +183,36 @@ class VectorQuantizer(nn.Module):
         self.codebook.copy_(self.embed_sum / smoothed[:, None])
 
     @torch.no_grad()
-    def _replace_dead_codes(self, flat: torch.Tensor) -> int:
-        """Re-seed codes used less than dead_code_ratio x the mean use; returns how many."""
-        # cluster_size is identical on every rank (all-reduced), so all ranks agree on `dead`
-        # and make the same broadcast calls.
+    def _replace_dead_codes(self, flat: torch.Tensor) -> torch.Tensor:
+        """Re-seed codes used less than dead_code_ratio x the mean use; returns how many (a tensor).
+
+        No host read: up to `reseed_per_step` fresh vectors are drawn every step and the dead codes
+        take them in index order (any beyond that wait a step). Only the fresh vectors are broadcast
+        from rank 0: cluster_size is identical on every rank (all-reduced), so every rank agrees on
+        which codes are dead and applies the same update.
+        """
         mean_use = self.cluster_size.sum() / self.codebook_size
         dead = self.cluster_size < self.dead_code_ratio * mean_use
-        n_dead = int(dead.sum())
-        if n_dead == 0:
-            return 0
-        fresh = sample_vectors(flat, n_dead)
-        self.codebook[dead] = fresh
+        fresh = sample_vectors(flat, self.reseed_per_step)
+        broadcast_from_rank0_(fresh)
+        slot = torch.cumsum(dead, 0) - 1
+        take = dead & (slot < self.reseed_per_step)
+        chosen = fresh[slot.clamp(0, self.reseed_per_step - 1)]
+        self.codebook.copy_(torch.where(take[:, None], chosen, self.codebook))
         # A fresh code starts at the mean use, so it expires only after ~log(1/ratio)/(1-decay)
         # steps unchosen, not at the next step (as a start at the threshold itself would).
-        self.cluster_size[dead] = mean_use
-        self.embed_sum[dead] = fresh * mean_use
-        broadcast_from_rank0_(self.codebook, self.cluster_size, self.embed_sum)
-        return n_dead
+        self.cluster_size.copy_(torch.where(take, mean_use, self.cluster_size))
+        self.embed_sum.copy_(torch.where(take[:, None], chosen * mean_use, self.embed_sum))
+        return take.sum()
+
+    @property
+    def reseed_per_step(self) -> int:
+        """Fresh vectors drawn (and broadcast) per training step: an eighth of the codebook, at least 4."""
+        return min(self.codebook_size, max(4, self.codebook_size // 8))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self._known_initialized = False  # read the loaded `initialized` once more
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,10 +233,14 @@ class RVQOutput:
     """[B] how many levels each clip's sum holds (under per-sample dropout, fewer for some)."""
     n_quantizers: int
     """Levels that ran (fewer than all only under per-batch dropout or when asked)."""
-    perplexity: torch.Tensor
-    """[n_q] code-use perplexity of each level that ran."""
-    reseeded: int = 0
-    """Dead codes re-seeded by this call, over all levels."""
+    codebook_size: int
+    reseeded: torch.Tensor | int = 0
+    """Dead codes re-seeded by this call, over all levels (a device tensor in training)."""
+
+    @property
+    def perplexity(self) -> torch.Tensor:
+        """[n_q] code-use perplexity of each level that ran (computed when asked)."""
+        return torch.stack([perplexity(self.codes[:, i], self.codebook_size) for i in range(self.n_quantizers)])
 
 
 class QuantizerLevel(nn.Module):
@@ -279,7 +299,7 @@ class ResidualVQ(nn.Module):
         z32 = z.float()
         n_run, per_clip = self.levels_to_run(n_quantizers, z32)
         quantized, residual = torch.zeros_like(z32), z32
-        codes, commits, perplexities, reseeded = [], [], [], 0
+        codes, commits, reseeded = [], [], 0
         for i, level in enumerate(self.levels[:n_run]):
             level_q, out = level(residual, straight_through=self.chained)
             used = (per_clip > i).to(z32.dtype)  # [B]: the clips that decode this level
@@ -287,13 +307,12 @@ class ResidualVQ(nn.Module):
             residual = residual - (level_q if self.chained else level_q.detach())
             codes.append(out.codes)
             commits.append((out.commit_loss * used).mean())
-            perplexities.append(out.perplexity)
             reseeded += level.vq.reseeded if self.training else 0
         if not self.chained and z32.requires_grad:
             quantized = quantized + (z32 - z32.detach())  # straight through: identity to the latent
         commits = torch.stack(commits)
         return RVQOutput(quantized, torch.stack(codes, 1), commits.mean(), commits, per_clip, n_run,
-                         torch.stack(perplexities), reseeded)
+                         self.levels[0].vq.codebook_size, reseeded)
 
     def levels_to_run(self, requested: int | None, z: torch.Tensor) -> tuple[int, torch.Tensor]:
         """(levels to run, [B] levels each clip decodes): `requested` if given; in training, under

@@ -274,7 +274,9 @@ def set_lr(state: State, cfg: Config) -> None:
 
 
 def train_step(state: State, batch: torch.Tensor, accel, cfg: Config) -> dict:
-    """One optimisation step on `batch` [B, 1, T]; returns its metrics (floats)."""
+    """One optimisation step on `batch` [B, 1, T]; returns its metrics: detached device tensors
+    (the loss terms, grad norm, re-seeded codes) and plain numbers. It reads one value back from the
+    device, whether the step was finite; everything else is read once per log_every (MetricWindow)."""
     set_lr(state, cfg)
     model, metrics = state.model, {}
     adv = state.disc is not None and adversarial_active(cfg.loss, state.step)
@@ -286,24 +288,60 @@ def train_step(state: State, batch: torch.Tensor, accel, cfg: Config) -> dict:
             accel.backward(d.total)
             accel.clip_grad_norm_(state.disc.parameters(), cfg.train.disc_grad_clip)
             state.opt_d.step()
-            metrics.update({k: float(v) for k, v in d.terms.items()})
+            metrics.update({k: v.detach() for k, v in d.terms.items()})
         g = generator_loss(out, batch, cfg, disc=state.disc if adv else None, step=state.step)
         accel.backward(g.total)
         grad_norm = accel.clip_grad_norm_(model.parameters(), cfg.train.grad_clip) if accel.sync_gradients else None
-        finite = bool(torch.isfinite(g.total)) and (grad_norm is None or bool(torch.isfinite(grad_norm)))
-        if finite:
+        finite = torch.isfinite(g.total.detach())
+        if grad_norm is not None:
+            finite = finite & torch.isfinite(grad_norm)
+        if bool(finite):  # the step's one host read
             state.opt_g.step()
             state.nonfinite_in_row = 0
         else:  # skip: an update from a NaN/Inf gradient would poison every weight
             state.nonfinite_in_row += 1
             state.nonfinite_total += 1
         state.opt_g.zero_grad(set_to_none=True)
-    metrics.update({f"loss/{k}": float(v) for k, v in g.terms.items()})
-    metrics.update({"loss/total": float(g.total.detach()), "lr": state.opt_g.param_groups[0]["lr"],
-                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                    "skipped": int(not finite), "n_quantizers": out.n_quantizers, "bitrate": out.bitrate,
+    metrics.update({f"loss/{k}": v.detach() for k, v in g.terms.items()})
+    metrics.update({"loss/total": g.total.detach(), "lr": state.opt_g.param_groups[0]["lr"],
+                    "skipped": (~finite).float(), "n_quantizers": out.n_quantizers,
+                    "bitrate": out.bitrate,
                     "vq/reseeded": sum(level.vq.reseeded for level in accel.unwrap_model(model).quantizer.levels)})
+    if grad_norm is not None:
+        metrics["grad_norm"] = grad_norm.detach()
     return metrics
+
+
+class MetricWindow:
+    """Step metrics between two logged steps: tensors summed on the device, read back in one
+    transfer when logged (as means over the window); plain numbers keep their last value."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.last: dict = {}
+
+    def add(self, metrics: dict) -> None:
+        for k, v in metrics.items():
+            if isinstance(v, torch.Tensor):
+                v = v.detach().float()
+                self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+                self.counts[k] = self.counts.get(k, 0) + 1
+            else:
+                self.last[k] = v
+
+    def peek(self) -> dict:
+        """The window's metrics so far as floats (one device read); "skipped" is the share of
+        skipped steps."""
+        keys = list(self.sums)
+        values = torch.stack([self.sums[k] for k in keys]).tolist() if keys else []
+        return {**self.last, **{k: v / self.counts[k] for k, v in zip(keys, values)}}
+
+    def read(self) -> dict:
+        """peek(), and a fresh window."""
+        out = self.peek()
+        self.sums, self.counts, self.last = {}, {}, {}
+        return out
 
 
 def evaluate(model: Codec, clips: list[tuple[str, np.ndarray]], cfg: Config, device) -> dict:
@@ -470,10 +508,11 @@ def train_loop(state: State, accel, cfg: Config, ctx: RunContext, duties: RankDu
     duties.load_eval_clips()
     last_eval: dict = {}
     last_save, t_log, n_log, t_print = time.monotonic(), time.monotonic(), 0, time.monotonic()
+    window = MetricWindow()
     while state.step < cfg.train.steps:
         rolled_back = False
         for _, batch in loader.batches(state.step):
-            metrics = train_step(state, batch.to(accel.device), accel, cfg)
+            window.add(train_step(state, batch.to(accel.device), accel, cfg))
             state.step += 1
             n_log += 1
             if state.nonfinite_in_row >= cfg.train.max_nonfinite:
@@ -482,6 +521,7 @@ def train_loop(state: State, accel, cfg: Config, ctx: RunContext, duties: RankDu
             log_due = state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps
             if log_due or time.monotonic() - t_print >= cfg.train.progress_seconds:
                 dt = time.monotonic() - t_log  # rates since the last logged step
+                metrics = window.read() if log_due else window.peek()
                 metrics.update({"steps_per_s": n_log / dt, "audio_s_per_s": n_log * batch.shape[0] * batch.shape[-1]
                                 / cfg.model.sample_rate * accel.num_processes / dt,
                                 "nonfinite_total": state.nonfinite_total})

@@ -7,7 +7,6 @@ the best checkpoint by a perceptual metric, and a health guard that lets the GAN
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from audio_fixtures import make_dataset
