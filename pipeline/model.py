@@ -24,7 +24,8 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from pipeline.config import ModelConfig
-from pipeline.quantize import ResidualVQ, perplexity
+from pipeline.metrics import codebook_perplexity
+from pipeline.quantize import ResidualVQ
 
 
 def wn_conv1d(*args, **kwargs) -> nn.Module:
@@ -181,12 +182,13 @@ class CodecOutput:
     n_quantizers: int = 0
     """Levels used (fewer than model.n_codebooks under quantizer dropout or when asked)."""
     codebook_size: int = 0
+    """Entries per codebook (for perplexity)."""
 
     @property
     def perplexity(self) -> torch.Tensor:
         """[n_q] code-use perplexity of each level in this batch (computed when asked: a histogram
         per level, not something every training step should pay for)."""
-        return torch.stack([perplexity(self.codes[:, i], self.codebook_size) for i in range(self.codes.shape[1])])
+        return codebook_perplexity(self.codes, self.codebook_size)
 
 
 class Codec(nn.Module):

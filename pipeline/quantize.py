@@ -233,14 +233,8 @@ class RVQOutput:
     """[B] how many levels each clip's sum holds (under per-sample dropout, fewer for some)."""
     n_quantizers: int
     """Levels that ran (fewer than all only under per-batch dropout or when asked)."""
-    codebook_size: int
     reseeded: torch.Tensor | int = 0
     """Dead codes re-seeded by this call, over all levels (a device tensor in training)."""
-
-    @property
-    def perplexity(self) -> torch.Tensor:
-        """[n_q] code-use perplexity of each level that ran (computed when asked)."""
-        return torch.stack([perplexity(self.codes[:, i], self.codebook_size) for i in range(self.n_quantizers)])
 
 
 class QuantizerLevel(nn.Module):
@@ -311,8 +305,7 @@ class ResidualVQ(nn.Module):
         if not self.chained and z32.requires_grad:
             quantized = quantized + (z32 - z32.detach())  # straight through: identity to the latent
         commits = torch.stack(commits)
-        return RVQOutput(quantized, torch.stack(codes, 1), commits.mean(), commits, per_clip, n_run,
-                         self.levels[0].vq.codebook_size, reseeded)
+        return RVQOutput(quantized, torch.stack(codes, 1), commits.mean(), commits, per_clip, n_run, reseeded)
 
     def levels_to_run(self, requested: int | None, z: torch.Tensor) -> tuple[int, torch.Tensor]:
         """(levels to run, [B] levels each clip decodes): `requested` if given; in training, under
