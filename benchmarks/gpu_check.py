@@ -51,7 +51,7 @@ import signal  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
+from dataclasses import dataclass, field, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
@@ -65,7 +65,7 @@ from data_prep.corpus import CorpusError, synthesize_corpus  # noqa: E402
 from data_prep.prep import run_prep  # noqa: E402
 from pipeline.checkpoint import Checkpoints  # noqa: E402
 from pipeline.config import Config, load_config  # noqa: E402
-from pipeline.data import CropLoader, eval_clips  # noqa: E402
+from pipeline.data import crop_loader, eval_clips  # noqa: E402
 from pipeline.losses import adversarial_active  # noqa: E402
 from pipeline.metrics import mean_score, pesq_wb, stoi  # noqa: E402
 from pipeline.shards import load_index  # noqa: E402
@@ -340,8 +340,7 @@ def timed_training(args, cfg: Config, state: State, accel, url: str, report: dic
           + (f"; adversarial stage from {args.adv_at:.0%} of that" if switch_at else ""), flush=True)
     if deadline - now < 30:
         print(f"!!! only {max(deadline - now, 0):.0f} s left to train: raise --minutes for figures worth reading")
-    crop = int(cfg.train.segment_seconds * cfg.model.sample_rate)
-    batches = CropLoader(url, "train", cfg.train.batch_size, crop, cfg.train.seed).batches(0)
+    batches = crop_loader(replace(cfg, data=replace(cfg.data, url=url)), pin_memory=CUDA).batches(0)
     peak_memory_gib(reset=True)
     peak = bf16_peak(torch.cuda.get_device_name()) if CUDA else None
     phases: list[Phase] = []

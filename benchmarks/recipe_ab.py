@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data_prep.corpus import synthesize_corpus  # noqa: E402
 from data_prep.prep import run_prep  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.data import CropLoader  # noqa: E402
+from pipeline.data import crop_loader  # noqa: E402
 from pipeline.evaluation import evaluate_checkpoint  # noqa: E402
 from pipeline.train import build_state, make_accelerator, train, train_step  # noqa: E402
 
@@ -63,8 +63,7 @@ def seconds_per_step(cfg) -> float:
     """Wall seconds of one train_step on this recipe's real batches."""
     accel = make_accelerator(cfg)
     state = build_state(cfg, accel)
-    crop = int(cfg.train.segment_seconds * cfg.model.sample_rate)
-    batches = CropLoader(cfg.data.url, "train", cfg.train.batch_size, crop, cfg.train.seed).batches(0)
+    batches = crop_loader(cfg).batches(0)
     times = []
     for i, (_, batch) in zip(range(TIMED_STEPS + 2), batches):
         started = time.perf_counter()

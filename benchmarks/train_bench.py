@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import Config, load_config  # noqa: E402
-from pipeline.data import CropLoader  # noqa: E402
+from pipeline.data import crop_loader  # noqa: E402
 from pipeline.shards import DatasetIndex, ShardWriter, encode_sample, write_index  # noqa: E402
 from pipeline.store import open_store  # noqa: E402
 from pipeline.train import State, build_state, make_accelerator, train_step, unwrap  # noqa: E402
@@ -98,8 +98,7 @@ def open_bench(name: str, files: list[str], url: str) -> Bench:
     cfg = load_config(files, [f"data.url={url}", "train.workers=0"])
     accel = make_accelerator(cfg)
     state = build_state(cfg, accel)
-    crop = int(cfg.train.segment_seconds * cfg.model.sample_rate)
-    loader = CropLoader(url, "train", cfg.train.batch_size, crop, cfg.train.seed)
+    loader = crop_loader(cfg)
     return Bench(name, cfg, accel, state, iter(loader.batches(0)))
 
 

@@ -119,14 +119,12 @@ def train_on_ray(cfg: Config) -> TrainResult:
     """Fit on Ray; restart after each clean preemption stop until train.steps are done."""
     import ray
 
-    from pipeline.data import CropLoader
-    from pipeline.shards import load_index
+    from pipeline.data import crop_loader
 
     cfg = with_absolute_paths(cfg)
     # A wrong dataset URL or a split too small for the ranks fails here, in one line, not in every
     # worker (where Ray would retry it train.max_failures times).
-    CropLoader(cfg.data.url, "train", cfg.train.batch_size, int(cfg.train.segment_seconds * cfg.model.sample_rate),
-               cfg.train.seed, rank=0, world=max(cfg.train.workers, 1), index=load_index(cfg.data.url))
+    crop_loader(cfg, rank=0, world=max(cfg.train.workers, 1))
     started = init_ray(cfg)
     try:
         with cancel_on_sigterm(cfg.run.dir):

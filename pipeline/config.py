@@ -60,6 +60,22 @@ def config_path(name_or_path: str | Path) -> Path:
 class DataConfig:
     url: str = ""
     """Dataset URL (a folder, file:// or s3://bucket/prefix) holding shards and index.json."""
+    workers: int = -1
+    """Loader processes per rank that read and decode; -1 means train.cpus_per_worker - 1 (the rank's
+    own process trains), 0 decodes on a thread of the training process."""
+    shuffle_samples: int = 4
+    """A stream shuffles the crops of this many consecutive samples together (each sample is cut into
+    non-overlapping crops; a batch already mixes samples from all over the dataset)."""
+    loudness_db: typing.Optional[float] = None
+    """If set, scale each training sample to this RMS level in dBFS (peak-limited to 1.0)."""
+    gain_db: tuple[float, ...] = (0.0, 0.0)
+    """A random gain per crop, uniform in [low, high] dB (peak-limited to 1.0); (0, 0) is off."""
+
+    def __post_init__(self):
+        _check(self.workers >= -1, "data.workers", "must be >= 0, or -1 for train.cpus_per_worker - 1")
+        _check(self.shuffle_samples >= 1, "data.shuffle_samples", "must be >= 1")
+        _check(len(self.gain_db) == 2 and self.gain_db[0] <= self.gain_db[1], "data.gain_db",
+               "must be [low, high] with low <= high")
 
 
 @dataclass(frozen=True)
@@ -285,9 +301,10 @@ BEST_METRICS = {"pesq": True, "stoi": True, "mel_distance": False, "si_sdr": Tru
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 20000
-    """Optimisation steps (batches per rank) to train for."""
-    batch_size: int = 16
-    """Clips per batch on each rank."""
+    """Optimisation steps to train for."""
+    batch_size: int = 32
+    """Crops per optimisation step, all ranks together (each rank takes a block of the rows), so a run
+    sees the same batches on any number of workers."""
     segment_seconds: float = 1.0
     """Length of the random crops trained on."""
     lr: float = 3e-4
@@ -350,6 +367,9 @@ class TrainConfig:
     """Real worker errors Ray recovers from (preemptions are retried without limit)."""
     use_gpu: bool = False
     """One GPU per worker (and bf16 by default)."""
+    compile: bool = False
+    """torch.compile the encoder, decoder and each discriminator (the quantizer stays eager); only on
+    a GPU, ignored on CPU (compiling there costs minutes for little)."""
     debug_rank_digests: bool = False
     """Debug: every rank stores a sha256 of all its weights in its checkpoint part (rankN), to check
     from outside that DDP keeps the ranks identical; off by default because it hashes every weight

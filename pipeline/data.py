@@ -1,22 +1,33 @@
-"""Training batches from shards: fixed-length random crops, equal per rank, resumable to the step.
+"""Training batches from shards: decoded in worker processes, mixed across shards, and the same global
+batch at every step whatever the number of ranks or workers.
 
-    loader = CropLoader(url, "train", batch_size=16, crop_samples=16000, seed=0, rank=r, world=w)
-    for step, batch in loader.batches(start_step):      # batch: float32 [B, 1, crop_samples]
+    loader = CropLoader(url, "train", CropRecipe(batch_size=32, crop=16000, seed=0), rank=r, world=w,
+                        workers=7, pin_memory=True)
+    for step, batch in loader.batches(start_step):     # float32 [rows of this rank, 1, crop]
         ...
 
-Every rank gets exactly `loader.steps_per_epoch` batches per epoch, whatever the shard counts, so
-DDP never waits on a rank that ran dry. The order is a pure function of (seed, epoch, rank): shards
-are permuted per epoch, each shard's samples are shuffled in memory, crops are drawn from an RNG
-seeded by the sample's position. Resuming at step s therefore yields the same batches an
-uninterrupted run would have seen, skipping whole shards by their index counts without reading them.
-With at least as many shards as ranks each rank reads its own shards; with fewer, every rank reads
-every shard and keeps every world-th sample.
+The order is a pure function of the index, the recipe and the epoch, never of the world or the
+workers. Each epoch permutes the split's samples over all shards and deals them to `batch_size`
+streams, each next sample to the stream with the fewest crops so far. A stream cuts each sample
+into non-overlapping crops (from a random offset per sample) and shuffles the crops of
+`shuffle_samples` consecutive samples together. Row i of the global batch at step s is stream i's
+s-th crop of the epoch: a batch draws from `batch_size` samples from all over the dataset, and every
+stream holds at least `steps_per_epoch` crops (dealing keeps the streams within one sample's crops
+of each other).
+
+Rank r of w takes a contiguous block of rows (block sizes differ by at most one), reads only the
+samples of its streams (one ranged read each, at the byte range index.json records) and splits its
+streams over its worker processes, which decode and cut them. Resuming at step s, on any number of
+ranks or workers, yields the rows an uninterrupted run would have seen: each stream skips to crop s
+without reading the samples before it.
 """
 
 from __future__ import annotations
 
+import heapq
 import queue
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -24,122 +35,306 @@ import numpy as np
 import torch
 
 from pipeline.errors import TelucodecError
-from pipeline.shards import DatasetIndex, ShardInfo, iter_tar, load_index, sample_from_parts
-from pipeline.store import open_store
+from pipeline.shards import DatasetIndex, decode_flac, iter_tar, load_index, sample_from_parts
+from pipeline.store import Store, open_store
 
 
 class DataError(TelucodecError, RuntimeError):
-    """A split too small for the batch size and world, or similar."""
+    """A split too small for the batch, an index without sample ranges, a sample that does not
+    decode as its index says, or similar."""
 
 
 @dataclass(frozen=True)
-class RankPlan:
-    """Which shards one rank reads in one epoch and which of their samples it keeps."""
-    shards: list[ShardInfo]
-    stride: int
-    offset: int
+class CropRecipe:
+    """Everything that decides which crops a step sees (and so must not change on exact resume)."""
+    batch_size: int
+    """Rows of the global batch (all ranks together); also the number of streams."""
+    crop: int
+    """Crop length in samples."""
+    seed: int
+    shuffle_samples: int = 4
+    """Crops of this many consecutive samples of a stream are shuffled together."""
+    loudness_db: float | None = None
+    """Scale each sample to this RMS level in dBFS (peak-limited to 1.0); None leaves levels alone."""
+    gain_db: tuple[float, float] = (0.0, 0.0)
+    """A random gain per crop, uniform in this range of dB (peak-limited to 1.0)."""
 
-    def kept(self, info: ShardInfo) -> int:
-        return len(range(self.offset, info.samples, self.stride))
+
+class SplitTable:
+    """The samples of one split as arrays, in index order: shard number, FLAC byte range, frames."""
+
+    def __init__(self, index: DatasetIndex, split: str, where: str):
+        shards = index.split_shards(split)
+        if any(s.sample_ranges is None for s in shards):
+            raise DataError(f"{where}: index.json has no per-sample byte ranges (written by an older "
+                            f"telucodec); add them with one read of every shard: telucodec shards upgrade {where}")
+        self.names = [s.name for s in shards]
+        rows = [(i, r.flac_offset, r.flac_size, r.frames) for i, s in enumerate(shards) for r in s.sample_ranges]
+        self.shard, self.offset, self.size, self.frames = np.array(rows, dtype=np.int64).reshape(-1, 4).T
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def crops_per_sample(frames: np.ndarray, crop: int) -> np.ndarray:
+    """Non-overlapping crops a sample of `frames` yields (a short one is padded into one)."""
+    return np.maximum(1, frames // crop)
+
+
+def steps_per_epoch(table: SplitTable, recipe: CropRecipe) -> int:
+    """Steps every stream can serve in every epoch: dealing leaves no stream more than one sample's
+    crops below the mean (the stream that got the last sample had the fewest before it)."""
+    n = crops_per_sample(table.frames, recipe.crop)
+    return int(n.sum() // recipe.batch_size - n.max()) if len(n) else 0
+
+
+def deal(order: np.ndarray, crops: np.ndarray, streams: int) -> list[np.ndarray]:
+    """Samples `order` (with `crops` each) dealt to `streams`: each to the stream with fewest crops."""
+    heap = [(0, v) for v in range(streams)]
+    owner = np.empty(len(order), dtype=np.int64)
+    for i, c in enumerate(crops.tolist()):
+        load, v = heap[0]
+        owner[i] = v
+        heapq.heapreplace(heap, (load + c, v))
+    return [order[owner == v] for v in range(streams)]
+
+
+def rank_rows(batch_size: int, world: int, rank: int) -> range:
+    """The rows (streams) of the global batch that `rank` of `world` serves: a contiguous block."""
+    bounds = np.linspace(0, batch_size, world + 1).round().astype(int)
+    return range(int(bounds[rank]), int(bounds[rank + 1]))
+
+
+class SampleReader:
+    """Ranged reads of FLAC samples, a few in flight on threads, and the decode that checks them."""
+
+    def __init__(self, url: str, table: SplitTable, threads: int = 4):
+        self.url, self.table = url, table
+        self.store: Store | None = None  # opened in the process that reads (a worker)
+        self.pool: ThreadPoolExecutor | None = None
+        self.threads = threads
+        self.bytes_read = self.bytes_decoded = 0
+        self.lock = threading.Lock()
+
+    def fetch(self, samples: np.ndarray) -> list[Future]:
+        if self.store is None:
+            self.store = open_store(self.url)
+            self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="sample-read")
+        t = self.table
+        return [self.pool.submit(self._read, t.names[t.shard[j]], int(t.offset[j]), int(t.size[j]))
+                for j in samples.tolist()]
+
+    def _read(self, name: str, start: int, length: int) -> bytes:
+        data = self.store.get_range(name, start, length)
+        with self.lock:
+            self.bytes_read += len(data)
+        return data
+
+    def decode(self, j: int, data: bytes) -> np.ndarray:
+        t = self.table
+        where = f"{self.store.join(t.names[t.shard[j]])} at byte {t.offset[j]}"
+        if data[:4] != b"fLaC":
+            raise DataError(f"{where}: no FLAC sample where index.json says (the shard changed since the "
+                            f"index was written? run `telucodec shards verify {self.store.url}`)")
+        audio, _ = decode_flac(data)
+        self.bytes_decoded += len(data)
+        if len(audio) != t.frames[j]:
+            raise DataError(f"{where}: decodes to {len(audio)} frames, index.json says {t.frames[j]} "
+                            f"(run `telucodec shards verify {self.store.url}`)")
+        return audio
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def normalise_loudness(audio: np.ndarray, target_db: float) -> np.ndarray:
+    """`audio` scaled to an RMS of `target_db` dBFS, or less where that would push a peak past 1."""
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
+    peak = float(np.abs(audio).max()) if audio.size else 0.0
+    if rms < 1e-6:  # digital silence stays silence
+        return audio
+    return audio * np.float32(min(10 ** (target_db / 20) / rms, 1.0 / peak))
+
+
+class StreamCrops:
+    """One stream's crops in one epoch: its samples decoded a group of `shuffle_samples` at a time
+    (the next group's bytes read ahead), cut and shuffled inside the group."""
+
+    def __init__(self, reader: SampleReader, recipe: CropRecipe, epoch: int, stream: int, samples: np.ndarray):
+        self.reader, self.recipe, self.epoch, self.stream = reader, recipe, epoch, stream
+        k = recipe.shuffle_samples
+        self.groups = [samples[i:i + k] for i in range(0, len(samples), k)]
+        counts = crops_per_sample(reader.table.frames, recipe.crop)
+        self.group_start = np.concatenate([[0], np.cumsum([counts[g].sum() for g in self.groups])])
+
+    def crops_from(self, start: int) -> Iterator[np.ndarray]:
+        """Crops [crop] from the stream's `start`-th on; groups wholly before it are never read."""
+        g = int(np.searchsorted(self.group_start, start, side="right")) - 1
+        skip = start - int(self.group_start[g])
+        pending = self.reader.fetch(self.groups[g]) if g < len(self.groups) else []
+        for g in range(g, len(self.groups)):
+            data = [f.result() for f in pending]
+            pending = self.reader.fetch(self.groups[g + 1]) if g + 1 < len(self.groups) else []
+            yield from self.group_crops(g, data)[skip:]
+            skip = 0
+
+    def group_crops(self, g: int, data: list[bytes]) -> np.ndarray:
+        r, crop = self.recipe, self.recipe.crop
+        pieces = []
+        for j, raw in zip(self.groups[g].tolist(), data):
+            audio = self.reader.decode(j, raw)
+            if r.loudness_db is not None:
+                audio = normalise_loudness(audio, r.loudness_db)
+            n = max(1, len(audio) // crop)
+            rng = np.random.default_rng([r.seed, self.epoch, j])
+            start = int(rng.integers(0, len(audio) - n * crop + 1)) if len(audio) >= crop else 0
+            cut = audio[start:start + n * crop]
+            pieces.append(np.pad(cut, (0, n * crop - len(cut))).reshape(n, crop))
+        crops = np.concatenate(pieces).astype(np.float32, copy=False)
+        rng = np.random.default_rng([r.seed, self.epoch, self.stream, g])
+        crops = crops[rng.permutation(len(crops))]
+        if r.gain_db != (0.0, 0.0):
+            gains = 10 ** (rng.uniform(*r.gain_db, size=len(crops)) / 20)
+            peaks = np.maximum(np.abs(crops).max(axis=1), 1e-9)
+            crops = crops * np.minimum(gains, 1.0 / peaks).astype(np.float32)[:, None]
+        return crops
+
+
+class StreamSet:
+    """The rows one process serves: for each step from `start_step` on, one crop of each of its
+    streams, as float32 [len(streams), crop], with the bytes read and decoded so far."""
+
+    def __init__(self, url: str, table: SplitTable, recipe: CropRecipe, streams: list[int]):
+        self.url, self.table, self.recipe, self.streams = url, table, recipe, streams
+        self.steps_per_epoch = steps_per_epoch(table, recipe)
+
+    def rows(self, start_step: int) -> Iterator[tuple[np.ndarray, int, int]]:
+        reader = SampleReader(self.url, self.table)
+        epoch, pos = divmod(start_step, self.steps_per_epoch)
+        try:
+            while True:
+                dealt = self.epoch_streams(epoch)
+                its = [StreamCrops(reader, self.recipe, epoch, v, dealt[v]).crops_from(pos) for v in self.streams]
+                for _ in range(pos, self.steps_per_epoch):
+                    yield np.stack([next(it) for it in its]), reader.bytes_read, reader.bytes_decoded
+                epoch, pos = epoch + 1, 0
+        finally:
+            reader.close()
+
+    def epoch_streams(self, epoch: int) -> list[np.ndarray]:
+        order = np.random.default_rng([self.recipe.seed, epoch]).permutation(len(self.table))
+        return deal(order, crops_per_sample(self.table.frames[order], self.recipe.crop), self.recipe.batch_size)
+
+
+class _WorkerRows(torch.utils.data.IterableDataset):
+    """What DataLoader worker k runs: the rows of its share of the rank's streams (every n-th)."""
+
+    def __init__(self, sets: list[StreamSet], start_step: int):
+        self.sets, self.start_step = sets, start_step
+
+    def __iter__(self):
+        k = torch.utils.data.get_worker_info().id
+        for rows, read, decoded in self.sets[k].rows(self.start_step):
+            yield torch.from_numpy(rows), read, decoded
 
 
 class CropLoader:
-    def __init__(self, url: str, split: str, batch_size: int, crop_samples: int, seed: int,
-                 rank: int = 0, world: int = 1, index: DatasetIndex | None = None):
-        self.store = open_store(url)
-        self.index = index or load_index(self.store)
-        self.shards = self.index.split_shards(split)
-        self.split, self.batch_size, self.crop = split, batch_size, crop_samples
-        self.seed, self.rank, self.world = seed, rank, world
-        fewest = self.fewest_samples_per_rank()
-        self.steps_per_epoch = fewest // batch_size
-        if self.steps_per_epoch == 0:
-            raise DataError(f"{url}: split {split!r} guarantees only {fewest} samples per rank per epoch "
-                            f"over {world} rank(s), fewer than one batch of {batch_size} (reshard with "
-                            f"--ranks {world} to balance it)")
+    """This rank's rows of the global batch, step by step, from worker processes (or a thread)."""
 
-    def fewest_samples_per_rank(self) -> int:
-        """A bound that holds for every rank in every epoch, whatever the shard permutation.
+    def __init__(self, url: str, split: str, recipe: CropRecipe, rank: int = 0, world: int = 1,
+                 workers: int = 0, pin_memory: bool = False, index: DatasetIndex | None = None):
+        store = open_store(url)
+        self.table = SplitTable(index or load_index(store), split, store.url)
+        self.url, self.recipe, self.pin_memory = store.url, recipe, pin_memory
+        self.rows = rank_rows(recipe.batch_size, world, rank)
+        if recipe.batch_size < world:
+            raise DataError(f"train.batch_size {recipe.batch_size} is smaller than the {world} ranks: every "
+                            "rank needs at least one row of the global batch")
+        self.steps_per_epoch = steps_per_epoch(self.table, recipe)
+        if self.steps_per_epoch <= 0:
+            raise DataError(f"{store.url}: split {split!r} holds {len(self.table)} samples, too few for a "
+                            f"global batch of {recipe.batch_size} crops of {recipe.crop} samples (dealt to "
+                            f"{recipe.batch_size} streams, each needs more than one sample's crops)")
+        self.workers = max(0, min(workers, len(self.rows)))
+        self.bytes_read = self.bytes_decoded = 0
+        """What this rank's readers have read and decoded since batches() started (FLAC bytes)."""
 
-        With at least as many shards as ranks a rank reads floor(n / world) or more shards, so it
-        gets at least the smallest floor(n / world) shards' samples; with fewer shards every rank
-        keeps at least floor(samples / world) of each shard.
-        """
-        counts = sorted(s.samples for s in self.shards)
-        if len(counts) >= self.world:
-            return sum(counts[: len(counts) // self.world])
-        return sum(c // self.world for c in counts)
-
-    def plan(self, epoch: int, rank: int) -> RankPlan:
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
-        shards = [self.shards[i] for i in order]
-        if len(shards) >= self.world:
-            return RankPlan(shards[rank::self.world], 1, 0)
-        return RankPlan(shards, self.world, rank)
+    def stream_sets(self) -> list[StreamSet]:
+        """One StreamSet per worker (every n-th of this rank's streams), or one for all."""
+        n = max(1, self.workers)
+        return [StreamSet(self.url, self.table, self.recipe, list(self.rows)[k::n]) for k in range(n)]
 
     def batches(self, start_step: int = 0, prefetch: int = 4) -> Iterator[tuple[int, torch.Tensor]]:
-        """(step, [B, 1, crop]) forever from `start_step`, read ahead in a background thread."""
-        q: queue.Queue = queue.Queue(maxsize=prefetch)
-        stop = threading.Event()
-
-        def fill():
-            try:
-                for item in self._batches(start_step):
-                    while not stop.is_set():
-                        try:
-                            q.put(item, timeout=0.5)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-            except BaseException as e:  # hand the error to the consumer
-                q.put(e)
-
-        thread = threading.Thread(target=fill, daemon=True, name="crop-loader")
-        thread.start()
+        """(step, [rows, 1, crop]) forever from `start_step`."""
+        sets = self.stream_sets()
+        parts = self._worker_parts(sets, start_step, prefetch) if self.workers else \
+            _threaded((torch.from_numpy(r), a, b) for r, a, b in sets[0].rows(start_step))
+        n, step = len(sets), start_step
+        read, decoded = [0] * n, [0] * n
         try:
             while True:
-                item = q.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-
-    def _batches(self, start_step: int) -> Iterator[tuple[int, torch.Tensor]]:
-        step = start_step
-        while True:
-            epoch, pos = divmod(step, self.steps_per_epoch)
-            crops = self._epoch_crops(epoch, skip=pos * self.batch_size)
-            for _ in range(pos, self.steps_per_epoch):
-                batch = [next(crops) for _ in range(self.batch_size)]
-                yield step, torch.from_numpy(np.stack(batch)[:, None, :])
+                batch = torch.empty((len(self.rows), 1, self.recipe.crop), pin_memory=self.pin_memory)
+                for k in range(n):
+                    rows, read[k], decoded[k] = next(parts)
+                    batch[k::n, 0] = rows
+                self.bytes_read, self.bytes_decoded = sum(read), sum(decoded)
+                yield step, batch
                 step += 1
+        finally:
+            parts.close()
 
-    def _epoch_crops(self, epoch: int, skip: int) -> Iterator[np.ndarray]:
-        """This rank's crops of one epoch, in order, after the first `skip`."""
-        plan = self.plan(epoch, self.rank)
-        n = 0
-        for shard_no, info in enumerate(plan.shards):
-            kept = plan.kept(info)
-            if n + kept <= skip:  # consumed before the resume point: skip without reading
-                n += kept
-                continue
-            with self.store.open(info.name) as f:
-                raw = list(iter_tar(f))
-            order = np.random.default_rng([self.seed, epoch, shard_no]).permutation(len(raw))
-            for i in order[plan.offset::plan.stride]:
-                if n >= skip:
-                    sample = sample_from_parts(*raw[i])
-                    yield self._crop(sample.audio, np.random.default_rng([self.seed, epoch, self.rank, n]))
-                n += 1
+    def _worker_parts(self, sets: list[StreamSet], start_step: int, prefetch: int):
+        loader = torch.utils.data.DataLoader(
+            _WorkerRows(sets, start_step), batch_size=None, num_workers=self.workers, prefetch_factor=prefetch,
+            # forkserver: the training process holds threads (gloo, W&B, Ray) that fork would copy mid-lock
+            multiprocessing_context="forkserver")
+        parts = iter(loader)
+        try:
+            yield from parts  # DataLoader takes one item from each worker in turn, in order
+        finally:
+            del parts  # shuts the workers down
 
-    def _crop(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if len(audio) <= self.crop:  # short clip: zero-pad at the end
-            return np.pad(audio, (0, self.crop - len(audio))).astype(np.float32)
-        start = int(rng.integers(0, len(audio) - self.crop + 1))
-        return audio[start:start + self.crop].astype(np.float32)
+
+def _threaded(items: Iterator, prefetch: int = 4) -> Iterator:
+    """`items` produced ahead in a background thread (the decode releases the GIL)."""
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def fill():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as e:  # hand the error to the consumer
+            q.put(e)
+        finally:
+            items.close()
+
+    threading.Thread(target=fill, daemon=True, name="crop-loader").start()
+    try:
+        while True:
+            item = q.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def crop_loader(cfg, rank: int = 0, world: int = 1, pin_memory: bool = False) -> CropLoader:
+    """The training loader a Config describes (`cfg`: pipeline.config.Config)."""
+    d = cfg.data
+    recipe = CropRecipe(cfg.train.batch_size, int(round(cfg.train.segment_seconds * cfg.model.sample_rate)),
+                        cfg.train.seed, d.shuffle_samples, d.loudness_db, tuple(d.gain_db))
+    workers = d.workers if d.workers >= 0 else cfg.train.cpus_per_worker - 1
+    return CropLoader(d.url, "train", recipe, rank, world, workers, pin_memory)
 
 
 def eval_clips(url: str, split: str, n: int, max_samples: int) -> list[tuple[str, np.ndarray]]:

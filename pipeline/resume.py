@@ -23,6 +23,10 @@ HARMLESS, FORCEABLE, NEVER = "harmless", "forceable", "never"
 
 RESUME_RULES: dict[str, str] = {
     "data.url": FORCEABLE,  # other audio: the data position and the model's fit no longer carry over
+    "data.workers": HARMLESS,  # the batches do not depend on how many processes decode them
+    "data.shuffle_samples": FORCEABLE,  # another crop order from here on
+    "data.loudness_db": FORCEABLE,
+    "data.gain_db": FORCEABLE,
     "prep": HARMLESS,  # used by `prep` only; training reads what data.url holds
     "model.sample_rate": NEVER,
     "model.channels": NEVER,
@@ -74,13 +78,14 @@ RESUME_RULES: dict[str, str] = {
     "train.best_metric": HARMLESS,  # the next eval that beats best.json's metric takes its place
     "train.max_nonfinite": HARMLESS,
     "train.rollback_lr_factor": HARMLESS,  # the rollbacks so far stay in the checkpoint's lr_scale
-    # Another world size resumes: weights and optimizer load on every rank, each rank's data plan
-    # follows from the step, a rank without its RNG part starts from the seed. The per-rank batch
-    # stays; the global batch scales with the ranks.
+    # Another world size resumes exactly: weights and optimizer load on every rank, the global batch
+    # at each step is the same on any number of ranks (each takes a block of its rows), a rank
+    # without its RNG part starts from the seed.
     "train.workers": HARMLESS,
     "train.cpus_per_worker": HARMLESS,
     "train.max_failures": HARMLESS,
-    "train.use_gpu": HARMLESS,  # checkpoints load on the CPU and move to the device
+    "train.use_gpu": HARMLESS,
+    "train.compile": HARMLESS,  # the same weights, compiled or not  # checkpoints load on the CPU and move to the device
     "train.debug_rank_digests": HARMLESS,
     "train.debug_worker_records": HARMLESS,
     "run": HARMLESS,  # the checkpoint was found in run.dir; a copied run keeps its old path inside

@@ -3,7 +3,10 @@
 A dataset is a store prefix holding WebDataset tars named `{split}-{000000}.tar` and an `index.json`
 written last. Each sample is `KEY.flac` (mono, 16-bit) plus `KEY.json` (source, speaker, text,
 seconds, sample_rate, source_peak, clipped_samples, ...). A prefix without `index.json` is not a
-dataset, and readers refuse it.
+dataset, and readers refuse it. The index records where each sample lies in its tar
+(`ShardInfo.sample_ranges`), so training reads one sample with one ranged GET and reshard copies
+samples as byte ranges; an index written before those ranges existed is upgraded by one scan
+(`upgrade_index`, `telucodec shards upgrade URL`).
 
     index = load_index("s3://bucket/te")                       # DatasetIndex
     for sample in read_samples("s3://bucket/te", "train"):     # Sample(key, audio [T], sr, meta)
@@ -20,7 +23,7 @@ import tarfile
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -72,6 +75,8 @@ class EncodedSample:
     flac: bytes
     meta: bytes
     seconds: float
+    frames: int
+    """Audio length in samples (from the FLAC header when read back)."""
 
     @property
     def nbytes(self) -> int:
@@ -84,7 +89,8 @@ def encode_sample(key: str, audio: np.ndarray, sample_rate: int, meta: dict) -> 
     sf.write(buf, np.asarray(audio, dtype=np.float32), sample_rate, format="FLAC", subtype="PCM_16")
     seconds = len(audio) / sample_rate
     meta = {**meta, "seconds": round(seconds, 6), "sample_rate": sample_rate}
-    return EncodedSample(key, buf.getvalue(), json.dumps(meta, ensure_ascii=False, sort_keys=True).encode(), seconds)
+    return EncodedSample(key, buf.getvalue(), json.dumps(meta, ensure_ascii=False, sort_keys=True).encode(),
+                         seconds, len(audio))
 
 
 def encoded_from_parts(key: str, parts: dict[str, bytes]) -> EncodedSample:
@@ -92,16 +98,39 @@ def encoded_from_parts(key: str, parts: dict[str, bytes]) -> EncodedSample:
     if "flac" not in parts:
         raise DatasetError(f"{key}: sample has no .flac member")
     meta = parts.get("json", b"{}")
+    frames, rate = flac_length(parts["flac"])
     seconds = json.loads(meta).get("seconds")
-    if seconds is None:  # older metadata: read the length from the FLAC header
-        seconds = sf.info(io.BytesIO(parts["flac"])).duration
-    return EncodedSample(key, parts["flac"], meta, float(seconds))
+    if seconds is None:  # older metadata: the length from the FLAC header
+        seconds = frames / rate
+    return EncodedSample(key, parts["flac"], meta, float(seconds), frames)
+
+
+def flac_length(data: bytes) -> tuple[int, int]:
+    """(frames, sample rate) from a FLAC stream's STREAMINFO block, without decoding."""
+    if data[:4] != b"fLaC" or len(data) < 42:
+        raise DatasetError("not a FLAC stream")
+    packed = int.from_bytes(data[18:26], "big")  # 20 bits rate, 3 channels, 5 bits/sample, 36 frames
+    frames, rate = packed & ((1 << 36) - 1), packed >> 44
+    if frames == 0 or rate == 0:  # a writer that could not seek back leaves them unset
+        info = sf.info(io.BytesIO(data))
+        frames, rate = info.frames, info.samplerate
+    return frames, rate
 
 
 def decode_flac(data: bytes) -> tuple[np.ndarray, int]:
     """FLAC bytes -> (mono float32 [T], sample rate)."""
     audio, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
     return audio, sr
+
+
+class SampleRange(NamedTuple):
+    """Where one sample lies in its tar: its members from the first header to the end of the last
+    member's padding (`start`, `end`), the FLAC data inside them, and its length in frames."""
+    start: int
+    flac_offset: int
+    flac_size: int
+    end: int
+    frames: int
 
 
 @dataclass
@@ -112,6 +141,12 @@ class ShardInfo:
     seconds: float
     bytes: int
     sha256: str
+    sample_ranges: list[SampleRange] | None = None
+    """One entry per sample, in tar order; None in an index written before they were recorded."""
+
+    def __post_init__(self):
+        if self.sample_ranges is not None:
+            self.sample_ranges = [SampleRange(*r) for r in self.sample_ranges]
 
 
 @dataclass
@@ -130,6 +165,10 @@ class DatasetIndex:
         return [s for s in self.shards if s.split == split]
 
     @property
+    def has_sample_ranges(self) -> bool:
+        return all(s.sample_ranges is not None for s in self.shards)
+
+    @property
     def splits(self) -> dict[str, dict]:
         """Totals per split: shards, samples, seconds, bytes."""
         out: dict[str, dict] = {}
@@ -144,8 +183,10 @@ class DatasetIndex:
     def to_json(self) -> str:
         data = {"format": self.format, "version": self.version, "created": self.created,
                 "sample_rate": self.sample_rate, "splits": self.splits,
-                "shards": [asdict(s) for s in self.shards], "config": self.config, "lineage": self.lineage}
-        return json.dumps(data, indent=1, ensure_ascii=False)
+                "shards": [_shard_json(s) for s in self.shards], "config": self.config, "lineage": self.lineage}
+        # One line per shard: an index of a large dataset holds ~10^5 sample ranges
+        text = json.dumps(data, indent=1, ensure_ascii=False)
+        return re.sub(r"\[\s+(\d+),\s+(\d+),\s+(\d+),\s+(\d+),\s+(\d+)\s+\]", r"[\1,\2,\3,\4,\5]", text)
 
     @classmethod
     def from_json(cls, text: str, where: str = "index.json") -> "DatasetIndex":
@@ -158,6 +199,15 @@ class DatasetIndex:
                        version=data.get("version", ""), created=data.get("created", ""))
         except (ValueError, KeyError, TypeError) as e:
             raise DatasetError(f"{where}: not a valid telucodec index ({e})") from None
+
+
+def _shard_json(info: ShardInfo) -> dict:
+    data = asdict(info)
+    if info.sample_ranges is None:
+        del data["sample_ranges"]
+    else:
+        data["sample_ranges"] = [list(r) for r in info.sample_ranges]
+    return data
 
 
 def package_version() -> str:
@@ -204,6 +254,7 @@ class ShardWriter:
         self.tmp = tempfile.TemporaryFile()
         self.tar = tarfile.open(fileobj=self.tmp, mode="w", format=tarfile.USTAR_FORMAT, copybufsize=1 << 20)
         self.samples, self.seconds, self.keys = 0, 0.0, []
+        self.ranges: list[SampleRange] = []
         self.info: ShardInfo | None = None
 
     @property
@@ -211,13 +262,31 @@ class ShardWriter:
         return self.tmp.tell()
 
     def add(self, sample: EncodedSample) -> None:
+        start = self.tar.offset
         for ext, data in (("flac", sample.flac), ("json", sample.meta)):
             member = tarfile.TarInfo(f"{sample.key}.{ext}")
             member.size, member.mtime, member.mode = len(data), 0, 0o444  # fixed: same input, same sha256
             self.tar.addfile(member, io.BytesIO(data))
+            if ext == "flac":
+                flac_offset = self.tar.offset - _padded(len(data))
+        self._added(sample.key, SampleRange(start, flac_offset, len(sample.flac), self.tar.offset, sample.frames),
+                    sample.seconds)
+
+    def add_raw(self, key: str, data: bytes, source: SampleRange, seconds: float) -> None:
+        """Append a sample copied byte for byte from another shard: `data` is its bytes
+        source.start..source.end there (tar headers included, so nothing is parsed or rebuilt)."""
+        start = self.tar.offset
+        self.tar.fileobj.write(data)
+        self.tar.offset += len(data)
+        shift = start - source.start
+        self._added(key, source._replace(start=start, flac_offset=source.flac_offset + shift,
+                                         end=source.end + shift), seconds)
+
+    def _added(self, key: str, where: SampleRange, seconds: float) -> None:
+        self.ranges.append(where)
         self.samples += 1
-        self.seconds += sample.seconds
-        self.keys.append(sample.key)
+        self.seconds += seconds
+        self.keys.append(key)
 
     def close(self) -> ShardInfo:
         """Finish the tar and put it to the store; returns its ShardInfo."""
@@ -231,7 +300,7 @@ class ShardWriter:
         self.store.put_fileobj(self.name, self.tmp)
         self.tmp.close()
         self.info = ShardInfo(self.name, self.split, self.samples, round(self.seconds, 6), size,
-                              digest.hexdigest())
+                              digest.hexdigest(), self.ranges)
         return self.info
 
     def abort(self) -> None:
@@ -245,6 +314,10 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
+
+
+def _padded(size: int) -> int:
+    return -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
 def iter_tar(stream) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -270,50 +343,78 @@ def sample_from_parts(key: str, parts: dict[str, bytes]) -> Sample:
     return Sample(key, audio, sr, meta)
 
 
-def _gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **_):
-    """webdataset opener for s3:// URLs: boto3 in-process (no `pipe:aws s3 cp`)."""
-    if mode[0] != "r":
-        raise ValueError(f"{url}: telucodec opens s3 shards for reading only")
-    store = open_store(url.rsplit("/", 1)[0])
-    return store.open(url.rsplit("/", 1)[1])
-
-
-def register_webdataset_s3() -> None:
-    import webdataset
-
-    webdataset.gopen_schemes["s3"] = _gopen_s3
-
-
-def shard_urls(url: str, split: str, index: DatasetIndex | None = None) -> list[str]:
+def read_samples(url: str, split: str) -> Iterator[Sample]:
+    """Every sample of one split, in shard order (each shard streamed once)."""
     store = open_store(url)
-    index = index or load_index(store)
-    names = [s.name for s in index.split_shards(split)]
-    if not names:
+    index = load_index(store)
+    if not index.split_shards(split):
         raise DatasetError(f"{store.url}: split {split!r} has no shards "
                            f"(splits: {', '.join(index.splits) or 'none'})")
-    return [store.join(n) for n in names]
+    for info in index.split_shards(split):
+        with store.open(info.name) as f:
+            for key, parts in iter_tar(f):
+                yield sample_from_parts(key, parts)
 
 
-def webdataset_samples(urls: list[str], *, nodesplitter: Callable | None = None,
-                       workersplitter: Callable | None = None, shardshuffle: int | bool = False,
-                       seed: int = 0):
-    """A stock `webdataset.WebDataset` over `urls` that yields `Sample`s (FLAC decoded by soundfile)."""
-    import webdataset as wds
+def scan_sample_ranges(stream) -> tuple[list[SampleRange], str, int]:
+    """(sample ranges, sha256, size) of a tar stream read once: the scan that upgrades an index
+    written before sample ranges were recorded."""
+    digest, size = hashlib.sha256(), 0
 
-    register_webdataset_s3()
-    ds = wds.WebDataset(urls, shardshuffle=shardshuffle, seed=seed, empty_check=False,
-                        nodesplitter=nodesplitter or wds.single_node_only,
-                        workersplitter=workersplitter or wds.split_by_worker)
-    return ds.map(_sample_from_wds)
+    class Hashing(io.RawIOBase):
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            nonlocal size
+            data = stream.read(len(buffer))
+            digest.update(data)
+            size += len(data)
+            buffer[:len(data)] = data
+            return len(data)
+
+    ranges, current, start, flac, frames, end = [], None, 0, (0, 0), 0, 0
+    with tarfile.open(fileobj=io.BufferedReader(Hashing(), 1 << 20), mode="r|") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, ext = member.name.partition(".")
+            if key != current:
+                if current is not None:
+                    ranges.append(SampleRange(start, *flac, end, frames))
+                current, start, flac, frames = key, member.offset, (0, 0), 0
+            data = tar.extractfile(member).read()
+            if ext == "flac":
+                flac, frames = (member.offset_data, member.size), flac_length(data)[0]
+            end = member.offset_data + _padded(member.size)
+        if current is not None:
+            ranges.append(SampleRange(start, *flac, end, frames))
+        while stream.read(1 << 20):  # the end-of-archive blocks count for the hash too
+            pass
+    return ranges, digest.hexdigest(), size
 
 
-def _sample_from_wds(item: dict) -> Sample:
-    return sample_from_parts(item["__key__"], {"flac": item["flac"], "json": item.get("json", b"{}")})
-
-
-def read_samples(url: str, split: str) -> Iterable[Sample]:
-    """Every sample of one split, in shard order, through webdataset."""
-    return webdataset_samples(shard_urls(url, split))
+def upgrade_index(url: str, on_shard: Callable[[ShardInfo], None] | None = None) -> int:
+    """Record sample ranges in an index written without them (one read of every shard, checked
+    against the index's sha256 first); returns how many shards were scanned."""
+    store = open_store(url)
+    index = load_index(store)
+    scanned = 0
+    for info in index.shards:
+        if info.sample_ranges is None:
+            with store.open(info.name) as f:
+                ranges, sha, size = scan_sample_ranges(f)
+            if sha != info.sha256 or size != info.bytes or len(ranges) != info.samples:
+                raise DatasetError(f"{store.join(info.name)}: does not match the index (run "
+                                   f"`telucodec shards verify {store.url}`); not upgraded")
+            info.sample_ranges = ranges
+            scanned += 1
+        if on_shard:
+            on_shard(info)
+    if scanned:
+        index.lineage = {**index.lineage, "sample_ranges_added": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        store.put_text(INDEX_NAME, index.to_json())
+    return scanned
 
 
 def shard_mismatches(info: ShardInfo, chunks: Iterable[bytes]) -> list[str]:

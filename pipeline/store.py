@@ -12,6 +12,7 @@ reader never sees half an object; S3 puts are atomic by nature.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import shutil
@@ -69,6 +70,10 @@ class Store:
         raise NotImplementedError
 
     def open(self, key: str) -> BinaryIO:
+        raise NotImplementedError
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """`length` bytes of `key` from byte `start` (fewer only at the end of the object)."""
         raise NotImplementedError
 
     def put(self, key: str, data: bytes) -> None:
@@ -148,6 +153,11 @@ class LocalStore(Store):
             return open(self._path(key), "rb")
         except FileNotFoundError:
             raise StoreError(f"{self.join(key)}: no such object") from None
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        with self.open(key) as f:
+            f.seek(start)
+            return f.read(length)
 
     def put(self, key: str, data: bytes) -> None:
         with self._atomic(key) as tmp:
@@ -232,6 +242,25 @@ class S3Store(Store):
         return io.BufferedReader(_ResumingS3Reader(self.client, self.bucket, self._key(key), self.join(key)),
                                  buffer_size=1024 * 1024)
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        from botocore.exceptions import ClientError
+
+        if length <= 0:
+            return b""
+        for attempt in range(_ResumingS3Reader.max_resumes + 1):
+            try:
+                return self.client.get_object(Bucket=self.bucket, Key=self._key(key),
+                                              Range=f"bytes={start}-{start + length - 1}")["Body"].read()
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                    raise StoreError(f"{self.join(key)}: no such object") from None
+                raise
+            except dropped_connection():
+                if attempt == _ResumingS3Reader.max_resumes:
+                    raise
+                time.sleep(min(0.2 * 2 ** attempt, 5.0))
+        raise AssertionError("unreachable")
+
     def put(self, key: str, data: bytes) -> None:
         if len(data) >= self.multipart_threshold:
             self.put_fileobj(key, io.BytesIO(data))
@@ -263,6 +292,19 @@ def s3_client():
     return boto3.session.Session().client("s3", config=config)
 
 
+@functools.lru_cache(maxsize=None)
+def dropped_connection() -> tuple[type[BaseException], ...]:
+    """Errors of a read that broke off mid-body: worth another GET (imported on first use: botocore
+    is slow to import and a local run never needs it)."""
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import ReadTimeoutError, ResponseStreamingError
+        from urllib3.exceptions import ProtocolError
+    except ImportError:  # no boto3: no S3 either
+        return (OSError,)
+    return (BotoConnectionError, ReadTimeoutError, ResponseStreamingError, ProtocolError, OSError)
+
+
 class _ResumingS3Reader(io.RawIOBase):
     """A streaming GET that reopens with a Range header when the connection drops mid-body."""
 
@@ -291,15 +333,11 @@ class _ResumingS3Reader(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
-        from botocore.exceptions import ConnectionError as BotoConnectionError
-        from botocore.exceptions import ReadTimeoutError, ResponseStreamingError
-        from urllib3.exceptions import ProtocolError
-
         for attempt in range(self.max_resumes + 1):
             try:
                 data = self.body.read(len(buffer))
                 break
-            except (BotoConnectionError, ReadTimeoutError, ResponseStreamingError, ProtocolError, OSError):
+            except dropped_connection():
                 if attempt == self.max_resumes:
                     raise
                 time.sleep(min(0.2 * 2 ** attempt, 5.0))

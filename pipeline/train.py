@@ -29,7 +29,7 @@ import torch
 from pipeline.checkpoint import Checkpoints
 from pipeline.config import BEST_METRICS, Config, to_dict
 from pipeline.cost import CostTotals, CostTracker
-from pipeline.data import CropLoader, eval_clips
+from pipeline.data import crop_loader, eval_clips
 from pipeline.discriminator import Discriminator
 from pipeline.losses import adversarial_active, discriminator_loss, generator_loss
 from pipeline.metrics import (codebook_perplexity, mean_score, mel_distance, pesq_wb, range_ratio, si_sdr_db,
@@ -224,18 +224,30 @@ class TrainResult:
 
 def make_accelerator(cfg: Config):
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 
     # Denormal floats (ELU's exp of large negatives, near-silent early outputs) are ~100x slower on
     # x86 CPUs: v1's tiny codec measured 0.2-17 s per step with them, 0.17 s flushed to zero.
     torch.set_flush_denormal(True)
+    if cfg.train.use_gpu and torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True  # fixed crop shapes: the autotuned kernels are reused
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     precision = cfg.train.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and cfg.train.use_gpu else "no"
     # Our loader already gives each rank its own batches; nothing may re-dispatch them from rank 0.
+    # No buffer broadcast: the quantizer all-reduces its EMA statistics itself, and DDP would copy
+    # ~8 MB of codebooks from rank 0 every forward. Only v1's per-batch quantizer dropout leaves
+    # weights without a gradient (the skipped levels' projections).
+    ddp = DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=unused_parameters(cfg))
     return Accelerator(mixed_precision=precision, cpu=not cfg.train.use_gpu,
-                       gradient_accumulation_steps=cfg.train.grad_accum,
+                       gradient_accumulation_steps=cfg.train.grad_accum, kwargs_handlers=[ddp],
                        dataloader_config=DataLoaderConfiguration(dispatch_batches=False, split_batches=False))
+
+
+def unused_parameters(cfg: Config) -> bool:
+    """Whether a step can leave codec weights without a gradient (DDP must then look for them)."""
+    return cfg.model.quantizer_dropout > 0 and cfg.model.quantizer_dropout_per == "batch"
 
 
 def lr_factor(cfg: Config, step: int) -> float:
@@ -261,7 +273,18 @@ def build_state(cfg: Config, accel) -> State:
         model, opt_g, disc, opt_d = accel.prepare(model, opt_g, disc, opt_d)
     else:
         model, opt_g = accel.prepare(model, opt_g)
+    if cfg.train.compile and accel.device.type == "cuda":
+        compile_parts(accel.unwrap_model(model), accel.unwrap_model(disc) if disc is not None else None)
     return State(model=model, opt_g=opt_g, disc=disc, opt_d=opt_d)
+
+
+def compile_parts(model: Codec, disc: Discriminator | None) -> None:
+    """torch.compile the encoder, decoder and each sub-discriminator in place (the state-dict keys
+    stay); the quantizer stays eager (its data-dependent code re-seeding would break the graphs)."""
+    model.encoder.compile()
+    model.decoder.compile()
+    for sub in disc.subs.values() if disc is not None else ():
+        sub.compile()
 
 
 def set_lr(state: State, cfg: Config) -> None:
@@ -279,18 +302,25 @@ def train_step(state: State, batch: torch.Tensor, accel, cfg: Config) -> dict:
     device, whether the step was finite; everything else is read once per log_every (MetricWindow)."""
     set_lr(state, cfg)
     model, metrics = state.model, {}
+    # Ranks may hold one row more than others (a global batch over any number of ranks): weighting
+    # each rank's mean by its rows makes DDP's average of gradients the global batch's mean.
+    share = batch.shape[0] * accel.num_processes / cfg.train.batch_size if accel.num_processes > 1 else 1.0
     adv = state.disc is not None and adversarial_active(cfg.loss, state.step)
     with accel.accumulate(model), accel.autocast():
         out = model(batch)
         if adv:
             d = discriminator_loss(state.disc, batch, out.audio, cfg.loss)
             state.opt_d.zero_grad(set_to_none=True)
-            accel.backward(d.total)
+            accel.backward(d.total * share)
             accel.clip_grad_norm_(state.disc.parameters(), cfg.train.disc_grad_clip)
             state.opt_d.step()
+            state.opt_d.zero_grad(set_to_none=True)
             metrics.update({k: v.detach() for k, v in d.terms.items()})
-        g = generator_loss(out, batch, cfg, disc=state.disc if adv else None, step=state.step)
-        accel.backward(g.total)
+        # The generator pass runs the bare discriminator, frozen: no gradient is computed for (or
+        # all-reduced across) its weights only to be thrown away.
+        with frozen(accel.unwrap_model(state.disc) if adv else None) as disc:
+            g = generator_loss(out, batch, cfg, disc=disc, step=state.step)
+            accel.backward(g.total * share)
         grad_norm = accel.clip_grad_norm_(model.parameters(), cfg.train.grad_clip) if accel.sync_gradients else None
         finite = torch.isfinite(g.total.detach())
         if grad_norm is not None:
@@ -310,6 +340,22 @@ def train_step(state: State, batch: torch.Tensor, accel, cfg: Config) -> dict:
     if grad_norm is not None:
         metrics["grad_norm"] = grad_norm.detach()
     return metrics
+
+
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module | None):
+    """`module` with requires_grad off for the block (and back on after)."""
+    if module is None:
+        yield None
+        return
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 class MetricWindow:
@@ -502,9 +548,7 @@ def train(cfg: Config, ctx: RunContext | None = None, accel=None) -> TrainResult
 def train_loop(state: State, accel, cfg: Config, ctx: RunContext, duties: RankDuties,
                ckpts: Checkpoints) -> TrainResult:
     """Steps until cfg.train.steps, a stop notice or the budget, with the once-in-a-while blocks."""
-    crop = int(cfg.train.segment_seconds * cfg.model.sample_rate)
-    loader = CropLoader(cfg.data.url, "train", cfg.train.batch_size, crop, cfg.train.seed,
-                        rank=accel.process_index, world=accel.num_processes)
+    loader = crop_loader(cfg, accel.process_index, accel.num_processes, pin_memory=accel.device.type == "cuda")
     duties.load_eval_clips()
     last_eval: dict = {}
     last_save, t_log, n_log, t_print = time.monotonic(), time.monotonic(), 0, time.monotonic()
@@ -512,7 +556,7 @@ def train_loop(state: State, accel, cfg: Config, ctx: RunContext, duties: RankDu
     while state.step < cfg.train.steps:
         rolled_back = False
         for _, batch in loader.batches(state.step):
-            window.add(train_step(state, batch.to(accel.device), accel, cfg))
+            window.add(train_step(state, batch.to(accel.device, non_blocking=True), accel, cfg))
             state.step += 1
             n_log += 1
             if state.nonfinite_in_row >= cfg.train.max_nonfinite:
@@ -522,8 +566,8 @@ def train_loop(state: State, accel, cfg: Config, ctx: RunContext, duties: RankDu
             if log_due or time.monotonic() - t_print >= cfg.train.progress_seconds:
                 dt = time.monotonic() - t_log  # rates since the last logged step
                 metrics = window.read() if log_due else window.peek()
-                metrics.update({"steps_per_s": n_log / dt, "audio_s_per_s": n_log * batch.shape[0] * batch.shape[-1]
-                                / cfg.model.sample_rate * accel.num_processes / dt,
+                metrics.update({"steps_per_s": n_log / dt, "audio_s_per_s": n_log * cfg.train.batch_size * batch.shape[-1]
+                                / cfg.model.sample_rate / dt,
                                 "nonfinite_total": state.nonfinite_total})
                 duties.print_progress(state.step, metrics)
                 t_print = time.monotonic()

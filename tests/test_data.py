@@ -1,84 +1,166 @@
-"""Training batches: equal per rank, deterministic, resumable to the exact step."""
+"""Training batches: the same global batch on any number of ranks and workers, equal per rank,
+resumable to the exact step, mixed across shards, each rank reading only what it decodes."""
 
+import json
+from collections import Counter
+
+import numpy as np
 import pytest
 import torch
 
 from audio_fixtures import make_dataset
-from pipeline.data import CropLoader, DataError, eval_clips
+from pipeline.data import CropLoader, CropRecipe, DataError, eval_clips, rank_rows
+from pipeline.shards import INDEX_NAME, load_index, upgrade_index
+from pipeline.store import open_store
 
 
 def sample_ids(batch: torch.Tensor) -> list[int]:
     return [int(round(float(x) * 1000)) - 1 for x in batch[:, 0, 0]]
 
 
-def test_equal_batches_per_rank_with_uneven_shards(tmp_path):
-    make_dataset(str(tmp_path), [7, 3, 5, 9, 2])  # 26 samples, uneven
-    loaders = [CropLoader(str(tmp_path), "train", 3, 1000, seed=1, rank=r, world=2) for r in range(2)]
-    assert loaders[0].steps_per_epoch == loaders[1].steps_per_epoch > 0
-    seen = []
-    for loader in loaders:
-        it = loader.batches(0)
-        for _ in range(loader.steps_per_epoch):
-            step, batch = next(it)
-            assert batch.shape == (3, 1, 1000) and batch.dtype == torch.float32
-            seen += sample_ids(batch)
-    assert len(seen) == len(set(seen))  # within an epoch no sample is used twice across ranks
+def global_batches(url, recipe, world, steps, start=0, workers=0) -> list[torch.Tensor]:
+    """The global batch at each step, put together from every rank's rows."""
+    per_rank = []
+    for r in range(world):
+        it = CropLoader(url, "train", recipe, rank=r, world=world, workers=workers).batches(start)
+        per_rank.append([b for _, (_, b) in zip(range(steps), it)])
+    return [torch.cat([rank[i] for rank in per_rank]) for i in range(steps)]
 
 
-def test_fewer_shards_than_ranks_still_splits_samples(tmp_path):
-    make_dataset(str(tmp_path), [10])
-    ids = []
-    for r in range(3):
-        loader = CropLoader(str(tmp_path), "train", 1, 1000, seed=0, rank=r, world=3)
-        assert loader.steps_per_epoch == 3
-        it = loader.batches(0)
-        ids.append({sample_ids(next(it)[1])[0] for _ in range(3)})
-    assert not (ids[0] & ids[1]) and not (ids[1] & ids[2])
+def test_global_batch_is_the_same_on_1_2_and_3_ranks(tmp_path):
+    make_dataset(str(tmp_path), [7, 3, 5, 9, 2])  # 26 samples of 4 crops, uneven shards
+    recipe = CropRecipe(batch_size=8, crop=1000, seed=1)
+    one = global_batches(str(tmp_path), recipe, 1, 20)  # past the end of the first epoch
+    assert one[0].shape == (8, 1, 1000) and one[0].dtype == torch.float32
+    for world in (2, 3):
+        assert all(torch.equal(a, b) for a, b in zip(one, global_batches(str(tmp_path), recipe, world, 20)))
+    # and a run on 2 ranks resumed at step 7 on 3 (or 1) ranks sees what it would have seen
+    resumed = global_batches(str(tmp_path), recipe, 3, 5, start=7)
+    assert all(torch.equal(a, b) for a, b in zip(one[7:12], resumed))
 
 
-def test_resume_mid_epoch_gives_identical_batches(tmp_path):
-    make_dataset(str(tmp_path), [6, 6, 6, 6], seconds=0.6)
-    loader = CropLoader(str(tmp_path), "train", 4, 800, seed=7, rank=1, world=2)
+def test_rows_per_rank_differ_by_at_most_one_and_steps_are_equal(tmp_path):
+    make_dataset(str(tmp_path), [7, 3, 5, 9, 2])
+    recipe = CropRecipe(batch_size=8, crop=1000, seed=1)
+    loaders = [CropLoader(str(tmp_path), "train", recipe, rank=r, world=3) for r in range(3)]
+    assert [len(l.rows) for l in loaders] == [3, 2, 3]
+    assert len({l.steps_per_epoch for l in loaders}) == 1
+    assert [list(rank_rows(8, 3, r)) for r in range(3)] == [[0, 1, 2], [3, 4], [5, 6, 7]]
+
+
+def test_an_epoch_uses_each_crop_once_and_batches_mix_shards(tmp_path):
+    make_dataset(str(tmp_path), [8, 8, 8, 8])  # shard i holds samples 8i..8i+7
+    recipe = CropRecipe(batch_size=4, crop=1000, seed=3)
+    loader = CropLoader(str(tmp_path), "train", recipe)
     it = loader.batches(0)
-    straight = [next(it) for _ in range(3 * loader.steps_per_epoch + 2)]
+    epoch = [sample_ids(next(it)[1]) for _ in range(loader.steps_per_epoch)]
+    uses = Counter(i for ids in epoch for i in ids)
+    assert max(uses.values()) <= 4  # a sample of 4 crops is used at most 4 times an epoch
+    assert sum(uses.values()) >= 0.8 * 32 * 4  # and dealing wastes little
+    shards_per_batch = [len({i // 8 for i in ids}) for ids in epoch]
+    assert np.mean(shards_per_batch) > 2  # a one-shard-at-a-time reader would give 1
+    next_epoch = [sample_ids(next(it)[1]) for _ in range(loader.steps_per_epoch)]
+    assert next_epoch != epoch
+
+
+def test_resume_with_worker_processes_is_bit_exact(tmp_path):
+    make_dataset(str(tmp_path), [6, 6, 6, 6], seconds=0.6)
+    recipe = CropRecipe(batch_size=6, crop=800, seed=7, shuffle_samples=2)
+    loader = CropLoader(str(tmp_path), "train", recipe, rank=1, world=2, workers=2)
+    assert loader.workers == 2
+    straight = [b for _, (_, b) in zip(range(2 * loader.steps_per_epoch + 3), loader.batches(0))]
+    in_thread = CropLoader(str(tmp_path), "train", recipe, rank=1, world=2, workers=0)
+    assert all(torch.equal(a, b) for a, b in zip(straight, (b for _, b in in_thread.batches(0))))
     for start in (1, loader.steps_per_epoch, loader.steps_per_epoch + 1):
         resumed = loader.batches(start)
-        for step, batch in straight[start:start + 4]:
-            s2, b2 = next(resumed)
-            assert s2 == step and torch.equal(b2, batch)
+        for expected in straight[start:start + 3]:
+            step, batch = next(resumed)
+            assert torch.equal(batch, expected)
+        resumed.close()
 
 
-def test_seed_and_epoch_change_the_order(tmp_path):
-    make_dataset(str(tmp_path), [8, 8, 8])
-    def first_epoch(seed, epoch_offset=0):
-        loader = CropLoader(str(tmp_path), "train", 2, 1000, seed=seed)
-        it = loader.batches(epoch_offset * loader.steps_per_epoch)
-        return [i for _ in range(loader.steps_per_epoch) for i in sample_ids(next(it)[1])]
-    a, b, a_next = first_epoch(1), first_epoch(2), first_epoch(1, 1)
-    assert sorted(a) == sorted(b) == sorted(a_next) == list(range(24))
-    assert a != b and a != a_next and a == first_epoch(1)
+def test_each_rank_reads_about_what_it_decodes(tmp_path):
+    make_dataset(str(tmp_path), [10, 10, 10, 10], seconds=1.0)
+    index = load_index(str(tmp_path))
+    flac_total = sum(r.flac_size for s in index.shards for r in s.sample_ranges)
+    recipe = CropRecipe(batch_size=4, crop=2000, seed=0, shuffle_samples=1)
+    reads = []
+    for r in range(2):
+        loader = CropLoader(str(tmp_path), "train", recipe, rank=r, world=2)
+        it = loader.batches(0)
+        for _ in range(loader.steps_per_epoch):
+            next(it)
+        it.close()
+        assert 0 < loader.bytes_read <= 1.25 * loader.bytes_decoded
+        reads.append(loader.bytes_read)
+    # the two ranks split the dataset: neither reads much more than half of it in an epoch
+    assert max(reads) < 0.7 * flac_total and sum(reads) <= 1.1 * flac_total
+
+
+def test_index_without_sample_ranges_is_refused_until_upgraded(tmp_path):
+    make_dataset(str(tmp_path), [5, 5])
+    store = open_store(str(tmp_path))
+    fresh = json.loads(store.get_text(INDEX_NAME))
+    old = json.loads(store.get_text(INDEX_NAME))
+    for shard in old["shards"]:
+        del shard["sample_ranges"]
+    store.put_text(INDEX_NAME, json.dumps(old))
+    recipe = CropRecipe(batch_size=2, crop=1000, seed=0)
+    with pytest.raises(DataError, match="telucodec shards upgrade"):
+        CropLoader(str(tmp_path), "train", recipe)
+    assert upgrade_index(str(tmp_path)) == 2
+    upgraded = json.loads(store.get_text(INDEX_NAME))
+    assert [s["sample_ranges"] for s in upgraded["shards"]] == [s["sample_ranges"] for s in fresh["shards"]]
+    assert "sample_ranges_added" in upgraded["lineage"]
+    assert upgrade_index(str(tmp_path)) == 0  # nothing left to do
+    next(CropLoader(str(tmp_path), "train", recipe).batches(0))
+
+
+def test_a_sample_that_is_not_where_the_index_says_is_an_error(tmp_path):
+    make_dataset(str(tmp_path), [4])
+    store = open_store(str(tmp_path))
+    index = json.loads(store.get_text(INDEX_NAME))
+    for entry in index["shards"][0]["sample_ranges"]:
+        entry[1] += 512  # every FLAC offset one tar block off
+    store.put_text(INDEX_NAME, json.dumps(index))
+    with pytest.raises(DataError, match="no FLAC sample where index.json says"):
+        next(CropLoader(str(tmp_path), "train", CropRecipe(batch_size=1, crop=1000, seed=0)).batches(0))
+
+
+def test_loudness_and_gain_stay_in_range(tmp_path):
+    make_dataset(str(tmp_path), [8, 8])  # constant levels 0.001 .. 0.016
+    recipe = CropRecipe(batch_size=4, crop=1000, seed=0, loudness_db=-20.0)
+    _, batch = next(CropLoader(str(tmp_path), "train", recipe).batches(0))
+    rms = batch.square().mean(dim=-1).sqrt()
+    assert torch.allclose(rms, torch.full_like(rms, 0.1), rtol=1e-3)  # -20 dBFS
+    recipe = CropRecipe(batch_size=4, crop=1000, seed=0, loudness_db=-20.0, gain_db=(-12.0, 0.0))
+    it = CropLoader(str(tmp_path), "train", recipe).batches(0)
+    levels = torch.cat([next(it)[1].abs().amax(dim=-1).flatten() for _ in range(5)])
+    assert float(levels.max()) <= 0.1 * 1.001 and float(levels.min()) >= 0.1 * 10 ** (-12 / 20) * 0.999
+    assert len(set(levels.tolist())) > 10  # a gain per crop, not one per run
 
 
 def test_too_small_split_is_a_clear_error(tmp_path):
     make_dataset(str(tmp_path), [2])
-    with pytest.raises(DataError, match="fewer than one batch"):
-        CropLoader(str(tmp_path), "train", 4, 1000, seed=0)
+    with pytest.raises(DataError, match="too few for a global batch"):
+        CropLoader(str(tmp_path), "train", CropRecipe(batch_size=4, crop=1000, seed=0))
 
 
 def test_short_clips_are_padded_and_eval_clips(tmp_path):
-    make_dataset(str(tmp_path), [3], seconds=0.1)
-    loader = CropLoader(str(tmp_path), "train", 3, 1600, seed=0)
+    make_dataset(str(tmp_path), [8], seconds=0.1)
+    loader = CropLoader(str(tmp_path), "train", CropRecipe(batch_size=3, crop=1600, seed=0))
     _, batch = next(loader.batches(0))
     assert batch.shape == (3, 1, 1600) and float(batch[:, :, 800:].abs().max()) == 0.0
     clips = eval_clips(str(tmp_path), "train", 2, 500)
     assert [k for k, _ in clips] == ["s0000", "s0001"] and all(len(a) == 500 for _, a in clips)
 
 
-def test_no_rank_runs_dry_in_any_epoch(tmp_path):
-    """Shard-to-rank assignment changes every epoch; the step count must hold for all of them."""
-    make_dataset(str(tmp_path), [9, 4, 6])
+def test_no_stream_runs_dry_in_any_epoch(tmp_path):
+    """Dealing changes every epoch; the step count must hold for all of them, on every rank."""
+    make_dataset(str(tmp_path), [9, 4, 6], seconds=0.37)
+    recipe = CropRecipe(batch_size=5, crop=1000, seed=0)
     for r in range(2):
-        loader = CropLoader(str(tmp_path), "train", 2, 1000, seed=0, rank=r, world=2)
+        loader = CropLoader(str(tmp_path), "train", recipe, rank=r, world=2)
         it = loader.batches(0)
-        for _ in range(6 * loader.steps_per_epoch):  # six epochs, several permutations
+        for _ in range(6 * loader.steps_per_epoch):  # six epochs, six deals
             next(it)

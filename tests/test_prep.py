@@ -49,7 +49,7 @@ def test_prep_to_s3_then_verify_and_read_back(corpus, s3_bucket, tmp_path):
     assert sum(summary.clipped_files.values()) == 4  # utt 0, 4, 8, 12 peak at 1.2
     assert verify_dataset(url) == []
     read_back_with_stock_webdataset(url, index, tmp_path / "copy")
-    # and through the project's reader (webdataset + the in-process s3 opener)
+    # and through the project's reader
     assert sum(1 for _ in read_samples(url, "train")) == index.splits["train"]["samples"]
 
 

@@ -38,6 +38,27 @@ def test_discriminator_has_its_own_clip_and_the_configs_weight_decay(tmp_path):
     assert metrics["grad_norm"] > 0.001 and "disc" in metrics  # ...while the codec's is not
 
 
+def test_the_generator_pass_leaves_the_discriminator_without_gradients(tmp_path):
+    """The discriminator runs frozen in the generator pass: no gradient for it is computed (or, under
+    DDP, all-reduced) only to be thrown away, and it is trainable again for its own step."""
+    cfg = adversarial_config(tmp_path)
+    accel = make_accelerator(cfg)
+    state = build_state(cfg, accel)
+    metrics = train_step(state, torch.randn(2, 1, 1600) * 0.3, accel, cfg)
+    assert "loss/adv" in metrics and float(metrics["loss/adv"]) != 0.0  # the generator did see it
+    params = list(state.disc.parameters())
+    assert all(p.grad is None for p in params) and all(p.requires_grad for p in params)
+
+
+def test_ddp_settings_follow_the_recipe(tmp_path):
+    """No buffer broadcast (the quantizer syncs its own EMA buffers); DDP looks for unused weights
+    only when per-batch quantizer dropout can skip levels."""
+    handler = make_accelerator(adversarial_config(tmp_path)).ddp_handler
+    assert handler.broadcast_buffers is False and handler.find_unused_parameters is False
+    v1 = adversarial_config(tmp_path, "model.quantizer_dropout_per=batch", "model.quantizer_dropout=0.5")
+    assert make_accelerator(v1).ddp_handler.find_unused_parameters is True
+
+
 def test_the_health_guard_lets_the_gan_stage_trade_snr_but_not_level(tmp_path):
     cfg = adversarial_config(tmp_path, "loss.adv_start_step=100", "train.warmup_steps=10")
     quiet_loud = {"val/snr": -2.0, "val/range_ratio": 0.9}

@@ -93,7 +93,7 @@ class DestShard:
             if self.slots[slot] is not None:
                 raise ReshardError(f"{self.split} shard {self.j}: position {position} filled twice")
             offset = self.spill.append(sample.flac + sample.meta)
-            self.slots[slot] = (sample.key, offset, len(sample.flac), len(sample.meta), sample.seconds)
+            self.slots[slot] = (sample.key, offset, len(sample.flac), len(sample.meta), sample.seconds, sample.frames)
         self.received += 1
         self.digest = (self.digest + keys_digest([sample.key])) % (1 << 128)
 
@@ -101,9 +101,9 @@ class DestShard:
         """Write the tar (from the spill, in position order) and put it to the store."""
         if self.spill is not None:
             self.writer = ShardWriter(self.store, self.split, self.j)
-            for key, offset, n_flac, n_meta, seconds in self.slots:
+            for key, offset, n_flac, n_meta, seconds, frames in self.slots:
                 data = self.spill.read(offset, n_flac + n_meta)
-                self.writer.add(EncodedSample(key, data[:n_flac], data[n_flac:], seconds))
+                self.writer.add(EncodedSample(key, data[:n_flac], data[n_flac:], seconds, frames))
         return self.writer.close()
 
     def abort(self) -> None:
