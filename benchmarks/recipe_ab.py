@@ -52,7 +52,8 @@ def parse_recipe(text: str) -> tuple[str, list[str]]:
 def recipe_config(items: list[str], data: str, run_dir: Path, steps: int = 1000, minutes: float = 0.0):
     configs = ["base"] + [i for i in items if "=" not in i]
     overrides = [i for i in items if "=" in i]
-    return load_config(configs, overrides + [
+    # batch 8: one process trains the rows one of the demo's two workers would (tiny's batch is global)
+    return load_config(configs, ["train.batch_size=8"] + overrides + [
         f"data.url={data}", f"run.dir={run_dir}", "train.workers=0", "tracking.enabled=false",
         "train.eval_split=val", f"train.steps={steps}", f"train.eval_every={steps}",
         f"train.checkpoint_every={steps}", "cost.usd_per_hour=1.0", f"budget.max_usd={minutes / 60 * 1.5}",

@@ -4,9 +4,11 @@
 
 CPU: both configs train in this process (train.workers=0) through `build_state` + `train_step`
 under `make_accelerator`, on one synthetic 16 kHz dataset written to a temporary folder, with
-batches from `CropLoader` as `train` reads them. Steps alternate between the two configs so that
-load from other work on the machine falls on both alike; warm-up steps (k-means codebook init,
-allocator growth) are not timed. Prints steps/s and audio-seconds/s per config and base/tiny.
+batches from `CropLoader` as `train` reads them (its workers from train.cpus_per_worker, 1 here: a
+decode thread). Steps alternate between the two configs so that load from other work on the
+machine falls on both alike; warm-up steps (k-means codebook init, allocator growth) are not timed.
+Prints steps/s, audio-seconds/s and the share of step time spent waiting for the next batch per
+config, and base/tiny.
 
 GPU (only when torch sees one): configs/gpu.yaml in bf16, before and after the adversarial stage
 starts: audio-seconds per GPU-second, peak memory and an MFU estimate (FLOPs of one step counted by
@@ -75,6 +77,8 @@ class Bench:
     state: State
     batches: object
     times: list[float] = field(default_factory=list)
+    waits: list[float] = field(default_factory=list)
+    """Seconds of each timed step spent waiting for the next batch."""
 
     @property
     def params(self) -> int:
@@ -88,6 +92,7 @@ class Bench:
         """One loop iteration as `train` runs it (next batch, to device, train_step); its seconds."""
         t = time.perf_counter()
         _, batch = next(self.batches)
+        self.waits.append(time.perf_counter() - t)
         train_step(self.state, batch.to(self.accel.device), self.accel, self.cfg)
         self.state.step += 1
         sync()
@@ -122,6 +127,8 @@ def run_cpu(url: str, args) -> None:
     for _ in range(args.warmup):
         for b in benches:
             b.step()
+    for b in benches:
+        b.waits = []
     for i in range(args.steps):  # alternate, so both see the same background load
         if i > 0 and time.monotonic() - started > args.max_minutes * 60:
             print(f"(stopped after {i} timed steps per config: --max-minutes {args.max_minutes} reached)")
@@ -131,14 +138,14 @@ def run_cpu(url: str, args) -> None:
     print(f"CPU, fp32, in-process (train.workers=0); {args.warmup} warm-up step(s) not timed, "
           f"{len(benches[0].times)} timed per config, interleaved; median step time")
     print(f"{'config':8} {'params':>8} {'batch':>6} {'segment s':>10} {'s/step':>8} {'min-max':>11} "
-          f"{'steps/s':>9} {'audio s/s':>10}")
+          f"{'steps/s':>9} {'audio s/s':>10} {'data wait':>10}")
     rates = {}
     for b in benches:
         dt = statistics.median(b.times)
         rates[b.name] = (1 / dt, b.audio_s_per_step / dt)
         print(f"{b.name:8} {b.params / 1e6:7.2f}M {b.cfg.train.batch_size:6d} {b.cfg.train.segment_seconds:10.2f} "
               f"{dt:8.2f} {f'{min(b.times):.2f}-{max(b.times):.2f}':>11} {1 / dt:9.3f} "
-              f"{b.audio_s_per_step / dt:10.2f}")
+              f"{b.audio_s_per_step / dt:10.2f} {sum(b.waits) / sum(b.times):10.1%}")
     (tiny_steps, tiny_audio), (base_steps, base_audio) = rates["tiny"], rates["base"]
     print(f"{'base/tiny':8} {benches[1].params / benches[0].params:7.1f}x {'':6} {'':10} {'':8} {'':11} "
           f"{base_steps / tiny_steps:8.3f}x {base_audio / tiny_audio:9.3f}x")
@@ -173,7 +180,7 @@ def run_gpu(url: str, args) -> None:
         for _ in range(args.gpu_warmup):
             b.step(torch.cuda.synchronize)
         torch.cuda.reset_peak_memory_stats()
-        b.times = [b.step(torch.cuda.synchronize) for _ in range(args.gpu_steps)]
+        b.times = [b.step(torch.cuda.synchronize) for _ in range(args.gpu_steps)]  # (waits: none, batches cycled)
         peak_mem = torch.cuda.max_memory_allocated() / 2**30
         with FlopCounterMode(display=False) as counter:  # a separate step: the counter slows it down
             b.step(torch.cuda.synchronize)
@@ -202,7 +209,7 @@ def main() -> None:
     os.chdir(Path(__file__).resolve().parent.parent)  # config paths are relative to the repo
     machine_report()
     with tempfile.TemporaryDirectory() as tmp:
-        write_dataset(tmp, n_samples=64, seconds=1.25)  # longer than every config's segment
+        write_dataset(tmp, n_samples=256, seconds=1.25)  # longer than every config's segment
         if not args.skip_cpu:
             run_cpu(tmp, args)
         if torch.cuda.is_available():

@@ -179,31 +179,33 @@ class StreamCrops:
             yield from self.group_crops(g, data)[skip:]
             skip = 0
 
-    def group_crops(self, g: int, data: list[bytes]) -> np.ndarray:
+    def group_crops(self, g: int, data: list[bytes]) -> list[np.ndarray]:
+        """The group's crops in their shuffled order: views into the decoded samples (the batch's
+        stack is the one copy), scaled copies only when a gain is drawn."""
         r, crop = self.recipe, self.recipe.crop
-        pieces = []
+        crops = []
         for j, raw in zip(self.groups[g].tolist(), data):
             audio = self.reader.decode(j, raw)
             if r.loudness_db is not None:
                 audio = normalise_loudness(audio, r.loudness_db)
             n = max(1, len(audio) // crop)
-            rng = np.random.default_rng([r.seed, self.epoch, j])
-            start = int(rng.integers(0, len(audio) - n * crop + 1)) if len(audio) >= crop else 0
-            cut = audio[start:start + n * crop]
-            pieces.append(np.pad(cut, (0, n * crop - len(cut))).reshape(n, crop))
-        crops = np.concatenate(pieces).astype(np.float32, copy=False)
+            if len(audio) < crop:  # a short clip: padded into one crop
+                audio = np.pad(audio, (0, crop - len(audio)))
+            start = int(np.random.default_rng([r.seed, self.epoch, j]).integers(0, len(audio) - n * crop + 1))
+            crops += list(audio[start:start + n * crop].reshape(n, crop))
         rng = np.random.default_rng([r.seed, self.epoch, self.stream, g])
-        crops = crops[rng.permutation(len(crops))]
+        crops = [crops[i] for i in rng.permutation(len(crops))]
         if r.gain_db != (0.0, 0.0):
             gains = 10 ** (rng.uniform(*r.gain_db, size=len(crops)) / 20)
-            peaks = np.maximum(np.abs(crops).max(axis=1), 1e-9)
-            crops = crops * np.minimum(gains, 1.0 / peaks).astype(np.float32)[:, None]
+            crops = [c * np.float32(min(gain, 1.0 / max(float(np.abs(c).max()), 1e-9)))
+                     for c, gain in zip(crops, gains)]
         return crops
 
 
 class StreamSet:
-    """The rows one process serves: for each step from `start_step` on, one crop of each of its
-    streams, as float32 [len(streams), crop], with the bytes read and decoded so far."""
+    """The rows one process serves: for each step from `start_step` on, one crop [crop] of each of
+    its streams (views into the decoded audio, which is never written to), with the bytes read and
+    decoded so far."""
 
     def __init__(self, url: str, table: SplitTable, recipe: CropRecipe, streams: list[int]):
         self.url, self.table, self.recipe, self.streams = url, table, recipe, streams
@@ -217,7 +219,7 @@ class StreamSet:
                 dealt = self.epoch_streams(epoch)
                 its = [StreamCrops(reader, self.recipe, epoch, v, dealt[v]).crops_from(pos) for v in self.streams]
                 for _ in range(pos, self.steps_per_epoch):
-                    yield np.stack([next(it) for it in its]), reader.bytes_read, reader.bytes_decoded
+                    yield [next(it) for it in its], reader.bytes_read, reader.bytes_decoded
                 epoch, pos = epoch + 1, 0
         finally:
             reader.close()
@@ -228,15 +230,22 @@ class StreamSet:
 
 
 class _WorkerRows(torch.utils.data.IterableDataset):
-    """What DataLoader worker k runs: the rows of its share of the rank's streams (every n-th)."""
+    """What DataLoader worker k runs: the rows of its share of the rank's streams (every n-th),
+    stacked into a ring of shared-memory buffers. A fresh shared tensor per step cost more than the
+    decode (mapping and zeroing 2 MB); a buffer is reused only after the trainer copied it out: a
+    worker holds at most `prefetch` unanswered requests, plus the item being copied."""
 
-    def __init__(self, sets: list[StreamSet], start_step: int):
-        self.sets, self.start_step = sets, start_step
+    def __init__(self, sets: list[StreamSet], start_step: int, prefetch: int):
+        self.sets, self.start_step, self.ring = sets, start_step, prefetch + 2
 
     def __iter__(self):
         k = torch.utils.data.get_worker_info().id
-        for rows, read, decoded in self.sets[k].rows(self.start_step):
-            yield torch.from_numpy(rows), read, decoded
+        ring = [torch.empty((len(self.sets[k].streams), self.sets[k].recipe.crop)).share_memory_()
+                for _ in range(self.ring)]
+        for i, (crops, read, decoded) in enumerate(self.sets[k].rows(self.start_step)):
+            rows = ring[i % self.ring]
+            np.stack(crops, out=rows.numpy())
+            yield rows, read, decoded
 
 
 class CropLoader:
@@ -269,7 +278,7 @@ class CropLoader:
         """(step, [rows, 1, crop]) forever from `start_step`."""
         sets = self.stream_sets()
         parts = self._worker_parts(sets, start_step, prefetch) if self.workers else \
-            _threaded((torch.from_numpy(r), a, b) for r, a, b in sets[0].rows(start_step))
+            _threaded(sets[0].rows(start_step), prefetch)
         n, step = len(sets), start_step
         read, decoded = [0] * n, [0] * n
         try:
@@ -277,7 +286,10 @@ class CropLoader:
                 batch = torch.empty((len(self.rows), 1, self.recipe.crop), pin_memory=self.pin_memory)
                 for k in range(n):
                     rows, read[k], decoded[k] = next(parts)
-                    batch[k::n, 0] = rows
+                    if isinstance(rows, list):
+                        np.stack(rows, out=batch[:, 0].numpy())
+                    else:
+                        batch[k::n, 0] = rows
                 self.bytes_read, self.bytes_decoded = sum(read), sum(decoded)
                 yield step, batch
                 step += 1
@@ -286,7 +298,7 @@ class CropLoader:
 
     def _worker_parts(self, sets: list[StreamSet], start_step: int, prefetch: int):
         loader = torch.utils.data.DataLoader(
-            _WorkerRows(sets, start_step), batch_size=None, num_workers=self.workers, prefetch_factor=prefetch,
+            _WorkerRows(sets, start_step, prefetch), batch_size=None, num_workers=self.workers, prefetch_factor=prefetch,
             # forkserver: the training process holds threads (gloo, W&B, Ray) that fork would copy mid-lock
             multiprocessing_context="forkserver")
         parts = iter(loader)

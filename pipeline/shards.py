@@ -467,4 +467,6 @@ def _verify_shard(store: Store, info: ShardInfo) -> list[str]:
         problems.append(f"unreadable ({type(e).__name__}: {e})")
     if count != info.samples and not problems:
         problems.append(f"{count} samples != index {info.samples}")
+    if info.sample_ranges is not None and not problems and scan_sample_ranges(io.BytesIO(data))[0] != info.sample_ranges:
+        problems.append("sample byte ranges differ from the index (training would misread them)")
     return problems

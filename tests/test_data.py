@@ -10,7 +10,8 @@ import torch
 
 from audio_fixtures import make_dataset
 from pipeline.data import CropLoader, CropRecipe, DataError, eval_clips, rank_rows
-from pipeline.shards import INDEX_NAME, load_index, upgrade_index
+from jobs.cli import main
+from pipeline.shards import INDEX_NAME, load_index, upgrade_index, verify_dataset
 from pipeline.store import open_store
 
 
@@ -97,7 +98,7 @@ def test_each_rank_reads_about_what_it_decodes(tmp_path):
     assert max(reads) < 0.7 * flac_total and sum(reads) <= 1.1 * flac_total
 
 
-def test_index_without_sample_ranges_is_refused_until_upgraded(tmp_path):
+def test_index_without_sample_ranges_is_refused_until_upgraded(tmp_path, capsys):
     make_dataset(str(tmp_path), [5, 5])
     store = open_store(str(tmp_path))
     fresh = json.loads(store.get_text(INDEX_NAME))
@@ -108,7 +109,8 @@ def test_index_without_sample_ranges_is_refused_until_upgraded(tmp_path):
     recipe = CropRecipe(batch_size=2, crop=1000, seed=0)
     with pytest.raises(DataError, match="telucodec shards upgrade"):
         CropLoader(str(tmp_path), "train", recipe)
-    assert upgrade_index(str(tmp_path)) == 2
+    assert main(["shards", "upgrade", str(tmp_path)]) == 0
+    assert "sample byte ranges of 2 shard(s) added" in capsys.readouterr().out
     upgraded = json.loads(store.get_text(INDEX_NAME))
     assert [s["sample_ranges"] for s in upgraded["shards"]] == [s["sample_ranges"] for s in fresh["shards"]]
     assert "sample_ranges_added" in upgraded["lineage"]
@@ -125,6 +127,8 @@ def test_a_sample_that_is_not_where_the_index_says_is_an_error(tmp_path):
     store.put_text(INDEX_NAME, json.dumps(index))
     with pytest.raises(DataError, match="no FLAC sample where index.json says"):
         next(CropLoader(str(tmp_path), "train", CropRecipe(batch_size=1, crop=1000, seed=0)).batches(0))
+    assert verify_dataset(str(tmp_path)) == ["train-000000.tar: sample byte ranges differ from the index "
+                                             "(training would misread them)"]
 
 
 def test_loudness_and_gain_stay_in_range(tmp_path):

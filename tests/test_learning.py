@@ -27,7 +27,7 @@ def test_tiny_codec_learns_positive_snr_on_held_out_speakers(tmp_path):
     corpus = synthesize_corpus(tmp_path / "corpus", minutes=3.0, seed=0)
     cfg = load_config(["configs/base.yaml", "configs/tiny.yaml"],
                       [f"data.url={tmp_path / 'data'}", f"run.dir={tmp_path / 'run'}", "train.workers=0",
-                       "train.eval_split=test"])
+                       "train.batch_size=8", "train.eval_split=test"])  # tiny's 8 rows per rank, in one process
     run_prep([str(corpus.manifest)], cfg.data.url, cfg.prep, progress=False)
     result = train(cfg)
     assert result.status == "finished" and result.step == cfg.train.steps

@@ -3,7 +3,7 @@
     telucodec demo                       # corpus -> prep -> reshard -> train -> eval, all local
     telucodec corpus OUT_DIR --minutes 5                         jobs/cli/data.py
     telucodec prep SRC... --out URL [CONFIG...] [key=value...]   jobs/cli/data.py
-    telucodec shards ls URL | verify URL                         jobs/cli/data.py
+    telucodec shards ls URL | verify URL | upgrade URL           jobs/cli/data.py
     telucodec reshard SRC_URL DST_URL --ranks 8 --shard-mb 500   jobs/cli/data.py
     telucodec config show [CONFIG...] [key=value...]             jobs/cli/config.py
     telucodec train tiny data.url=DATA run.dir=RUN               jobs/cli/train.py

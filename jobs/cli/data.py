@@ -126,6 +126,14 @@ def register_shards(sub) -> None:
                          epilog="example: telucodec shards verify s3://bucket/te", formatter_class=FORMATTER)
     s.add_argument("url", metavar="URL")
     s.set_defaults(func=shards_verify)
+    s = shsub.add_parser("upgrade", help="add per-sample byte ranges to an older index (one read of every shard)",
+                         description="Training reads each sample with one ranged read at the byte range "
+                         "index.json records; indexes written by telucodec before 0.2 lack them and "
+                         "training refuses them. This reads every shard once, checks it against the "
+                         "index's sha256 and rewrites index.json with the ranges. Shards are not touched.",
+                         epilog="example: telucodec shards upgrade s3://bucket/te", formatter_class=FORMATTER)
+    s.add_argument("url", metavar="URL")
+    s.set_defaults(func=shards_upgrade)
 
 
 def shards_ls(args) -> int:
@@ -172,6 +180,22 @@ def shards_verify(args) -> int:
         err_console.print(f"{len(problems)} problem(s) in {args.url}")
         return 1
     console.print(f"OK: {total} shards match the index; every sample decodes and lies in [-1, 1]")
+    return 0
+
+
+def shards_upgrade(args) -> int:
+    from rich.progress import Progress
+
+    from pipeline.shards import load_index, upgrade_index
+
+    total = len(load_index(args.url).shards)
+    with Progress(console=err_console, transient=True) as bar:
+        task = bar.add_task("scanning shards", total=total)
+        scanned = upgrade_index(args.url, on_shard=lambda _: bar.advance(task))
+    if scanned:
+        console.print(f"OK: sample byte ranges of {scanned} shard(s) added to {args.url}/index.json")
+    else:
+        console.print(f"OK: {args.url}/index.json already has every sample's byte range; nothing to do")
     return 0
 
 

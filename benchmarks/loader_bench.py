@@ -1,0 +1,153 @@
+"""Training-loader throughput per CPU core, beside its decode ceiling and a GPU's demand, in one run.
+
+    .venv/bin/python benchmarks/loader_bench.py [--samples 120] [--seconds 20] [--json]
+
+Builds prep-shaped data in a temporary folder (10-second 16 kHz FLAC segments: speech-like tones
+in noise, 40 a shard), then measures
+  1. the bare FLAC-decode ceiling: one process reads every sample's bytes and decodes them
+     (soundfile), as one-second crops per second if every decoded second became a crop;
+  2. CropLoader as training uses it (global batch 32, one-second crops, one rank) with 1 and 2
+     worker processes, over --seconds after the first batch (worker start-up excluded): crops per
+     core = crops over the CPU seconds of every process involved (workers, the process merging
+     their rows, the forkserver), so a machine with more cores than workers does not flatter it;
+  3. what a GPU consumes: audio-seconds per second of the base model at 30% MFU of an H100's dense
+     bf16 peak, from FlopCounterMode's count of one base train step (generator, forward + backward).
+`--json` prints {"crops_per_s_per_core", "decode_ceiling_per_core", "gpu_demand_audio_s_per_s", ...};
+crops_per_s_per_core is the lower of the 1- and 2-worker figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import soundfile as sf
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from audio_fixtures import tone  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.data import CropLoader, CropRecipe  # noqa: E402
+from pipeline.shards import DatasetIndex, ShardWriter, encode_sample, load_index, write_index  # noqa: E402
+from pipeline.store import open_store  # noqa: E402
+
+RATE, SECONDS, PER_SHARD, BATCH = 16000, 10.0, 40, 32
+H100_BF16_PEAK, MFU = 989e12, 0.30
+REPO = Path(__file__).resolve().parent.parent
+
+
+def build_dataset(url: str, samples: int) -> None:
+    """Prep-shaped segments: tones in enough noise that FLAC keeps most of the bytes."""
+    store, rng, infos = open_store(url), np.random.default_rng(0), []
+    for first in range(0, samples, PER_SHARD):
+        with ShardWriter(store, "train", len(infos)) as w:
+            for n in range(first, min(first + PER_SHARD, samples)):
+                audio = tone(SECONDS, RATE, freq=rng.uniform(90, 260), peak=0.5, seed=n)
+                audio = np.clip(audio + 0.05 * rng.standard_normal(len(audio)), -1, 1)
+                w.add(encode_sample(f"utt{n:06d}", audio, RATE, {"speaker": f"spk{n % 20}"}))
+        infos.append(w.info)
+    write_index(store, DatasetIndex(shards=infos, sample_rate=RATE))
+
+
+def decode_ceiling(url: str) -> float:
+    """One-second crops per second one process gets by reading and decoding every sample."""
+    store = open_store(url)
+    frames, started = 0, time.perf_counter()
+    for info in load_index(store).shards:
+        for r in info.sample_ranges:
+            audio, _ = sf.read(io.BytesIO(store.get_range(info.name, r.flac_offset, r.flac_size)),
+                               dtype="float32")
+            frames += len(audio)
+    return frames / RATE / (time.perf_counter() - started)
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and every process below it (the loader's workers
+    are children of the forkserver, itself a child of this process)."""
+    me = psutil.Process()
+    total = 0.0
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def loader_rate(url: str, workers: int, seconds: float) -> tuple[float, float]:
+    """(crops per second, crops per CPU-second of all processes involved) of CropLoader with
+    `workers` processes, after its first batch."""
+    loader = CropLoader(url, "train", CropRecipe(BATCH, RATE, seed=0), workers=workers)
+    it = loader.batches(0)
+    next(it)
+    steps, cpu, started = 0, cpu_seconds(), time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        next(it)
+        steps += 1
+    elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+    it.close()
+    return steps * BATCH / elapsed, steps * BATCH / cpu
+
+
+def gpu_demand() -> tuple[float, float]:
+    """(GFLOP per audio-second of the base model's train step, audio-s/s an H100 at 30% MFU eats)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pipeline.losses import generator_loss
+    from pipeline.model import Codec
+
+    cfg = load_config([REPO / "configs" / "base.yaml"], [])
+    model = Codec(cfg.model)
+    audio = torch.randn(2, 1, RATE) * 0.1
+    with FlopCounterMode(display=False) as counter:
+        generator_loss(model(audio), audio, cfg).total.backward()
+    per_second = counter.get_total_flops() / 2
+    return per_second / 1e9, MFU * H100_BF16_PEAK / per_second
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--samples", type=int, default=120, help="10-second segments to build (40 a shard)")
+    p.add_argument("--seconds", type=float, default=20.0, help="seconds each loader is timed")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON only")
+    args = p.parse_args()
+    say = (lambda *a: None) if args.json else print
+    say(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
+    with tempfile.TemporaryDirectory() as tmp:
+        url = str(Path(tmp) / "data")
+        build_dataset(url, args.samples)
+        size = sum(s.bytes for s in load_index(url).shards) / 1e6
+        say(f"data: {args.samples} x {SECONDS:.0f} s FLAC segments at {RATE} Hz, {size:.1f} MB")
+        ceiling = decode_ceiling(url)
+        say(f"bare FLAC decode (1 process):   {ceiling:8.0f} one-second crops/s")
+        rates = {}
+        for workers in (1, 2):
+            total, rates[workers] = loader_rate(url, workers, args.seconds)
+            say(f"CropLoader, {workers} worker(s):       {rates[workers]:8.0f} crops/s per core "
+                f"({rates[workers] / ceiling:.2f} of the decode ceiling; {total:.0f} crops/s in all)")
+    gflop, demand = gpu_demand()
+    per_core = min(rates.values())
+    say(f"base model: {gflop:.1f} GFLOP per audio-second (train step, generator); an H100 at "
+        f"{MFU:.0%} MFU eats {demand:,.0f} audio-s/s = {demand / per_core:.1f} cores of this loader")
+    result = {"crops_per_s_per_core": round(per_core, 1), "decode_ceiling_per_core": round(ceiling, 1),
+              "gpu_demand_audio_s_per_s": round(demand, 1), "crops_per_s_per_core_1_worker": round(rates[1], 1),
+              "crops_per_s_per_core_2_workers": round(rates[2], 1), "gflop_per_audio_s": round(gflop, 2),
+              "cores_per_gpu": round(demand / per_core, 1)}
+    print(json.dumps(result) if args.json else f"targets: >= 1000 crops/s per core "
+          f"({'met' if per_core >= 1000 else 'NOT met'}), >= 0.5 of the decode ceiling "
+          f"({'met' if per_core >= 0.5 * ceiling else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()
