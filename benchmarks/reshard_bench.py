@@ -6,15 +6,22 @@ Builds a source dataset of about `--mb` megabytes of FLAC (speech-like tones in 
 samples, 48 per shard), then measures MB/s and audio seconds per wall second for
   1. a raw copy of every object of the source (`open` -> `put_fileobj`, as many threads as the
      reshard's I/O threads): the ceiling, since a re-pack moves the same bytes;
-  2. a plain re-pack (`--shard-mb 20 --ranks 2`: no decode, FLAC bytes copied as they are);
-  3. the same re-pack with `--shuffle` (spilled to local disk, written in shuffled order);
+  2. a plain re-pack (`--shard-mb 20 --ranks 2`: no decode), each sample copied as the byte range
+     the source index records ("ranges");
+  3. the same re-pack of a copy of the source whose index has no sample ranges, as an older prep
+     wrote it: every tar member parsed and written again ("parsed", the path before ranges);
+  4. both again with `--shuffle` (spilled to local disk, written in shuffled order);
 each local folder -> local folder and S3 -> S3 (moto on 127.0.0.1, started here), best of
-`--repeats`, and prints the ratios to the ceiling of the same stores.
+`--repeats` (the runs take turns, so a busy spell on a shared machine hits them alike), and prints
+the ratios to the ceiling of the same stores, and what one sha256 pass over the source costs here:
+a re-pack hashes every byte twice (the source against its index, the destination for its index),
+which a raw copy does not.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import platform
 import sys
@@ -22,6 +29,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -62,13 +70,38 @@ def raw_copy(src: Store, dst: Store, threads: int) -> None:
         list(pool.map(copy, [o.key for o in src.list()]))
 
 
-def best_of(repeats: int, fn) -> float:
-    times = []
+def without_ranges(src: Store, dst: Store, threads: int) -> None:
+    """A copy of the source whose index has no sample ranges: a re-pack of it parses every tar member."""
+    raw_copy(src, dst, threads)
+    index = load_index(dst)
+    for info in index.shards:
+        info.sample_ranges = None
+    write_index(dst, index)
+
+
+def repack(src: str, dst: str, **opts) -> Callable[[int], object]:
+    """A reshard of `src` into a fresh `dst{i}` on repeat i."""
+    return lambda i: reshard(src, f"{dst}{i}", ReshardOptions(**opts), progress=False)
+
+
+def best_of(repeats: int, runs: dict[str, Callable[[int], object]]) -> dict[str, float]:
+    """Best wall seconds of each run; the runs take turns, repeat by repeat."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for i in range(repeats):
-        t = time.perf_counter()
-        fn(i)
-        times.append(time.perf_counter() - t)
-    return min(times)
+        for name, fn in runs.items():
+            t = time.perf_counter()
+            fn(i)
+            times[name].append(time.perf_counter() - t)
+    return {name: min(t) for name, t in times.items()}
+
+
+def sha256_seconds(store: Store, index: DatasetIndex) -> float:
+    """Seconds to hash every source shard once (read from the store, as the reshard's source check does)."""
+    t = time.perf_counter()
+    for info in index.shards:
+        with store.open(info.name) as f:
+            hashlib.file_digest(f, "sha256")
+    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -77,7 +110,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--io-threads", type=int, default=8)
     args = ap.parse_args()
-    repack = dict(shard_mb=20, ranks=2, io_threads=args.io_threads)
+    shape = dict(shard_mb=20, ranks=2, io_threads=args.io_threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
@@ -85,25 +118,29 @@ def main() -> None:
         build_s = time.perf_counter() - t
         totals = index.splits["train"]
         mb, audio_s = sum(s.bytes for s in index.shards) / 1e6, totals["seconds"]
+        hash_s = min(sha256_seconds(open_store(f"{tmp}/src"), index) for _ in range(args.repeats))
         MotoS3("bench").__enter__()  # lives until the script ends
         raw_copy(open_store(f"{tmp}/src"), open_store("s3://bench/src"), args.io_threads)  # untimed
+        for url in (f"{tmp}/src", "s3://bench/src"):
+            without_ranges(open_store(url), open_store(f"{url}-parsed"), args.io_threads)  # untimed
         for label, src, dst in [("local -> local", f"{tmp}/src", f"{tmp}/dst"),
                                 ("S3 -> S3", "s3://bench/src", "s3://bench/dst")]:
-            ceiling = best_of(args.repeats, lambda i: raw_copy(open_store(src), open_store(f"{dst}-raw{i}"),
-                                                               args.io_threads))
-            plain = best_of(args.repeats, lambda i: reshard(src, f"{dst}-repack{i}", ReshardOptions(**repack),
-                                                            progress=False))
-            shuffled = best_of(args.repeats, lambda i: reshard(src, f"{dst}-shuffle{i}",
-                                                               ReshardOptions(shuffle=True, seed=i, **repack),
-                                                               progress=False))
-            rows += [(label, "raw copy (ceiling)", ceiling, ceiling), (label, "re-pack", plain, ceiling),
-                     (label, "re-pack --shuffle", shuffled, ceiling)]
-        out = load_index(f"{tmp}/dst-repack0")
+            best = best_of(args.repeats, {
+                "raw copy (ceiling)": lambda i: raw_copy(open_store(src), open_store(f"{dst}-raw{i}"),
+                                                         args.io_threads),
+                "re-pack, ranges": repack(src, f"{dst}-ranges", **shape),
+                "re-pack, parsed": repack(f"{src}-parsed", f"{dst}-parsed", **shape),
+                "shuffle, ranges": repack(src, f"{dst}-shuffle-ranges", shuffle=True, seed=1, **shape),
+                "shuffle, parsed": repack(f"{src}-parsed", f"{dst}-shuffle-parsed", shuffle=True, seed=1,
+                                          **shape)})
+            rows += [(label, run, wall, best["raw copy (ceiling)"]) for run, wall in best.items()]
+        out = load_index(f"{tmp}/dst-ranges0")
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}; io threads: {args.io_threads}; best of {args.repeats}")
     print(f"source: {mb:.1f} MB FLAC, {audio_s / 3600:.2f} h, {totals['samples']} samples in "
-          f"{totals['shards']} shards (built in {build_s:.0f} s) -> re-pack: {len(out.shards)} shards")
+          f"{totals['shards']} shards (built in {build_s:.0f} s) -> re-pack: {len(out.shards)} shards; "
+          f"one sha256 pass over it: {hash_s:.2f} s")
     print(f"{'stores':16} {'run':20} {'wall s':>8} {'MB/s':>8} {'audio s/s':>10} {'ratio':>6}")
     for label, run, wall, ceiling in rows:
         print(f"{label:16} {run:20} {wall:8.2f} {mb / wall:8.1f} {audio_s / wall:10.0f} {ceiling / wall:6.2f}")

@@ -242,10 +242,13 @@ class _WorkerRows(torch.utils.data.IterableDataset):
         k = torch.utils.data.get_worker_info().id
         ring = [torch.empty((len(self.sets[k].streams), self.sets[k].recipe.crop)).share_memory_()
                 for _ in range(self.ring)]
-        for i, (crops, read, decoded) in enumerate(self.sets[k].rows(self.start_step)):
-            rows = ring[i % self.ring]
-            np.stack(crops, out=rows.numpy())
-            yield rows, read, decoded
+        try:
+            for i, (crops, read, decoded) in enumerate(self.sets[k].rows(self.start_step)):
+                rows = ring[i % self.ring]
+                np.stack(crops, out=rows.numpy())
+                yield rows, read, decoded
+        except TelucodecError as e:  # the trainer raises it as it is: one line, not a worker traceback
+            yield e, 0, 0
 
 
 class CropLoader:
@@ -286,6 +289,8 @@ class CropLoader:
                 batch = torch.empty((len(self.rows), 1, self.recipe.crop), pin_memory=self.pin_memory)
                 for k in range(n):
                     rows, read[k], decoded[k] = next(parts)
+                    if isinstance(rows, TelucodecError):
+                        raise rows
                     if isinstance(rows, list):
                         np.stack(rows, out=batch[:, 0].numpy())
                     else:

@@ -15,8 +15,8 @@ import pytest
 from audio_fixtures import tone
 from data_prep.reshard import (ReshardError, ReshardOptions, check_split, keys_digest, plan_split, reshard)
 from jobs.cli import main
-from pipeline.shards import (DatasetIndex, ShardWriter, encode_sample, iter_tar, load_index, read_samples,
-                             verify_dataset, write_index)
+from pipeline.shards import (DatasetIndex, ShardWriter, decode_flac, encode_sample, iter_tar, load_index,
+                             read_samples, verify_dataset, write_index)
 from pipeline.store import open_store
 
 RATE = 16000
@@ -48,10 +48,7 @@ def local_source(tmp_path_factory) -> str:
 @pytest.fixture
 def s3_source(local_source, s3_bucket) -> str:
     """The same dataset copied object by object to the local S3 server."""
-    src, dst = open_store(local_source), open_store(s3_bucket + "/te")
-    for obj in src.list():
-        dst.put(obj.key, src.get(obj.key))
-    return dst.url
+    return copy_dataset(local_source, s3_bucket + "/te")
 
 
 def shard_keys(url: str) -> dict[str, list[list[str]]]:
@@ -71,6 +68,33 @@ def members(url: str) -> dict[str, dict[str, bytes]]:
 
 def flat(keys: dict[str, list[list[str]]]) -> dict[str, list[str]]:
     return {split: [k for shard in shards for k in shard] for split, shards in keys.items()}
+
+
+def copy_dataset(url: str, to: str, sample_ranges: bool = True) -> str:
+    """A copy of the dataset at `url`, its index without sample ranges (as an older prep wrote it) unless
+    `sample_ranges`."""
+    src, dst = open_store(url), open_store(to)
+    for obj in src.list():
+        dst.put(obj.key, src.get(obj.key))
+    if not sample_ranges:
+        index = load_index(dst)
+        for info in index.shards:
+            info.sample_ranges = None
+        write_index(dst, index)
+    return dst.url
+
+
+def assert_ranges_read_back(url: str) -> None:
+    """Every sample range in the index starts at its .flac member and holds FLAC of `frames` frames."""
+    store = open_store(url)
+    for info in load_index(url).shards:
+        keys = [k for k, _ in iter_tar(io.BytesIO(store.get(info.name)))]
+        assert info.sample_ranges is not None and len(info.sample_ranges) == len(keys) == info.samples
+        for key, r in zip(keys, info.sample_ranges):
+            assert store.get_range(info.name, r.start, 100).rstrip(b"\0") == f"{key}.flac".encode()
+            flac = store.get_range(info.name, r.flac_offset, r.flac_size)
+            audio, rate = decode_flac(flac)
+            assert flac[:4] == b"fLaC" and len(audio) == r.frames and rate == RATE
 
 
 def test_s3_to_s3_balanced_for_ranks_copies_bytes_as_they_are(s3_source, s3_bucket):
@@ -129,9 +153,27 @@ def test_shuffle_is_deterministic_and_spill_waves_do_not_change_it(local_source,
     assert [s.sha256 for s in load_index(a).shards] == [s.sha256 for s in load_index(str(tmp_path / "b")).shards]
 
 
+def test_plain_repack_copies_byte_ranges_to_the_same_shards_as_parsing(local_source, tmp_path):
+    unranged = copy_dataset(local_source, str(tmp_path / "unranged"), sample_ranges=False)
+    for name, opts in [("order", ReshardOptions(samples_per_shard=5, ranks=2)),
+                       ("shuffle", ReshardOptions(shuffle=True, seed=3, shards=2, spill_gb=1e-5))]:
+        ranged_url, parsed_url = str(tmp_path / f"{name}-ranged"), str(tmp_path / f"{name}-parsed")
+        assert reshard(local_source, ranged_url, opts, **QUIET).copied_ranges == 39  # every sample, no parse
+        assert reshard(unranged, parsed_url, opts, **QUIET).copied_ranges == 0  # the old path
+        ranged, parsed = load_index(ranged_url), load_index(parsed_url)
+        assert [(s.name, s.sha256, s.sample_ranges) for s in ranged.shards] == \
+               [(s.name, s.sha256, s.sample_ranges) for s in parsed.shards]
+        for split, totals in ranged.splits.items():  # seconds from frames, or from each sample's json
+            assert totals["seconds"] == pytest.approx(parsed.splits[split]["seconds"], abs=1e-5)
+        assert verify_dataset(ranged_url) == [] and verify_dataset(parsed_url) == []
+        assert_ranges_read_back(ranged_url)
+
+
 def test_recut_and_resample_keep_the_seconds(s3_source, tmp_path):
     dst = str(tmp_path / "cut")
-    reshard(s3_source, dst, ReshardOptions(segment_seconds=0.25, sample_rate=8000, workers=2, ranks=2), **QUIET)
+    opts = ReshardOptions(segment_seconds=0.25, sample_rate=8000, workers=2, ranks=2)
+    summary = reshard(s3_source, dst, opts, **QUIET)
+    assert summary.copied_ranges == 0  # re-cut and resampled from the parsed members, ranges or not
     src_index, index = load_index(s3_source), load_index(dst)
     assert index.sample_rate == 8000 and index.config["reshard"]["sample_rate"] == 8000
     source_keys = flat(shard_keys(s3_source))
@@ -206,9 +248,7 @@ def test_different_dataset_is_refused_unless_overwrite(local_source, tmp_path):
 
 
 def test_changed_source_is_an_error_not_a_warning(local_source, tmp_path):
-    src, copy = open_store(local_source), open_store(str(tmp_path / "src"))
-    for obj in src.list():
-        copy.put(obj.key, src.get(obj.key))
+    copy = open_store(copy_dataset(local_source, str(tmp_path / "src")))
     data = bytearray(copy.get("train-000002.tar"))
     data[len(data) // 2] ^= 0xFF
     copy.put("train-000002.tar", bytes(data))
@@ -216,6 +256,13 @@ def test_changed_source_is_an_error_not_a_warning(local_source, tmp_path):
     with pytest.raises(ReshardError, match="train-000002.tar: sha256 differs from the source index"):
         reshard(copy.url, dst, ReshardOptions(), **QUIET)
     assert not open_store(dst).exists("index.json")
+    # a sample range that does not start at a sample's header is caught, not copied
+    shifted = open_store(copy_dataset(local_source, str(tmp_path / "shifted")))
+    index = load_index(shifted)
+    index.shards[1].sample_ranges[2] = index.shards[1].sample_ranges[2]._replace(start=512)
+    write_index(shifted, index)
+    with pytest.raises(ReshardError, match="train-000001.tar: no .flac member header at byte 512"):
+        reshard(shifted.url, str(tmp_path / "dst2"), ReshardOptions(), **QUIET)
 
 
 def test_plan_balances_and_the_check_catches_a_lost_sample(local_source):

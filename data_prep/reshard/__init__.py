@@ -9,11 +9,12 @@ with `shuffle`. Each split's positions are cut into K shards whose sample counts
 K a multiple of `ranks`. Re-cutting needs each sample's length, so it first scans the source once.
 
 Source shards then stream through, a few fetched ahead by threads; a plain re-pack copies each sample's
-FLAC and JSON bytes as they are, a re-cut or resample decodes and encodes in worker processes. In
-source order a destination shard fills front to back and goes up (in an upload thread) as soon as it is
-full. Shuffled, items are appended to a local spill file and each shard is written in position order
-once its last item is in; shuffled shards are made in waves that fit `spill_gb` of local disk, one
-source pass per wave. Memory holds a few samples and offsets; disk holds a few shards and one wave's
+tar bytes as they are (the byte range the source index records; an index written before ranges
+existed makes it parse the tar and write the same bytes, slower), a re-cut or resample decodes and
+encodes in worker processes. In source order a destination shard fills front to back and goes up (in
+an upload thread) as soon as it is full. Shuffled, items are appended to a local spill file and each
+shard is written in position order once its last item is in; shuffled shards are made in waves that
+fit `spill_gb` of local disk, one source pass per wave. Memory holds a few samples and offsets; disk holds a few shards and one wave's
 spill, however large the dataset.
 
 The source is only read. Each finished destination shard leaves a record under `_reshard/` at the

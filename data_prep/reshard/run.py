@@ -9,7 +9,10 @@ wave, check. `RunTally` is the one owner of what the run has done: its scan and 
 and under `_reshard/`), the counters the summary reports and the progress bar; the waves, scan threads
 and upload threads report to it through its methods. A `_Wave` is one source pass: it routes every
 output item bound for its shards to a `DestShard` (transfer.py), through the worker processes when
-re-cutting or resampling (recut.py), and hands each full shard to an upload.
+re-cutting or resampling (recut.py), and hands each full shard to an upload. A plain re-pack of a source
+shard whose index entry records sample ranges copies each sample as its byte range, tar headers and
+all (`RawSample`), parsing nothing but the key from the first header; without ranges it reads every
+tar member and writes it again, to the same bytes.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from data_prep.reshard.check import check_split
 from data_prep.reshard.plan import (ReshardError, ReshardOptions, SplitPlan, derived_keys, keys_digest,
                                     plan_split, reshard_fingerprint, select_splits, waves)
 from data_prep.reshard.recut import recut_sample, scan_counts
-from data_prep.reshard.transfer import DestShard, Spill, Uploads, fetch_shard
+from data_prep.reshard.transfer import DestShard, RawSample, Spill, Uploads, fetch_shard, ranged_samples
 from pipeline.shards import (DatasetIndex, EncodedSample, ShardInfo, encoded_from_parts, index_sha256, iter_tar,
                              load_index, shard_matches, shard_name, write_index)
 from pipeline.store import Store, open_store
@@ -54,6 +57,9 @@ class ReshardSummary:
     written_shards: int = 0
     kept_shards: int = 0
     """Shards an interrupted run had finished, checked and kept."""
+    copied_ranges: int = 0
+    """Samples copied as byte ranges (a plain re-pack of shards whose index entry records them); the
+    others were parsed, or re-cut and resampled, and written again."""
     noop: bool = False
     """The destination already held this reshard; nothing was done."""
     bytes_read: int = 0
@@ -89,8 +95,9 @@ def reshard(src_url: str, dst_url: str, opts: ReshardOptions = ReshardOptions(),
     ledger.clear()
     tally = job.tally
     return ReshardSummary(src.url, dst.url, index.splits, written_shards=tally.written, kept_shards=tally.kept,
-                          bytes_read=tally.bytes_read, bytes_written=sum(i.bytes for i in infos),
-                          elapsed_s=time.monotonic() - started, fingerprint=fingerprint)
+                          copied_ranges=tally.copied_ranges, bytes_read=tally.bytes_read,
+                          bytes_written=sum(i.bytes for i in infos), elapsed_s=time.monotonic() - started,
+                          fingerprint=fingerprint)
 
 
 # ---------------------------------------------------------------- what a run has done
@@ -123,7 +130,7 @@ class RunTally:
         """Scan records by source shard name: keys digest and, when re-cutting, segment counts."""
         self.done: dict[str, dict] = {}
         """Done records by destination shard name: its ShardInfo and keys digest."""
-        self.written = self.kept = self.bytes_read = 0
+        self.written = self.kept = self.bytes_read = self.copied_ranges = 0
 
     def start(self) -> None:
         self.progress.start()
@@ -164,7 +171,9 @@ class RunTally:
         with self.lock:
             self.bytes_read += info.bytes
 
-    def placed(self, sample: EncodedSample) -> None:
+    def placed(self, sample: EncodedSample | RawSample) -> None:
+        """An output item went to its destination shard (called by the router thread only)."""
+        self.copied_ranges += isinstance(sample, RawSample)
         self.progress.advance(1, sample.seconds)
 
     def shard_written(self, info: ShardInfo, digest: int) -> None:
@@ -309,7 +318,8 @@ class Routed:
     """A source sample bound for a wave: which of its `count` output items the wave wants, and where
     each of them goes."""
     key: str
-    parts: dict[str, bytes]
+    sample: dict[str, bytes] | RawSample
+    """Its tar members by extension, or (a plain re-pack of a shard with sample ranges) its byte range."""
     count: int
     wanted: list[int]
     """Indices of the wanted items among the sample's `count`."""
@@ -319,7 +329,12 @@ class Routed:
 
 def recut_routed(item: Routed, rate_out: int, segment_seconds: float | None) -> list[EncodedSample]:
     """The wanted output items of a routed sample, re-cut and resampled (in a worker process)."""
-    return recut_sample(item.key, item.parts, rate_out, segment_seconds, item.count, item.wanted)
+    return recut_sample(item.key, item.sample, rate_out, segment_seconds, item.count, item.wanted)
+
+
+def repacked(item: Routed) -> EncodedSample | RawSample:
+    """A routed sample of a plain re-pack, ready to be written again byte for byte."""
+    return item.sample if isinstance(item.sample, RawSample) else encoded_from_parts(item.key, item.sample)
 
 
 class _Wave:
@@ -369,29 +384,36 @@ class _Wave:
         counts = self.plan.item_counts(s)
         starts = np.concatenate([[0], np.cumsum(counts)])
         keys = []
-        for g, (key, parts) in enumerate(iter_tar(f)):
+        for g, (key, sample) in enumerate(self.source_samples(info, f)):
             keys.append(key)
             if g >= len(counts):
                 break  # more samples than the index says: reported below
             wanted = [i for i in range(int(starts[g]), int(starts[g + 1])) if int(dests[i]) in self.shards]
             if wanted:
-                yield Routed(key, parts, int(counts[g]), [i - int(starts[g]) for i in wanted],
+                yield Routed(key, sample, int(counts[g]), [i - int(starts[g]) for i in wanted],
                              [(int(positions[i]), int(dests[i])) for i in wanted])
         check_sample_count(self.job.src, info, len(keys))
         if not self.tally.has_scan(info.name):
             self.tally.scanned(info, keys, None)
 
-    def made(self, routed: Iterator[Routed]) -> Iterator[tuple[Routed, list[EncodedSample]]]:
+    def source_samples(self, info: ShardInfo, f: BinaryIO) -> Iterator[tuple[str, dict[str, bytes] | RawSample]]:
+        """(key, sample) of fetched source shard `info`, in tar order: as byte ranges when a plain re-pack
+        can copy them (its index entry records them), else as parsed tar members."""
+        if self.job.transform or info.sample_ranges is None:
+            return iter_tar(f)
+        return ((sample.key, sample) for sample in ranged_samples(f, info, self.job.src_index.sample_rate))
+
+    def made(self, routed: Iterator[Routed]) -> Iterator[tuple[Routed, list[EncodedSample | RawSample]]]:
         """Each routed sample with its wanted output items, in order: re-cut or resampled in the worker
         processes, a few samples ahead of the placing; else its bytes as they are."""
         job = self.job
         if not job.transform:
-            return ((item, [encoded_from_parts(item.key, item.parts)]) for item in routed)
+            return ((item, [repacked(item)]) for item in routed)
         recut = partial(recut_routed, rate_out=job.rate_out, segment_seconds=job.opts.segment_seconds)
         ahead = 4 * job.workers + 1  # the oldest result is placed once more than 4 per worker are pending
         return prefetched(job.cpu, recut, routed, ahead)
 
-    def place(self, target: tuple[int, int], sample: EncodedSample) -> None:
+    def place(self, target: tuple[int, int], sample: EncodedSample | RawSample) -> None:
         """Add `sample` at destination (position, shard); hand the shard to an upload once it is full."""
         position, j = target
         if j not in self.builders:

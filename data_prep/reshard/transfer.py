@@ -1,21 +1,25 @@
 """How a reshard moves bytes: a source shard fetched to local disk and checked against its index entry,
-a destination shard filled (straight into its tar, or through a shuffled wave's spill file), and uploads
+its samples read as the byte ranges the index records (a plain re-pack copies them as they are), a
+destination shard filled (straight into its tar, or through a shuffled wave's spill file), and uploads
 kept to a bounded number in flight. None of it knows about the run; run.py drives it.
 
     with fetch_shard(src, info, tmp_dir) as f: ...           # ReshardError if the sha256 differs
+        for sample in ranged_samples(f, info, rate): ...     # RawSample: key, tar bytes, range, seconds
     shard = DestShard(dst, plan, j, spill); shard.add(position, sample); info = shard.finish()
 """
 
 from __future__ import annotations
 
 import os
+import tarfile
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 from data_prep.reshard.plan import ReshardError, SplitPlan, keys_digest
-from pipeline.shards import EncodedSample, ShardInfo, ShardWriter, shard_mismatches
+from pipeline.shards import EncodedSample, SampleRange, ShardInfo, ShardWriter, shard_mismatches
 from pipeline.store import LocalStore, Store, iter_chunks
 
 
@@ -43,6 +47,39 @@ def copied(chunks: Iterable[bytes], f: BinaryIO) -> Iterator[bytes]:
         yield chunk
 
 
+@dataclass(frozen=True)
+class RawSample:
+    """A source sample as its tar bytes (`source.start..source.end`, member headers included): a plain
+    re-pack writes these again as they are, so nothing is parsed or rebuilt."""
+    key: str
+    data: bytes
+    source: SampleRange
+    seconds: float
+
+
+def ranged_samples(f: BinaryIO, info: ShardInfo, sample_rate: int) -> Iterator[RawSample]:
+    """The samples of fetched source shard `info` (checked, at offset 0), read through the index's
+    sample ranges; the key comes from the .flac member's header, the seconds from the range's frames."""
+    for source in info.sample_ranges:
+        f.seek(source.start)
+        data = f.read(source.end - source.start)
+        if len(data) != source.end - source.start:
+            raise ReshardError(f"{info.name}: sample range {source.start}..{source.end} runs past the shard "
+                               "(index.json sample_ranges are wrong)")
+        yield RawSample(range_key(data, info.name, source.start), data, source, source.frames / sample_rate)
+
+
+def range_key(data: bytes, name: str, start: int) -> str:
+    """The key named by the tar header a sample range starts with (its .flac member)."""
+    try:
+        member = tarfile.TarInfo.frombuf(data[:tarfile.BLOCKSIZE], tarfile.ENCODING, "surrogateescape")
+    except tarfile.HeaderError:
+        member = None
+    if member is None or not member.isfile() or not member.name.endswith(".flac"):
+        raise ReshardError(f"{name}: no .flac member header at byte {start} (index.json sample_ranges are wrong)")
+    return member.name.partition(".")[0]
+
+
 class Spill:
     """One local file a shuffled wave appends its items to; each destination shard reads its own back."""
 
@@ -64,6 +101,21 @@ class Spill:
         """Bytes already flushed; safe from any thread."""
         return os.pread(self.file.fileno(), n, offset)
 
+    def keep(self, sample: EncodedSample | RawSample) -> tuple:
+        """A slot for `sample`: its bytes appended here, the rest of it (emptied) held by the caller."""
+        if isinstance(sample, RawSample):
+            return replace(sample, data=b""), self.append(sample.data), (len(sample.data),)
+        return (replace(sample, flac=b"", meta=b""), self.append(sample.flac + sample.meta),
+                (len(sample.flac), len(sample.meta)))
+
+    def take(self, slot: tuple) -> EncodedSample | RawSample:
+        """The sample kept in `slot`, its bytes read back."""
+        empty, offset, sizes = slot
+        data = self.read(offset, sum(sizes))
+        if isinstance(empty, RawSample):
+            return replace(empty, data=data)
+        return replace(empty, flac=data[:sizes[0]], meta=data[sizes[0]:])
+
     def close(self) -> None:
         self.file.close()
 
@@ -83,27 +135,32 @@ class DestShard:
     def complete(self) -> bool:
         return self.received == self.count
 
-    def add(self, position: int, sample: EncodedSample) -> None:
+    def add(self, position: int, sample: EncodedSample | RawSample) -> None:
         slot = position - self.first
         if self.spill is None:
             if slot != self.received:
                 raise ReshardError(f"{self.split} shard {self.j}: item {slot} came out of order")
-            self.writer.add(sample)
+            self.write(sample)
         else:
             if self.slots[slot] is not None:
                 raise ReshardError(f"{self.split} shard {self.j}: position {position} filled twice")
-            offset = self.spill.append(sample.flac + sample.meta)
-            self.slots[slot] = (sample.key, offset, len(sample.flac), len(sample.meta), sample.seconds, sample.frames)
+            self.slots[slot] = self.spill.keep(sample)
         self.received += 1
         self.digest = (self.digest + keys_digest([sample.key])) % (1 << 128)
+
+    def write(self, sample: EncodedSample | RawSample) -> None:
+        """Append `sample` to the tar: a raw range as it is (headers included), else as new members."""
+        if isinstance(sample, RawSample):
+            self.writer.add_raw(sample.key, sample.data, sample.source, sample.seconds)
+        else:
+            self.writer.add(sample)
 
     def finish(self) -> ShardInfo:
         """Write the tar (from the spill, in position order) and put it to the store."""
         if self.spill is not None:
             self.writer = ShardWriter(self.store, self.split, self.j)
-            for key, offset, n_flac, n_meta, seconds, frames in self.slots:
-                data = self.spill.read(offset, n_flac + n_meta)
-                self.writer.add(EncodedSample(key, data[:n_flac], data[n_flac:], seconds, frames))
+            for slot in self.slots:
+                self.write(self.spill.take(slot))
         return self.writer.close()
 
     def abort(self) -> None:
