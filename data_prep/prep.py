@@ -87,10 +87,10 @@ class PrepSummary:
 
 
 def run_prep(sources: list[str], out_url: str, cfg: PrepConfig, fmt: str = "auto",
-             overwrite: bool = False, progress: bool = True) -> PrepSummary:
+             overwrite: bool = False, progress: bool = True, allow_outside: bool = False) -> PrepSummary:
     """Prep `sources` into a dataset at `out_url`; resumes an interrupted run of the same command."""
     try:
-        scan = scan_sources(sources, fmt)
+        scan = scan_sources(sources, fmt, allow_outside)
     except SourceError as e:
         raise PrepError(str(e)) from None
     if not scan.items and not scan.rejects:

@@ -60,8 +60,9 @@ def detect_format(src: Path) -> str:
     return "folder"
 
 
-def scan_sources(sources: list[str], fmt: str = "auto") -> SourceScan:
-    """All items of all sources, sorted by name, plus rejects for rows that point nowhere."""
+def scan_sources(sources: list[str], fmt: str = "auto", allow_outside: bool = False) -> SourceScan:
+    """All items of all sources, sorted by name, plus rejects for rows that point nowhere (or, unless
+    `allow_outside`, outside their manifest's folder)."""
     scan = SourceScan()
     for src in sources:
         path = Path(src).expanduser().absolute()
@@ -70,7 +71,10 @@ def scan_sources(sources: list[str], fmt: str = "auto") -> SourceScan:
             raise SourceError(f"unknown source format {kind!r} (one of {', '.join(FORMATS)})")
         if not path.exists():
             raise SourceError(f"{path}: no such file or folder")
-        READERS[kind](path, scan)
+        if kind == "manifest":
+            read_manifest(path, scan, allow_outside)
+        else:
+            READERS[kind](path, scan)
     names = {}
     for item in scan.items:
         if item.name in names:
@@ -99,19 +103,37 @@ def read_folder(root: Path, scan: SourceScan) -> None:
             _add(scan, path, f"{root.name}/{path.relative_to(root).as_posix()}")
 
 
-def read_manifest(path: Path, scan: SourceScan) -> None:
+def read_manifest(path: Path, scan: SourceScan, allow_outside: bool = False) -> None:
+    """Rows of a manifest; paths are relative to its folder and must stay inside it unless
+    `allow_outside` (a manifest from elsewhere must not make prep read /etc/shadow)."""
     rows = _manifest_rows(path)
+    home = path.parent.resolve()
     for n, row in enumerate(rows, start=2 if path.suffix.lower() != ".jsonl" else 1):
+        where = f"{path}:{n}"
+        if not isinstance(row, dict) or any(not isinstance(row.get(k) or "", str) for k in ("path", "text", "speaker")):
+            scan.rejects.append({"path": where, "reason": "manifest row: path, text and speaker must be strings"})
+            continue
         rel = (row.get("path") or "").strip()
         if not rel:
-            scan.rejects.append({"path": f"{path}:{n}", "reason": "manifest row has no path"})
+            scan.rejects.append({"path": where, "reason": "manifest row has no path"})
             continue
-        audio = Path(rel) if Path(rel).is_absolute() else path.parent / rel
+        audio = (home / rel).resolve()  # an absolute rel replaces home; symlinks are followed
+        if not allow_outside and not audio.is_relative_to(home):
+            scan.rejects.append({"path": where, "reason": f"{rel}: outside the manifest's folder (prep "
+                                 "--allow-outside reads it anyway)"})
+            continue
         _add(scan, audio, f"{path.stem}/{rel}", row.get("text") or "", row.get("speaker") or "",
              where=f" (manifest {path.name} line {n})")
 
 
 def _manifest_rows(path: Path) -> list[dict]:
+    try:
+        return _read_manifest_rows(path)
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{path}: not UTF-8 text (byte {e.start}); save the manifest as UTF-8") from None
+
+
+def _read_manifest_rows(path: Path) -> list[dict]:
     if path.suffix.lower() == ".jsonl":
         rows = []
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -120,7 +142,7 @@ def _manifest_rows(path: Path) -> list[dict]:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError:
                     raise SourceError(f"{path}:{n}: not valid JSON") from None
-        if rows and "path" not in rows[0]:
+        if rows and (not isinstance(rows[0], dict) or "path" not in rows[0]):
             raise SourceError(f"{path}: manifest rows need a 'path' field")
         return rows
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","

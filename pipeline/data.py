@@ -348,10 +348,16 @@ def _threaded(items: Iterator, prefetch: int = 4) -> Iterator:
 def crop_loader(cfg, rank: int = 0, world: int = 1, pin_memory: bool = False) -> CropLoader:
     """The training loader a Config describes (`cfg`: pipeline.config.Config)."""
     d = cfg.data
+    index = load_index(d.url)
+    if index.sample_rate != cfg.model.sample_rate:
+        raise DataError(f"{d.url}: the dataset is {index.sample_rate} Hz and model.sample_rate is "
+                        f"{cfg.model.sample_rate} Hz; resample a copy with `telucodec reshard {d.url} "
+                        f"{d.url.rstrip('/')}-{cfg.model.sample_rate // 1000}k --sample-rate {cfg.model.sample_rate}` "
+                        f"or set model.sample_rate={index.sample_rate}")
     recipe = CropRecipe(cfg.train.batch_size, int(round(cfg.train.segment_seconds * cfg.model.sample_rate)),
                         cfg.train.seed, d.shuffle_samples, d.loudness_db, tuple(d.gain_db))
     workers = d.workers if d.workers >= 0 else cfg.train.cpus_per_worker - 1
-    return CropLoader(d.url, "train", recipe, rank, world, workers, pin_memory)
+    return CropLoader(d.url, "train", recipe, rank, world, workers, pin_memory, index=index)
 
 
 def eval_clips(url: str, split: str, n: int, max_samples: int) -> list[tuple[str, np.ndarray]]:

@@ -46,7 +46,7 @@ def shard_name(split: str, n: int) -> str:
 
 
 def parse_shard_name(name: str) -> tuple[str, int] | None:
-    m = _SHARD_RE.match(name)
+    m = _SHARD_RE.fullmatch(name)
     return (m["split"], int(m["n"])) if m else None
 
 
@@ -190,15 +190,81 @@ class DatasetIndex:
 
     @classmethod
     def from_json(cls, text: str, where: str = "index.json") -> "DatasetIndex":
+        """The index in `text`, checked field by field (a crafted or damaged index is refused in one
+        line before anything reads a shard it names)."""
         try:
             data = json.loads(text)
-            if data.get("format") != FORMAT:
-                raise DatasetError(f"{where}: unknown format {data.get('format')!r} (expected {FORMAT})")
-            return cls(shards=[ShardInfo(**s) for s in data["shards"]], sample_rate=data["sample_rate"],
-                       config=data.get("config", {}), lineage=data.get("lineage", {}),
-                       version=data.get("version", ""), created=data.get("created", ""))
-        except (ValueError, KeyError, TypeError) as e:
-            raise DatasetError(f"{where}: not a valid telucodec index ({e})") from None
+        except ValueError as e:
+            raise DatasetError(f"{where}: not a valid telucodec index (not JSON: {e})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, dict) else None
+            raise DatasetError(f"{where}: unknown format {found!r} (expected {FORMAT})")
+        rate, shards = data.get("sample_rate"), data.get("shards")
+        if not _is_int(rate) or not 1000 <= rate <= 384000:
+            raise DatasetError(f"{where}: sample_rate {rate!r} is not a rate in Hz (1000-384000)")
+        if not isinstance(shards, list):
+            raise DatasetError(f"{where}: 'shards' is not a list")
+        extra = {k: data.get(k, d) for k, d in (("config", {}), ("lineage", {}), ("version", ""), ("created", ""))}
+        if not all(isinstance(extra[k], dict) for k in ("config", "lineage")) or \
+                not all(isinstance(extra[k], str) for k in ("version", "created")):
+            raise DatasetError(f"{where}: config/lineage must be objects, version/created strings")
+        names = set()
+        infos = [shard_from_json(s, f"{where}: shard {i}") for i, s in enumerate(shards)]
+        for info in infos:
+            if info.name in names:
+                raise DatasetError(f"{where}: shard {info.name} is listed twice")
+            names.add(info.name)
+        return cls(shards=infos, sample_rate=rate, **extra)
+
+
+_SPLIT_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_MIN_SAMPLE_BYTES = 3 * tarfile.BLOCKSIZE  # two member headers and at least one block of FLAC
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def shard_from_json(s, where: str) -> ShardInfo:
+    """One shard entry of index.json, checked: a plain split name, a `{split}-NNNNNN.tar` name (so no
+    path can reach outside the dataset), sizes and counts that fit each other, sample ranges inside
+    the shard and in order."""
+    if not isinstance(s, dict):
+        raise DatasetError(f"{where}: not an object")
+    split, name = s.get("split"), s.get("name")
+    if not isinstance(split, str) or not _SPLIT_RE.fullmatch(split):
+        raise DatasetError(f"{where}: split {split!r} is not a plain name (letters, digits, _)")
+    if not isinstance(name, str) or parse_shard_name(name) is None or parse_shard_name(name)[0] != split:
+        raise DatasetError(f"{where}: name {name!r} is not {split}-NNNNNN.tar")
+    samples, size, seconds = s.get("samples"), s.get("bytes"), s.get("seconds")
+    if not (_is_int(samples) and _is_int(size) and 0 <= samples and 0 <= size < 1 << 50):
+        raise DatasetError(f"{where} ({name}): samples and bytes must be non-negative integers")
+    if samples * _MIN_SAMPLE_BYTES > size:
+        raise DatasetError(f"{where} ({name}): {samples} samples cannot fit in {size} bytes")
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds < 1e9:
+        raise DatasetError(f"{where} ({name}): seconds {seconds!r} is not a duration")
+    if not isinstance(s.get("sha256"), str) or not _SHA256_RE.fullmatch(s["sha256"]):
+        raise DatasetError(f"{where} ({name}): sha256 is not 64 hex digits")
+    ranges = s.get("sample_ranges")
+    if ranges is not None:
+        ranges = _ranges_from_json(ranges, samples, size, f"{where} ({name})")
+    return ShardInfo(name, split, samples, float(seconds), size, s["sha256"], ranges)
+
+
+def _ranges_from_json(ranges, samples: int, size: int, where: str) -> list[SampleRange]:
+    if not isinstance(ranges, list) or len(ranges) != samples:
+        raise DatasetError(f"{where}: sample_ranges must list one entry per sample ({samples})")
+    out, last_end = [], 0
+    for r in ranges:
+        if not (isinstance(r, list) and len(r) == 5 and all(_is_int(v) and v >= 0 for v in r)):
+            raise DatasetError(f"{where}: a sample range is not 5 non-negative integers: {r!r}")
+        r = SampleRange(*r)
+        if not last_end <= r.start < r.flac_offset <= r.flac_offset + r.flac_size <= r.end <= size:
+            raise DatasetError(f"{where}: sample range {list(r)} is out of order or outside the shard")
+        out.append(r)
+        last_end = r.end
+    return out
 
 
 def _shard_json(info: ShardInfo) -> dict:
@@ -444,13 +510,13 @@ def verify_dataset(url: str, on_shard: Callable[[ShardInfo], None] | None = None
     index = load_index(store)
     problems = []
     for info in index.shards:
-        problems += [f"{info.name}: {p}" for p in _verify_shard(store, info)]
+        problems += [f"{info.name}: {p}" for p in _verify_shard(store, info, index.sample_rate)]
         if on_shard:
             on_shard(info)
     return problems
 
 
-def _verify_shard(store: Store, info: ShardInfo) -> list[str]:
+def _verify_shard(store: Store, info: ShardInfo, sample_rate: int) -> list[str]:
     try:
         data = store.get(info.name)
     except StoreError:
@@ -461,6 +527,8 @@ def _verify_shard(store: Store, info: ShardInfo) -> list[str]:
         for key, parts in iter_tar(io.BytesIO(data)):
             sample = sample_from_parts(key, parts)
             count += 1
+            if sample.sample_rate != sample_rate:
+                problems.append(f"{key}: {sample.sample_rate} Hz, the index says {sample_rate} Hz")
             if sample.audio.size and (not np.isfinite(sample.audio).all() or np.abs(sample.audio).max() > 1.0):
                 problems.append(f"{key}: samples outside [-1, 1]")
     except Exception as e:  # any decode failure is a finding, not a crash

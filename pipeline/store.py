@@ -51,7 +51,7 @@ class Store:
 
     def sub(self, prefix: str) -> "Store":
         """A store rooted at `prefix` below this one."""
-        return open_store(self.join(prefix))
+        return open_store(self.join(contained(prefix, self.url)))
 
     def get(self, key: str) -> bytes:
         with self.open(key) as f:
@@ -94,6 +94,17 @@ class Store:
         return len(items)
 
 
+def contained(key: str, root: str) -> str:
+    """`key` when it names an object below the store's root: relative, '/'-separated, no '.' or '..'
+    part, no scheme; a StoreError otherwise (a crafted index or manifest must not reach outside)."""
+    parts = key.split("/")
+    if (not key or key.startswith("/") or "\\" in key or "\0" in key or "://" in key
+            or any(p in (".", "..") for p in parts)):
+        raise StoreError(f"{root}: {key!r} is not a key inside this store (keys are relative paths "
+                         "without '..')")
+    return key
+
+
 def open_store(url: str | Path) -> Store:
     """A Store for a plain path, file:// URL or s3://bucket/prefix."""
     url = str(url)
@@ -133,7 +144,7 @@ class LocalStore(Store):
         self.url = str(self.root)
 
     def _path(self, key: str) -> Path:
-        return self.root / key
+        return self.root / contained(key, self.url)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -208,6 +219,7 @@ class S3Store(Store):
         self.client = s3_client()
 
     def _key(self, key: str) -> str:
+        key = contained(key, self.url)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def exists(self, key: str) -> bool:

@@ -74,6 +74,8 @@ def register_prep(sub) -> None:
     s.add_argument("--config", dest="config_items", action="append", default=[], metavar="CONFIG|key=value",
                    help="config or override (repeatable; bare words work too)")
     s.add_argument("--overwrite", action="store_true", help="replace a different dataset at --out")
+    s.add_argument("--allow-outside", action="store_true",
+                   help="let manifests name files outside their own folder (absolute or ../ paths)")
     s.set_defaults(func=prep)
 
 
@@ -85,7 +87,8 @@ def prep(args) -> int:
     if not sources:
         raise UsageError("no source: give a folder, a manifest, an OpenSLR or a Common Voice folder")
     cfg = load_cli_config(items)
-    summary = run_prep(sources, args.out, cfg.prep, fmt=args.format, overwrite=args.overwrite)
+    summary = run_prep(sources, args.out, cfg.prep, fmt=args.format, overwrite=args.overwrite,
+                       allow_outside=args.allow_outside)
     print_prep_summary(summary)
     return 0 if summary.samples else 1
 
