@@ -126,3 +126,21 @@ def test_manifests_name_files_only_under_their_folder(tmp_path):
     (inside / "latin1.tsv").write_bytes("path\ttext\na.wav\tcaf\xe9\n".encode("latin-1"))
     with pytest.raises(SourceError, match="not UTF-8 text"):
         scan_sources([str(inside / "latin1.tsv")])
+
+
+def test_s3_without_credentials_and_a_file_for_a_folder_are_one_line_errors(tmp_path, monkeypatch, capsys):
+    """Errors the environment raises (botocore, the file system) reach the user as one line."""
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    cases = [(["shards", "ls", "s3://some-bucket/te"], "no AWS credentials found"),
+             (["corpus", str(a_file / "out"), "--minutes", "0.1"], str(a_file / "out"))]
+    for argv, words in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and words in err and err.count("\n") <= 2, (argv, err)

@@ -24,7 +24,7 @@ import sys
 
 from jobs.cli import cluster, codec, config, data, demo, runs, train
 from jobs.cli.common import FORMATTER, err_console
-from pipeline.errors import TelucodecError
+from pipeline.errors import TelucodecError, environment_problem
 
 EPILOG = """\
 examples:
@@ -79,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except TelucodecError as e:  # a user's mistake: one line, no traceback
         err_console.print(f"telucodec: error: {e}", markup=False, highlight=False)
+        return 2
+    except Exception as e:  # not ours: the environment's (S3, the file system) gets one line, a bug its traceback
+        line = environment_problem(e)
+        if line is None:
+            raise
+        err_console.print(f"telucodec: error: {line}", markup=False, highlight=False)
         return 2
     except KeyboardInterrupt:
         err_console.print("telucodec: interrupted")
