@@ -80,18 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     except TelucodecError as e:  # a user's mistake: one line, no traceback
         err_console.print(f"telucodec: error: {e}", markup=False, highlight=False)
         return 2
-    except Exception as e:  # not ours: the environment's (S3, the file system) gets one line, a bug its traceback
-        line = environment_problem(e)
-        if line is None:
-            raise
-        err_console.print(f"telucodec: error: {line}", markup=False, highlight=False)
-        return 2
     except KeyboardInterrupt:
         err_console.print("telucodec: interrupted")
         return 130
     except BrokenPipeError:  # `telucodec ... | head`: the reader left; stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 141
+    except Exception as e:  # not ours: the environment's (S3, the file system) gets one line, a bug its traceback
+        line = environment_problem(e)
+        if line is None:
+            raise
+        err_console.print(f"telucodec: error: {line}", markup=False, highlight=False)
+        return 2
 
 
 if __name__ == "__main__":
