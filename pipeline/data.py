@@ -161,11 +161,12 @@ class StreamCrops:
     """One stream's crops in one epoch: its samples decoded a group of `shuffle_samples` at a time
     (the next group's bytes read ahead), cut and shuffled inside the group."""
 
-    def __init__(self, reader: SampleReader, recipe: CropRecipe, epoch: int, stream: int, samples: np.ndarray):
+    def __init__(self, reader: SampleReader, recipe: CropRecipe, epoch: int, stream: int, samples: np.ndarray,
+                 counts: np.ndarray):
+        """`counts`: crops per sample of the whole split (crops_per_sample)."""
         self.reader, self.recipe, self.epoch, self.stream = reader, recipe, epoch, stream
         k = recipe.shuffle_samples
         self.groups = [samples[i:i + k] for i in range(0, len(samples), k)]
-        counts = crops_per_sample(reader.table.frames, recipe.crop)
         self.group_start = np.concatenate([[0], np.cumsum([counts[g].sum() for g in self.groups])])
 
     def crops_from(self, start: int) -> Iterator[np.ndarray]:
@@ -210,6 +211,7 @@ class StreamSet:
     def __init__(self, url: str, table: SplitTable, recipe: CropRecipe, streams: list[int]):
         self.url, self.table, self.recipe, self.streams = url, table, recipe, streams
         self.steps_per_epoch = steps_per_epoch(table, recipe)
+        self.counts = crops_per_sample(table.frames, recipe.crop)
 
     def rows(self, start_step: int) -> Iterator[tuple[np.ndarray, int, int]]:
         reader = SampleReader(self.url, self.table)
@@ -217,7 +219,8 @@ class StreamSet:
         try:
             while True:
                 dealt = self.epoch_streams(epoch)
-                its = [StreamCrops(reader, self.recipe, epoch, v, dealt[v]).crops_from(pos) for v in self.streams]
+                its = [StreamCrops(reader, self.recipe, epoch, v, dealt[v], self.counts).crops_from(pos)
+                       for v in self.streams]
                 for _ in range(pos, self.steps_per_epoch):
                     yield [next(it) for it in its], reader.bytes_read, reader.bytes_decoded
                 epoch, pos = epoch + 1, 0
@@ -226,7 +229,7 @@ class StreamSet:
 
     def epoch_streams(self, epoch: int) -> list[np.ndarray]:
         order = np.random.default_rng([self.recipe.seed, epoch]).permutation(len(self.table))
-        return deal(order, crops_per_sample(self.table.frames[order], self.recipe.crop), self.recipe.batch_size)
+        return deal(order, self.counts[order], self.recipe.batch_size)
 
 
 class _WorkerRows(torch.utils.data.IterableDataset):

@@ -165,10 +165,6 @@ class DatasetIndex:
         return [s for s in self.shards if s.split == split]
 
     @property
-    def has_sample_ranges(self) -> bool:
-        return all(s.sample_ranges is not None for s in self.shards)
-
-    @property
     def splits(self) -> dict[str, dict]:
         """Totals per split: shards, samples, seconds, bytes."""
         out: dict[str, dict] = {}
@@ -460,11 +456,13 @@ def scan_sample_ranges(stream) -> tuple[list[SampleRange], str, int]:
     return ranges, digest.hexdigest(), size
 
 
-def upgrade_index(url: str, on_shard: Callable[[ShardInfo], None] | None = None) -> int:
+def upgrade_index(url: str, on_shard: Callable[[ShardInfo], None] | None = None,
+                  index: DatasetIndex | None = None) -> int:
     """Record sample ranges in an index written without them (one read of every shard, checked
-    against the index's sha256 first); returns how many shards were scanned."""
+    against the index's sha256 first); returns how many shards were scanned. `index`: the one at
+    `url`, when the caller has it already."""
     store = open_store(url)
-    index = load_index(store)
+    index = index or load_index(store)
     scanned = 0
     for info in index.shards:
         if info.sample_ranges is None:
@@ -504,10 +502,12 @@ def shard_matches(store: Store, info: ShardInfo) -> bool:
         return False
 
 
-def verify_dataset(url: str, on_shard: Callable[[ShardInfo], None] | None = None) -> list[str]:
-    """Re-hash every shard against the index and decode every sample; returns the problems found."""
+def verify_dataset(url: str, on_shard: Callable[[ShardInfo], None] | None = None,
+                   index: DatasetIndex | None = None) -> list[str]:
+    """Re-hash every shard against the index and decode every sample; returns the problems found.
+    `index`: the one at `url`, when the caller has it already."""
     store = open_store(url)
-    index = load_index(store)
+    index = index or load_index(store)
     problems = []
     for info in index.shards:
         problems += [f"{info.name}: {p}" for p in _verify_shard(store, info, index.sample_rate)]

@@ -310,11 +310,10 @@ def train_step(state: State, batch: torch.Tensor, accel, cfg: Config) -> dict:
         out = model(batch)
         if adv:
             d = discriminator_loss(state.disc, batch, out.audio, cfg.loss)
-            state.opt_d.zero_grad(set_to_none=True)
-            accel.backward(d.total * share)
+            accel.backward(d.total * share)  # into empty grads: the last step left none (see below)
             accel.clip_grad_norm_(state.disc.parameters(), cfg.train.disc_grad_clip)
             state.opt_d.step()
-            state.opt_d.zero_grad(set_to_none=True)
+            state.opt_d.zero_grad(set_to_none=True)  # and the generator pass adds none
             metrics.update({k: v.detach() for k, v in d.terms.items()})
         # The generator pass runs the bare discriminator, frozen: no gradient is computed for (or
         # all-reduced across) its weights only to be thrown away.

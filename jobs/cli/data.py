@@ -168,15 +168,22 @@ def human_bytes(n: float) -> str:
     return ""  # unreachable
 
 
-def shards_verify(args) -> int:
+def over_shards(url: str, label: str, work):
+    """(shard count, `work(url, on_shard=..., index=...)`) with a progress bar over the shards."""
     from rich.progress import Progress
 
-    from pipeline.shards import load_index, verify_dataset
+    from pipeline.shards import load_index
 
-    total = len(load_index(args.url).shards)
+    index = load_index(url)
     with Progress(console=err_console, transient=True) as bar:
-        task = bar.add_task("verifying shards", total=total)
-        problems = verify_dataset(args.url, on_shard=lambda _: bar.advance(task))
+        task = bar.add_task(label, total=len(index.shards))
+        return len(index.shards), work(url, on_shard=lambda _: bar.advance(task), index=index)
+
+
+def shards_verify(args) -> int:
+    from pipeline.shards import verify_dataset
+
+    total, problems = over_shards(args.url, "verifying shards", verify_dataset)
     if problems:
         for p in problems:
             err_console.print(f"BAD {p}", markup=False, highlight=False)
@@ -187,14 +194,9 @@ def shards_verify(args) -> int:
 
 
 def shards_upgrade(args) -> int:
-    from rich.progress import Progress
+    from pipeline.shards import upgrade_index
 
-    from pipeline.shards import load_index, upgrade_index
-
-    total = len(load_index(args.url).shards)
-    with Progress(console=err_console, transient=True) as bar:
-        task = bar.add_task("scanning shards", total=total)
-        scanned = upgrade_index(args.url, on_shard=lambda _: bar.advance(task))
+    _, scanned = over_shards(args.url, "scanning shards", upgrade_index)
     if scanned:
         console.print(f"OK: sample byte ranges of {scanned} shard(s) added to {args.url}/index.json")
     else:
