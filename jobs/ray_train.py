@@ -18,6 +18,7 @@ import socket
 import time
 from pathlib import Path
 
+from jobs import credentials
 from jobs.submit import with_absolute_paths
 from pipeline.config import Config, from_dict, to_dict
 from pipeline.rundir import RunDir, cancel_on_sigterm
@@ -66,6 +67,10 @@ def train_worker(config: dict) -> None:
     import torch
 
     cfg = from_dict(Config, config["cfg"])
+    names = credentials.receive(config.get("keeper"))  # before anything reads S3 or starts W&B
+    if names:
+        print(f"rank {ray.train.get_context().get_world_rank()}: forwarded credentials {', '.join(names)} "
+              f"(values not shown)", flush=True)
     torch.set_num_threads(max(1, cfg.train.cpus_per_worker))
     quiet_report_log()
     from pipeline.train import train
@@ -148,7 +153,7 @@ def fit_until_done(cfg: Config) -> TrainResult:
     while True:
         trainer = TorchTrainer(
             train_worker,
-            train_loop_config={"cfg": to_dict(cfg)},
+            train_loop_config={"cfg": to_dict(cfg), "keeper": credentials.keeper()},
             scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
                                          resources_per_worker=resources),
             run_config=RunConfig(name=name, storage_path=storage_path,

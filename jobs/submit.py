@@ -9,17 +9,16 @@ A job is Ray's Job Submission API with the project as its working_dir. The confi
 checked here, on the laptop, and travels as one YAML file, so a typo fails before anything is
 uploaded. The working dir is staged in a temporary folder: the project's files less .git, .venv,
 data, runs and caches, with a size check first. Credentials (WANDB_API_KEY, AWS keys, or the
-laptop's AWS profile) travel in a file inside that staged package, never in the job's runtime_env
-or metadata (which `ray job list` and the dashboard show) and never printed; the job's entry point
-(jobs/remote_entry.py) loads them. Each job's metadata names its run, so `jobs status` can read
-the run's ledger and metrics (on the run's store) beside Ray's state.
+laptop's AWS profile) are forwarded unless `forward=False`: never in the working dir, the job's
+runtime_env or metadata (which `ray job list` and the dashboard show), and never printed; see
+jobs/credentials.py for the channel and the trust model. Each job's metadata names its run, so
+`jobs status` can read the run's ledger and metrics (on the run's store) beside Ray's state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import os
 import secrets
@@ -33,7 +32,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
+from jobs import credentials
 from pipeline.config import Config, to_yaml
 from pipeline.errors import TelucodecError
 from pipeline.store import is_remote
@@ -46,7 +47,6 @@ SECRET_VARS = ("WANDB_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "A
 PLAIN_VARS = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "WANDB_ENTITY", "WANDB_PROJECT",
               "WANDB_MODE", "WANDB_BASE_URL")
 """Forwarded in the runtime_env (visible in Ray's job details): nothing secret."""
-SECRETS_FILE = ".telucodec_secrets.json"
 JOB_CONFIG = ".telucodec_job.yaml"
 STOP_GRACE_S = 120
 """Seconds Ray waits after SIGTERM before it kills a stopped job's driver: time for the final checkpoint."""
@@ -65,6 +65,8 @@ class Submission:
     wandb_url: str
     """The W&B run's page, or where its offline files go when the cluster has no WANDB_API_KEY."""
     resumed: bool
+    forwarded: list[str]
+    """The names of the credentials forwarded to the job."""
 
 
 # ------------------------------------------------------------------------------------- packaging
@@ -112,16 +114,13 @@ def check_upload_size(root: Path, files: list[Path], max_mb: float) -> int:
     return total
 
 
-def stage_working_dir(root: Path, files: list[Path], dest: Path, cfg: Config, env_secrets: dict) -> None:
-    """Copy the project's files, the resolved config and the secrets file into dest."""
+def stage_working_dir(root: Path, files: list[Path], dest: Path, cfg: Config) -> None:
+    """Copy the project's files and the resolved config into dest."""
     for f in files:
         target = dest / f.relative_to(root)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(f, target)
     (dest / JOB_CONFIG).write_text(to_yaml(cfg), encoding="utf-8")
-    secret_path = dest / SECRETS_FILE
-    secret_path.touch(mode=0o600)
-    secret_path.write_text(json.dumps(env_secrets), encoding="utf-8")
 
 
 def secrets_from_env() -> dict[str, str]:
@@ -152,18 +151,20 @@ def with_absolute_paths(cfg: Config) -> Config:
                                run=dataclasses.replace(cfg.run, dir=absolute(cfg.run.dir)))
 
 
-def wandb_url(cfg: Config, run_id: str, env_secrets: dict) -> str:
+def wandb_url(cfg: Config, run_id: str, env_secrets: dict, forward: bool = True) -> str:
     if not cfg.tracking.enabled:
         return "off (tracking.enabled=false)"
-    if "WANDB_API_KEY" not in env_secrets or os.environ.get("WANDB_MODE") == "offline":
-        return f"offline on the cluster: {cfg.run.dir}/wandb (or tracking.dir); upload with `wandb sync`"
+    offline = f"offline on the cluster: {cfg.run.dir}/wandb (or tracking.dir); upload with `wandb sync`"
+    if os.environ.get("WANDB_MODE") == "offline" or (forward and "WANDB_API_KEY" not in env_secrets):
+        return offline
     entity = cfg.tracking.entity or os.environ.get("WANDB_ENTITY") or "<your-entity>"
-    return f"https://wandb.ai/{entity}/{cfg.tracking.project}/runs/{run_id}"
+    url = f"https://wandb.ai/{entity}/{cfg.tracking.project}/runs/{run_id}"
+    return url if forward else f"{url} if the cluster has a WANDB_API_KEY, else {offline}"
 
 
 def submit(address: str, cfg: Config, *, run: str = "", runs_root: str = "runs", run_dir_given: bool = False,
            project: Path = PROJECT_ROOT, max_upload_mb: float = 100.0, pip: bool = False,
-           image: str = "") -> Submission:
+           image: str = "", forward: bool = True) -> Submission:
     """Stage, size-check and submit `telucodec train` with cfg as a Ray job; returns its ids and URLs."""
     files = project_files(project)
     check_upload_size(project, files, max_upload_mb)  # before anything talks to the cluster
@@ -179,24 +180,26 @@ def submit(address: str, cfg: Config, *, run: str = "", runs_root: str = "runs",
     run_id = prior_id or "".join(c if c.isalnum() or c in "-_" else "-" for c in run)
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=run_dir, name=run),
                               tracking=dataclasses.replace(cfg.tracking, run_id=run_id))
-    env_secrets = secrets_from_env()
+    env_secrets = secrets_from_env() if forward else {}
     env_vars = {k: os.environ[k] for k in PLAIN_VARS if os.environ.get(k)}
     env_vars.update({"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S), "PYTHONUNBUFFERED": "1"})
     client = job_client(address)
     job_id = f"{run}-{secrets.token_hex(3)}"
     with tempfile.TemporaryDirectory(prefix="telucodec-job-") as tmp:
         staged = Path(tmp) / "project"
-        stage_working_dir(project, files, staged, cfg, env_secrets)
+        stage_working_dir(project, files, staged, cfg)
         runtime_env: dict = {"working_dir": str(staged), "env_vars": env_vars}
         if pip:
             runtime_env["pip"] = project_dependencies(project)
         if image:
             runtime_env["image_uri"] = image
-        client.submit_job(entrypoint=f"python -m jobs.remote_entry {JOB_CONFIG}", submission_id=job_id,
+        package = credentials.stage(client, env_secrets)  # its URI only: the values never reach the job spec
+        entry = f"python -m jobs.remote_entry {f'--credentials {package} ' if package else ''}{JOB_CONFIG}"
+        client.submit_job(entrypoint=entry, submission_id=job_id,
                           runtime_env=runtime_env,
                           metadata={"telucodec_run": run, "run_dir": run_dir, "forwarded": ",".join(sorted(env_secrets))})
     return Submission(job_id, run, run_dir, f"{address.rstrip('/')}/#/jobs/{job_id}",
-                      wandb_url(cfg, run_id, env_secrets), resumed)
+                      wandb_url(cfg, run_id, env_secrets, forward), resumed, sorted(env_secrets))
 
 
 def earlier_run(run_dir: str) -> tuple[bool, str | None]:
@@ -228,11 +231,29 @@ def job_client(address: str):
 
     use_ray_auth_token()
     logging.getLogger("ray").setLevel(logging.WARNING)  # not its per-upload INFO lines
+    check_answers(address)
     try:
         return JobSubmissionClient(address)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise SubmitError(f"no Ray dashboard at {address}: {str(e).splitlines()[0]} "
                           f"(start one with `telucodec cluster up --local`, or pass --address http://HEAD:8265)")
+
+
+def check_answers(address: str, timeout_s: float = 5.0) -> None:
+    """A SubmitError within timeout_s when nothing answers HTTP at address: Ray's client has no
+    timeout, so a firewalled port or a hung head would otherwise hang every command."""
+    try:
+        with urllib.request.urlopen(f"{address.rstrip('/')}/api/version", timeout=timeout_s):
+            return
+    except urllib.error.HTTPError:
+        return  # it answers (401 with token authentication, 404 from something else: Ray's client says which)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, TimeoutError):
+            reason = f"no answer within {timeout_s:g} s"
+        raise SubmitError(f"no Ray dashboard at {address}: {reason or type(e).__name__} "
+                          f"(is the head up and its port {urlparse(address).port or 8265} reachable from here? "
+                          f"`ray dashboard CLUSTER.yaml` forwards it to http://127.0.0.1:8265)") from None
 
 
 def use_ray_auth_token() -> None:

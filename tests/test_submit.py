@@ -8,6 +8,8 @@ and a Ray Train worker group.
 import functools
 import json
 import os
+import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,14 +19,15 @@ import pytest
 
 from audio_fixtures import make_dataset
 from jobs.cli import main
-from jobs.submit import SubmitError, project_files, submit
+from jobs.submit import SubmitError, project_files, state_word, submit
 from pipeline.checkpoint import Checkpoints
 from pipeline.config import load_config
 from pipeline.rundir import RunDir
 from run_fixtures import TINY, wait_for
 
-FAKE_KEY = "wandb-fake-0123456789abcdef0123456789abcdef01234567"
-FAKE_SECRET = "aws-fake-SECRET-9f8e7d6c5b4a"
+FAKE_KEY = f"wandb-fake-{secrets.token_hex(20)}"
+FAKE_SECRET = f"aws-fake-SECRET-{secrets.token_hex(12)}"
+"""Made at run time: a value written in this file would be found in every job's working dir."""
 
 
 def job_id_of(out: str) -> str:
@@ -100,19 +103,48 @@ def test_no_cluster_named_and_none_on_the_local_port_is_one_line_error(capsys, m
     assert len(err.strip().splitlines()) == 1
 
 
+def test_an_address_that_never_answers_fails_in_seconds_in_one_line(capsys):
+    """A port that accepts connections but never replies (a firewall, a hung head): Ray's own client
+    would wait forever."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody ever reads or answers
+        started = time.monotonic()
+        assert main(["jobs", "ls", "--address", f"http://127.0.0.1:{silent.getsockname()[1]}"]) == 2
+        took = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert "no answer within 5 s" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert took < 15
+
+
 # ------------------------------------------------------------------------------------- local head
+NO_CREDENTIALS = {"AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_CONFIG_FILE": os.devnull,
+                  "AWS_EC2_METADATA_DISABLED": "true"}
+"""The head's environment: no AWS keys, profile or instance role, and no W&B key."""
+
+
 @pytest.fixture(scope="module")
 def head():
+    """A local Ray head started without any credentials: whatever a job gets, it got from submit."""
     from jobs.submit import free_port
 
     port = str(free_port())  # not 8265: a developer's own head may be there
+    saved = dict(os.environ)
     os.environ["TELUCODEC_LOCAL_RAY_PORT"] = port
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "WANDB_API_KEY"):
+        os.environ.pop(name, None)
+    os.environ.update(NO_CREDENTIALS)
     try:
         assert main(["cluster", "up", "--local", "--cpus", "3"]) == 0
+        os.environ.clear()
+        os.environ.update(saved | {"TELUCODEC_LOCAL_RAY_PORT": port})
         yield f"http://127.0.0.1:{port}"
     finally:
         main(["cluster", "down", "--local"])
-        del os.environ["TELUCODEC_LOCAL_RAY_PORT"]
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="module")
@@ -130,14 +162,22 @@ def planted_secrets(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")  # a key, but no network: the job must stay offline
 
 
+@pytest.fixture
+def s3_dataset(s3_bucket):
+    """The dataset on the local S3 server: a job can read it only with forwarded credentials."""
+    url = f"{s3_bucket}/ds"
+    make_dataset(url, [6, 6], sr=16000, seconds=0.3)
+    return url
+
+
 @pytest.mark.slow
-def test_submitted_job_succeeds_with_logs_ledger_and_no_secret_shown(head, dataset, tmp_path, capsys,
-                                                                      planted_secrets, monkeypatch):
-    assert main(["submit", "--address", head, "--runs", str(tmp_path / "runs"), *TINY, f"data.url={dataset}",
+def test_submitted_job_reads_s3_with_forwarded_credentials_and_leaves_no_trace(head, s3_dataset, tmp_path, capsys,
+                                                                                planted_secrets, monkeypatch):
+    assert main(["submit", "--address", head, "--runs", str(tmp_path / "runs"), *TINY, f"data.url={s3_dataset}",
                  "train.steps=4", "train.checkpoint_every=2", "train.eval_every=2", "cost.usd_per_hour=1.0"]) == 0
     out = capsys.readouterr().out
     job = job_id_of(out)
-    assert FAKE_KEY not in out and FAKE_SECRET not in out
+    assert "forwarded: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, WANDB_API_KEY (values not shown)" in out
     wait_for(lambda: status_word(head, job, capsys) in ("SUCCEEDED", "FAILED", "STOPPED"))
     assert main(["jobs", "status", job, "--address", head]) == 0
     status = capsys.readouterr().out
@@ -147,6 +187,8 @@ def test_submitted_job_succeeds_with_logs_ledger_and_no_secret_shown(head, datas
     assert main(["jobs", "logs", job, "--address", head]) == 0
     logs = capsys.readouterr().out
     assert "forwarded from the submitting machine: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, WANDB_API_KEY" in logs
+    for rank in (0, 1):  # every training worker got them (rank 1 reads its own rows from S3)
+        assert f"rank {rank}: forwarded credentials AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, WANDB_API_KEY" in logs
     assert "finished at step 4" in logs
     assert main(["jobs", "logs", job, "--address", head, "--follow"]) == 0  # a finished job: all, then return
     assert "finished at step 4" in capsys.readouterr().out
@@ -164,22 +206,95 @@ def test_submitted_job_succeeds_with_logs_ledger_and_no_secret_shown(head, datas
 
     from ray.job_submission import JobSubmissionClient
 
-    details = JobSubmissionClient(head).get_job_info(job)
+    client = JobSubmissionClient(head)
+    details = client.get_job_info(job)
     shown = json.dumps({"runtime_env": details.runtime_env, "metadata": details.metadata,
                         "entrypoint": details.entrypoint}, default=str)
-    assert "WANDB_API_KEY" not in json.dumps(details.runtime_env)  # forwarded, but not in the visible env
     written = [p for p in run_dir.rglob("*") if p.is_file()]  # checkpoints and the offline W&B run too
     assert any(p.suffix == ".wandb" for p in written)
-    for text in (logs, shown, *(p.read_text(encoding="latin-1") for p in written)):
+    for text in (out, logs, shown, *(p.read_text(encoding="latin-1") for p in written)):
         assert FAKE_KEY not in text and FAKE_SECRET not in text
+
+    # Another job given this job's working_dir package, and the credentials package's name, finds nothing.
+    package = details.entrypoint.split("--credentials ")[1].split()[0]
+    copy = tmp_path / "snooped"
+    snoop = client.submit_job(entrypoint=f"python -c {shlex.quote(SNOOP)} {package} {copy}",
+                              runtime_env={"working_dir": details.runtime_env["working_dir"]})
+    wait_for(lambda: state_word(client.get_job_status(snoop)) in ("SUCCEEDED", "FAILED", "STOPPED"))
+    snooped = client.get_job_logs(snoop)
+    assert "files copied" in snooped and "package: None" in snooped, snooped
+    assert (copy / "pipeline" / "train.py").is_file()  # the first job's project, as a second job sees it
+    assert values_found_under(str(copy), (FAKE_KEY, FAKE_SECRET)) == []
+
+    # Nothing on disk under Ray's dirs, nothing in the cluster's package store, holds a value.
+    assert values_found_under("/tmp/ray", (FAKE_KEY, FAKE_SECRET)) == []
+    assert values_in_package_store(head, (FAKE_KEY, FAKE_SECRET)) == []
+
+
+SNOOP = """
+import shutil, sys, ray
+from ray.experimental.internal_kv import _internal_kv_get
+shutil.copytree('.', sys.argv[2])
+print('files copied')
+ray.init()
+print('package:', _internal_kv_get(sys.argv[1]))
+"""
+"""A job that copies its working dir to argv[2], then reads the credentials package argv[1]."""
+
+
+def values_found_under(root: str, values: tuple[str, ...]) -> list[str]:
+    """Files under root (and members of zip files there) that contain any of values."""
+    import zipfile
+
+    needles = [v.encode() for v in values]
+    found = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            if not os.path.isfile(path) or os.path.islink(path) or os.path.getsize(path) > 256e6:
+                continue
+            with open(path, "rb") as f:
+                data = f.read()
+            if any(n in data for n in needles):
+                found.append(path)
+            elif zipfile.is_zipfile(path):
+                with zipfile.ZipFile(path) as z:
+                    found += [f"{path}:{m}" for m in z.namelist() if any(n in z.read(m) for n in needles)]
+    return found
+
+
+def values_in_package_store(head: str, values: tuple[str, ...]) -> list[str]:
+    """Packages in the head's GCS store (gcs://... keys; zips opened) that contain any of values."""
+    import io
+    import zipfile
+
+    from ray._raylet import GcsClient
+
+    with open("/tmp/ray/ray_current_cluster") as f:  # the GCS address of the newest head on this machine
+        gcs = GcsClient(address=f.read().split()[0])
+    needles = [v.encode() for v in values]
+    keys = gcs.internal_kv_keys(b"gcs://", None)
+    assert any(k.startswith(b"gcs://_ray_pkg_") for k in keys)  # the working-dir packages are there to look at
+    found = []
+    for key in keys:
+        data = gcs.internal_kv_get(key, None) or b""
+        members = [data]
+        if zipfile.is_zipfile(io.BytesIO(data)):
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                members += [z.read(m) for m in z.namelist()]
+        if any(n in m for m in members for n in needles):
+            found.append(key.decode())
+    return found
 
 
 @pytest.mark.slow
 def test_stopped_job_is_stopped_with_a_final_checkpoint(head, dataset, tmp_path, capsys):
-    assert main(["submit", "--address", head, "--runs", str(tmp_path / "runs"), "--run", "long-one", *TINY,
-                 f"data.url={dataset}", "train.steps=100000", "train.checkpoint_every=100000",
+    assert main(["submit", "--address", head, "--runs", str(tmp_path / "runs"), "--run", "long-one", "--no-forward",
+                 *TINY, f"data.url={dataset}", "train.steps=100000", "train.checkpoint_every=100000",
                  "preempt.poll_seconds=0.5", "tracking.enabled=false"]) == 0
-    job = job_id_of(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    job = job_id_of(out)
+    assert "forwarded: no credentials (the cluster uses its own)" in out
     run = RunDir(str(tmp_path / "runs" / "long-one"))
     wait_for(lambda: max([r["step"] for r in run.metrics.read()], default=0) >= 3)
     assert status_word(head, job, capsys) == "RUNNING"

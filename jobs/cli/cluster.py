@@ -59,8 +59,10 @@ def register_submit(sub) -> None:
     s = sub.add_parser("submit", help="submit a training run to a Ray cluster (from a laptop)",
                        description="Resolve and check the config here, stage the project (less .git, .venv, "
                        "data, runs and caches; size-checked before upload) and submit `telucodec train` as a "
-                       "Ray job. WANDB_API_KEY and AWS credentials are forwarded inside the job's package, "
-                       "never in its visible runtime_env or metadata, and never printed. Prints `job: ID`, "
+                       "Ray job. This machine's WANDB_API_KEY and AWS credentials (variables or profile) are "
+                       "forwarded to the job's driver and every training worker in memory only: never in the "
+                       "working dir, runtime_env, metadata or logs, and never printed (--no-forward for a "
+                       "cluster with its own credentials). Prints `job: ID`, "
                        "the dashboard URL and the W&B run URL.",
                        epilog="examples:\n"
                        "  telucodec submit --local configs/tiny.yaml data.url=demo_out/data-r2 train.steps=50\n"
@@ -77,6 +79,8 @@ def register_submit(sub) -> None:
     s.add_argument("--pip", action="store_true",
                    help="install pyproject's dependencies in the job's runtime env (a cluster image without them)")
     s.add_argument("--image", help="container image URI for the job (runtime_env image_uri)")
+    s.add_argument("--no-forward", action="store_true",
+                   help="forward no credentials: the cluster's own (instance profile, a W&B key on the nodes) are used")
     add_config_items(s)
     s.set_defaults(func=submit)
 
@@ -100,8 +104,11 @@ def submit(args) -> int:
             err_console.print(f"telucodec: warning: {' and '.join(local)} on this machine's disk: the cluster's nodes "
                               f"must see the same path (a shared file system), else use s3://", highlight=False)
     sub = submit(address, cfg, run=args.run or "", runs_root=args.runs, run_dir_given=run_dir_given,
-                 max_upload_mb=args.max_upload_mb, pip=args.pip, image=args.image or "")
+                 max_upload_mb=args.max_upload_mb, pip=args.pip, image=args.image or "",
+                 forward=not args.no_forward)
     print(f"job: {sub.job_id}")
+    console.print(f"forwarded: {', '.join(sub.forwarded) or 'no credentials (the cluster uses its own)'}"
+                  f"{' (values not shown)' if sub.forwarded else ''}", highlight=False)
     console.print(f"run:       {sub.run}  ({'resuming' if sub.resumed else 'new'}, {sub.run_dir})", highlight=False)
     console.print(f"dashboard: {sub.dashboard_url}", highlight=False)
     console.print(f"W&B:       {sub.wandb_url}", highlight=False)
