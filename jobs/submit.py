@@ -164,7 +164,7 @@ def wandb_url(cfg: Config, run_id: str, env_secrets: dict, forward: bool = True)
 
 def submit(address: str, cfg: Config, *, run: str = "", runs_root: str = "runs", run_dir_given: bool = False,
            project: Path = PROJECT_ROOT, max_upload_mb: float = 100.0, pip: bool = False,
-           image: str = "", forward: bool = True) -> Submission:
+           forward: bool = True) -> Submission:
     """Stage, size-check and submit `telucodec train` with cfg as a Ray job; returns its ids and URLs."""
     files = project_files(project)
     check_upload_size(project, files, max_upload_mb)  # before anything talks to the cluster
@@ -191,15 +191,26 @@ def submit(address: str, cfg: Config, *, run: str = "", runs_root: str = "runs",
         runtime_env: dict = {"working_dir": str(staged), "env_vars": env_vars}
         if pip:
             runtime_env["pip"] = project_dependencies(project)
-        if image:
-            runtime_env["image_uri"] = image
         package = credentials.stage(client, env_secrets)  # its URI only: the values never reach the job spec
         entry = f"python -m jobs.remote_entry {f'--credentials {package} ' if package else ''}{JOB_CONFIG}"
-        client.submit_job(entrypoint=entry, submission_id=job_id,
-                          runtime_env=runtime_env,
-                          metadata={"telucodec_run": run, "run_dir": run_dir, "forwarded": ",".join(sorted(env_secrets))})
+        metadata = {"telucodec_run": run, "run_dir": run_dir, "forwarded": ",".join(sorted(env_secrets))}
+        submit_when_ready(client, entrypoint=entry, submission_id=job_id, runtime_env=runtime_env, metadata=metadata)
     return Submission(job_id, run, run_dir, f"{address.rstrip('/')}/#/jobs/{job_id}",
                       wandb_url(cfg, run_id, env_secrets, forward), resumed, sorted(env_secrets))
+
+
+def submit_when_ready(client, wait_s: float = 60.0, **job) -> None:
+    """client.submit_job, retried while the head says its job agent is not up yet (a head that has
+    just started, or a restarted agent: Ray answers "No available agent ... try again later")."""
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            client.submit_job(**job)
+            return
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.time() > deadline:
+                raise
+        time.sleep(1.0)
 
 
 def earlier_run(run_dir: str) -> tuple[bool, str | None]:
@@ -230,7 +241,8 @@ def job_client(address: str):
     from ray.job_submission import JobSubmissionClient
 
     use_ray_auth_token()
-    logging.getLogger("ray").setLevel(logging.WARNING)  # not its per-upload INFO lines
+    for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # not the per-upload INFO lines (these set INFO themselves)
     check_answers(address)
     try:
         return JobSubmissionClient(address)

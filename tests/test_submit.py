@@ -288,13 +288,21 @@ def values_in_package_store(head: str, values: tuple[str, ...]) -> list[str]:
 
 
 @pytest.mark.slow
-def test_stopped_job_is_stopped_with_a_final_checkpoint(head, dataset, tmp_path, capsys):
+def test_stopped_job_is_stopped_with_a_final_checkpoint(head, dataset, tmp_path, capsys, monkeypatch):
     assert main(["submit", "--address", head, "--runs", str(tmp_path / "runs"), "--run", "long-one", "--no-forward",
                  *TINY, f"data.url={dataset}", "train.steps=100000", "train.checkpoint_every=100000",
                  "preempt.poll_seconds=0.5", "tracking.enabled=false"]) == 0
     out = capsys.readouterr().out
     job = job_id_of(out)
     assert "forwarded: no credentials (the cluster uses its own)" in out
+    # The job agent's refusal (a second job under the same id) is one line, not Ray's server traceback.
+    with monkeypatch.context() as m:
+        m.setattr("jobs.submit.secrets.token_hex", lambda n: job.rsplit("-", 1)[1])
+        assert main(["submit", "--address", head, "--runs", str(tmp_path / "runs"), "--run", "long-one",
+                     "--no-forward", *TINY, f"data.url={dataset}", "tracking.enabled=false"]) == 2
+    err = capsys.readouterr().err
+    assert f"the Ray head at {head} failed the request" in err and "already exists" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     run = RunDir(str(tmp_path / "runs" / "long-one"))
     wait_for(lambda: max([r["step"] for r in run.metrics.read()], default=0) >= 3)
     assert status_word(head, job, capsys) == "RUNNING"

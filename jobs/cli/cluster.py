@@ -10,6 +10,7 @@ from rich.table import Table
 
 from jobs.cli.common import (FORMATTER, UsageError, add_config_items, amount, cell, console, err_console,
                              load_cli_config, when)
+from pipeline.errors import TelucodecError
 
 
 def register(sub) -> None:
@@ -54,6 +55,38 @@ def cluster_address(args) -> str:
     return address
 
 
+def ray_head_errors(command):
+    """Errors the Ray head or its job agent returns (Ray's client raises them as RuntimeError with
+    the server's traceback inside, or as a dropped connection) become one line: the cause, not the
+    traceback."""
+    import functools
+
+    @functools.wraps(command)
+    def wrapped(args) -> int:
+        import requests
+
+        try:
+            return command(args)
+        except (RuntimeError, requests.exceptions.ConnectionError) as e:
+            if isinstance(e, TelucodecError):
+                raise  # ours: already one line
+            raise UsageError(f"the Ray head at {getattr(args, 'address', None) or 'the local head'} failed "
+                             f"the request: {server_cause(str(e))[:300]}") from None
+    return wrapped
+
+
+def server_cause(text: str) -> str:
+    """The innermost `SomeError: message` line of a server traceback, else the first line."""
+    import re
+
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()] or ["unknown error"]
+    for line in reversed(lines):
+        found = re.match(r"^[\w.]*(?:Error|Exception): (.+)$", line)
+        if found:
+            return found.group(1)
+    return lines[0]
+
+
 # ---------------------------------------------------------------- submit
 def register_submit(sub) -> None:
     s = sub.add_parser("submit", help="submit a training run to a Ray cluster (from a laptop)",
@@ -78,13 +111,13 @@ def register_submit(sub) -> None:
     s.add_argument("--max-upload-mb", type=float, default=100.0, help="refuse a bigger working dir (default 100)")
     s.add_argument("--pip", action="store_true",
                    help="install pyproject's dependencies in the job's runtime env (a cluster image without them)")
-    s.add_argument("--image", help="container image URI for the job (runtime_env image_uri)")
     s.add_argument("--no-forward", action="store_true",
                    help="forward no credentials: the cluster's own (instance profile, a W&B key on the nodes) are used")
     add_config_items(s)
     s.set_defaults(func=submit)
 
 
+@ray_head_errors
 def submit(args) -> int:
     from jobs.submit import submit, with_absolute_paths
 
@@ -104,7 +137,7 @@ def submit(args) -> int:
             err_console.print(f"telucodec: warning: {' and '.join(local)} on this machine's disk: the cluster's nodes "
                               f"must see the same path (a shared file system), else use s3://", highlight=False)
     sub = submit(address, cfg, run=args.run or "", runs_root=args.runs, run_dir_given=run_dir_given,
-                 max_upload_mb=args.max_upload_mb, pip=args.pip, image=args.image or "",
+                 max_upload_mb=args.max_upload_mb, pip=args.pip,
                  forward=not args.no_forward)
     print(f"job: {sub.job_id}")
     console.print(f"forwarded: {', '.join(sub.forwarded) or 'no credentials (the cluster uses its own)'}"
@@ -145,6 +178,7 @@ def register_jobs(sub) -> None:
     s.set_defaults(func=jobs_stop)
 
 
+@ray_head_errors
 def jobs_ls(args) -> int:
     from rich import box
 
@@ -163,6 +197,7 @@ def jobs_ls(args) -> int:
     return 0
 
 
+@ray_head_errors
 def jobs_status(args) -> int:
     from jobs.submit import job_status
 
@@ -178,6 +213,7 @@ def jobs_status(args) -> int:
     return 0 if v.state in HEALTHY_STATES else 1
 
 
+@ray_head_errors
 def jobs_logs(args) -> int:
     from jobs.submit import job_logs
 
@@ -185,6 +221,7 @@ def jobs_logs(args) -> int:
     return 0
 
 
+@ray_head_errors
 def jobs_stop(args) -> int:
     from pipeline.checkpoint import Checkpoints
     from jobs.submit import stop_job
