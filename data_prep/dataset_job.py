@@ -10,8 +10,9 @@ A destination holds a finished dataset (index.json, written last), an unfinished
 start record under the job's prefix naming the run's fingerprint, then a record per finished piece of
 work), or nothing of ours. A re-run with the same fingerprint resumes from the records, keeping the
 shards `pipeline.shards.shard_matches` still finds as recorded; anything else is refused unless the
-user asks to overwrite it. `ordered_map` and `prefetched` are the bounded look-ahead the jobs read
-through, `DatasetProgress` the progress bar they share.
+user asks to overwrite it. `ordered_map` (worker processes that may die without ending the run) and
+`prefetched` (any executor) are the bounded look-ahead the jobs read through, `DatasetProgress` the
+progress bar they share.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import threading
 from collections import deque
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from pipeline.errors import TelucodecError
 from pipeline.shards import INDEX_NAME, DatasetError, DatasetIndex, load_index, parse_shard_name
@@ -151,15 +154,163 @@ def prefetched(pool: Executor, fn: Callable, items: Iterable, ahead: int) -> Ite
             fut.cancel()
 
 
-def ordered_map(fn: Callable, jobs: list, workers: int) -> Iterator:
-    """fn over jobs in a process pool, results in job order, at most a few jobs ahead per worker."""
+def ordered_map(fn: Callable, jobs: Iterable, workers: int, on_death: Callable[[Any, str], Any]) -> Iterator:
+    """fn over jobs in worker processes, results in job order, at most a few jobs ahead per worker.
+
+    A worker that dies (the OOM killer, a crash inside a C decoder) breaks the whole pool and fails
+    every job it held, not just its own. Rather than end the run, the jobs the dead worker may have
+    been running are run again one at a time, each alone in a process: one that dies again is the
+    culprit, and `on_death(job, how)` ("killed by signal 9 (SIGKILL), likely out of memory") stands
+    in for its result; the innocent ones complete. A fresh pool takes the rest. `fn` runs in another
+    process even with one worker, so no job can take the caller down with it.
+    """
     workers = workers or os.cpu_count() or 1
-    if workers == 1 or len(jobs) <= 1:
-        yield from map(fn, jobs)
-        return
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for _, result in prefetched(pool, fn, jobs, 4 * workers):
-            yield result
+    pool = SurvivingPool(fn, workers, on_death)
+    window: deque[list] = deque()  # [job, future], in job order
+    try:
+        for job in jobs:
+            window.append([job, pool.submit(job)])
+            if len(window) >= 4 * workers:
+                yield pool.pop_result(window)
+        while window:
+            yield pool.pop_result(window)
+    finally:
+        pool.close()
+
+
+class SurvivingPool:
+    """The process pool behind `ordered_map`: a spawn ProcessPoolExecutor, replaced when a worker
+    dies, with the jobs it held settled as `ordered_map` tells."""
+
+    def __init__(self, fn: Callable, workers: int, on_death: Callable[[Any, str], Any]):
+        self.fn, self.workers, self.on_death = fn, workers, on_death
+        self.pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn, not fork: the parent runs I/O threads (uploads) that a fork would copy mid-call
+        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, job: Any) -> Future:
+        try:
+            return self.pool.submit(self.fn, job)
+        except BrokenProcessPool as e:  # it broke since the last result: settled with the others
+            return _settled(error=e)
+
+    def pop_result(self, window: deque) -> Any:
+        """Result of the window's first job, which leaves the window; if the pool broke, every job
+        in the window is settled first."""
+        try:
+            result = window[0][1].result()
+        except BrokenProcessPool:
+            self._recover(window)
+            result = window[0][1].result()
+        window.popleft()
+        return result
+
+    def _recover(self, window: deque) -> None:
+        """Keep what finished, run the suspects alone, give the rest to a fresh pool.
+
+        The pool starts jobs in order, so those running when it broke (one per worker at most) are
+        the first of the failed ones; `workers + 1` of them are run alone, one for good measure. Were
+        the culprit not among them, it would break the fresh pool and come back here, nearer the
+        front; every recovery settles at least the window's first job, so the run moves on."""
+        self.pool.shutdown(wait=True)  # from here on every future of the broken pool is settled
+        failed = [entry for entry in window if isinstance(entry[1].exception(), BrokenProcessPool)]
+        suspects, rest = failed[: self.workers + 1], failed[self.workers + 1:]
+        for entry, done in zip(suspects, self._run_alone([job for job, _ in suspects])):
+            entry[1] = done
+        self.pool = self._new_pool()
+        for entry in rest:
+            entry[1] = self.submit(entry[0])
+
+    def _run_alone(self, jobs: list) -> list[Future]:
+        """Each job alone in a worker process of its own (kept until a job kills it): its result, or
+        on_death's when the job kills that process too."""
+        settled, solo = [], None
+        try:
+            for job in jobs:
+                solo = solo or SoloWorker(self.fn)
+                try:
+                    settled.append(_settled(solo.run(job)))
+                except WorkerDied as death:
+                    solo = None
+                    settled.append(_settled(self.on_death(job, str(death))))
+                except Exception as e:  # fn's own error: raised where its result is read, as from the pool
+                    settled.append(_settled(error=e))
+        finally:
+            if solo is not None:
+                solo.close()
+        return settled
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _settled(result: Any = None, error: BaseException | None = None) -> Future:
+    future: Future = Future()
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+    return future
+
+
+class WorkerDied(Exception):
+    """A worker process ended without answering; the message says how."""
+
+
+class SoloWorker:
+    """One spawned process running `fn` on one job at a time; `run` raises WorkerDied, saying how
+    the process ended (which a ProcessPoolExecutor does not tell), if the job kills it."""
+
+    def __init__(self, fn: Callable):
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve_jobs, args=(fn, child), daemon=True)
+        self.process.start()
+        child.close()
+
+    def run(self, job: Any) -> Any:
+        try:
+            self.conn.send(job)
+            ok, value = self.conn.recv()
+        except (EOFError, OSError):  # the pipe's other end is gone: the process died
+            self.process.join()
+            self.conn.close()
+            raise WorkerDied(death_reason(self.process.exitcode)) from None
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        self.conn.close()  # the worker reads end-of-file and returns
+        self.process.join()
+
+
+def _serve_jobs(fn: Callable, conn) -> None:
+    """A SoloWorker's process: (True, fn(job)) or (False, the exception) for each job received."""
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        try:
+            answer = (True, fn(job))
+        except Exception as e:
+            answer = (False, e)
+        conn.send(answer)
+
+
+def death_reason(exitcode: int | None) -> str:
+    """How a process ended, in words: "killed by signal 9 (SIGKILL), likely out of memory"."""
+    if exitcode is None or exitcode >= 0:
+        return f"exited with status {exitcode}"
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        name = "unknown signal"
+    likely = ", likely out of memory" if -exitcode == signal.SIGKILL else ""
+    return f"killed by signal {-exitcode} ({name}){likely}"
 
 
 # ---------------------------------------------------------------- progress

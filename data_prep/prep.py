@@ -2,10 +2,13 @@
 
     summary = run_prep(["corpus/manifest.tsv"], "s3://bucket/te", PrepConfig())
 
-Per file (in a process pool): decode, mix to mono, resample (soxr), optional loudness, trim
-silence, cut into segments, clip each to [-1, 1] counting the clipped samples, FLAC-encode. The
-parent writes the results in a fixed order into `{split}-NNNNNN.tar` shards, so the same sources
-and config always give the same shards, byte for byte.
+Per file (in a process pool, prep_file.py): decode, mix to mono, resample (soxr), optional
+loudness, trim silence, cut into segments, clip each to [-1, 1] counting the clipped samples,
+FLAC-encode; streamed, so an hour-long file takes no more memory than a short one. The parent
+writes the results in a fixed order into `{split}-NNNNNN.tar` shards, so the same sources and
+config always give the same shards, byte for byte. A file the decoder rejects, or whose worker
+process dies on it (alone, on a second try: `ordered_map`), is listed in rejects.jsonl with the
+reason, and the run goes on.
 
 Resumable: after each shard lands, a record `_prep/{split}-NNNNNN.json` saves the shard's hash and
 the position in the source list it ends at. A re-run with the same sources and config keeps every
@@ -17,17 +20,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import tempfile
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from data_prep.dataset_job import DatasetJob, DatasetProgress, RunRecords, claim_destination, ordered_map
-from data_prep.sources import SourceError, SourceItem, scan_sources
-from pipeline.audio import AudioError, clip_to_unit_range, cut_segments, load_audio, normalize_rms, resample, trim_silence
+from data_prep.prep_file import FileJob, ItemResult, process_item, worker_died
+from data_prep.sources import SourceError, SourceItem, file_identity, printable, scan_sources
 from pipeline.config import PrepConfig, to_dict
 from pipeline.errors import TelucodecError
-from pipeline.shards import (SPLITS, DatasetIndex, EncodedSample, ShardInfo, ShardWriter, encode_sample,
-                             load_index, parse_shard_name, safe_key, shard_matches, write_index)
+from pipeline.shards import (SPLITS, DatasetIndex, ShardInfo, ShardWriter, load_index, parse_shard_name,
+                             shard_matches, write_index)
 from pipeline.store import Store, open_store
 
 REJECTS_NAME = "rejects.jsonl"
@@ -44,15 +48,6 @@ PREP = DatasetJob(
               "run": "{url} holds an unfinished prep of other sources or another config "
                      "(re-run that command to finish it, or use --overwrite)",
               "leftovers": "{url} already holds shards that are not from this prep (use --overwrite)"})
-
-
-@dataclass
-class ItemResult:
-    """What one worker made of one source file."""
-    samples: list[EncodedSample] = field(default_factory=list)
-    reject: dict | None = None
-    clipped_samples: int = 0
-    source_peak: float = 0.0
 
 
 @dataclass
@@ -106,11 +101,13 @@ def run_prep(sources: list[str], out_url: str, cfg: PrepConfig, fmt: str = "auto
     resumed = sum(len(s.shards) for s in state.values())
     todo = [(split, pos, item) for split, items in plan.items()
             for pos, item in enumerate(items) if pos >= state[split].cursor[0]]
-    with PrepProgress(len(todo), enabled=progress) as bar:
-        results = ordered_map(process_item, [(item, cfg) for _, _, item in todo], cfg.workers)
+    spill = tempfile.TemporaryDirectory(prefix="telucodec-prep-")  # long files' segments, worker -> here
+    with PrepProgress(len(todo), enabled=progress) as bar, spill:
+        jobs = [FileJob(item, cfg, spill.name) for _, _, item in todo]
         writers: dict[str, ShardWriter] = {}
-        for (split, pos, item), result in zip(todo, results):
-            add_item_result(records, cfg, split, pos, item, result, state[split], writers, bar)
+        with closing(ordered_map(process_item, jobs, cfg.workers, on_death=worker_died)) as results:
+            for (split, pos, item), result in zip(todo, results):
+                add_item_result(records, cfg, split, pos, item, result, state[split], writers, bar)
         for split, writer in writers.items():
             close_shard(records, writer, state[split], bar)
     return finish(records, state, scan.rejects, cfg, sources, resumed)
@@ -129,7 +126,7 @@ def plan_splits(items: list[SourceItem], cfg: PrepConfig) -> dict[str, list[Sour
     split_of: dict[str, str] = {}
     for population in ("speaker:", "path:"):
         groups = sorted({group(i) for i in items if group(i).startswith(population)},
-                        key=lambda g: hashlib.sha256(g.encode()).hexdigest())
+                        key=lambda g: hashlib.sha256(g.encode("utf-8", "surrogatepass")).hexdigest())
         n = len(groups)
         n_test, n_val = (0 if f <= 0 or n < 3 else max(1, round(n * f)) for f in (cfg.test_fraction, cfg.val_fraction))
         for i, g in enumerate(groups):
@@ -141,9 +138,11 @@ def plan_splits(items: list[SourceItem], cfg: PrepConfig) -> dict[str, list[Sour
 
 
 def prep_fingerprint(plan: dict[str, list[SourceItem]], cfg: PrepConfig) -> str:
-    """Same sources (names and sizes) and same config -> same fingerprint."""
+    """Same sources and same config -> same fingerprint. A source is its name and its file's size,
+    mtime and sampled content (`file_identity`): a file edited in place, even to the same size,
+    makes another dataset, not a resume of the old one."""
     desc = {"config": to_dict(cfg) | {"workers": None},
-            "items": {s: [(i.name, os.path.getsize(i.path)) for i in items] for s, items in plan.items()}}
+            "items": {s: [(i.name, *file_identity(i.path)) for i in items] for s, items in plan.items()}}
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
 
 
@@ -170,7 +169,7 @@ def add_item_result(records: RunRecords, cfg: PrepConfig, split: str, pos: int, 
                     result: ItemResult, state: SplitProgress, writers: dict, bar: "PrepProgress") -> None:
     """Append one file's segments to its split's open shard, closing shards as they fill."""
     skip = state.cursor[1] if pos == state.cursor[0] else 0
-    for seg, sample in enumerate(result.samples):
+    for seg, sample in enumerate(result.samples):  # read back from the worker's spill file if it has one
         if seg < skip:
             continue  # written before an interruption
         writer = writers.get(split)
@@ -187,6 +186,7 @@ def add_item_result(records: RunRecords, cfg: PrepConfig, split: str, pos: int, 
     if not result.samples:
         _count_file(state, result)
         state.cursor = (pos + 1, 0)
+    result.samples.discard()
     bar.file_done(result.reject)
 
 
@@ -219,7 +219,7 @@ def finish(records: RunRecords, state: dict[str, SplitProgress], scan_rejects: l
     if not shards:
         raise PrepError(f"nothing usable: all {len(rejects)} file(s) were rejected "
                         f"(see {store.join(REJECTS_NAME)})")
-    lineage = {"fingerprint": records.fingerprint, "sources": [str(Path(s).absolute()) for s in sources],
+    lineage = {"fingerprint": records.fingerprint, "sources": [printable(str(Path(s).absolute())) for s in sources],
                "files_ok": sum(s.files_ok for s in state.values()),
                "clipped_files": {k: s.clipped_files for k, s in state.items()},
                "clipped_samples": sum(s.clipped_samples for s in state.values()), "rejects": len(rejects)}
@@ -244,41 +244,6 @@ def summary_from_index(store: Store, index: DatasetIndex, resumed: int = 0, reje
                        clipped_files=index.lineage.get("clipped_files", {}),
                        clipped_samples=index.lineage.get("clipped_samples", 0), rejects=rejects,
                        rejects_url=store.join(REJECTS_NAME), resumed_shards=resumed, already_complete=complete)
-
-
-def process_item(job: tuple[SourceItem, PrepConfig]) -> ItemResult:
-    """One source file -> its encoded segments, or a reject with the reason. Never raises."""
-    item, cfg = job
-    try:
-        return _process(item, cfg)
-    except AudioError as e:
-        return ItemResult(reject={"path": item.path, "reason": str(e)})
-    except Exception as e:  # a bad file must never stop the run
-        return ItemResult(reject={"path": item.path, "reason": f"could not process ({type(e).__name__}: {e})"})
-
-
-def _process(item: SourceItem, cfg: PrepConfig) -> ItemResult:
-    decoded = load_audio(item.path)
-    audio = resample(decoded.audio, decoded.sample_rate, cfg.sample_rate)
-    if cfg.loudness_db is not None:
-        audio = normalize_rms(audio, cfg.loudness_db)
-    if cfg.trim_silence:
-        audio = trim_silence(audio, cfg.sample_rate, cfg.silence_db)
-    segments = cut_segments(audio, cfg.sample_rate, cfg.max_seconds, cfg.min_seconds)
-    if not segments:
-        return ItemResult(reject={"path": item.path, "reason": f"no segment of at least {cfg.min_seconds:g} s "
-                                  f"({len(audio) / cfg.sample_rate:.2f} s after trimming silence)"})
-    source_peak = float(abs(decoded.audio).max())
-    stem = f"{safe_key(Path(item.name).stem)[:40]}_{hashlib.sha1(item.name.encode()).hexdigest()[:10]}"
-    result = ItemResult(source_peak=source_peak)
-    for i, seg in enumerate(segments):
-        seg, clipped = clip_to_unit_range(seg)
-        result.clipped_samples += clipped
-        meta = {"source": item.name, "speaker": item.speaker, "text": item.text, "segment": i,
-                "segments": len(segments), "source_peak": round(source_peak, 6), "clipped_samples": clipped,
-                "source_sample_rate": decoded.sample_rate}
-        result.samples.append(encode_sample(f"{stem}_{i:03d}", seg, cfg.sample_rate, meta))
-    return result
 
 
 class PrepProgress(DatasetProgress):

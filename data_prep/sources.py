@@ -11,12 +11,19 @@ Layouts (detected, or named with `fmt`):
 - openslr: SLR66-style `line_index.tsv` (`ID<TAB>[stray field<TAB>]text`) beside ID.wav files;
   the speaker is the ID's first two fields (`tef_01234`).
 - commonvoice: `validated.tsv` (client_id, path, sentence) and `clips/`.
+
+File names need not be UTF-8 (Linux allows any bytes): an item's `path` keeps the name as Python
+holds it (undecodable bytes as surrogate escapes) so the file can be opened, while its `name`, and
+every path in a reject, spell such bytes as `\xe9` (`printable`), so keys, metadata and
+rejects.jsonl stay valid UTF-8.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +31,8 @@ AUDIO_EXTS = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".aif", ".aiff"}
 UNSUPPORTED_EXTS = {".m4a", ".aac", ".wma", ".amr", ".webm", ".mp4", ".3gp"}
 MANIFEST_EXTS = {".tsv", ".csv", ".jsonl"}
 FORMATS = ("folder", "manifest", "openslr", "commonvoice")
+SAMPLE_BYTES = 1 << 16
+"""Bytes hashed at each of the start, middle and end of a file for its identity."""
 
 
 class SourceError(ValueError):
@@ -33,11 +42,37 @@ class SourceError(ValueError):
 @dataclass(frozen=True)
 class SourceItem:
     path: str
-    """Absolute path of the audio file."""
+    """Absolute path of the audio file, as the file system spells it (surrogate escapes and all)."""
     name: str
-    """Stable id: source folder name + path inside it; keys and splits derive from it."""
+    """Stable id: source folder name + path inside it, `printable`; keys and splits derive from it."""
     text: str = ""
     speaker: str = ""
+
+
+def printable(text: str) -> str:
+    """`text` with the undecodable bytes of a file name (surrogate escapes) spelled `\\xe9`: safe to
+    write as UTF-8 (JSON, keys) and to print; a UTF-8 name comes back unchanged."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def file_identity(path: str) -> tuple[int, int, str]:
+    """(size, mtime_ns, sha256 of the first, middle and last SAMPLE_BYTES): what tells an edited
+    file from the one a dataset was made of, without reading all of a long file. A file that cannot
+    be read gives (-1, -1, "unreadable"); its worker will reject it with the reason."""
+    try:
+        stat = os.stat(path)
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            middle, end = max(0, stat.st_size // 2 - SAMPLE_BYTES // 2), max(0, stat.st_size - SAMPLE_BYTES)
+            for offset in sorted({0, middle, end}):
+                f.seek(offset)
+                digest.update(f.read(SAMPLE_BYTES))
+    except OSError:
+        return -1, -1, "unreadable"
+    return stat.st_size, stat.st_mtime_ns, digest.hexdigest()
 
 
 @dataclass
@@ -86,12 +121,12 @@ def scan_sources(sources: list[str], fmt: str = "auto", allow_outside: bool = Fa
 
 def _add(scan: SourceScan, path: Path, name: str, text: str = "", speaker: str = "", where: str = "") -> None:
     if not path.is_file():
-        scan.rejects.append({"path": str(path), "reason": f"file not found{where}"})
+        scan.rejects.append({"path": printable(str(path)), "reason": f"file not found{printable(where)}"})
     elif path.suffix.lower() in UNSUPPORTED_EXTS:
-        scan.rejects.append({"path": str(path), "reason": f"unsupported format {path.suffix} "
-                             "(convert to wav, flac, ogg or mp3)"})
+        scan.rejects.append({"path": printable(str(path)), "reason": f"unsupported format "
+                             f"{printable(path.suffix)} (convert to wav, flac, ogg or mp3)"})
     else:
-        scan.items.append(SourceItem(str(path), name, text.strip(), speaker.strip()))
+        scan.items.append(SourceItem(str(path), printable(name), text.strip(), speaker.strip()))
 
 
 def read_folder(root: Path, scan: SourceScan) -> None:
@@ -109,7 +144,7 @@ def read_manifest(path: Path, scan: SourceScan, allow_outside: bool = False) -> 
     rows = _manifest_rows(path)
     home = path.parent.resolve()
     for n, row in enumerate(rows, start=2 if path.suffix.lower() != ".jsonl" else 1):
-        where = f"{path}:{n}"
+        where = printable(f"{path}:{n}")
         if not isinstance(row, dict) or any(not isinstance(row.get(k) or "", str) for k in ("path", "text", "speaker")):
             scan.rejects.append({"path": where, "reason": "manifest row: path, text and speaker must be strings"})
             continue

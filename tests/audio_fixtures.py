@@ -22,6 +22,22 @@ def tone(seconds: float, sr: int, freq: float = 220.0, peak: float = 0.5, seed: 
     return (x / np.abs(x).max() * peak).astype(np.float32)
 
 
+def write_long_audio(path: Path, seconds: float, sr: int = 44100, channels: int = 2, block_seconds: float = 60.0,
+                     **format) -> Path:
+    """A long recording written block by block (tone plus noise, different per channel; each block
+    the first one at another level), so an hour of it takes seconds and little memory. `format`
+    goes to soundfile, e.g. subtype="PCM_16"."""
+    rng = np.random.default_rng(0)
+    n = int(block_seconds * sr)
+    t = np.arange(n) / sr
+    block = np.stack([0.3 * np.sin(2 * np.pi * (220 + 110 * c) * t) for c in range(channels)], axis=1)
+    block = (block + 0.05 * rng.standard_normal((n, channels))).astype(np.float32)
+    with sf.SoundFile(path, "w", sr, channels, **format) as f:
+        for start in range(0, int(seconds * sr), n):
+            f.write(block[: min(n, int(seconds * sr) - start)] * np.float32(0.6 + 0.4 * rng.random()))
+    return path
+
+
 def write_manifest_corpus(root: Path, n_files: int = 12, n_speakers: int = 6, sr: int = 22050,
                           seconds: float = 3.0, over_range_every: int = 4) -> Path:
     """`n_files` wavs from `n_speakers` speakers plus manifest.tsv; every `over_range_every`-th file

@@ -1,0 +1,162 @@
+"""The per-file half of `telucodec prep`, run in its worker processes: one source file -> its
+encoded segments, or a reject saying why.
+
+    result = process_item(FileJob(item, cfg, spill_dir))     # in a worker
+    for sample in result.samples: ...                         # in the parent, in order
+    result.samples.discard()
+
+Memory stays bounded whatever the file's length. The file is decoded block by block to mono,
+resampled as a stream (the same samples as resampling it whole), measured as it passes (length,
+energy, a level per 20 ms frame: `LevelMeter`) and parked in a spooled temporary file (memory while
+small, disk after). Trimming, loudness and the equal-part cut are then decided from those
+measurements exactly as for the whole array, and each segment is read back, scaled, clipped and
+FLAC-encoded in turn into a `SampleSpool`, which passes the encoded segments to the parent through
+a file in the run's spill folder once they outgrow memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import numpy as np
+
+from data_prep.sources import SourceItem, printable
+from pipeline.audio import (AudioError, LevelMeter, clip_to_unit_range, loud_span, open_audio, resample_blocks,
+                            segment_bounds, silence_frame)
+from pipeline.config import PrepConfig
+from pipeline.shards import EncodedSample, encode_sample, safe_key
+
+PARK_BYTES = 16 << 20
+"""Resampled audio (float32) a worker keeps in memory before parking it on disk (4 min at 16 kHz)."""
+SPILL_BYTES = 16 << 20
+"""Encoded segments a result carries in memory; beyond this they go to the parent through a file."""
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """One source file to prep, and where its encoded segments may spill."""
+    item: SourceItem
+    cfg: PrepConfig
+    spill_dir: str | None = None
+    """The run's folder for segments too many to send back in memory; None keeps them in memory."""
+
+
+class SampleSpool:
+    """A file's encoded segments on their way from a worker to the parent: in memory while they
+    are small, else in a file under the spill folder, read back one at a time."""
+
+    def __init__(self, spill_dir: str | None = None, limit: int = SPILL_BYTES):
+        self.spill_dir, self.limit = spill_dir, limit
+        self.held: list[EncodedSample] = []
+        self.spilled: list[tuple[str, float, int, int, int]] = []
+        """(key, seconds, frames, flac bytes, meta bytes) of each sample in the file, in order."""
+        self.path: str | None = None
+        self.held_bytes = 0
+
+    def add(self, sample: EncodedSample) -> None:
+        self.held.append(sample)
+        self.held_bytes += len(sample.flac) + len(sample.meta)
+        if self.spill_dir is not None and (self.path or self.held_bytes > self.limit):
+            self._spill()
+
+    def _spill(self) -> None:
+        if self.path is None:
+            fd, self.path = tempfile.mkstemp(suffix=".samples", dir=self.spill_dir)
+            os.close(fd)
+        with open(self.path, "ab") as f:
+            for s in self.held:
+                f.write(s.flac + s.meta)
+                self.spilled.append((s.key, s.seconds, s.frames, len(s.flac), len(s.meta)))
+        self.held, self.held_bytes = [], 0
+
+    def __len__(self) -> int:
+        return len(self.spilled) + len(self.held)
+
+    def __iter__(self) -> Iterator[EncodedSample]:
+        if self.path is not None:
+            with open(self.path, "rb") as f:
+                for key, seconds, frames, n_flac, n_meta in self.spilled:
+                    yield EncodedSample(key, f.read(n_flac), f.read(n_meta), seconds, frames)
+        yield from self.held
+
+    def discard(self) -> None:
+        """Delete the spill file, once the parent has written the samples."""
+        if self.path is not None:
+            Path(self.path).unlink(missing_ok=True)
+
+
+@dataclass
+class ItemResult:
+    """What one worker made of one source file."""
+    samples: SampleSpool = field(default_factory=SampleSpool)
+    reject: dict | None = None
+    clipped_samples: int = 0
+    source_peak: float = 0.0
+
+
+@dataclass
+class ParkedAudio:
+    """A file decoded, resampled and parked: what the segments are then cut from."""
+    data: BinaryIO
+    """The resampled mono float32 samples, as bytes."""
+    meter: LevelMeter
+    source_rate: int
+    source_peak: float
+
+
+def rejected(item: SourceItem, reason: str) -> ItemResult:
+    return ItemResult(reject={"path": printable(item.path), "reason": printable(reason)})
+
+
+def worker_died(job: FileJob, how: str) -> ItemResult:
+    """The result of a file whose worker process died on it, alone, too (ordered_map's on_death)."""
+    return rejected(job.item, f"worker died: {how}")
+
+
+def process_item(job: FileJob) -> ItemResult:
+    """One source file -> its encoded segments, or a reject with the reason. Never raises."""
+    try:
+        with tempfile.SpooledTemporaryFile(PARK_BYTES) as data:
+            return _process(job, park(job.item.path, job.cfg.sample_rate, data))
+    except AudioError as e:
+        return rejected(job.item, str(e))
+    except Exception as e:  # a bad file must never stop the run
+        return rejected(job.item, f"could not process ({type(e).__name__}: {e})")
+
+
+def park(path: str, sample_rate: int, data: BinaryIO) -> ParkedAudio:
+    """Stream the file through decoding, mono and resampling into `data`, measuring as it goes."""
+    meter = LevelMeter(silence_frame(sample_rate))
+    with open_audio(path) as stream:
+        for block in resample_blocks(stream.blocks(), stream.sample_rate, sample_rate):
+            meter.add(block)
+            data.write(block.astype(np.float32, copy=False).tobytes())
+        return ParkedAudio(data, meter, stream.sample_rate, stream.peak)
+
+
+def _process(job: FileJob, audio: ParkedAudio) -> ItemResult:
+    """Trim, cut, scale, clip and encode the parked audio, one segment at a time."""
+    item, cfg, sr = job.item, job.cfg, job.cfg.sample_rate
+    start, end = loud_span(audio.meter, cfg.silence_db) if cfg.trim_silence else (0, audio.meter.length)
+    spans = [(start + a, start + b) for a, b in segment_bounds(end - start, sr, cfg.max_seconds, cfg.min_seconds)]
+    if not spans:
+        return rejected(item, f"no segment of at least {cfg.min_seconds:g} s "
+                              f"({(end - start) / sr:.2f} s after trimming silence)")
+    gain = 1.0 if cfg.loudness_db is None else audio.meter.gain_to(cfg.loudness_db)
+    stem = f"{safe_key(Path(item.name).stem)[:40]}_{hashlib.sha1(item.name.encode()).hexdigest()[:10]}"
+    result = ItemResult(samples=SampleSpool(job.spill_dir), source_peak=audio.source_peak)
+    for i, (a, b) in enumerate(spans):
+        audio.data.seek(4 * a)
+        seg = np.frombuffer(audio.data.read(4 * (b - a)), np.float32)
+        seg, clipped = clip_to_unit_range(seg if gain == 1.0 else (seg * gain).astype(np.float32))
+        result.clipped_samples += clipped
+        meta = {"source": item.name, "speaker": item.speaker, "text": item.text, "segment": i,
+                "segments": len(spans), "source_peak": round(audio.source_peak, 6), "clipped_samples": clipped,
+                "source_sample_rate": audio.source_rate}
+        result.samples.add(encode_sample(f"{stem}_{i:03d}", seg, sr, meta))
+    return result

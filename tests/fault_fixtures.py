@@ -1,0 +1,90 @@
+"""Real faults for robustness tests: worker processes killed from outside (as the OOM killer does),
+jobs that kill their own process, files cut short.
+
+    with KillWhoeverOpens(path) as killer:      # SIGKILL any child process that opens `path`
+        run_prep(...)
+    assert killer.kills >= 2
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+
+def double_or_die(job):
+    """An `ordered_map` job: ("die", n) kills its own process with SIGKILL, ("exit", n) exits with
+    status 3, (anything else, n) gives 2 * n after a short nap (so several are in flight at once)."""
+    kind, n = job
+    if kind == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "exit":
+        os._exit(3)
+    time.sleep(0.02)
+    return 2 * n
+
+
+def cut_in_half(path: Path) -> Path:
+    """Write the first half of `path`'s bytes beside it as half-NAME; returns the new path."""
+    data = path.read_bytes()
+    half = path.with_name(f"half-{path.name}")
+    half.write_bytes(data[: len(data) // 2])
+    return half
+
+
+class KillWhoeverOpens:
+    """A thread that SIGKILLs every child process of this one that has `path` open, until the
+    context ends: a file that makes its worker die, every time, without any hook in the code under
+    test. `kills` counts the processes it killed."""
+
+    def __init__(self, path: Path, every: float = 0.002):
+        self.path, self.every = os.path.realpath(path), every
+        self.kills = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> "KillWhoeverOpens":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            for pid in _children(os.getpid()):
+                if self.path in _open_files(pid):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                        self.kills += 1
+                    except ProcessLookupError:
+                        pass
+            time.sleep(self.every)
+
+
+def _children(parent: int) -> list[int]:
+    pids = []
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        try:
+            pids += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return pids
+
+
+def _open_files(pid: int) -> set[str]:
+    files = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return files
+    for fd in fds:
+        try:
+            files.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return files
