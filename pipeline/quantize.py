@@ -12,6 +12,11 @@ estimator plus a commitment loss. Under torch.distributed the EMA statistics are
 and every random choice is taken from rank 0, so all ranks keep identical codebooks. Every rank
 must therefore run the quantizer's training-mode forward the same number of times; evaluate in
 eval mode.
+
+Every random choice of a training step (quantizer dropout, the vectors k-means starts from and
+dead codes are re-seeded with) is drawn from `StepDraws`: a generator seeded by the step, over the
+rows of the *global* batch, of which each rank takes its own. So a step makes the same choices on
+1, 2 or 8 ranks, and a run resized between steps (elastic training) goes on as if it never was.
 """
 
 from __future__ import annotations
@@ -55,6 +60,48 @@ def nearest_code(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return distances.argmin(dim=1)
 
 
+@dataclass
+class StepDraws:
+    """A training step's random draws, the same on every rank: a CPU generator seeded by the step,
+    and where this rank's rows sit in the global batch (rows offset..offset+count of total).
+
+    Every rank consumes the generator in the same order (the same code runs everywhere), so a draw
+    over the global batch's rows is identical on every rank; each takes its slice."""
+    offset: int
+    total: int
+    generator: torch.Generator | None = None
+    """None: torch's global generator (a module used on its own, outside train_step)."""
+
+    @classmethod
+    def for_step(cls, seed: int, step: int, offset: int, total: int) -> "StepDraws":
+        generator = torch.Generator().manual_seed((seed * 1_000_003 + step) % 2**63)
+        return cls(offset, total, generator)
+
+    @classmethod
+    def local(cls, rows: int) -> "StepDraws":
+        """This process's rows are the whole batch, drawn from torch's global generator."""
+        return cls(0, rows)
+
+    def rows(self, n: int) -> slice:
+        return slice(self.offset, self.offset + n)
+
+
+def sample_global(flat: torch.Tensor, n: int, rows: int, draws: StepDraws) -> torch.Tensor:
+    """n vectors drawn from the global batch's vectors (this rank holds `flat` [rows*F, D], rows
+    draws.offset.. of draws.total): without replacement when there are enough. Each rank fills in
+    the ones it holds and a sum over ranks completes them, so all ranks get the same n vectors."""
+    frames = flat.shape[0] // max(rows, 1)
+    total = draws.total * frames
+    if total >= n:
+        index = torch.randperm(total, generator=draws.generator)[:n]
+    else:
+        index = torch.randint(0, total, (n,), generator=draws.generator)
+    local = (index - draws.offset * frames).to(flat.device)
+    mine = (local >= 0) & (local < flat.shape[0])
+    picked = flat[local.clamp(0, max(flat.shape[0] - 1, 0))] * mine[:, None].to(flat.dtype)
+    return all_reduce_sum_(picked)
+
+
 def sample_vectors(vectors: torch.Tensor, n: int) -> torch.Tensor:
     """`n` rows of `vectors` [N, D], without replacement when there are enough."""
     if vectors.shape[0] >= n:
@@ -64,17 +111,25 @@ def sample_vectors(vectors: torch.Tensor, n: int) -> torch.Tensor:
     return vectors[index]
 
 
-def kmeans(vectors: torch.Tensor, k: int, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+def kmeans(vectors: torch.Tensor, k: int, iters: int, rows: int | None = None,
+           draws: StepDraws | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's k-means from sampled rows: [N, D] -> (centroids [K, D], counts [K]).
 
     With iters=0 the centroids are the sampled vectors; an empty cluster keeps its old centroid.
+    Under torch.distributed it runs over all ranks' vectors (`vectors` holds `rows` of the global
+    batch that `draws` places): start vectors drawn from the global batch, statistics summed.
     """
-    centroids = sample_vectors(vectors, k)
+    if draws is None:
+        centroids = sample_vectors(vectors, k)
+    else:
+        centroids = sample_global(vectors, k, rows, draws)
     for _ in range(iters):
         counts, sums = cluster_stats(vectors, nearest_code(vectors, centroids), k)
+        all_reduce_sum_(counts)
+        all_reduce_sum_(sums)
         centroids = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centroids)
     counts, _ = cluster_stats(vectors, nearest_code(vectors, centroids), k)
-    return centroids, counts
+    return centroids, all_reduce_sum_(counts)
 
 
 def cluster_stats(vectors: torch.Tensor, codes: torch.Tensor, k: int,
@@ -131,8 +186,10 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("embed_sum", codebook.clone())
         self.register_buffer("initialized", torch.tensor(False))
 
-    def forward(self, x: torch.Tensor) -> VQOutput:
-        """[B, D, F] -> VQOutput; in training mode also updates the codebook from this batch."""
+    def forward(self, x: torch.Tensor, draws: StepDraws | None = None) -> VQOutput:
+        """[B, D, F] -> VQOutput; in training mode also updates the codebook from this batch
+        (`draws`: the step's draws over the global batch; default: this batch is all of it)."""
+        draws = draws or StepDraws.local(x.shape[0])
         with torch.autocast(x.device.type, enabled=False):  # distances and EMA need fp32
             x32 = x.float()
             flat = x32.transpose(1, 2).reshape(-1, x.shape[1]).detach()
@@ -142,13 +199,13 @@ class VectorQuantizer(nn.Module):
             clean = torch.where(finite[:, None], flat, torch.zeros_like(flat))
             if self.training and not self._known_initialized:
                 if not bool(self.initialized):
-                    self._init_codebook(clean)
+                    self._init_codebook(clean, x.shape[0], draws)
                 self._known_initialized = True
             codes = nearest_code(clean, self.codebook)
             quantized = self.codebook[codes].view(x.shape[0], x.shape[2], -1).transpose(1, 2)
             if self.training:
                 self._update_ema(clean, codes, finite)
-                self.reseeded = self._replace_dead_codes(clean)
+                self.reseeded = self._replace_dead_codes(clean, x.shape[0], draws)
             commit = (x32 - quantized).square().mean(dim=(1, 2))
         return VQOutput(quantized, codes.view(x.shape[0], x.shape[2]), commit)
 
@@ -162,13 +219,13 @@ class VectorQuantizer(nn.Module):
         return self.codebook[codes].transpose(1, 2)
 
     @torch.no_grad()
-    def _init_codebook(self, flat: torch.Tensor) -> None:
-        centroids, counts = kmeans(flat, self.codebook_size, self.kmeans_iters)
+    def _init_codebook(self, flat: torch.Tensor, rows: int, draws: StepDraws) -> None:
+        # k-means over every rank's vectors: the same codebook on each, whatever their number
+        centroids, counts = kmeans(flat, self.codebook_size, self.kmeans_iters, rows, draws)
         self.codebook.copy_(centroids)
         self.cluster_size.copy_(counts)
         self.embed_sum.copy_(centroids * counts[:, None])
         self.initialized.fill_(True)
-        broadcast_from_rank0_(self.codebook, self.cluster_size, self.embed_sum)
 
     @torch.no_grad()
     def _update_ema(self, flat: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor) -> None:
@@ -183,18 +240,19 @@ class VectorQuantizer(nn.Module):
         self.codebook.copy_(self.embed_sum / smoothed[:, None])
 
     @torch.no_grad()
-    def _replace_dead_codes(self, flat: torch.Tensor) -> torch.Tensor:
+    def _replace_dead_codes(self, flat: torch.Tensor, rows: int | None = None,
+                            draws: StepDraws | None = None) -> torch.Tensor:
         """Re-seed codes used less than dead_code_ratio x the mean use; returns how many (a tensor).
 
-        No host read: up to `reseed_per_step` fresh vectors are drawn every step and the dead codes
-        take them in index order (any beyond that wait a step). Only the fresh vectors are broadcast
-        from rank 0: cluster_size is identical on every rank (all-reduced), so every rank agrees on
+        No host read: up to `reseed_per_step` fresh vectors are drawn every step from the global
+        batch (the same on every rank) and the dead codes take them in index order (any beyond that
+        wait a step). cluster_size is identical on every rank (all-reduced), so every rank agrees on
         which codes are dead and applies the same update.
         """
         mean_use = self.cluster_size.sum() / self.codebook_size
         dead = self.cluster_size < self.dead_code_ratio * mean_use
-        fresh = sample_vectors(flat, self.reseed_per_step)
-        broadcast_from_rank0_(fresh)
+        rows = rows or flat.shape[0]
+        fresh = sample_global(flat, self.reseed_per_step, rows, draws or StepDraws.local(rows))
         slot = torch.cumsum(dead, 0) - 1
         take = dead & (slot < self.reseed_per_step)
         chosen = fresh[slot.clamp(0, self.reseed_per_step - 1)]
@@ -248,7 +306,8 @@ class QuantizerLevel(nn.Module):
         self.vq = VectorQuantizer(codebook_dim, cfg.codebook_size, cfg.ema_decay,
                                   cfg.dead_code_ratio, cfg.kmeans_init, cfg.kmeans_iters)
 
-    def forward(self, residual: torch.Tensor, straight_through: bool) -> tuple[torch.Tensor, VQOutput]:
+    def forward(self, residual: torch.Tensor, straight_through: bool,
+                draws: StepDraws | None = None) -> tuple[torch.Tensor, VQOutput]:
         """[B, D, F] -> (quantized [B, D, F] in latent space, VQOutput in codebook space).
 
         Without `straight_through` the result depends on the weights of project_out only, not on
@@ -256,7 +315,7 @@ class QuantizerLevel(nn.Module):
         to `residual` through the codebook space (v1's chained levels).
         """
         projected = self.project_in(residual)
-        out = self.vq(projected)
+        out = self.vq(projected, draws)
         vectors = out.quantized
         if straight_through and projected.requires_grad:
             vectors = projected + (vectors - projected).detach()
@@ -287,15 +346,19 @@ class ResidualVQ(nn.Module):
         codebook_dim = cfg.codebook_dim or cfg.latent_dim
         self.levels = nn.ModuleList(QuantizerLevel(cfg.latent_dim, codebook_dim, cfg)
                                     for _ in range(cfg.n_codebooks))
+        self.draws: StepDraws | None = None
+        """The current training step's draws (train_step sets them before each forward); None: the
+        batch is the whole global batch and draws come from torch's global generator."""
 
     def forward(self, z: torch.Tensor, n_quantizers: int | None = None) -> RVQOutput:
         """[B, D, F] -> RVQOutput using `n_quantizers` levels (training: maybe fewer per clip)."""
         z32 = z.float()
-        n_run, per_clip = self.levels_to_run(n_quantizers, z32)
+        draws = self.draws or StepDraws.local(z.shape[0])
+        n_run, per_clip = self.levels_to_run(n_quantizers, z32, draws)
         quantized, residual = torch.zeros_like(z32), z32
         codes, commits, reseeded = [], [], 0
         for i, level in enumerate(self.levels[:n_run]):
-            level_q, out = level(residual, straight_through=self.chained)
+            level_q, out = level(residual, straight_through=self.chained, draws=draws)
             used = (per_clip > i).to(z32.dtype)  # [B]: the clips that decode this level
             quantized = quantized + level_q * used[:, None, None]
             residual = residual - (level_q if self.chained else level_q.detach())
@@ -307,9 +370,11 @@ class ResidualVQ(nn.Module):
         commits = torch.stack(commits)
         return RVQOutput(quantized, torch.stack(codes, 1), commits.mean(), commits, per_clip, n_run, reseeded)
 
-    def levels_to_run(self, requested: int | None, z: torch.Tensor) -> tuple[int, torch.Tensor]:
+    def levels_to_run(self, requested: int | None, z: torch.Tensor,
+                      draws: StepDraws) -> tuple[int, torch.Tensor]:
         """(levels to run, [B] levels each clip decodes): `requested` if given; in training, under
-        quantizer dropout, a random 1..n for a share of the clips (per sample) or the batch."""
+        quantizer dropout, a random 1..n for a share of the clips (per sample, drawn over the global
+        batch: each clip's draw is the same on any number of ranks) or the batch."""
         batch = z.shape[0]
         if requested is not None:
             n = self._checked(requested)
@@ -317,16 +382,17 @@ class ResidualVQ(nn.Module):
         full = torch.full((batch,), self.n_codebooks, device=z.device)
         if not self.training or self.dropout == 0:
             return self.n_codebooks, full
+        g, mine = draws.generator, draws.rows(batch)
         if self.per_sample:  # every level runs; a share of the clips decodes fewer
-            dropped = torch.rand(batch, device=z.device) < self.dropout
-            drawn = torch.randint(1, self.n_codebooks + 1, (batch,), device=z.device)
-            return self.n_codebooks, torch.where(dropped, drawn, full)
+            dropped = (torch.rand(draws.total, generator=g) < self.dropout)[mine]
+            drawn = torch.randint(1, self.n_codebooks + 1, (draws.total,), generator=g)[mine]
+            return self.n_codebooks, torch.where(dropped.to(z.device), drawn.to(z.device), full)
         chosen = torch.tensor([self.n_codebooks])
-        if torch.rand(()) < self.dropout:
-            chosen = torch.randint(1, self.n_codebooks + 1, (1,))
-        chosen = chosen.to(z.device)
-        broadcast_from_rank0_(chosen)  # every rank must run the same levels (their EMA all-reduces)
-        n = int(chosen.item())
+        if torch.rand((), generator=g) < self.dropout:
+            chosen = torch.randint(1, self.n_codebooks + 1, (1,), generator=g)
+        if draws.generator is None:  # torch's own generator differs between ranks: rank 0's choice
+            broadcast_from_rank0_(chosen := chosen.to(z.device))
+        n = int(chosen.item())  # every rank must run the same levels (their EMA all-reduces)
         return n, torch.full((batch,), n, device=z.device)
 
     def _checked(self, n_quantizers: int) -> int:

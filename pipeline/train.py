@@ -29,12 +29,13 @@ import torch
 from pipeline.checkpoint import Checkpoints
 from pipeline.config import BEST_METRICS, Config, to_dict
 from pipeline.cost import CostTotals, CostTracker
-from pipeline.data import crop_loader, eval_clips
+from pipeline.data import crop_loader, eval_clips, rank_rows
 from pipeline.discriminator import Discriminator
 from pipeline.losses import adversarial_active, discriminator_loss, generator_loss
 from pipeline.metrics import (codebook_perplexity, mean_score, mel_distance, pesq_wb, range_ratio, si_sdr_db,
                               snr_db, stoi)
 from pipeline.model import Codec
+from pipeline.quantize import StepDraws, all_reduce_sum_
 from pipeline.rundir import RUN_ENDS, RunDir, RunEnd
 from pipeline.tracking import Tracker, make_tracker
 
@@ -305,6 +306,9 @@ def train_step(state: State, batch: torch.Tensor, accel, cfg: Config) -> dict:
     # Ranks may hold one row more than others (a global batch over any number of ranks): weighting
     # each rank's mean by its rows makes DDP's average of gradients the global batch's mean.
     share = batch.shape[0] * accel.num_processes / cfg.train.batch_size if accel.num_processes > 1 else 1.0
+    # The step's random draws over the global batch: the same choices on any number of ranks.
+    offset, total = global_rows(accel, cfg, batch.shape[0])
+    accel.unwrap_model(model).quantizer.draws = StepDraws.for_step(cfg.train.seed, state.step, offset, total)
     adv = state.disc is not None and adversarial_active(cfg.loss, state.step)
     with accel.accumulate(model), accel.autocast():
         out = model(batch)
@@ -359,9 +363,14 @@ def frozen(module: torch.nn.Module | None):
 
 class MetricWindow:
     """Step metrics between two logged steps: tensors summed on the device, read back in one
-    transfer when logged (as means over the window); plain numbers keep their last value."""
+    transfer when logged (as means over the window); plain numbers keep their last value.
 
-    def __init__(self):
+    `read` (on every rank at the same steps) averages the ranks' sums weighted by `weight`, each
+    rank's share of the global batch, so a logged loss is the global batch's, whatever the number of
+    ranks; `peek` (a progress line, at any time) is this rank's alone."""
+
+    def __init__(self, weight: float = 1.0):
+        self.weight = weight
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
         self.last: dict = {}
@@ -375,16 +384,22 @@ class MetricWindow:
             else:
                 self.last[k] = v
 
-    def peek(self) -> dict:
+    def peek(self, over_ranks: bool = False) -> dict:
         """The window's metrics so far as floats (one device read); "skipped" is the share of
         skipped steps."""
         keys = list(self.sums)
-        values = torch.stack([self.sums[k] for k in keys]).tolist() if keys else []
+        values = []
+        if keys:
+            stacked = torch.stack([self.sums[k] for k in keys])
+            if over_ranks:
+                stacked = all_reduce_sum_(stacked * self.weight)
+            values = stacked.tolist()
         return {**self.last, **{k: v / self.counts[k] for k, v in zip(keys, values)}}
 
     def read(self) -> dict:
-        """peek(), and a fresh window."""
-        out = self.peek()
+        """The window's metrics over all ranks (a collective: every rank calls it at the same
+        steps), and a fresh window."""
+        out = self.peek(over_ranks=True)
         self.sums, self.counts, self.last = {}, {}, {}
         return out
 
@@ -427,6 +442,13 @@ def health_problems(ev: dict, step: int, cfg: Config) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------- checkpoints
+def global_rows(accel, cfg: Config, rows: int) -> tuple[int, int]:
+    """(first row of this rank's batch in the global batch, rows in the global batch)."""
+    if accel.num_processes == 1:
+        return 0, rows
+    return rank_rows(cfg.train.batch_size, accel.num_processes, accel.process_index).start, cfg.train.batch_size
+
+
 def unwrap(accel, module):
     return accel.unwrap_model(module) if module is not None else None
 
@@ -551,7 +573,8 @@ def train_loop(state: State, accel, cfg: Config, ctx: RunContext, duties: RankDu
     duties.load_eval_clips()
     last_eval: dict = {}
     last_save, t_log, n_log, t_print = time.monotonic(), time.monotonic(), 0, time.monotonic()
-    window = MetricWindow()
+    rows = rank_rows(cfg.train.batch_size, accel.num_processes, accel.process_index)
+    window = MetricWindow(weight=len(rows) / cfg.train.batch_size if accel.num_processes > 1 else 1.0)
     while state.step < cfg.train.steps:
         rolled_back = False
         for _, batch in loader.batches(state.step):
