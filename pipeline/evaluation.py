@@ -310,25 +310,26 @@ def load_eval_clips(url: str, split: str, n_clips: int, seconds: float, sample_r
     return [(key, resample(audio, data_rate, sample_rate)) for key, audio in clips]
 
 
-def evaluate_checkpoint(checkpoint: str, data: str, split: str = "test", n_clips: int = 8,
+def evaluate_checkpoint(checkpoint, data: str, split: str = "test", n_clips: int = 8,
                         seconds: float = 4.0, out_dir: str | Path = "eval_out", n_spectrograms: int = 3,
                         on_clip: Callable[[int, int], None] | None = None) -> EvalReport:
-    """Score a checkpoint and the baselines on a split; writes OUT/eval.json and spectrogram PNGs.
-    on_clip(done, total) as in evaluate_codecs."""
-    from pipeline.inference import load_codec
+    """Score a model (a checkpoint URL, or an inference.TrainedCodec such as an export) and the
+    baselines on a split; writes OUT/eval.json and spectrogram PNGs. on_clip(done, total) as in
+    evaluate_codecs."""
+    from pipeline.inference import TrainedCodec, load_trained
 
-    codec, cfg, step = load_codec(checkpoint)
-    sr = cfg.model.sample_rate
+    trained = checkpoint if isinstance(checkpoint, TrainedCodec) else load_trained(checkpoint=checkpoint)
+    codec, step, sr = trained.codec, trained.step or 0, trained.sample_rate
     keyed = load_eval_clips(data, split, n_clips, seconds, sr)
     clips = [audio for _, audio in keyed]
     results = evaluate_codecs(codec, clips, sr, on_clip)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    full = f"telucodec-{cfg.model.n_codebooks}"
+    full = f"telucodec-{trained.cfg.n_codebooks}"
     pngs = [str(save_spectrograms(out / f"spectrogram_{i:02d}_{keyed[i][0]}.png",
                                   spectrogram_panels(i, clips, results, full), sr))
             for i in range(min(n_spectrograms, len(clips)))]
-    report = EvalReport([r.score for r in results], [k for k, _ in keyed], step, str(checkpoint), str(data),
+    report = EvalReport([r.score for r in results], [k for k, _ in keyed], step, trained.source, str(data),
                         split, sr, sum(len(c) for c in clips) / sr, pngs)
     (out / "eval.json").write_text(json.dumps(report.to_dict(), indent=1))
     return report

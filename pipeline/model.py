@@ -169,6 +169,35 @@ def zero_conv_biases(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+@dataclass(frozen=True)
+class ContextFrames:
+    encoder: int
+    """Frames of audio either side of a frame that can change its code."""
+    decoder: int
+    """Code frames either side of a frame's audio that can change that audio."""
+
+
+def conv_reach(net: nn.Module, input_unit: int) -> tuple[int, int]:
+    """(left, right) audio samples an output position of a conv stack [B, C, L] can see.
+
+    Walks the stack's convs in order (a residual branch adds at most its own convs' reach, so the
+    sum is an upper bound); positions are in audio samples, `input_unit` samples per input element
+    (1 for audio, hop for code frames). Pointwise layers (Snake, ELU, 1x1 convs) reach nothing.
+    """
+    left = right = 0
+    unit = float(input_unit)
+    for m in net.modules():
+        if isinstance(m, nn.ConvTranspose1d):  # output o reads inputs i with i*s in [o+p-(k-1)d, o+p]
+            unit /= m.stride[0]
+            left += (m.dilation[0] * (m.kernel_size[0] - 1) - m.padding[0]) * unit
+            right += m.padding[0] * unit
+        elif isinstance(m, nn.Conv1d):  # output o reads inputs [o*s - p, o*s - p + (k-1)d]
+            left += m.padding[0] * unit
+            right += (m.dilation[0] * (m.kernel_size[0] - 1) - m.padding[0]) * unit
+            unit *= m.stride[0]
+    return int(np.ceil(left)), int(np.ceil(right))
+
+
 @dataclass
 class CodecOutput:
     audio: torch.Tensor
@@ -242,6 +271,15 @@ class Codec(nn.Module):
             return self(torch.from_numpy(audio).to(device)[None, None])
         finally:
             self.train(was_training)
+
+    def context_frames(self) -> "ContextFrames":
+        """Frames of context either side that make a chunk's codes (encoder) or audio (decoder)
+        equal the whole file's: what chunked coding of long files overlaps by."""
+        hop = self.hop_length
+        enc_left, enc_right = conv_reach(self.encoder, input_unit=1)
+        dec_left, dec_right = conv_reach(self.decoder, input_unit=hop)
+        return ContextFrames(encoder=-(-max(enc_left, enc_right) // hop),
+                             decoder=-(-max(dec_left, dec_right) // hop))
 
     def _pad_to_hop(self, audio: torch.Tensor) -> torch.Tensor:
         if audio.dim() != 3 or audio.shape[1] != 1:

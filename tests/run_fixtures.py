@@ -40,18 +40,20 @@ TINY_CODEC = ModelConfig(channels=4, latent_dim=16, codebook_size=16, n_codebook
 """The model of make_checkpoint."""
 
 
-def make_checkpoint(run_dir: Path, model_cfg: ModelConfig = TINY_CODEC, step: int = 7) -> str:
-    """A tiny codec whose codebooks were initialised by one training call, saved as a checkpoint."""
+def make_checkpoint(run_dir: Path, model_cfg: ModelConfig = TINY_CODEC, step: int = 7, cfg: Config | None = None) -> str:
+    """A tiny codec whose codebooks were initialised by one training call, saved as a checkpoint
+    with `cfg` (default: Config(model=model_cfg)) as its training config."""
     import torch  # here, not above: prep_bench's spawned workers import this module and need no torch
 
     from pipeline.checkpoint import Checkpoints
     from pipeline.model import Codec
 
+    cfg = cfg or Config(model=model_cfg)
+    model_cfg = cfg.model
     torch.manual_seed(0)
     codec = Codec(model_cfg)
     codec.train()
     codec(torch.from_numpy(tone(0.5, model_cfg.sample_rate))[None, None])
-    cfg = Config(model=model_cfg)
     Checkpoints(str(run_dir)).save(step, {"model": codec.state_dict(),
                                           "train": {"config": to_dict(cfg), "step": step}})
     return str(run_dir)

@@ -8,6 +8,7 @@
     telucodec config show [CONFIG...] [key=value...]             jobs/cli/config.py
     telucodec train tiny data.url=DATA run.dir=RUN               jobs/cli/train.py
     telucodec encode | decode | eval                             jobs/cli/codec.py
+    telucodec export RUN OUT_DIR                                 jobs/cli/export.py
     telucodec cost RUN | runs STORE | sync RUN                   jobs/cli/runs.py
     telucodec submit | jobs ls|status|logs|stop | cluster        jobs/cli/cluster.py
     telucodec demo                                               jobs/cli/demo.py
@@ -22,7 +23,7 @@ import argparse
 import os
 import sys
 
-from jobs.cli import cluster, codec, config, data, demo, runs, train
+from jobs.cli import cluster, codec, config, data, demo, export, runs, train
 from jobs.cli.common import FORMATTER, err_console
 from pipeline.errors import TelucodecError, environment_problem
 
@@ -35,6 +36,8 @@ examples:
   telucodec reshard s3://my-bucket/te-v1 s3://my-bucket/te-v1-r24 --ranks 24 --shuffle
   telucodec train tiny data.url=demo_out/data run.dir=runs/tiny
   telucodec eval --checkpoint runs/tiny --data demo_out/data
+  telucodec export runs/tiny models/tiny
+  telucodec encode speech.wav speech.tcq --model models/tiny
   telucodec cost runs/tiny
   telucodec cluster up --local
   telucodec submit --local tiny data.url=demo_out/data-r2 train.steps=50
@@ -61,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=EPILOG, formatter_class=FORMATTER)
     p.add_argument("--version", action="version", version=f"telucodec {version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (config, data, train, codec, runs, cluster, demo):
+    for group in (config, data, train, codec, export, runs, cluster, demo):
         group.register(sub)
     return p
 

@@ -1,5 +1,6 @@
-"""Using a trained codec: `encode` (audio -> .tcq bitstream), `decode` (.tcq -> audio) and `eval`
-(telucodec at 1..N codebooks beside Opus and Codec2 on held-out clips)."""
+"""Using a trained codec: `encode` (audio -> .tcq bitstream), `decode` (.tcq -> audio), each on a
+file or a folder tree, and `eval` (telucodec at 1..N codebooks beside Opus and Codec2 on held-out
+clips). The model is a checkpoint (--checkpoint) or a folder made by `telucodec export` (--model)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from jobs.cli.common import FORMATTER, UsageError, cell, console, err_console
+from jobs.cli.common import FORMATTER, UsageError, cell, console, err_console, progress_bar
+from pipeline.errors import TelucodecError
 
 
 def register(sub) -> None:
@@ -17,115 +19,167 @@ def register(sub) -> None:
     register_eval(sub)
 
 
+def add_model_args(s) -> None:
+    """--checkpoint or --model, exactly one."""
+    group = s.add_mutually_exclusive_group(required=True)
+    group.add_argument("--checkpoint", metavar="CK", help="run dir (its latest checkpoint) or a "
+                       "checkpoints/step_NNNNNNNN dir")
+    group.add_argument("--model", metavar="DIR", help="model folder made by `telucodec export`")
+
+
+def load_from_args(args):
+    from pipeline.inference import load_trained
+
+    return load_trained(checkpoint=args.checkpoint, model=args.model)
+
+
 # ---------------------------------------------------------------- encode
 def register_encode(sub) -> None:
-    s = sub.add_parser("encode", help="compress an audio file to a .tcq bitstream with a checkpoint",
-                       description="Decode any soundfile-readable file, mix to mono, resample to the "
-                       "model's rate (soxr), clip to [-1, 1] and write the codes as a .tcq bitstream "
-                       "(20-byte header, then codes bit-packed at log2(codebook_size) bits). Prints "
-                       "the file size and the effective bitrate.",
+    s = sub.add_parser("encode", help="compress audio files to .tcq bitstreams",
+                       description="Decode any soundfile-readable file, mix it to mono, resample it to the "
+                       "model's rate (soxr), clip it to [-1, 1] and write its codes as a .tcq bitstream (a "
+                       "42-byte header with the model's fingerprint, the file's rate, channel count and "
+                       "length, then the codes bit-packed at log2(codebook_size) bits). Long files are "
+                       "read and coded in 10 s chunks, so memory stays bounded. IN may be a folder: every "
+                       "audio file under it is encoded to the same path under OUT with .tcq, a bad file "
+                       "is reported and skipped, and a table sums up (exit status 1 if any failed). "
+                       "Existing outputs are refused without --force.",
                        epilog="examples:\n"
-                       "  telucodec encode speech.flac speech.tcq --checkpoint runs/tiny\n"
-                       "  telucodec encode in.wav in.tcq --checkpoint runs/r1/checkpoints/step_00002000 "
-                       "--codebooks 4", formatter_class=FORMATTER)
-    s.add_argument("input", metavar="IN_AUDIO")
-    s.add_argument("output", metavar="OUT.tcq")
-    s.add_argument("--checkpoint", required=True, metavar="CK",
-                   help="run dir (its latest checkpoint) or a checkpoints/step_NNNNNNNN dir")
+                       "  telucodec encode speech.flac speech.tcq --model models/te-4k\n"
+                       "  telucodec encode in.wav in.tcq --checkpoint runs/r1 --codebooks 4\n"
+                       "  telucodec encode recordings/ coded/ --model models/te-4k --force",
+                       formatter_class=FORMATTER)
+    s.add_argument("input", metavar="IN_AUDIO|IN_DIR")
+    s.add_argument("output", metavar="OUT.tcq|OUT_DIR")
+    add_model_args(s)
     s.add_argument("--codebooks", type=int, metavar="N", help="residual levels to keep (default: all)")
+    s.add_argument("--force", action="store_true", help="overwrite outputs that exist")
     s.set_defaults(func=encode)
 
 
 def encode(args) -> int:
-    from pipeline.bitstream import HEADER_SIZE
-    from pipeline.inference import encode_to_bitstream, load_codec, read_codec_input
+    from pipeline.codec_files import AUDIO_EXTENSIONS, encode_file, mirror_tree
 
-    codec, cfg, _ = load_codec(args.checkpoint)
-    n_q = cfg.model.n_codebooks if args.codebooks is None else args.codebooks
-    if not 1 <= n_q <= cfg.model.n_codebooks:
-        raise UsageError(f"--codebooks must be 1..{cfg.model.n_codebooks} for this checkpoint, got {n_q}")
-    audio, outside = read_codec_input(args.input, cfg.model.sample_rate)
-    if outside:
-        err_console.print(f"note: {outside} samples outside [-1, 1] clipped", highlight=False)
-    data = encode_to_bitstream(codec, audio, n_q)
-    write_output_bytes(args.output, data)
-    seconds = len(audio) / cfg.model.sample_rate
-    console.print(f"{args.output}: {len(data)} bytes for {seconds:.2f} s -> {len(data) * 8 / seconds / 1000:.2f} "
-                  f"kbps ({n_q} codebooks x {cfg.model.codebook_bits} bits at {cfg.model.frame_rate:g} frames/s "
-                  f"= {codec.bitrate(n_q) / 1000:.2f} kbps of codes, plus a {HEADER_SIZE}-byte header)",
-                  markup=False, highlight=False)
+    trained = load_from_args(args)
+    n_q = trained.cfg.n_codebooks if args.codebooks is None else args.codebooks
+    if not 1 <= n_q <= trained.cfg.n_codebooks:
+        raise UsageError(f"--codebooks must be 1..{trained.cfg.n_codebooks} for this model, got {n_q}")
+    if Path(args.input).is_dir():
+        pairs = mirror_tree(args.input, args.output, AUDIO_EXTENSIONS, ".tcq")
+        return code_folder(args, pairs, lambda src, dst: encode_file(trained, src, dst, n_q, True), "encode")
+    result = encode_file(trained, args.input, args.output, n_q, force=args.force)
+    if result.clipped:
+        err_console.print(f"note: {result.clipped} samples outside [-1, 1] clipped", highlight=False)
+    cfg = trained.cfg
+    console.print(f"{args.output}: {result.bytes} bytes for {result.seconds:.2f} s -> {result.kbps:.2f} kbps "
+                  f"({n_q} codebooks x {cfg.codebook_bits} bits at {cfg.frame_rate:g} frames/s = "
+                  f"{cfg.bitrate(n_q) / 1000:.2f} kbps of codes, plus the header); model "
+                  f"{trained.short_fingerprint}", markup=False, highlight=False)
     return 0
-
-
-def write_output_bytes(path: str, data: bytes) -> None:
-    try:
-        Path(path).write_bytes(data)
-    except OSError as e:
-        raise UsageError(f"{path}: cannot write ({e.strerror})") from None
 
 
 # ---------------------------------------------------------------- decode
 def register_decode(sub) -> None:
-    s = sub.add_parser("decode", help="decode a .tcq bitstream to a WAV file with its checkpoint",
-                       description="Decode a .tcq bitstream with the checkpoint that made it (the file "
-                       "holds codes, not weights) to a float WAV at the model's rate, cut to the "
-                       "original length. Refuses a bitstream whose rate, code width or codebook count "
-                       "does not fit the checkpoint.",
-                       epilog="example: telucodec decode speech.tcq speech.wav --checkpoint runs/tiny",
+    s = sub.add_parser("decode", help="decode .tcq bitstreams to audio files",
+                       description="Decode a .tcq bitstream with the model that made it (the file holds "
+                       "codes, not weights; a version-2 file names its model's fingerprint and another "
+                       "model is refused) back to the sample rate, channel count and length of the file "
+                       "that was encoded (channels are copies of the one mono mix that was coded). The "
+                       "output's extension names its format: .wav (float, the decoder's output exactly), "
+                       ".flac (16-bit) or .ogg (Vorbis). IN may be a folder of .tcq files: OUT is then a "
+                       "folder, written as a mirrored tree in --format (exit status 1 if any file "
+                       "failed). Existing outputs are refused without --force.",
+                       epilog="examples:\n"
+                       "  telucodec decode speech.tcq speech.wav --model models/te-4k\n"
+                       "  telucodec decode speech.tcq speech16k.flac --checkpoint runs/r1 --rate 16000\n"
+                       "  telucodec decode coded/ decoded/ --model models/te-4k --format flac",
                        formatter_class=FORMATTER)
-    s.add_argument("input", metavar="IN.tcq")
-    s.add_argument("output", metavar="OUT.wav")
-    s.add_argument("--checkpoint", required=True, metavar="CK",
-                   help="run dir or checkpoints/step_NNNNNNNN dir of the model that encoded it")
+    s.add_argument("input", metavar="IN.tcq|IN_DIR")
+    s.add_argument("output", metavar="OUT.wav|OUT_DIR")
+    add_model_args(s)
+    s.add_argument("--rate", type=int, metavar="HZ", help="output sample rate (default: the original file's)")
+    s.add_argument("--format", choices=("wav", "flac", "ogg"), help="output format for a folder (default wav); "
+                   "a single output file's extension names its format")
+    s.add_argument("--force", action="store_true", help="overwrite outputs that exist")
     s.set_defaults(func=decode)
 
 
 def decode(args) -> int:
-    import soundfile as sf
-    import torch
+    from pipeline.codec_files import decode_file, mirror_tree
 
-    from pipeline.inference import check_bitstream_fits, load_codec
-
-    bs = read_tcq(args.input)
-    codec, cfg, _ = load_codec(args.checkpoint)
-    check_bitstream_fits(bs, cfg.model, args.input)
-    with torch.inference_mode():
-        audio = codec.decode(torch.from_numpy(bs.codes)[None], length=bs.n_samples)[0, 0].numpy()
-    try:  # float WAV: the decoder's output exactly, peaks above 1 included
-        sf.write(args.output, audio, bs.sample_rate, format="WAV", subtype="FLOAT")
-    except (sf.LibsndfileError, OSError) as e:
-        raise UsageError(f"{args.output}: cannot write ({e})") from None
-    console.print(f"{args.output}: {bs.n_samples / bs.sample_rate:.2f} s at {bs.sample_rate} Hz from "
-                  f"{bs.n_codebooks} codebooks (float WAV, peak {float(abs(audio).max(initial=0)):.3f})",
+    if args.rate is not None and not 1000 <= args.rate <= 384000:
+        raise UsageError(f"--rate must be 1000..384000 Hz, got {args.rate}")
+    folder = Path(args.input).is_dir()
+    if args.format and not folder:
+        raise UsageError(f"--format is for folders; the extension of {args.output} names its format")
+    trained = load_from_args(args)
+    if folder:
+        pairs = mirror_tree(args.input, args.output, [".tcq"], f".{args.format or 'wav'}")
+        return code_folder(args, pairs, lambda src, dst: decode_file(trained, src, dst, args.rate, True), "decode")
+    result = decode_file(trained, args.input, args.output, args.rate, force=args.force)
+    if result.clipped:
+        err_console.print(f"note: {result.clipped} samples outside [-1, 1] clipped for {args.output}",
+                          highlight=False)
+    console.print(f"{args.output}: {result.seconds:.2f} s at {result.sample_rate} Hz, {result.channels} "
+                  f"channel(s), from {result.n_codebooks} codebooks ({result.kbps:.2f} kbps)",
                   markup=False, highlight=False)
     return 0
 
 
-def read_tcq(path: str):
-    """Read and parse a .tcq file; BitstreamError naming the file when it is not one of ours."""
-    from pipeline.bitstream import BitstreamError, read_bitstream
+# ---------------------------------------------------------------- folders
+def code_folder(args, pairs: list, code, verb: str) -> int:
+    """Run code(src, dst) over mirrored pairs with a progress bar; a file that fails is reported
+    in the table and skipped. Exit 0, or 1 when some files failed."""
+    if not pairs:
+        raise UsageError(f"{args.input}: no files to {verb} under it")
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise UsageError(f"{args.output} is a file; a folder input needs an output folder")
+    existing = [dst for _, dst in pairs if dst.exists()]
+    if existing and not args.force:
+        raise UsageError(f"{args.output}: {len(existing)} of {len(pairs)} outputs exist already (e.g. "
+                         f"{existing[0]}); use --force to overwrite them")
+    results, failures = [], []
+    with progress_bar(f"{verb} {args.input}", total=len(pairs)) as update:
+        for done, (src, dst) in enumerate(pairs, 1):
+            try:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                results.append(code(src, dst))
+            except (TelucodecError, OSError) as e:
+                failures.append((src, str(e).removeprefix(f"{src}: ")))
+            update(done)
+    console.print(folder_table(args.input, results, failures))
+    return 1 if failures else 0
 
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        return read_bitstream(data)
-    except BitstreamError as e:
-        raise BitstreamError(f"{path}: {e}") from None
+
+def folder_table(root: str, results: list, failures: list, max_rows: int = 50) -> Table:
+    """Files with seconds and kbps, every failure with its reason, and a total row."""
+    seconds, size = sum(r.seconds for r in results), sum(r.bytes for r in results)
+    table = Table(title=f"{len(results)} of {len(results) + len(failures)} files under {root}", show_footer=True)
+    table.add_column("file", footer="total")
+    table.add_column("seconds", justify="right", footer=f"{seconds:.1f}")
+    table.add_column("kbps", justify="right", footer=cell(size * 8 / seconds / 1000 if seconds else None, 2))
+    table.add_column("result", footer=f"{len(failures)} failed" if failures else "ok")
+    shown = results[:max(0, max_rows - len(failures))]
+    for r in shown:
+        table.add_row(str(Path(r.input).relative_to(root)), f"{r.seconds:.1f}", f"{r.kbps:.2f}", "ok")
+    for src, reason in failures:
+        table.add_row(str(Path(src).relative_to(root)), "-", "-", reason)
+    if len(shown) < len(results):
+        table.caption = f"{len(results) - len(shown)} more files coded fine"
+    return table
 
 
 # ---------------------------------------------------------------- eval
 def register_eval(sub) -> None:
-    s = sub.add_parser("eval", help="score a checkpoint against Opus 6 kbps and Codec2 3.2 kbps",
+    s = sub.add_parser("eval", help="score a model against Opus 6 kbps and Codec2 3.2 kbps",
                        description="On the first N clips of a split (each cut to at most S seconds), "
                        "score telucodec at 1..n_codebooks codebooks, Opus at 6 kbps and Codec2 at "
                        "3.2 kbps: SNR, SI-SDR, mel distance, PESQ-WB, STOI and measured bitrate. Writes "
                        "OUT/eval.json and spectrogram PNGs (input vs each codec). A missing opusenc or "
                        "c2enc is reported in the table, not fatal.",
-                       epilog="example: telucodec eval --checkpoint runs/tiny --data demo_out/data "
-                       "--clips 8 --out eval_out", formatter_class=FORMATTER)
-    s.add_argument("--checkpoint", required=True, metavar="CK", help="run dir or checkpoints/step_NNNNNNNN dir")
+                       epilog="examples:\n  telucodec eval --checkpoint runs/tiny --data demo_out/data --clips 8 "
+                       "--out eval_out\n  telucodec eval --model models/te-4k --data s3://b/te-v1", formatter_class=FORMATTER)
+    add_model_args(s)
     s.add_argument("--data", required=True, metavar="URL", help="dataset made by `telucodec prep`")
     s.add_argument("--split", default="test", help="split to evaluate on (default test)")
     s.add_argument("--clips", type=int, default=8, metavar="N", help="first N samples of the split (default 8)")
@@ -139,10 +193,11 @@ def register_eval(sub) -> None:
 def evaluate(args) -> int:
     if args.clips < 1 or args.seconds <= 0:
         raise UsageError("--clips must be >= 1 and --seconds > 0")
-    err_console.print(f"evaluating {args.checkpoint} on {args.data} ({args.split}, {args.clips} clips "
+    trained = load_from_args(args)
+    err_console.print(f"evaluating {trained.source} on {args.data} ({args.split}, {args.clips} clips "
                       f"of at most {args.seconds:g} s) against opus and codec2 ...", highlight=False)
-    report = evaluate_with_progress(args.checkpoint, args.data, args.split, args.clips, args.seconds,
-                                    args.out, args.spectrograms)
+    report = evaluate_with_progress(trained, args.data, args.split, args.clips, args.seconds, args.out,
+                                    args.spectrograms)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
@@ -157,14 +212,10 @@ def evaluate(args) -> int:
 
 def evaluate_with_progress(*args):
     """evaluate_checkpoint with a progress bar on stderr (clips scored, every codec and codebook count)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from pipeline.evaluation import evaluate_checkpoint
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True) as bar:
-        task = bar.add_task("scoring clips", total=None)
-        return evaluate_checkpoint(*args, on_clip=lambda done, total: bar.update(task, completed=done, total=total))
+    with progress_bar("scoring clips") as update:
+        return evaluate_checkpoint(*args, on_clip=update)
 
 
 def eval_table(report) -> Table:

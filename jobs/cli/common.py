@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -86,3 +87,15 @@ def when(t: float | None) -> str:
 def add_config_items(parser, help_text: str = "configs (a .yaml file or a shipped name: base, tiny, gpu) "
                      "and key=value overrides, layered left to right on base") -> None:
     parser.add_argument("items", nargs="*", metavar="CONFIG|key=value", help=help_text)
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None = None):
+    """A transient bar on stderr; yields update(done, total=None). Gone when the block ends, so
+    the table or summary that follows stands alone."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda done, total=None: bar.update(task, completed=done, **({"total": total} if total else {}))

@@ -1,0 +1,187 @@
+"""Audio files to .tcq files and back, streamed: read, resampled, coded and written in blocks
+(pipeline/chunked.py codes in chunks), so a file of any length codes in bounded memory.
+
+    result = encode_file(trained, "talk.flac", "talk.tcq", n_q=4)   # CodingResult: seconds, bytes, kbps
+    result = decode_file(trained, "talk.tcq", "talk.wav")           # back at the source's rate and channels
+    pairs = mirror_tree("in/", "out/", AUDIO_EXTENSIONS, ".tcq")    # [(in/a/b.wav, out/a/b.tcq), ...]
+
+Stereo and multichannel input is coded as one mono mix (the model is mono); the channel count and
+rate are recorded in the .tcq header and decode writes that many identical channels at that rate,
+cut to the original length. Outputs are written to a temporary name beside the target and renamed
+into place, so a failed run never leaves half a file under the real name.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import soundfile as sf
+
+from pipeline.audio import AudioError, clip_to_unit_range, open_audio, resample_blocks
+from pipeline.bitstream import BitstreamError, read_bitstream, write_bitstream
+from pipeline.chunked import decode_stream, encode_stream
+from pipeline.errors import TelucodecError
+from pipeline.inference import TrainedCodec, check_bitstream_fits
+
+OUTPUT_FORMATS = {".wav": ("WAV", "FLOAT"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS")}
+"""Output extension -> (soundfile format, subtype). WAV keeps the decoder's float output exactly,
+peaks above 1 included; FLAC and Ogg Vorbis are clipped to [-1, 1]."""
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
+"""Inputs `encode` picks up in a folder (anything libsndfile reads works as a single file)."""
+
+
+class OutputExistsError(TelucodecError, FileExistsError):
+    """An output that is already there; the caller decides whether to overwrite."""
+
+
+@dataclass
+class CodingResult:
+    input: str
+    output: str
+    seconds: float
+    """Duration of the audio (the source's)."""
+    bytes: int
+    """Size of the .tcq file (read or written)."""
+    n_codebooks: int
+    sample_rate: int
+    """Rate of the audio read (encode) or written (decode)."""
+    channels: int
+    clipped: int = 0
+    """Mono samples clipped to [-1, 1]: of the input (encode) or for a FLAC/Vorbis output (decode)."""
+
+    @property
+    def kbps(self) -> float:
+        return self.bytes * 8 / self.seconds / 1000 if self.seconds > 0 else 0.0
+
+
+def output_format(path: str | Path) -> tuple[str, str]:
+    """(format, subtype) the output's extension names; AudioError for any other extension."""
+    ext = Path(path).suffix.lower()
+    if ext not in OUTPUT_FORMATS:
+        raise AudioError(f"{path}: cannot tell the output format from {ext or 'no extension'!r} "
+                         f"(use {', '.join(OUTPUT_FORMATS)})")
+    return OUTPUT_FORMATS[ext]
+
+
+def check_target(path: str | Path, force: bool) -> None:
+    """Before any work: the output's folder exists, and the output does not unless `force`."""
+    if not force and Path(path).exists():
+        raise OutputExistsError(f"{path} exists already (use --force to overwrite it)")
+    if not Path(path).parent.is_dir():
+        raise AudioError(f"{path}: cannot write (no folder {Path(path).parent})")
+
+
+@contextmanager
+def named(path: str | Path):
+    """AudioErrors inside name the file (pipeline.audio's say only the reason)."""
+    try:
+        yield
+    except AudioError as e:
+        raise AudioError(f"{path}: {e}") from None
+
+
+class ClippedBlocks:
+    """Blocks clipped to [-1, 1], counting samples and the samples that were outside."""
+
+    def __init__(self, blocks: Iterable[np.ndarray]):
+        self.source, self.samples, self.clipped = blocks, 0, 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for block in self.source:
+            block, outside = clip_to_unit_range(block)
+            self.samples, self.clipped = self.samples + len(block), self.clipped + outside
+            yield block
+
+
+def encode_file(trained: TrainedCodec, source: str | Path, target: str | Path, n_q: int | None = None,
+                force: bool = False) -> CodingResult:
+    """Audio file -> .tcq file (version 2) with n_q codebooks (all by default)."""
+    check_target(target, force)
+    n_q = trained.cfg.n_codebooks if n_q is None else n_q
+    with named(source), open_audio(source) as stream:
+        blocks = ClippedBlocks(resample_blocks(stream.blocks(), stream.sample_rate, trained.sample_rate))
+        chunks = list(encode_stream(trained.codec, blocks, n_q, trained.plan))
+    data = write_bitstream(np.concatenate(chunks, axis=1), trained.sample_rate, blocks.samples,
+                           trained.cfg.codebook_bits, fingerprint=trained.fingerprint,
+                           source_rate=stream.sample_rate, channels=stream.channels, source_frames=stream.frames)
+    write_whole(target, lambda tmp: Path(tmp).write_bytes(data))
+    return CodingResult(str(source), str(target), stream.frames / stream.sample_rate, len(data), n_q,
+                        stream.sample_rate, stream.channels, blocks.clipped)
+
+
+def read_tcq(path: str | Path):
+    """Read and parse a .tcq file; BitstreamError naming the file when it is not one of ours."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise BitstreamError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        return read_bitstream(data), len(data)
+    except BitstreamError as e:
+        raise BitstreamError(f"{path}: {e}") from None
+
+
+def decode_file(trained: TrainedCodec, source: str | Path, target: str | Path, rate: int | None = None,
+                force: bool = False) -> CodingResult:
+    """.tcq file -> audio file in the format its extension names, at `rate` (default: the rate of the
+    file that was encoded) with the channel count and length of that file."""
+    fmt, subtype = output_format(target)
+    check_target(target, force)
+    bs, size = read_tcq(source)
+    check_bitstream_fits(bs, trained, str(source))
+    rate = bs.source_rate if rate is None else rate
+    frames = round(bs.source_frames * rate / bs.source_rate)
+    pieces = resample_blocks(decode_stream(trained.codec, bs.codes, bs.n_samples, trained.plan),
+                             trained.sample_rate, rate)
+    clip = subtype != "FLOAT"
+    clipped = write_whole(target, lambda tmp: write_audio(tmp, pieces, rate, bs.channels, frames, fmt, subtype, clip))
+    return CodingResult(str(source), str(target), bs.source_frames / bs.source_rate, size, bs.n_codebooks, rate,
+                        bs.channels, clipped or 0)
+
+
+def write_audio(path: str, pieces: Iterable[np.ndarray], rate: int, channels: int, frames: int, fmt: str,
+                subtype: str, clip: bool) -> int:
+    """Mono pieces -> `channels` identical channels, exactly `frames` long (cut, or padded with
+    silence: resampling back may end a sample or two off); returns the samples clipped."""
+    written = clipped = 0
+    with sf.SoundFile(path, "w", samplerate=rate, channels=channels, format=fmt, subtype=subtype) as out:
+        for piece in pieces:
+            piece = piece[:frames - written]
+            if clip:
+                clipped += int(np.count_nonzero(np.abs(piece) > 1.0))
+                piece = np.clip(piece, -1.0, 1.0)
+            if len(piece):
+                out.write(np.repeat(piece[:, None], channels, axis=1))
+                written += len(piece)
+        if written < frames:
+            out.write(np.zeros((frames - written, channels), np.float32))
+    return clipped
+
+
+def write_whole(target: str | Path, write):
+    """Call write(temporary path) beside target, then rename it into place (removed on failure)."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        result = write(str(tmp))
+        os.replace(tmp, target)
+    except OSError as e:
+        raise AudioError(f"{target}: cannot write ({e.strerror or e})") from None
+    except sf.LibsndfileError as e:
+        raise AudioError(f"{target}: cannot write ({e})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return result
+
+
+def mirror_tree(source: str | Path, target: str | Path, extensions: Iterable[str], new_ext: str) -> list[tuple[Path, Path]]:
+    """Files under source (recursively) with one of `extensions` -> the same relative paths under
+    target with new_ext, sorted."""
+    root, out, exts = Path(source), Path(target), {e.lower() for e in extensions}
+    found = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+    return [(p, (out / p.relative_to(root)).with_suffix(new_ext)) for p in found]
