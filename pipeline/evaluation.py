@@ -1,9 +1,10 @@
 """Compare telucodec with Opus and Codec2 on the same clips: scores, bitrates and spectrograms.
 
     report = evaluate_checkpoint("runs/r1", "demo_out/data", split="test", n_clips=8, seconds=4.0,
-                                 out_dir="eval_out")      # EvalReport; writes eval.json and PNGs
+                                 out_dir="eval_out", save_audio=True)   # EvalReport; writes eval.json,
+                                                         # PNGs and eval_out/audio/CLIP/CODEC.wav
     out = run_baseline_opus(audio, 16000)                # BaselineOutput(audio [T], payload_bytes)
-    results = evaluate_codecs(codec, clips, 16000)       # [CodecResult(score, outputs)]
+    results = evaluate_codecs(codec, clips, 16000)       # [CodecResult(score, outputs, clips)]
 
 Every codec sees the same clips and is scored with pipeline.metrics: SNR, SI-SDR, mel distance,
 PESQ-WB and STOI, averaged over clips (PESQ and STOI over the clips they could score). Bitrates are
@@ -84,10 +85,28 @@ class CodecScore:
 
 
 @dataclass
+class ClipMetrics:
+    """One clip through one codec; a CodecScore is their mean, a spectrogram panel shows one."""
+    snr: float
+    si_sdr: float
+    mel_distance: float
+    pesq: Score
+    stoi: Score
+    payload_bytes: int
+    seconds: float
+
+    @property
+    def kbps(self) -> float:
+        return self.payload_bytes * 8 / self.seconds / 1000
+
+
+@dataclass
 class CodecResult:
     score: CodecScore
     outputs: list[np.ndarray] | None = None
     """Decoded clips [T] in clip order; None when the codec could not run."""
+    clips: list[ClipMetrics] | None = None
+    """Each clip's scores, in clip order; None when the codec could not run."""
 
 
 @dataclass
@@ -104,6 +123,8 @@ class EvalReport:
     """Total audio scored, in seconds."""
     spectrograms: list[str] = field(default_factory=list)
     """PNG paths written."""
+    audio: list[str] = field(default_factory=list)
+    """Folders written by save_audio, one per clip (OUT/audio/CLIP): input.wav and one WAV per codec row."""
 
     def score(self, name: str) -> CodecScore:
         return next(s for s in self.scores if s.name == name)
@@ -197,22 +218,25 @@ def telucodec_outputs(codec: Codec, clips: list[np.ndarray]) -> list[list[np.nda
     return per_level
 
 
-def score_outputs(name: str, refs: list[np.ndarray], outputs: list[np.ndarray], payload_bytes: int,
-                  sample_rate: int, note: str = "", on_scored: Callable[[], None] | None = None) -> CodecScore:
-    """Mean scores of outputs against refs (lists of [T]) and the measured bitrate; on_scored() after each clip."""
-    seconds = sum(len(r) for r in refs) / sample_rate
-    rows = []
-    for r, o in zip(refs, outputs):
-        rows.append((snr_db(r, o), si_sdr_db(r, o), mel_distance(r, o, sample_rate),
-                     pesq_wb(r, o, sample_rate)[0], stoi(r, o, sample_rate)[0]))
+def score_outputs(name: str, refs: list[np.ndarray], outputs: list[np.ndarray], payloads: list[int],
+                  sample_rate: int, note: str = "", on_scored: Callable[[], None] | None = None) -> CodecResult:
+    """Scores of outputs against refs (lists of [T]) and the measured bitrate from each clip's coded
+    bytes (`payloads`), per clip and averaged; on_scored() after each clip."""
+    clips = []
+    for r, o, size in zip(refs, outputs, payloads):
+        clips.append(ClipMetrics(snr_db(r, o), si_sdr_db(r, o), mel_distance(r, o, sample_rate),
+                                 pesq_wb(r, o, sample_rate)[0], stoi(r, o, sample_rate)[0], size,
+                                 len(r) / sample_rate))
         if on_scored:
             on_scored()
-    snrs, si_sdrs, mels, pesq_scores, stoi_scores = map(list, zip(*rows))
+    pesq_scores, stoi_scores = [c.pesq for c in clips], [c.stoi for c in clips]
     notes = [note] + [_failures(label, s) for label, s in (("PESQ", pesq_scores), ("STOI", stoi_scores))]
-    return CodecScore(
-        name=name, bitrate_kbps=payload_bytes * 8 / seconds / 1000, snr=_mean(snrs), si_sdr=_mean(si_sdrs),
-        mel_distance=_mean(mels), pesq=mean_score(pesq_scores), stoi=mean_score(stoi_scores),
-        note="; ".join(n for n in notes if n))
+    seconds = sum(c.seconds for c in clips)
+    score = CodecScore(
+        name=name, bitrate_kbps=sum(payloads) * 8 / seconds / 1000, snr=_mean(c.snr for c in clips),
+        si_sdr=_mean(c.si_sdr for c in clips), mel_distance=_mean(c.mel_distance for c in clips),
+        pesq=mean_score(pesq_scores), stoi=mean_score(stoi_scores), note="; ".join(n for n in notes if n))
+    return CodecResult(score, outputs, clips)
 
 
 def _mean(values) -> float:
@@ -238,9 +262,8 @@ def evaluate_codecs(codec: Codec, clips: list[np.ndarray], sample_rate: int,
     scored = (lambda: on_clip(next(done), total)) if on_clip else None
     results = []
     for n, outputs in enumerate(telucodec_outputs(codec, clips), start=1):
-        payload = sum(payload_size(n, -(-len(c) // hop), bits) for c in clips)
-        results.append(CodecResult(score_outputs(f"telucodec-{n}", clips, outputs, payload, sample_rate,
-                                                 on_scored=scored), outputs))
+        payloads = [payload_size(n, -(-len(c) // hop), bits) for c in clips]
+        results.append(score_outputs(f"telucodec-{n}", clips, outputs, payloads, sample_rate, on_scored=scored))
     for name, baseline in (("opus-6k", run_baseline_opus), ("codec2-3200", run_baseline_codec2)):
         results.append(baseline_result(name, baseline, clips, sample_rate, on_scored=scored))
     return results
@@ -257,16 +280,15 @@ def baseline_result(name: str, baseline, clips: list[np.ndarray], sample_rate: i
             for _ in clips:
                 on_scored()
         return CodecResult(CodecScore(name, None, None, None, None, None, None, note=str(e)))
-    outputs = [c.audio for c in coded]
-    payload = sum(c.payload_bytes for c in coded)
-    return CodecResult(score_outputs(name, clips, outputs, payload, sample_rate, on_scored=on_scored), outputs)
+    return score_outputs(name, clips, [c.audio for c in coded], [c.payload_bytes for c in coded], sample_rate,
+                         on_scored=on_scored)
 
 
 # ---------------------------------------------------------------------------------------------
-# Spectrograms and the whole evaluation.
+# Spectrograms, audio to listen to, and the whole evaluation.
 
-def save_spectrograms(path: str | Path, panels: dict[str, np.ndarray], sample_rate: int) -> Path:
-    """One PNG with a spectrogram per panel (name -> audio [T]), stacked, on a shared colour scale."""
+def save_spectrograms(path: str | Path, panels: dict[str, np.ndarray], sample_rate: int, title: str = "") -> Path:
+    """One PNG with a spectrogram per panel (label -> audio [T]), stacked, on a shared colour scale."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -282,6 +304,8 @@ def save_spectrograms(path: str | Path, panels: dict[str, np.ndarray], sample_ra
         ax.set_title(name, fontsize=9, loc="left")
         ax.set_ylabel("kHz")
     axes[-1].set_xlabel("seconds")
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.colorbar(image, ax=list(axes), label="dB", shrink=0.8)
     path = Path(path)
     fig.savefig(path, dpi=80)
@@ -290,12 +314,41 @@ def save_spectrograms(path: str | Path, panels: dict[str, np.ndarray], sample_ra
 
 def spectrogram_panels(index: int, clips: list[np.ndarray], results: list[CodecResult],
                        full_name: str) -> dict[str, np.ndarray]:
-    """Input, telucodec at full codebooks and each baseline that ran, for clip `index`."""
+    """Input, telucodec at full codebooks and each baseline that ran, for clip `index`, each
+    labelled with what that clip scored (panel_label)."""
     panels = {"input": clips[index]}
     for r in results:
         if r.outputs is not None and (r.score.name == full_name or not r.score.name.startswith("telucodec")):
-            panels[f"{r.score.name} ({r.score.bitrate_kbps:.2f} kbps)"] = r.outputs[index]
+            panels[panel_label(r, index)] = r.outputs[index]
     return panels
+
+
+def panel_label(result: CodecResult, index: int) -> str:
+    """'opus-6k: 5.12 kbps, PESQ-WB 2.91, STOI 0.832' for clip `index`: the sheet shows one clip, so
+    its own bitrate and scores, not the means; a score that could not be computed is left out."""
+    clip = result.clips[index]
+    parts = [f"{clip.kbps:.2f} kbps"]
+    if clip.pesq.value is not None:
+        parts.append(f"PESQ-WB {clip.pesq.value:.2f}")
+    if clip.stoi.value is not None:
+        parts.append(f"STOI {clip.stoi.value:.3f}")
+    return f"{result.score.name}: {', '.join(parts)}"
+
+
+def save_clip_audio(folder: Path, index: int, clips: list[np.ndarray], results: list[CodecResult],
+                    sample_rate: int) -> Path:
+    """FOLDER/input.wav and FOLDER/ROW.wav for every codec row that ran (telucodec-1 .. telucodec-N,
+    opus-6k, codec2-3200), for clip `index`: exactly what was scored, to listen to. Float WAV at
+    the model's rate and the input's length, so nothing is clipped or resampled on the way; WAVs
+    left from an earlier run are removed first, so a row that did not run this time has no file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.wav"):
+        old.unlink()
+    sf.write(folder / "input.wav", clips[index], sample_rate, subtype="FLOAT")
+    for r in results:
+        if r.outputs is not None:
+            sf.write(folder / f"{r.score.name}.wav", r.outputs[index], sample_rate, subtype="FLOAT")
+    return folder
 
 
 def load_eval_clips(url: str, split: str, n_clips: int, seconds: float, sample_rate: int):
@@ -312,10 +365,11 @@ def load_eval_clips(url: str, split: str, n_clips: int, seconds: float, sample_r
 
 def evaluate_checkpoint(checkpoint, data: str, split: str = "test", n_clips: int = 8,
                         seconds: float = 4.0, out_dir: str | Path = "eval_out", n_spectrograms: int = 3,
-                        on_clip: Callable[[int, int], None] | None = None) -> EvalReport:
+                        save_audio: bool = False, on_clip: Callable[[int, int], None] | None = None) -> EvalReport:
     """Score a model (a checkpoint URL, or an inference.TrainedCodec such as an export) and the
-    baselines on a split; writes OUT/eval.json and spectrogram PNGs. on_clip(done, total) as in
-    evaluate_codecs."""
+    baselines on a split; writes OUT/eval.json, spectrogram PNGs for the first n_spectrograms clips
+    and, with save_audio, every clip's decoded audio under OUT/audio/CLIP/ (save_clip_audio).
+    on_clip(done, total) as in evaluate_codecs."""
     from pipeline.inference import TrainedCodec, load_trained
 
     trained = checkpoint if isinstance(checkpoint, TrainedCodec) else load_trained(checkpoint=checkpoint)
@@ -327,9 +381,12 @@ def evaluate_checkpoint(checkpoint, data: str, split: str = "test", n_clips: int
     out.mkdir(parents=True, exist_ok=True)
     full = f"telucodec-{trained.cfg.n_codebooks}"
     pngs = [str(save_spectrograms(out / f"spectrogram_{i:02d}_{keyed[i][0]}.png",
-                                  spectrogram_panels(i, clips, results, full), sr))
+                                  spectrogram_panels(i, clips, results, full), sr,
+                                  title=f"{keyed[i][0]}: each codec's kbps and scores on this clip"))
             for i in range(min(n_spectrograms, len(clips)))]
+    folders = [str(save_clip_audio(out / "audio" / key, i, clips, results, sr))
+               for i, (key, _) in enumerate(keyed)] if save_audio else []
     report = EvalReport([r.score for r in results], [k for k, _ in keyed], step, trained.source, str(data),
-                        split, sr, sum(len(c) for c in clips) / sr, pngs)
+                        split, sr, sum(len(c) for c in clips) / sr, pngs, folders)
     (out / "eval.json").write_text(json.dumps(report.to_dict(), indent=1))
     return report

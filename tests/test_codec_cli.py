@@ -1,12 +1,14 @@
 """`telucodec encode` / `decode`: the .tcq round trip equals the model's eval output, sizes are exact,
 any input rate and channel count comes back as it went in, the output extension names the format,
-version-1 files still decode, folders are coded as mirrored trees, and bad input is one line and
-exit 2.
+version-1 files still decode, folders are coded as mirrored trees, "-" reads stdin and writes
+stdout with the bytes the files get, and bad input is one line and exit 2.
 
     .venv/bin/pytest tests/test_codec_cli.py -q
 """
 
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,8 @@ from pipeline.bitstream import HEADER_SIZE, pack_codes, read_bitstream
 from pipeline.config import ModelConfig
 from pipeline.inference import load_codec, load_trained
 from run_fixtures import make_checkpoint
+
+TELUCODEC = [sys.executable, "-m", "jobs.cli"]
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +206,48 @@ def test_train_resume_never_refuses_a_run_dir_with_a_checkpoint(checkpoint, caps
     assert main(["train", "data.url=unused", f"run.dir={checkpoint}", "--resume", "never"]) == 2
     err = capsys.readouterr().err
     assert "already holds a run at step 7" in err and "--resume auto" in err
+
+
+def telucodec_piped(argv: list[str], stdin: bytes) -> subprocess.CompletedProcess:
+    """The real command in a child process with stdin and stdout on pipes, as in a shell pipeline."""
+    return subprocess.run([*TELUCODEC, *argv], input=stdin, capture_output=True, timeout=300)
+
+
+def without_peak_timestamp(wav: bytes) -> bytes:
+    """libsndfile stamps a float WAV's PEAK chunk with the second it was written, so two writes of
+    the same audio may differ in those four bytes and nowhere else."""
+    at = wav.find(b"PEAK")
+    return wav if at < 0 else wav[:at + 12] + bytes(4) + wav[at + 16:]
+
+
+def test_stdin_and_stdout_carry_the_bytes_the_files_get(checkpoint, tmp_path):
+    sf.write(tmp_path / "in.wav", tone(0.6, 22050, seed=4), 22050)  # not the model's rate: resampled both ways
+    for argv in (["encode", "in.wav", "in.tcq"], ["decode", "in.tcq", "out.wav"], ["decode", "in.tcq", "out.flac"]):
+        assert main([argv[0], str(tmp_path / argv[1]), str(tmp_path / argv[2]), "--checkpoint", checkpoint]) == 0
+    encoded = telucodec_piped(["encode", "-", "-", "--checkpoint", checkpoint], (tmp_path / "in.wav").read_bytes())
+    assert encoded.returncode == 0, encoded.stderr
+    assert encoded.stdout == (tmp_path / "in.tcq").read_bytes()
+    assert f"stdout: {len(encoded.stdout)} bytes for 0.60 s" in encoded.stderr.decode()
+    decoded = telucodec_piped(["decode", "-", "-", "--checkpoint", checkpoint], encoded.stdout)
+    assert decoded.returncode == 0, decoded.stderr
+    assert without_peak_timestamp(decoded.stdout) == without_peak_timestamp((tmp_path / "out.wav").read_bytes())
+    assert b"stdout: 0.60 s at 22050 Hz" in decoded.stderr
+    flac = telucodec_piped(["decode", str(tmp_path / "in.tcq"), "-", "--format", "flac", "--checkpoint", checkpoint],
+                           b"")
+    assert flac.returncode == 0 and flac.stdout == (tmp_path / "out.flac").read_bytes()
+
+
+def test_bad_stdin_is_one_line_and_leaves_stdout_empty(checkpoint):
+    done = telucodec_piped(["encode", "-", "-", "--checkpoint", checkpoint], b"RIFF" + bytes(range(200)))
+    err = done.stderr.decode().strip()
+    assert done.returncode == 2 and done.stdout == b""
+    assert err.startswith("telucodec: error: stdin: cannot decode") and "\n" not in err
+
+
+def test_format_is_for_folders_and_stdout_and_a_folder_needs_an_output_folder(checkpoint, good_tcq, tmp_path,
+                                                                              capsys):
+    err = run_error(["decode", str(good_tcq), str(tmp_path / "o.wav"), "--format", "flac", "--checkpoint",
+                     checkpoint], capsys)
+    assert "--format is for folders and stdout; the extension of" in err
+    err = run_error(["decode", str(good_tcq.parent), "-", "--checkpoint", checkpoint], capsys)
+    assert "is a folder: its outputs need an output folder, not stdout" in err

@@ -1,20 +1,25 @@
 """`telucodec eval` and its baselines: Opus 6 kbps and Codec2 3.2 kbps keep the input's length, are
-aligned to it and score like themselves on a speech-like signal; eval writes eval.json and PNGs.
+aligned to it and score like themselves on a speech-like signal; eval writes eval.json and PNGs
+labelled with each clip's scores, and with --save-audio every codec's decoded clips.
 
     .venv/bin/pytest tests/test_evaluation.py -q
 """
 
 import json
+import shutil
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from jobs.cli import main
 from pipeline.audio import log_spectrogram
-from pipeline.evaluation import (CODEC2_DELAY, align, baseline_result, evaluate_checkpoint, run_baseline_codec2,
-                                 run_baseline_opus, score_outputs, telucodec_outputs)
+from pipeline.evaluation import (CODEC2_DELAY, ClipMetrics, CodecResult, CodecScore, align, baseline_result,
+                                 evaluate_checkpoint, run_baseline_codec2, run_baseline_opus, score_outputs,
+                                 spectrogram_panels, telucodec_outputs)
 from pipeline.inference import load_codec
+from pipeline.metrics import Score
 from pipeline.shards import DatasetIndex, ShardWriter, encode_sample, write_index
 from pipeline.store import open_store
 from run_fixtures import make_checkpoint
@@ -64,7 +69,7 @@ def test_opus_6k_is_aligned_and_scores_like_a_waveform_codec():
     out = run_baseline_opus(x, 16000)
     assert out.audio.shape == x.shape and out.audio.dtype == np.float32
     assert waveform_lag(x, out.audio, 20) == 0  # without OPUS_DELAY it is +1
-    s = score_outputs("opus", [x], [out.audio], out.payload_bytes, 16000)
+    s = score_outputs("opus", [x], [out.audio], [out.payload_bytes], 16000).score
     # measured on seeds 0-2: 4.7-5.2 kbps (VBR), SNR 10-11 dB, PESQ 2.8-3.1, STOI 0.80-0.84
     assert 4.0 < s.bitrate_kbps < 7.0
     assert s.snr > 6 and s.pesq >= 2.0 and s.stoi > 0.7, s
@@ -74,7 +79,7 @@ def test_opus_keeps_the_length_at_other_rates():
     x = speech_like(0.9, 22050, seed=1)
     out = run_baseline_opus(x, 22050)
     assert out.audio.shape == x.shape
-    assert score_outputs("opus", [x], [out.audio], out.payload_bytes, 22050).snr > 5
+    assert score_outputs("opus", [x], [out.audio], [out.payload_bytes], 22050).score.snr > 5
 
 
 def test_codec2_3200_is_aligned_and_scores_like_a_vocoder():
@@ -83,7 +88,7 @@ def test_codec2_3200_is_aligned_and_scores_like_a_vocoder():
     assert out.audio.shape == x.shape
     # no phase kept: align by spectra; unaligned it would sit at 2 * CODEC2_DELAY = 320 samples
     assert abs(spectral_lag(x, out.audio, range(-320, 321, 16))) <= 80
-    s = score_outputs("codec2", [x], [out.audio], out.payload_bytes, 16000)
+    s = score_outputs("codec2", [x], [out.audio], [out.payload_bytes], 16000).score
     # measured on seeds 0-2: 3.24 kbps (whole 20 ms frames), mel 1.0, PESQ 1.3-1.7, STOI 0.77-0.83;
     # SNR is negative (about -4 dB) for a vocoder, so it is not asserted
     assert 3.2 <= s.bitrate_kbps < 3.4
@@ -162,3 +167,44 @@ def test_eval_reports_progress_once_per_clip_and_codec(eval_inputs, tmp_path):
                                  n_spectrograms=0, on_clip=lambda done, total: calls.append((done, total)))
     total = len(report.scores) * 2  # telucodec-1..4, opus-6k, codec2-3200, two clips each
     assert calls == [(done, total) for done in range(1, total + 1)] and total == 12
+
+
+def test_save_audio_writes_every_codec_row_beside_the_input(eval_inputs, tmp_path, capsys):
+    checkpoint, data, keys = eval_inputs
+    out = tmp_path / "out"
+    assert main(["eval", "--checkpoint", checkpoint, "--data", data, "--clips", "2", "--seconds", "0.5",
+                 "--out", str(out), "--spectrograms", "1", "--save-audio"]) == 0
+    assert f"audio for 2 clip(s) under {out / 'audio'}" in capsys.readouterr().out
+    report = json.loads((out / "eval.json").read_text())
+    assert report["audio"] == [str(out / "audio" / k) for k in keys[:2]]
+    have_opus, have_codec2 = (all(shutil.which(t) for t in tools) for tools in (("opusenc", "opusdec"),
+                                                                                 ("c2enc", "c2dec")))
+    expected = {"input.wav", *(f"telucodec-{n}.wav" for n in (1, 2, 3, 4))}
+    expected |= {"opus-6k.wav"} if have_opus else set()  # a missing tool has a row with a note, no file
+    expected |= {"codec2-3200.wav"} if have_codec2 else set()
+    for key in keys[:2]:
+        folder = out / "audio" / key
+        assert {p.name for p in folder.iterdir()} == expected
+        for wav in folder.iterdir():
+            info = sf.info(str(wav))
+            assert (info.samplerate, info.frames, info.channels) == (16000, 8000, 1), wav
+    codec, _, _ = load_codec(checkpoint)  # the files hold what was scored: telucodec-2 is the input through 2 levels
+    x, _ = sf.read(out / "audio" / keys[0] / "input.wav", dtype="float32")
+    y, _ = sf.read(out / "audio" / keys[0] / "telucodec-2.wav", dtype="float32")
+    np.testing.assert_allclose(y, telucodec_outputs(codec, [x])[1][0], atol=1e-5)
+    assert [p.name for p in out.glob("*.png")] == [f"spectrogram_00_{keys[0]}.png"]
+
+
+def test_spectrogram_panels_are_labelled_with_the_clips_kbps_pesq_and_stoi():
+    def result(name, pesq, stoi_value, payload):
+        clips = [ClipMetrics(0.0, 0.0, 0.0, Score(None, "x"), Score(None, "x"), 1, 1.0),
+                 ClipMetrics(0.0, 0.0, 0.0, Score(pesq, "" if pesq else "too short"), Score(stoi_value), payload, 0.5)]
+        score = CodecScore(name, None, None, None, None, None, None)
+        return CodecResult(score, [np.zeros(4, np.float32), np.full(4, len(name), np.float32)], clips)
+
+    results = [result("telucodec-1", 1.5, 0.5, 10), result("telucodec-2", 2.25, 0.625, 20),
+               result("opus-6k", 3.125, 0.875, 300), result("codec2-3200", None, 0.75, 200)]
+    panels = spectrogram_panels(1, [np.zeros(4), np.ones(4)], results, "telucodec-2")
+    assert list(panels) == ["input", "telucodec-2: 0.32 kbps, PESQ-WB 2.25, STOI 0.625",
+                            "opus-6k: 4.80 kbps, PESQ-WB 3.12, STOI 0.875", "codec2-3200: 3.20 kbps, STOI 0.750"]
+    assert panels["opus-6k: 4.80 kbps, PESQ-WB 3.12, STOI 0.875"][0] == len("opus-6k")  # clip 1's audio
