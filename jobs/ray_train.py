@@ -154,8 +154,9 @@ def fit_until_done(cfg: Config) -> TrainResult:
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={"cfg": to_dict(cfg), "keeper": credentials.keeper()},
-            scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
-                                         resources_per_worker=resources),
+            scaling_config=ScalingConfig(num_workers=worker_range(cfg), use_gpu=cfg.train.use_gpu,
+                                         resources_per_worker=resources,
+                                         elastic_resize_monitor_interval_s=cfg.train.resize_check_s),
             run_config=RunConfig(name=name, storage_path=storage_path,
                                  failure_config=FailureConfig(max_failures=cfg.train.max_failures),
                                  # Ray Train's own INFO lines; the per-report one needs
@@ -172,6 +173,13 @@ def fit_until_done(cfg: Config) -> TrainResult:
             time.sleep(1)
             continue
         return TrainResult(step, status)
+
+
+def worker_range(cfg: Config) -> int | tuple[int, int]:
+    """Ray Train's num_workers: train.workers, or (train.min_workers, train.workers) when elastic."""
+    if 0 < cfg.train.min_workers < cfg.train.workers:
+        return cfg.train.min_workers, cfg.train.workers
+    return cfg.train.workers
 
 
 def final_status(run: RunDir) -> tuple[str, int]:

@@ -193,10 +193,17 @@ def submit(address: str, cfg: Config, *, run: str = "", runs_root: str = "runs",
             runtime_env["pip"] = project_dependencies(project)
         package = credentials.stage(client, env_secrets)  # its URI only: the values never reach the job spec
         entry = f"python -m jobs.remote_entry {f'--credentials {package} ' if package else ''}{JOB_CONFIG}"
-        metadata = {"telucodec_run": run, "run_dir": run_dir, "forwarded": ",".join(sorted(env_secrets))}
+        metadata = {"telucodec_run": run, "run_dir": run_dir, "forwarded": ",".join(sorted(env_secrets)),
+                    "workers": target_workers(cfg)}
         submit_when_ready(client, entrypoint=entry, submission_id=job_id, runtime_env=runtime_env, metadata=metadata)
     return Submission(job_id, run, run_dir, f"{address.rstrip('/')}/#/jobs/{job_id}",
                       wandb_url(cfg, run_id, env_secrets, forward), resumed, sorted(env_secrets))
+
+
+def target_workers(cfg: Config) -> str:
+    """"8", or "4-8" for an elastic run."""
+    low, high = cfg.train.min_workers, cfg.train.workers
+    return f"{low}-{high}" if 0 < low < high else str(high)
 
 
 def submit_when_ready(client, wait_s: float = 60.0, **job) -> None:
@@ -301,6 +308,10 @@ class JobView:
     val_snr: float | None = None
     steps_per_s: float | None = None
     run_status: str = ""
+    workers: int | None = None
+    """Workers of the newest worker group (the ledger's last count)."""
+    target_workers: str = ""
+    """What the run asked for: "8", or "4-8" for an elastic run (train.min_workers-train.workers)."""
 
 
 def state_word(status) -> str:
@@ -313,7 +324,8 @@ def job_view(details) -> JobView:
     view = JobView(details.submission_id or details.job_id, state_word(details.status),
                    meta.get("telucodec_run", ""), meta.get("run_dir", ""),
                    details.start_time / 1000 if details.start_time else None,
-                   details.end_time / 1000 if details.end_time else None, details.message or "")
+                   details.end_time / 1000 if details.end_time else None, details.message or "",
+                   target_workers=meta.get("workers", ""))
     if view.run_dir:
         add_run_progress(view)
     return view
@@ -321,14 +333,16 @@ def job_view(details) -> JobView:
 
 def add_run_progress(view: JobView) -> None:
     """Restarts, dollars so far, last val SNR and steps/s from the run's ledger and metrics."""
-    from pipeline.cost import summarize_run
+    from pipeline.cost import LEDGER, newest_ledger_value, summarize_run
     from pipeline.rundir import RunDir
     from pipeline.store import StoreError
 
     try:
         cost = summarize_run(view.run_dir)
         view.step, view.usd, view.restarts, view.run_status = cost.step, cost.totals.usd, cost.totals.restarts, cost.status
-        metrics = RunDir(view.run_dir).metrics.read()
+        run = RunDir(view.run_dir)
+        view.workers = newest_ledger_value(run.log(LEDGER).read(), "workers")
+        metrics = run.metrics.read()
     except (StoreError, OSError, ValueError, KeyError):
         return  # not started yet, or the store is not reachable from here
     view.val_snr = next((r["val/snr"] for r in reversed(metrics) if "val/snr" in r), None)

@@ -361,6 +361,14 @@ class TrainConfig:
     """Each rollback multiplies the learning rate by this."""
     workers: int = 2
     """Ray Train workers (DDP ranks); 0 trains in this process without Ray."""
+    min_workers: int = 0
+    """Elastic training: below train.workers, the run goes on with as few as this many workers when
+    nodes vanish (restarting from the newest checkpoint) and grows back when capacity returns. The
+    global batch (train.batch_size) and every step's samples and random draws stay the same at any
+    size, so the optimisation is the one a fixed-size run would do; each worker just holds more
+    rows. 0: a fixed size of train.workers (a lost node waits for a replacement)."""
+    resize_check_s: float = 60.0
+    """Elastic training: how often Ray looks for capacity to grow the worker group back."""
     cpus_per_worker: int = 1
     """CPUs reserved per Ray worker (also torch's thread count there)."""
     max_failures: int = 3
@@ -394,6 +402,8 @@ class TrainConfig:
                f"must be one of {', '.join(BEST_METRICS)}")
         _check(self.max_nonfinite >= 1, "train.max_nonfinite", "must be >= 1")
         _check(self.workers >= 0, "train.workers", "must be >= 0")
+        _check(0 <= self.min_workers <= self.workers, "train.min_workers", "must be 0 (fixed size) or 1..train.workers")
+        _check(self.resize_check_s > 0, "train.resize_check_s", "must be > 0")
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,18 @@ class MainProcessDuties(RankDuties):
         self.cost = CostTracker(self.cfg, self.run, workers=self.workers, started=self.started)
         self.tracker = make_tracker(self.cfg, saved.get("wandb_run_id") or self.cost.ledger_value("wandb_run_id"))
         self.cost.begin(saved.get("cost"), step, wandb_run_id=self.tracker.run_id)
+        if saved.get("world") not in (None, self.workers):
+            self.resized(saved["world"], step)
+
+    def resized(self, before: int, step: int) -> None:
+        """The worker group came back at another size (elastic training): say so everywhere."""
+        why = "workers lost (a node vanished or was preempted)" if self.workers < before else "capacity returned"
+        record = {"event": "resized", "step": step, "from": before, "to": self.workers, "why": why}
+        print(f"resized from {before} to {self.workers} workers at step {step}: {why}; the global batch "
+              f"stays {self.cfg.train.batch_size}", flush=True)
+        self.run.events.append(record)
+        self.cost.record("resized", step, **{k: record[k] for k in ("from", "to", "why")})
+        self.tracker.alert(f"resized to {self.workers} workers at step {step}", why)
 
     def load_eval_clips(self) -> None:
         cfg = self.cfg
@@ -337,6 +349,8 @@ def train_step(state: State, batch: torch.Tensor, accel, cfg: Config) -> dict:
         state.opt_g.zero_grad(set_to_none=True)
     metrics.update({f"loss/{k}": v.detach() for k, v in g.terms.items()})
     metrics.update({"loss/total": g.total.detach(), "lr": state.opt_g.param_groups[0]["lr"],
+                    # the global batch's mean square: the same at a step on any number of ranks
+                    "data/mean_square": batch.detach().float().square().mean(),
                     "skipped": (~finite).float(), "n_quantizers": out.n_quantizers,
                     "bitrate": out.bitrate,
                     "vq/reseeded": sum(level.vq.reseeded for level in accel.unwrap_model(model).quantizer.levels)})
@@ -540,9 +554,9 @@ def load_checkpoint(state: State, accel, ckpts: Checkpoints, step: int) -> dict:
     state.nonfinite_total, state.rollbacks = train_state["nonfinite_total"], train_state["rollbacks"]
     state.nonfinite_in_row = 0
     rank_part = f"rank{accel.process_index}"
-    if ckpts.has_part(step, rank_part):  # same world size: this rank's RNG continues exactly
+    if ckpts.has_part(step, rank_part):  # training draws no longer depend on it (StepDraws); other users might
         set_rng_state(ckpts.load(step, rank_part)["rng"])
-    return train_state.get("extra", {})
+    return {**train_state.get("extra", {}), "world": train_state.get("world")}
 
 
 # ------------------------------------------------------------------------------------- the loop

@@ -183,6 +183,7 @@ def test_submitted_job_reads_s3_with_forwarded_credentials_and_leaves_no_trace(h
     status = capsys.readouterr().out
     assert status.splitlines()[0] == "SUCCEEDED", status
     assert "run status:   finished" in status and "step:         4" in status and "cost so far:  $0." in status
+    assert "workers:      2 now, 2 asked for" in status
 
     assert main(["jobs", "logs", job, "--address", head]) == 0
     logs = capsys.readouterr().out

@@ -205,7 +205,9 @@ def jobs_status(args) -> int:
     print(v.state)  # the first line is Ray's state word alone, for scripts
     rows = [("run", f"{v.run}  ({v.run_dir})"), ("run status", v.run_status or "-"),
             ("started", when(v.started)), ("ended", when(v.ended)), ("step", cell(v.step, 0)),
-            ("steps/s", cell(v.steps_per_s, 2)), ("cost so far", "-" if v.usd is None else f"${amount(v.usd)}"),
+            ("steps/s", cell(v.steps_per_s, 2)),
+            ("workers", f"{cell(v.workers, 0)} now, {v.target_workers or '-'} asked for"),
+            ("cost so far", "-" if v.usd is None else f"${amount(v.usd)}"),
             ("restarts", cell(v.restarts, 0)), ("last val SNR", cell(v.val_snr, 2) + " dB"),
             ("message", v.message or "-")]
     for key, value in rows:
