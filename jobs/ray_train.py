@@ -36,6 +36,7 @@ class RayRunContext(RunContext):
         from jobs.preemption import PreemptionWatcher
 
         super().__init__()  # the cost clock of this worker group starts now
+        self.cfg, self.polls, self.ray_notice = cfg, 0, None
         self.watcher = PreemptionWatcher(cfg.preempt).start()
         self.rank = ray.train.get_context().get_world_rank()
         # Who runs where, from when to when, for checks from outside (train.debug_worker_records).
@@ -52,7 +53,19 @@ class RayRunContext(RunContext):
             self.records.put_text(f"workers/rank{self.rank}.json", json.dumps(info))
 
     def stop_requested(self) -> bool:
-        return self.watcher.poll() is not None
+        """A notice from this worker's own watcher (cloud metadata, SIGTERM) or, every
+        preempt.ray_notice_every calls, from Ray Train (a node of the run being drained). Every rank
+        calls this once per step, so all of them reach Ray's barrier together."""
+        self.polls += 1
+        every = self.cfg.preempt.ray_notice_every
+        if self.ray_notice is None and every and self.cfg.preempt.enabled and self.polls % every == 0:
+            import ray.train
+
+            self.ray_notice = ray.train.get_preemption_info()
+            if self.ray_notice is not None and self.rank == 0:
+                print(f"Ray reports a preemption of node(s) {', '.join(self.ray_notice.preempted_node_ids)}: "
+                      f"checkpointing at this step", flush=True)
+        return self.watcher.poll() is not None or self.ray_notice is not None
 
     def after_checkpoint(self, step: int, metrics: dict, checkpoints) -> None:
         import ray.train

@@ -420,6 +420,14 @@ class PreemptConfig:
     """Treat an AWS rebalance recommendation as a notice (save early)."""
     drain_node: bool = True
     """On a notice, mark this Ray node as draining (`ray drain-node`)."""
+    ray_notice_every: int = 10
+    """Every this many steps, ask Ray Train whether a node of the run is being drained for
+    preemption (`ray.train.get_preemption_info`: KubeRay, autoscaler v2, `ray drain-node`, or this
+    watcher's own drain on another node); a notice there is handled like a cloud's. A barrier
+    across the workers, hence not every step. 0 = off."""
+
+    def __post_init__(self):
+        _check(self.ray_notice_every >= 0, "preempt.ray_notice_every", "must be >= 0 (0 = off)")
 
 
 @dataclass(frozen=True)

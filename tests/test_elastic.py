@@ -106,3 +106,41 @@ def test_a_lost_node_shrinks_the_run_and_a_returning_one_grows_it_with_the_same_
     assert len({round(v, 3) for v in ref.values()}) > 5  # it trained: the losses move
     ledger = RunDir(str(run)).log("ledger.jsonl").read()
     assert [(r["from"], r["to"]) for r in ledger if r["event"] == "resized"][:2] == [(2, 1), (1, 2)]
+
+
+def drain_for_preemption(cluster, node, seconds: int = 120) -> None:
+    """What a spot reclaim looks like to Ray (autoscaler v2, KubeRay, our own watcher on that node):
+    the node is marked as draining for preemption, with a deadline; it is not killed yet."""
+    import time
+
+    from ray._raylet import GcsClient
+    from ray.core.generated import autoscaler_pb2
+
+    accepted, why = GcsClient(address=cluster.address).drain_node(
+        node.node_id, autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"), "spot reclaim",
+        int(time.time() * 1000) + seconds * 1000)
+    assert accepted, why
+
+
+def test_a_preemption_notice_from_ray_checkpoints_and_shrinks_with_no_step_replayed(two_nodes, dataset, tmp_path):
+    cluster, second = two_nodes
+    run = tmp_path / "drained"
+    result = {}
+    fit = threading.Thread(target=lambda: result.update(r=train_on_ray(config(
+        dataset, run, "train.steps=60", "train.checkpoint_every=1000", "train.min_workers=1",
+        "train.resize_check_s=2", "preempt.ray_notice_every=2"))))
+    fit.start()
+    metrics = RunDir(str(run)).metrics
+    wait_for(lambda: max([r["step"] for r in metrics.read()], default=0) >= 6, timeout=300)
+    drain_for_preemption(cluster, second)
+    fit.join(timeout=600)
+
+    assert result["r"].status == "finished" and result["r"].step == 60
+    events = [e for e in RunDir(str(run)).events.read() if e["event"] != "health"]
+    kinds = [e["event"] for e in events]
+    stopped = next(e for e in events if e["event"] == "preempted")
+    assert kinds[kinds.index("preempted"):] == ["preempted", "restarted", "resumed", "resized", "finished"], kinds
+    assert resizes(run) == [(2, 1)]  # the draining node takes no new worker
+    logged = [r["step"] for r in metrics.read() if "loss/total" in r]
+    assert sorted(logged) == list(range(1, 61))  # each step once: the checkpoint was taken at the notice
+    assert stopped["step"] >= 6
