@@ -79,9 +79,11 @@ RESUME_RULES: dict[str, str] = {
     "train.max_nonfinite": HARMLESS,
     "train.rollback_lr_factor": HARMLESS,  # the rollbacks so far stay in the checkpoint's lr_scale
     # Another world size resumes exactly: weights and optimizer load on every rank, the global batch
-    # at each step is the same on any number of ranks (each takes a block of its rows), a rank
-    # without its RNG part starts from the seed.
+    # at each step is the same on any number of ranks (each takes a block of its rows), and so is
+    # every random draw of a step (quantize.StepDraws).
     "train.workers": HARMLESS,
+    "train.min_workers": HARMLESS,  # elastic or not: the same optimisation at any size
+    "train.resize_check_s": HARMLESS,
     "train.cpus_per_worker": HARMLESS,
     "train.max_failures": HARMLESS,
     "train.use_gpu": HARMLESS,
