@@ -320,10 +320,12 @@ def train_step(state: State, batch: torch.Tensor, accel, cfg: Config) -> dict:
     share = batch.shape[0] * accel.num_processes / cfg.train.batch_size if accel.num_processes > 1 else 1.0
     # The step's random draws over the global batch: the same choices on any number of ranks.
     offset, total = global_rows(accel, cfg, batch.shape[0])
-    accel.unwrap_model(model).quantizer.draws = StepDraws.for_step(cfg.train.seed, state.step, offset, total)
+    quantizer = accel.unwrap_model(model).quantizer
+    quantizer.draws = StepDraws.for_step(cfg.train.seed, state.step, offset, total)
     adv = state.disc is not None and adversarial_active(cfg.loss, state.step)
     with accel.accumulate(model), accel.autocast():
         out = model(batch)
+        quantizer.draws = None  # this step's only: a later training-mode call outside train_step draws its own
         if adv:
             d = discriminator_loss(state.disc, batch, out.audio, cfg.loss)
             accel.backward(d.total * share)  # into empty grads: the last step left none (see below)
