@@ -323,7 +323,13 @@ class TrainConfig:
     disc_grad_clip: float = 10.0
     """Discriminator gradient norm clip (DAC: 10)."""
     grad_accum: int = 1
-    """Batches accumulated per optimizer update (accelerator.accumulate)."""
+    """Batches accumulated per optimizer update (accelerator.accumulate); each batch counts as a step
+    (schedule, codebook updates). To fit a step's rows in memory, use train.micro_batch instead."""
+    micro_batch: int = 0
+    """Most rows a worker passes through the model at once: a worker holding more accumulates
+    gradients over micro-batches (the discriminator's and the codebooks' updates too), which makes
+    the same step as one pass would. 0: the rows a worker holds at train.workers, so an elastic run
+    that shrinks keeps each worker's memory at the full size's instead of giving it more rows."""
     mixed_precision: str = "auto"
     """auto (bf16 on GPU, fp32 on CPU), no, bf16 or fp16."""
     seed: int = 0
@@ -365,8 +371,9 @@ class TrainConfig:
     """Elastic training: below train.workers, the run goes on with as few as this many workers when
     nodes vanish (restarting from the newest checkpoint) and grows back when capacity returns. The
     global batch (train.batch_size) and every step's samples and random draws stay the same at any
-    size, so the optimisation is the one a fixed-size run would do; each worker just holds more
-    rows. 0: a fixed size of train.workers (a lost node waits for a replacement)."""
+    size, so the optimisation is the one a fixed-size run would do; each worker holds more rows and
+    passes them in micro-batches (train.micro_batch). 0: a fixed size of train.workers (a lost node
+    waits for a replacement)."""
     resize_check_s: float = 60.0
     """Elastic training: how often Ray looks for capacity to grow the worker group back."""
     cpus_per_worker: int = 1
@@ -396,6 +403,7 @@ class TrainConfig:
                "train.log_every", "log_every, eval_every and checkpoint_every must be >= 1")
         _check(self.progress_seconds >= 0, "train.progress_seconds", "must be >= 0")
         _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+        _check(self.micro_batch >= 0, "train.micro_batch", "must be >= 0 (0: the rows of a worker at train.workers)")
         _check(self.grad_clip > 0 and self.disc_grad_clip > 0, "train.grad_clip",
                "grad_clip and disc_grad_clip must be > 0")
         _check(self.best_metric in BEST_METRICS, "train.best_metric",

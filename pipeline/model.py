@@ -245,15 +245,19 @@ class Codec(nn.Module):
 
     def forward(self, audio: torch.Tensor, n_quantizers: int | None = None) -> CodecOutput:
         """[B, 1, T] -> CodecOutput; training mode may use fewer levels (quantizer dropout)."""
-        q = self.quantizer(self.encoder(self._pad_to_hop(audio)), n_quantizers)
+        q = self.quantizer(self.latents(audio), n_quantizers)
         decoded = self.decoder(q.quantized)[..., :audio.shape[-1]]
         return CodecOutput(audio=decoded, codes=q.codes, losses={"vq/commit": q.commit_loss},
                            bitrate=self.bitrate(q.n_quantizers), n_quantizers=q.n_quantizers,
                            codebook_size=self.cfg.codebook_size)
 
+    def latents(self, audio: torch.Tensor) -> torch.Tensor:
+        """[B, 1, T] -> the encoder's output [B, D, ceil(T / hop)], before quantisation."""
+        return self.encoder(self._pad_to_hop(audio))
+
     def encode(self, audio: torch.Tensor, n_quantizers: int | None = None) -> torch.Tensor:
         """[B, 1, T] -> codes [B, n_q, ceil(T / hop)] (long)."""
-        return self.quantizer.encode(self.encoder(self._pad_to_hop(audio)), n_quantizers)
+        return self.quantizer.encode(self.latents(audio), n_quantizers)
 
     def decode(self, codes: torch.Tensor, length: int | None = None) -> torch.Tensor:
         """codes [B, n_q, F] -> audio [B, 1, F * hop], cropped to `length` samples if given."""

@@ -14,14 +14,22 @@ must therefore run the quantizer's training-mode forward the same number of time
 eval mode.
 
 Every random choice of a training step (quantizer dropout, the vectors k-means starts from and
-dead codes are re-seeded with) is drawn from `StepDraws`: a generator seeded by the step, over the
-rows of the *global* batch, of which each rank takes its own. So a step makes the same choices on
-1, 2 or 8 ranks, and a run resized between steps (elastic training) goes on as if it never was.
+dead codes are re-seeded with) is drawn from `StepDraws`: generators seeded by the step and the
+choice's purpose, over the rows of the *global* batch, of which each rank takes its own. So a step
+makes the same choices on 1, 2 or 8 ranks, and a run resized between steps (elastic training) goes
+on as if it never was.
+
+A training step may pass its rows through the model in several micro-batches (a worker holding more
+rows than fit in memory accumulates gradients): `ResidualVQ.start_step` holds the codebook updates,
+each forward records its assignments, and `finish_step` applies them all at once, as one forward
+over every row would have.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import zlib
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -62,40 +70,51 @@ def nearest_code(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class StepDraws:
-    """A training step's random draws, the same on every rank: a CPU generator seeded by the step,
-    and where this rank's rows sit in the global batch (rows offset..offset+count of total).
+    """A training step's random draws, the same on every rank: generators seeded by the step and the
+    draw's purpose, and where this rank's rows sit in the global batch (rows offset..offset+count of
+    total).
 
-    Every rank consumes the generator in the same order (the same code runs everywhere), so a draw
-    over the global batch's rows is identical on every rank; each takes its slice."""
+    Each purpose ("dropout", "init/level0", "reseed/level2", ...) gets a fresh generator, so its draw
+    does not depend on what was drawn before it or how often it is asked: the micro-batches of a
+    step ask for the same dropout draw, and a rank's slice of a draw over the global batch is the
+    same on any number of ranks."""
     offset: int
     total: int
-    generator: torch.Generator | None = None
+    seed: int | None = None
     """None: torch's global generator (a module used on its own, outside train_step)."""
 
     @classmethod
     def for_step(cls, seed: int, step: int, offset: int, total: int) -> "StepDraws":
-        generator = torch.Generator().manual_seed((seed * 1_000_003 + step) % 2**63)
-        return cls(offset, total, generator)
+        return cls(offset, total, (seed * 1_000_003 + step) % 2**63)
 
     @classmethod
     def local(cls, rows: int) -> "StepDraws":
         """This process's rows are the whole batch, drawn from torch's global generator."""
         return cls(0, rows)
 
+    def generator(self, purpose: str) -> torch.Generator | None:
+        if self.seed is None:
+            return None
+        return torch.Generator().manual_seed((self.seed * 65_537 + zlib.crc32(purpose.encode())) % 2**63)
+
     def rows(self, n: int) -> slice:
         return slice(self.offset, self.offset + n)
 
+    def shifted(self, start: int) -> "StepDraws":
+        """The same draws for a micro-batch that starts `start` rows into this rank's rows."""
+        return replace(self, offset=self.offset + start)
 
-def sample_global(flat: torch.Tensor, n: int, rows: int, draws: StepDraws) -> torch.Tensor:
+
+def sample_global(flat: torch.Tensor, n: int, rows: int, draws: StepDraws, purpose: str) -> torch.Tensor:
     """n vectors drawn from the global batch's vectors (this rank holds `flat` [rows*F, D], rows
     draws.offset.. of draws.total): without replacement when there are enough. Each rank fills in
     the ones it holds and a sum over ranks completes them, so all ranks get the same n vectors."""
     frames = flat.shape[0] // max(rows, 1)
-    total = draws.total * frames
+    total, generator = draws.total * frames, draws.generator(purpose)
     if total >= n:
-        index = torch.randperm(total, generator=draws.generator)[:n]
+        index = torch.randperm(total, generator=generator)[:n]
     else:
-        index = torch.randint(0, total, (n,), generator=draws.generator)
+        index = torch.randint(0, total, (n,), generator=generator)
     local = (index - draws.offset * frames).to(flat.device)
     mine = (local >= 0) & (local < flat.shape[0])
     picked = flat[local.clamp(0, max(flat.shape[0] - 1, 0))] * mine[:, None].to(flat.dtype)
@@ -112,7 +131,7 @@ def sample_vectors(vectors: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def kmeans(vectors: torch.Tensor, k: int, iters: int, rows: int | None = None,
-           draws: StepDraws | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+           draws: StepDraws | None = None, purpose: str = "init") -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's k-means from sampled rows: [N, D] -> (centroids [K, D], counts [K]).
 
     With iters=0 the centroids are the sampled vectors; an empty cluster keeps its old centroid.
@@ -122,7 +141,7 @@ def kmeans(vectors: torch.Tensor, k: int, iters: int, rows: int | None = None,
     if draws is None:
         centroids = sample_vectors(vectors, k)
     else:
-        centroids = sample_global(vectors, k, rows, draws)
+        centroids = sample_global(vectors, k, rows, draws, purpose)
     for _ in range(iters):
         counts, sums = cluster_stats(vectors, nearest_code(vectors, centroids), k)
         all_reduce_sum_(counts)
@@ -144,6 +163,16 @@ def cluster_stats(vectors: torch.Tensor, codes: torch.Tensor, k: int,
     counts = vectors.new_zeros(k).index_add_(0, codes, weight)
     sums = vectors.new_zeros(k, vectors.shape[1]).index_add_(0, codes, vectors)
     return counts, sums
+
+
+def clean_vectors(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, D, F] -> (detached vectors [B*F, D] with non-finite ones zeroed, [B*F] which were finite).
+
+    A NaN/Inf batch (which the training loop will skip) must not reach the codebook: its EMA
+    statistics and any code drawn from it would stay poisoned for good."""
+    flat = x.transpose(1, 2).reshape(-1, x.shape[1]).detach()
+    finite = torch.isfinite(flat).all(dim=1)
+    return torch.where(finite[:, None], flat, torch.zeros_like(flat)), finite
 
 
 def perplexity(codes: torch.Tensor, codebook_size: int) -> torch.Tensor:
@@ -171,15 +200,20 @@ class VectorQuantizer(nn.Module):
     """One EMA codebook: [B, D, F] -> nearest codebook vectors, codes and commitment loss."""
 
     def __init__(self, dim: int, codebook_size: int, decay: float = 0.99, dead_code_ratio: float = 0.1,
-                 kmeans_init: bool = True, kmeans_iters: int = 10, eps: float = 1e-5):
+                 kmeans_init: bool = True, kmeans_iters: int = 10, eps: float = 1e-5, name: str = "vq"):
         super().__init__()
-        self.codebook_size, self.decay, self.eps = codebook_size, decay, eps
+        self.codebook_size, self.decay, self.eps, self.name = codebook_size, decay, eps, name
         self.dead_code_ratio = dead_code_ratio
         self.kmeans_iters = kmeans_iters if kmeans_init else 0
         self.reseeded: torch.Tensor | int = 0
         """Codes re-seeded by the last training call (a metric: a device tensor, read when logged)."""
         self._known_initialized = False
         """Host mirror of the `initialized` buffer, so that training reads it from the device once."""
+        self.pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+        """While a step's updates are held (ResidualVQ.start_step): each training forward's
+        (vectors, codes, finite rows), for apply_pending."""
+        self.replaying = False
+        """Training forwards that neither update nor record (ResidualVQ.replaying)."""
         codebook = torch.randn(codebook_size, dim)
         self.register_buffer("codebook", codebook)
         self.register_buffer("cluster_size", torch.ones(codebook_size))
@@ -192,18 +226,14 @@ class VectorQuantizer(nn.Module):
         draws = draws or StepDraws.local(x.shape[0])
         with torch.autocast(x.device.type, enabled=False):  # distances and EMA need fp32
             x32 = x.float()
-            flat = x32.transpose(1, 2).reshape(-1, x.shape[1]).detach()
-            # A NaN/Inf batch (which the training loop will skip) must not reach the codebook:
-            # its EMA statistics and any code drawn from it would stay poisoned for good.
-            finite = torch.isfinite(flat).all(dim=1)
-            clean = torch.where(finite[:, None], flat, torch.zeros_like(flat))
-            if self.training and not self._known_initialized:
-                if not bool(self.initialized):
-                    self._init_codebook(clean, x.shape[0], draws)
-                self._known_initialized = True
+            clean, finite = clean_vectors(x32)
+            if self.training and not self.ready:
+                self.initialize(clean, x.shape[0], draws)
             codes = nearest_code(clean, self.codebook)
             quantized = self.codebook[codes].view(x.shape[0], x.shape[2], -1).transpose(1, 2)
-            if self.training:
+            if self.training and self.pending is not None and not self.replaying:
+                self.pending.append((clean, codes, finite))  # applied with the step's other micro-batches
+            elif self.training and not self.replaying:
                 self._update_ema(clean, codes, finite)
                 self.reseeded = self._replace_dead_codes(clean, x.shape[0], draws)
             commit = (x32 - quantized).square().mean(dim=(1, 2))
@@ -218,14 +248,35 @@ class VectorQuantizer(nn.Module):
         """codes [B, F] -> [B, D, F]."""
         return self.codebook[codes].transpose(1, 2)
 
+    @property
+    def ready(self) -> bool:
+        """Whether the codebook has been initialised (read from the device once, then mirrored)."""
+        if not self._known_initialized:
+            self._known_initialized = bool(self.initialized)
+        return self._known_initialized
+
     @torch.no_grad()
-    def _init_codebook(self, flat: torch.Tensor, rows: int, draws: StepDraws) -> None:
-        # k-means over every rank's vectors: the same codebook on each, whatever their number
-        centroids, counts = kmeans(flat, self.codebook_size, self.kmeans_iters, rows, draws)
+    def initialize(self, flat: torch.Tensor, rows: int, draws: StepDraws) -> None:
+        """The codebook from k-means over every rank's vectors `flat` [rows*F, D] (clean): the same
+        codebook on each, whatever their number."""
+        centroids, counts = kmeans(flat, self.codebook_size, self.kmeans_iters, rows, draws, f"init/{self.name}")
         self.codebook.copy_(centroids)
         self.cluster_size.copy_(counts)
         self.embed_sum.copy_(centroids * counts[:, None])
         self.initialized.fill_(True)
+        self._known_initialized = True
+
+    @torch.no_grad()
+    def apply_pending(self, rows: int, draws: StepDraws) -> None:
+        """The held forwards' codebook update, as one forward over all their `rows` rows would have
+        made it (`draws`: the step's, for this rank's first row)."""
+        pending, self.pending = self.pending or [], None
+        if not pending:  # the level did not run this step (v1's per-batch dropout)
+            self.reseeded = 0
+            return
+        clean, codes, finite = (torch.cat(parts) for parts in zip(*pending))
+        self._update_ema(clean, codes, finite)
+        self.reseeded = self._replace_dead_codes(clean, rows, draws)
 
     @torch.no_grad()
     def _update_ema(self, flat: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor) -> None:
@@ -252,7 +303,7 @@ class VectorQuantizer(nn.Module):
         mean_use = self.cluster_size.sum() / self.codebook_size
         dead = self.cluster_size < self.dead_code_ratio * mean_use
         rows = rows or flat.shape[0]
-        fresh = sample_global(flat, self.reseed_per_step, rows, draws or StepDraws.local(rows))
+        fresh = sample_global(flat, self.reseed_per_step, rows, draws or StepDraws.local(rows), f"reseed/{self.name}")
         slot = torch.cumsum(dead, 0) - 1
         take = dead & (slot < self.reseed_per_step)
         chosen = fresh[slot.clamp(0, self.reseed_per_step - 1)]
@@ -270,6 +321,7 @@ class VectorQuantizer(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self._known_initialized = False  # read the loaded `initialized` once more
+        self.pending = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
@@ -291,20 +343,18 @@ class RVQOutput:
     """[B] how many levels each clip's sum holds (under per-sample dropout, fewer for some)."""
     n_quantizers: int
     """Levels that ran (fewer than all only under per-batch dropout or when asked)."""
-    reseeded: torch.Tensor | int = 0
-    """Dead codes re-seeded by this call, over all levels (a device tensor in training)."""
 
 
 class QuantizerLevel(nn.Module):
     """One residual level: optional 1x1 projection into codebook space, VQ, projection back."""
 
-    def __init__(self, latent_dim: int, codebook_dim: int, cfg: ModelConfig):
+    def __init__(self, latent_dim: int, codebook_dim: int, cfg: ModelConfig, name: str = "level0"):
         super().__init__()
         project = codebook_dim != latent_dim
         self.project_in = nn.Conv1d(latent_dim, codebook_dim, 1) if project else nn.Identity()
         self.project_out = nn.Conv1d(codebook_dim, latent_dim, 1) if project else nn.Identity()
         self.vq = VectorQuantizer(codebook_dim, cfg.codebook_size, cfg.ema_decay,
-                                  cfg.dead_code_ratio, cfg.kmeans_init, cfg.kmeans_iters)
+                                  cfg.dead_code_ratio, cfg.kmeans_init, cfg.kmeans_iters, name=name)
 
     def forward(self, residual: torch.Tensor, straight_through: bool,
                 draws: StepDraws | None = None) -> tuple[torch.Tensor, VQOutput]:
@@ -344,8 +394,8 @@ class ResidualVQ(nn.Module):
         self.per_sample = cfg.quantizer_dropout_per == "sample"
         self.chained = cfg.quantizer_gradient == "chained"
         codebook_dim = cfg.codebook_dim or cfg.latent_dim
-        self.levels = nn.ModuleList(QuantizerLevel(cfg.latent_dim, codebook_dim, cfg)
-                                    for _ in range(cfg.n_codebooks))
+        self.levels = nn.ModuleList(QuantizerLevel(cfg.latent_dim, codebook_dim, cfg, f"level{i}")
+                                    for i in range(cfg.n_codebooks))
         self.draws: StepDraws | None = None
         """The current training step's draws (train_step sets them before each forward); None: the
         batch is the whole global batch and draws come from torch's global generator."""
@@ -356,7 +406,7 @@ class ResidualVQ(nn.Module):
         draws = self.draws or StepDraws.local(z.shape[0])
         n_run, per_clip = self.levels_to_run(n_quantizers, z32, draws)
         quantized, residual = torch.zeros_like(z32), z32
-        codes, commits, reseeded = [], [], 0
+        codes, commits = [], []
         for i, level in enumerate(self.levels[:n_run]):
             level_q, out = level(residual, straight_through=self.chained, draws=draws)
             used = (per_clip > i).to(z32.dtype)  # [B]: the clips that decode this level
@@ -364,11 +414,52 @@ class ResidualVQ(nn.Module):
             residual = residual - (level_q if self.chained else level_q.detach())
             codes.append(out.codes)
             commits.append((out.commit_loss * used).mean())
-            reseeded += level.vq.reseeded if self.training else 0
         if not self.chained and z32.requires_grad:
             quantized = quantized + (z32 - z32.detach())  # straight through: identity to the latent
         commits = torch.stack(commits)
-        return RVQOutput(quantized, torch.stack(codes, 1), commits.mean(), commits, per_clip, n_run, reseeded)
+        return RVQOutput(quantized, torch.stack(codes, 1), commits.mean(), commits, per_clip, n_run)
+
+    @property
+    def ready(self) -> bool:
+        """Whether every level's codebook has been initialised."""
+        return all(level.vq.ready for level in self.levels)
+
+    @torch.no_grad()
+    def initialize(self, z: torch.Tensor, draws: StepDraws) -> None:
+        """Each level's codebook by k-means over the latents `z` [B, D, F] (all of this rank's
+        rows of the step), level by level on what the levels before left: what the first training
+        forward over these rows would do, done ahead when they pass the model in micro-batches."""
+        residual = z.float()
+        for level in self.levels:
+            clean, _ = clean_vectors(level.project_in(residual))
+            if not level.vq.ready:
+                level.vq.initialize(clean, z.shape[0], draws)
+            residual = residual - level.decode(level.vq.encode(level.project_in(residual)))
+
+    def start_step(self) -> None:
+        """Hold the codebook updates of the training forwards until finish_step: a step's rows
+        may then pass through in several micro-batches (each with `draws` shifted to its rows)."""
+        for level in self.levels:
+            level.vq.pending = []
+
+    def finish_step(self, rows: int, draws: StepDraws) -> torch.Tensor | int:
+        """Apply the held updates (this rank's `rows` rows, `draws` the step's); returns the number
+        of dead codes re-seeded over all levels."""
+        for level in self.levels:
+            level.vq.apply_pending(rows, draws)
+        return sum(level.vq.reseeded for level in self.levels)
+
+    @contextlib.contextmanager
+    def replaying(self):
+        """Training-mode forwards that neither update nor record: a micro-batch passed through
+        again (for the discriminator's step) after or before the one that counts."""
+        for level in self.levels:
+            level.vq.replaying = True
+        try:
+            yield
+        finally:
+            for level in self.levels:
+                level.vq.replaying = False
 
     def levels_to_run(self, requested: int | None, z: torch.Tensor,
                       draws: StepDraws) -> tuple[int, torch.Tensor]:
@@ -382,7 +473,7 @@ class ResidualVQ(nn.Module):
         full = torch.full((batch,), self.n_codebooks, device=z.device)
         if not self.training or self.dropout == 0:
             return self.n_codebooks, full
-        g, mine = draws.generator, draws.rows(batch)
+        g, mine = draws.generator("dropout"), draws.rows(batch)
         if self.per_sample:  # every level runs; a share of the clips decodes fewer
             dropped = (torch.rand(draws.total, generator=g) < self.dropout)[mine]
             drawn = torch.randint(1, self.n_codebooks + 1, (draws.total,), generator=g)[mine]
@@ -390,7 +481,7 @@ class ResidualVQ(nn.Module):
         chosen = torch.tensor([self.n_codebooks])
         if torch.rand((), generator=g) < self.dropout:
             chosen = torch.randint(1, self.n_codebooks + 1, (1,), generator=g)
-        if draws.generator is None:  # torch's own generator differs between ranks: rank 0's choice
+        if g is None:  # torch's own generator differs between ranks: rank 0's choice
             broadcast_from_rank0_(chosen := chosen.to(z.device))
         n = int(chosen.item())  # every rank must run the same levels (their EMA all-reduces)
         return n, torch.full((batch,), n, device=z.device)

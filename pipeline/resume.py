@@ -63,6 +63,7 @@ RESUME_RULES: dict[str, str] = {
     "train.grad_clip": FORCEABLE,
     "train.disc_grad_clip": FORCEABLE,
     "train.grad_accum": FORCEABLE,
+    "train.micro_batch": HARMLESS,  # the same step in one pass or several
     "train.mixed_precision": FORCEABLE,
     "train.seed": FORCEABLE,  # data order and crops from here on
     "train.log_every": HARMLESS,

@@ -310,36 +310,53 @@ def set_lr(state: State, cfg: Config) -> None:
 
 
 def train_step(state: State, batch: torch.Tensor, accel, cfg: Config) -> dict:
-    """One optimisation step on `batch` [B, 1, T]; returns its metrics: detached device tensors
-    (the loss terms, grad norm, re-seeded codes) and plain numbers. It reads one value back from the
-    device, whether the step was finite; everything else is read once per log_every (MetricWindow)."""
+    """One optimisation step on this rank's rows `batch` [B, 1, T]; returns its metrics: detached
+    device tensors (the loss terms, grad norm, re-seeded codes) and plain numbers. It reads one
+    value back from the device, whether the step was finite; everything else is read once per
+    log_every (MetricWindow).
+
+    Rows pass through the model in micro-batches of at most train.micro_batch (a worker of a shrunk
+    elastic run holds more rows than at full size): gradients accumulate, and the discriminator's
+    and the codebooks' updates are made once over all of them, so it is the step one pass makes."""
     set_lr(state, cfg)
-    model, metrics = state.model, {}
-    # Ranks may hold one row more than others (a global batch over any number of ranks): weighting
-    # each rank's mean by its rows makes DDP's average of gradients the global batch's mean.
-    share = batch.shape[0] * accel.num_processes / cfg.train.batch_size if accel.num_processes > 1 else 1.0
+    model, codec = state.model, accel.unwrap_model(state.model)
+    quantizer = codec.quantizer
     # The step's random draws over the global batch: the same choices on any number of ranks.
     offset, total = global_rows(accel, cfg, batch.shape[0])
-    quantizer = accel.unwrap_model(model).quantizer
-    quantizer.draws = StepDraws.for_step(cfg.train.seed, state.step, offset, total)
-    adv = state.disc is not None and adversarial_active(cfg.loss, state.step)
+    draws = StepDraws.for_step(cfg.train.seed, state.step, offset, total)
+    parts = micro_batches(batch.shape[0], micro_rows(cfg))
+    # Ranks may hold one row more than others (a global batch over any number of ranks): weighting
+    # each row by its share of the global batch makes DDP's average of gradients the global mean.
+    rows_weight = accel.num_processes / cfg.train.batch_size if accel.num_processes > 1 else 1 / batch.shape[0]
+
+    def forward(rows: slice):
+        quantizer.draws = draws.shifted(rows.start)
+        return model(batch[rows])
+
+    metrics, terms, finite = {}, {}, None
     with accel.accumulate(model), accel.autocast():
-        out = model(batch)
-        quantizer.draws = None  # this step's only: a later training-mode call outside train_step draws its own
+        if not quantizer.ready:  # k-means over all of this rank's rows before the first micro-batch
+            with torch.no_grad():
+                quantizer.initialize(torch.cat([codec.latents(batch[rows]) for rows in parts]), draws)
+        quantizer.start_step()
+        kept, adv = None, state.disc is not None and adversarial_active(cfg.loss, state.step)
         if adv:
-            d = discriminator_loss(state.disc, batch, out.audio, cfg.loss)
-            accel.backward(d.total * share)  # into empty grads: the last step left none (see below)
-            accel.clip_grad_norm_(state.disc.parameters(), cfg.train.disc_grad_clip)
-            state.opt_d.step()
-            state.opt_d.zero_grad(set_to_none=True)  # and the generator pass adds none
-            metrics.update({k: v.detach() for k, v in d.terms.items()})
+            kept, d_terms = discriminator_step(state, accel, cfg, batch, parts, forward, rows_weight)
+            metrics.update(d_terms)
         # The generator pass runs the bare discriminator, frozen: no gradient is computed for (or
         # all-reduced across) its weights only to be thrown away.
-        with frozen(accel.unwrap_model(state.disc) if adv else None) as disc:
-            g = generator_loss(out, batch, cfg, disc=disc, step=state.step)
-            accel.backward(g.total * share)
+        with frozen(unwrap(accel, state.disc) if adv else None) as disc:
+            for rows in parts:
+                with synced_if(accel, model, rows.stop == batch.shape[0]):
+                    out = kept if kept is not None else forward(rows)
+                    g = generator_loss(out, batch[rows], cfg, disc=disc, step=state.step)
+                    accel.backward(g.total * (rows.stop - rows.start) * rows_weight)
+                add_weighted(terms, {"total": g.total, **g.terms}, (rows.stop - rows.start) / batch.shape[0])
+                ok = torch.isfinite(g.total.detach())
+                finite = ok if finite is None else finite & ok
+        quantizer.draws = None  # this step's only: a later training-mode call outside train_step draws its own
+        reseeded = quantizer.finish_step(batch.shape[0], draws)
         grad_norm = accel.clip_grad_norm_(model.parameters(), cfg.train.grad_clip) if accel.sync_gradients else None
-        finite = torch.isfinite(g.total.detach())
         if grad_norm is not None:
             finite = finite & torch.isfinite(grad_norm)
         if bool(finite):  # the step's one host read
@@ -349,16 +366,62 @@ def train_step(state: State, batch: torch.Tensor, accel, cfg: Config) -> dict:
             state.nonfinite_in_row += 1
             state.nonfinite_total += 1
         state.opt_g.zero_grad(set_to_none=True)
-    metrics.update({f"loss/{k}": v.detach() for k, v in g.terms.items()})
-    metrics.update({"loss/total": g.total.detach(), "lr": state.opt_g.param_groups[0]["lr"],
+    metrics.update({f"loss/{k}": v for k, v in terms.items()})
+    metrics.update({"lr": state.opt_g.param_groups[0]["lr"],
                     # the global batch's mean square: the same at a step on any number of ranks
                     "data/mean_square": batch.detach().float().square().mean(),
                     "skipped": (~finite).float(), "n_quantizers": out.n_quantizers,
-                    "bitrate": out.bitrate,
-                    "vq/reseeded": sum(level.vq.reseeded for level in accel.unwrap_model(model).quantizer.levels)})
+                    "bitrate": out.bitrate, "vq/reseeded": reseeded})
     if grad_norm is not None:
         metrics["grad_norm"] = grad_norm.detach()
     return metrics
+
+
+def discriminator_step(state: State, accel, cfg: Config, batch: torch.Tensor, parts: list[slice],
+                       forward, rows_weight: float):
+    """The discriminator's update against the codec's output for the step's rows; returns (that
+    output when the step is one pass, for the generator pass to reuse; else None) and its metrics.
+    Over several micro-batches the codec runs here once more per micro-batch, without a graph and
+    without touching the codebooks (the generator pass makes their update)."""
+    kept, terms = None, {}
+    for rows in parts:
+        with synced_if(accel, state.disc, rows.stop == batch.shape[0]):
+            if len(parts) == 1:
+                kept = out = forward(rows)
+            else:
+                with torch.no_grad(), accel.unwrap_model(state.model).quantizer.replaying():
+                    out = forward(rows)
+            d = discriminator_loss(state.disc, batch[rows], out.audio, cfg.loss)
+            accel.backward(d.total * (rows.stop - rows.start) * rows_weight)  # into empty grads (below)
+        add_weighted(terms, d.terms, (rows.stop - rows.start) / batch.shape[0])
+    accel.clip_grad_norm_(state.disc.parameters(), cfg.train.disc_grad_clip)
+    state.opt_d.step()
+    state.opt_d.zero_grad(set_to_none=True)  # and the generator pass adds none
+    return kept, terms
+
+
+def micro_rows(cfg: Config) -> int:
+    """Most rows one pass through the model takes: train.micro_batch, or the rows a worker holds
+    at train.workers."""
+    return cfg.train.micro_batch or -(-cfg.train.batch_size // max(cfg.train.workers, 1))
+
+
+def micro_batches(rows: int, most: int) -> list[slice]:
+    """`rows` rows in as few contiguous micro-batches of at most `most` as can be, of even sizes."""
+    bounds = np.linspace(0, rows, -(-rows // most) + 1).round().astype(int)
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def synced_if(accel, model, last: bool):
+    """DDP all-reduces gradients in the last micro-batch's backward only."""
+    return contextlib.nullcontext() if last or model is None else accel.no_sync(model)
+
+
+def add_weighted(sums: dict, terms: dict, weight: float) -> None:
+    """sums[k] += weight x terms[k] (detached), for the step's micro-batches' metrics."""
+    for k, v in terms.items():
+        v = v.detach() * weight
+        sums[k] = sums[k] + v if k in sums else v
 
 
 @contextlib.contextmanager

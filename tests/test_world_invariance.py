@@ -85,3 +85,14 @@ def test_a_run_checkpointed_on_two_ranks_resumes_on_three_as_if_on_one(dataset, 
     run_on(3, [*args, "train.steps=6"])
     resized = losses(run)
     assert close(one_rank, resized, range(1, 7)), (one_rank, resized)
+
+
+@pytest.mark.slow
+def test_three_ranks_passing_uneven_micro_batches_log_the_losses_of_one(dataset, one_rank, tmp_path):
+    """Ranks holding 3/3/2 rows in micro-batches of 2 make 2/2/1 passes: DDP all-reduces once per
+    step all the same, and the step is the one-pass step."""
+    run = tmp_path / "micro"
+    run_on(3, [*BASE, f"data.url={dataset}", f"run.dir={run}", "train.steps=6", "train.micro_batch=2"])
+    micro = losses(run)
+    assert sorted(micro) == [1, 2, 3, 4, 5, 6]
+    assert close(one_rank, micro, range(1, 7)), (one_rank, micro)
