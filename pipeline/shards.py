@@ -487,8 +487,12 @@ def shard_mismatches(info: ShardInfo, chunks: Iterable[bytes]) -> list[str]:
     for chunk in chunks:
         digest.update(chunk)
         size += len(chunk)
+    return digest_mismatches(info, digest.hexdigest(), size)
+
+
+def digest_mismatches(info: ShardInfo, sha256: str, size: int) -> list[str]:
     problems = [f"size {size} != index {info.bytes}"] if size != info.bytes else []
-    if digest.hexdigest() != info.sha256:
+    if sha256 != info.sha256:
         problems.append("sha256 differs from the index")
     return problems
 
@@ -521,7 +525,15 @@ def _verify_shard(store: Store, info: ShardInfo, sample_rate: int) -> list[str]:
         data = store.get(info.name)
     except StoreError:
         return ["missing"]
-    problems = shard_mismatches(info, [data])
+    ranges = None
+    if info.sample_ranges is None:
+        problems = shard_mismatches(info, [data])
+    else:  # one pass hashes the shard and finds its sample ranges
+        try:
+            ranges, sha256, size = scan_sample_ranges(io.BytesIO(data))
+            problems = digest_mismatches(info, sha256, size)
+        except Exception:  # not a readable tar: the hash says so, and decoding below says why
+            problems = shard_mismatches(info, [data])
     count = 0
     try:
         for key, parts in iter_tar(io.BytesIO(data)):
@@ -535,6 +547,6 @@ def _verify_shard(store: Store, info: ShardInfo, sample_rate: int) -> list[str]:
         problems.append(f"unreadable ({type(e).__name__}: {e})")
     if count != info.samples and not problems:
         problems.append(f"{count} samples != index {info.samples}")
-    if info.sample_ranges is not None and not problems and scan_sample_ranges(io.BytesIO(data))[0] != info.sample_ranges:
+    if ranges is not None and not problems and ranges != info.sample_ranges:
         problems.append("sample byte ranges differ from the index (training would misread them)")
     return problems
