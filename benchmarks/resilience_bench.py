@@ -1,6 +1,8 @@
-"""What a failure costs: checkpoint time, work lost per preemption, and Ray worker scaling.
+"""What a failure costs: checkpoint time, work lost per preemption, Ray worker scaling, and what
+elastic training saves when a node is lost.
 
     .venv/bin/python benchmarks/resilience_bench.py [--repeats 3] [--skip-ray]
+    .venv/bin/python benchmarks/resilience_bench.py --only elastic [--return-after 30]
 
 (a) save and restore seconds of a full base-config checkpoint (model, optimizer after one step,
     train state, rank part) with `save_checkpoint` / `load_checkpoint`, to a local folder and to a
@@ -12,8 +14,18 @@
     last periodic checkpoint). Replayed steps are steps logged more than once in metrics.jsonl;
     "recovery" is the wall time from the last step logged before the interruption until training
     is past that step again;
-(c) per-rank steps/s and total samples/s with 1 vs 2 Ray workers at the same global batch.
-Ray runs use the TINY overrides of tests/run_fixtures.py, so the whole script takes minutes.
+(c) per-rank steps/s and total samples/s with 1 vs 2 Ray workers at the same global batch;
+(d) one node loss, elastic vs fixed size, side by side: on a fresh two-node Ray cluster per case
+    (ray.cluster_utils.Cluster, a head and a second node of 1 CPU each, as tests/test_elastic.py)
+    the same 2-worker run, once with train.min_workers=2 (fixed size: Ray waits for a replacement
+    of the same size) and once with train.min_workers=1 (elastic: it shrinks to 1 worker and grows
+    back, train.resize_check_s=2). At about step --lose-at the second node's raylet is killed with
+    no notice; a new 1-CPU node joins --return-after seconds later in both cases (spot capacity
+    coming back). Measured: wall time, worker-hours as the run's own cost ledger bills them
+    (RUN/ledger.jsonl), useful steps per ledger worker-hour, the 1-CPU node-hours that were up (what
+    a cloud bills, used or idle), steps replayed, metric lines logged while shrunk, and the resizes.
+Ray runs use the TINY overrides of tests/run_fixtures.py, so the whole script takes minutes;
+--only runs some sections (e.g. --only elastic).
 """
 
 from __future__ import annotations
@@ -47,7 +59,19 @@ from pipeline.train import (RankDuties, build_state, load_checkpoint, make_accel
 from run_fixtures import TINY, MotoS3, wait_for  # noqa: E402
 
 INTERRUPT_AT = 15
-"""Step after which the notice is raised or the worker killed."""
+"""Step after which the notice is raised or the worker killed (or, in (d), the node lost)."""
+
+ELASTIC_STEPS = 400
+"""(d)'s run length: long enough that the elastic run is still going when the node returns."""
+RETURN_AFTER = 90.0
+"""(d)'s outage: seconds from the node loss until a new node joins. Restarting a worker group takes
+20-60 s on a loaded 2-core machine; with a 30 s outage the node was back before Ray had started the
+smaller group, so the elastic run never ran shrunk (see BENCHMARKS.md)."""
+ELASTIC_BATCH = ["train.batch_size=16", "train.segment_seconds=0.5"]
+"""(d)'s global batch: TINY's own (2 x 0.1 s) is so small that gloo, not compute, sets the step
+time (measured: ~25 ms a step on 1 worker, ~50 ms on 2); at 16 x 0.5 s a step is ~0.17 s of compute
+on one core, so a lost worker should cost throughput as in real training (on a loaded 2-core
+machine 2 workers were still measured no faster than 1: see BENCHMARKS.md)."""
 
 
 # ------------------------------------------------------------------------------ (a) checkpoints
@@ -160,6 +184,112 @@ def scaling_run(dataset: str, run_dir: Path, workers: int, global_batch: int, se
             "audio_s_per_s": steps_per_s * batch * workers * segment, "wall_s": wall}
 
 
+# ------------------------------------------------------------------------------ (d) elastic vs fixed
+FAST_FAILURE_DETECTION = {"health_check_period_ms": 500, "health_check_failure_threshold": 3,
+                          "health_check_initial_delay_ms": 0}
+"""As tests/test_elastic.py: a dead node is noticed in ~1.5 s instead of ~15 s."""
+
+NODE_LOSS_CASES = {"fixed size (min_workers=2)": ["train.min_workers=2"],
+                   "elastic (min_workers=1)": ["train.min_workers=1", "train.resize_check_s=2"]}
+"""(d)'s two cases: the same run but for these overrides."""
+
+
+def node_loss_run(cfg, lose_at: int, return_after: float, timeout: float) -> dict:
+    """A fresh two-node cluster (head + one node, 1 CPU each, as tests/test_elastic.py), a 2-worker
+    run on it; once step `lose_at` is logged the second node's raylet is killed, and a new 1-CPU node
+    joins `return_after` seconds later (spot capacity coming back) unless the run has ended by then."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from jobs.ray_train import train_on_ray
+
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 1, "_system_config": FAST_FAILURE_DETECTION})
+    second = cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, log_to_driver=False)
+    seen: dict = {"error": None}
+    result: dict = {}
+    run_dir = Path(cfg.run.dir)
+    try:
+        def fit():
+            try:
+                result["r"] = train_on_ray(cfg)
+            except Exception as e:  # a failed fit is a result here, not the end of the benchmark
+                result["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+        thread = threading.Thread(target=fit, daemon=True)
+        start = time.time()
+        thread.start()
+        try:
+            wait_for(lambda: max((r["step"] for r in logged(run_dir)), default=0) >= lose_at or not thread.is_alive(),
+                     timeout=timeout)
+        except TimeoutError:
+            seen["error"] = f"step {lose_at} not reached in {timeout:g} s"
+        if thread.is_alive() and seen["error"] is None:
+            seen["lost_at"] = max(r["step"] for r in logged(run_dir))
+            seen["lost_time"] = time.time()
+            cluster.remove_node(second, allow_graceful=False)  # the spot node vanishes without notice
+            thread.join(timeout=return_after)
+            if thread.is_alive():
+                cluster.add_node(num_cpus=1)  # capacity returns
+                seen["returned_time"] = time.time()
+        thread.join(timeout=max(1.0, timeout - (time.time() - start)))
+        end = time.time()
+        if thread.is_alive():
+            seen["error"] = f"the run had not ended {timeout:g} s after its start"
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    r = result.get("r")
+    error = seen["error"] or result.get("error")
+    return {"wall_s": end - start, "status": r.status if r else "error", "final_step": r.step if r else None,
+            "error": error, **seen, **node_hours(seen, start, end), **elastic_accounting(run_dir),
+            **interruption(run_dir)}
+
+
+def node_hours(seen: dict, start: float, end: float) -> dict:
+    """1-CPU node-hours that were up during the run (what a cloud bills, used or idle): the head all
+    along, the second node until it was lost, the returned one from its return."""
+    lost, back = seen.get("lost_time", end), seen.get("returned_time", end)
+    return {"node_hours": ((end - start) + (lost - start) + (end - back)) / 3600}
+
+
+def elastic_accounting(run_dir: Path) -> dict:
+    """From the run's own logs: its ledger totals, its resizes, and the metric lines a shrunk group logged."""
+    run = RunDir(str(run_dir))
+    ledger = run.log("ledger.jsonl").read()
+    last = next((r for r in reversed(ledger) if "worker_hours" in r), {})
+    events = run.events.read()
+    resized = [e for e in events if e["event"] == "resized"]
+    # Every metric line logged while the group was smaller than train.workers (2), replayed ones included.
+    shrunk, small = 0, None
+    edges = [(e["time"], e["to"]) for e in resized]
+    for rec in logged(run_dir):
+        while edges and edges[0][0] <= rec["time"]:
+            small = edges.pop(0)[1] < 2
+        shrunk += bool(small)
+    restarts = [r for r in ledger if r["event"] == "restarted"]
+    return {"worker_hours": last.get("worker_hours"), "wasted_worker_hours": last.get("wasted_worker_hours"),
+            "restarts": last.get("restarts"), "gap_s": sum(r.get("gap_s", 0.0) for r in restarts),
+            "resizes": [(e["from"], e["to"], e["step"]) for e in resized], "shrunk_steps": shrunk,
+            "groups": sum(e["event"] in ("start", "resumed") for e in events)}
+
+
+def node_loss_runs(dataset: str, tmp: Path, steps: int, lose_at: int, return_after: float,
+                   timeout: float) -> dict[str, dict]:
+    """(d): the fixed-size and the elastic case, one after the other, each on its own fresh cluster."""
+    # Both configs first: the second case must not read a config file edited during the first.
+    cfgs = {name: ray_config(dataset, tmp / f"nodeloss{i}", *ELASTIC_BATCH, f"train.steps={steps}",
+                             "train.checkpoint_every=10", "train.max_failures=4", *more)
+            for i, (name, more) in enumerate(NODE_LOSS_CASES.items())}
+    rows = {}
+    for name, cfg in cfgs.items():
+        print(f"(d) {name}: {steps} steps, node lost at about step {lose_at}, back after {return_after:g} s",
+              flush=True)
+        rows[name] = node_loss_run(cfg, lose_at, return_after, timeout)
+    return rows
+
+
 # ------------------------------------------------------------------------------ report
 def machine_report() -> None:
     load = os.getloadavg()
@@ -216,6 +346,45 @@ def print_scaling(rows: list[dict], global_batch: int, segment: float, steps: in
               f"(ideal x2.00)")
 
 
+def print_node_loss(rows: dict[str, dict], steps: int, lose_at: int, return_after: float) -> None:
+    print(f"\n(d) one node lost at about step {lose_at} of a {steps}-step 2-worker TINY run ("
+          f"{', '.join(o.split('.', 1)[1] for o in ELASTIC_BATCH)}, checkpoint_every=10, max_failures=4), a new "
+          f"node back {return_after:g} s later; fresh 2-node cluster (1 CPU each) per case")
+    print(f"{'case':27} {'lost at':>7} {'resumed':>7} {'replayed':>8} {'shrunk':>6} {'groups':>6} {'wall s':>7} "
+          f"{'worker-h':>9} {'wasted':>8} {'steps/wh':>8} {'node-h up':>9} {'result':>14}  resizes")
+
+    def cell(v, fmt="d"):
+        return "-" if v is None else format(v, fmt)
+
+    for name, r in rows.items():
+        wh = r["worker_hours"]
+        per_wh = r["final_step"] / wh if wh and r["final_step"] else None
+        resizes = ", ".join(f"{a}->{b}@{s}" for a, b, s in r["resizes"]) or "none"
+        print(f"{name:27} {cell(r.get('lost_at')):>7} {cell(r['resumed_from']):>7} {r['replayed']:8d} "
+              f"{r['shrunk_steps']:6d} {r['groups']:6d} {r['wall_s']:7.1f} {cell(wh, '.5f'):>9} "
+              f"{cell(r['wasted_worker_hours'], '.5f'):>8} {cell(per_wh, '.0f'):>8} {r['node_hours']:9.5f} "
+              f"{r['status'] + ' @' + str(r['final_step']):>14}  {resizes}")
+        print(f"    ledger: {cell(r['restarts'])} restart(s), restart gaps billed {r['gap_s']:.1f} s; "
+              f"recovery {cell(r['recovery_s'], '.1f')} s (last step before the loss to the first beyond it)")
+        if r["error"]:
+            print(f"    problem: {r['error']}")
+    fixed, elastic = rows.values()
+    if fixed["worker_hours"] and elastic["worker_hours"]:
+        print(f"elastic / fixed: wall x{elastic['wall_s'] / fixed['wall_s']:.2f}, ledger worker-hours "
+              f"x{elastic['worker_hours'] / fixed['worker_hours']:.2f}, node-hours up "
+              f"x{elastic['node_hours'] / fixed['node_hours']:.2f}")
+    print("lost at: last step logged when the node was killed; resumed: checkpoint step the first new group "
+          "resumed from;\nreplayed: steps logged more than once; shrunk: metric lines logged while the "
+          "group had 1 worker (replayed ones included);\ngroups: worker groups that reached the training loop (start + resumed events);\nworker-h / wasted: the ledger's last totals "
+          "(workers x group wall time, restart gaps billed at the new group's size, capped at "
+          "cost.max_gap_minutes;\nwasted = replayed work + gaps); steps/wh: train.steps per ledger "
+          "worker-hour; node-h up: 1-CPU node-hours alive during the run\n(head all along, the lost node "
+          "until the loss, the new one from its return)")
+
+
+SECTIONS = ("checkpoints", "preemption", "scaling", "elastic")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3, help="checkpoint saves/restores per store")
@@ -223,34 +392,53 @@ def main() -> None:
     ap.add_argument("--scaling-steps", type=int, default=40)
     ap.add_argument("--global-batch", type=int, default=8)
     ap.add_argument("--segment", type=float, default=0.5, help="segment seconds of the scaling runs")
-    ap.add_argument("--skip-ray", action="store_true", help="checkpoint timings only")
+    ap.add_argument("--skip-ray", action="store_true", help="checkpoint timings only (as --only checkpoints)")
+    ap.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION",
+                    help=f"run only these sections: {', '.join(SECTIONS)} (a, b, c, d; default all)")
+    ap.add_argument("--elastic-steps", type=int, default=ELASTIC_STEPS, help="(d) steps of each run")
+    ap.add_argument("--lose-at", type=int, default=INTERRUPT_AT, help="(d) step after which the node is lost")
+    ap.add_argument("--return-after", type=float, default=RETURN_AFTER,
+                    help="(d) seconds from the node loss until a new node joins (both cases)")
+    ap.add_argument("--elastic-timeout", type=float, default=900.0, help="(d) seconds a run may take at most")
+    ap.add_argument("--keep", metavar="DIR", help="write the runs under DIR (kept) instead of a temporary folder")
     args = ap.parse_args()
+    sections = {"checkpoints"} if args.skip_ray else set(args.only or SECTIONS)
+    keep = Path(args.keep).absolute() if args.keep else None
+    if keep is not None and keep.exists() and any(keep.iterdir()):
+        ap.error(f"--keep {keep}: not empty (its runs would resume instead of starting afresh)")
     os.chdir(ROOT)  # config paths are relative to the repo
     machine_report()
     t_start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        ckpt_rows = {"local folder": checkpoint_times(str(tmp / "ckpt-local"), args.repeats)}
-        with MotoS3("bench"):
-            ckpt_rows["S3 (moto on 127.0.0.1)"] = checkpoint_times("s3://bench/ckpt", args.repeats)
-        print_checkpoints(ckpt_rows, args.repeats)
-        if args.skip_ray:
-            return
-        import ray
-
+        tmp = keep or Path(tmp)
+        if "checkpoints" in sections:
+            ckpt_rows = {"local folder": checkpoint_times(str(tmp / "ckpt-local"), args.repeats)}
+            with MotoS3("bench"):
+                ckpt_rows["S3 (moto on 127.0.0.1)"] = checkpoint_times("s3://bench/ckpt", args.repeats)
+            print_checkpoints(ckpt_rows, args.repeats)
         dataset = str(tmp / "ds")
-        make_dataset(dataset, [12, 12, 12, 12], sr=16000, seconds=0.6)
-        ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)  # as the tests, less the dashboard
-        try:
-            preempt_rows = {"spot notice (watcher on)": run_with_notice(dataset, tmp / "notice", args.steps),
-                            "SIGKILL, no notice": run_with_kill(dataset, tmp / "kill", args.steps)}
-            print_preemptions(preempt_rows)
-            skip = 5
-            scaling = [scaling_run(dataset, tmp / f"scale{w}", w, args.global_batch, args.segment,
-                                   args.scaling_steps, skip) for w in (1, 2)]
-            print_scaling(scaling, args.global_batch, args.segment, args.scaling_steps, skip)
-        finally:
-            ray.shutdown()
+        if sections - {"checkpoints"}:
+            make_dataset(dataset, [12, 12, 12, 12], sr=16000, seconds=0.6)
+        if sections & {"preemption", "scaling"}:
+            import ray
+
+            ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)  # as the tests, less the dashboard
+            try:
+                if "preemption" in sections:
+                    preempt_rows = {"spot notice (watcher on)": run_with_notice(dataset, tmp / "notice", args.steps),
+                                    "SIGKILL, no notice": run_with_kill(dataset, tmp / "kill", args.steps)}
+                    print_preemptions(preempt_rows)
+                if "scaling" in sections:
+                    skip = 5
+                    scaling = [scaling_run(dataset, tmp / f"scale{w}", w, args.global_batch, args.segment,
+                                           args.scaling_steps, skip) for w in (1, 2)]
+                    print_scaling(scaling, args.global_batch, args.segment, args.scaling_steps, skip)
+            finally:
+                ray.shutdown()
+        if "elastic" in sections:  # its own clusters, after the local Ray above is down
+            rows = node_loss_runs(dataset, tmp, args.elastic_steps, args.lose_at, args.return_after,
+                                  args.elastic_timeout)
+            print_node_loss(rows, args.elastic_steps, args.lose_at, args.return_after)
     print(f"\ntotal wall time {time.monotonic() - t_start:.0f} s")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -163,29 +164,133 @@ def fit_until_done(cfg: Config) -> TrainResult:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     storage_path, name = storage_for(cfg.run.dir)
     resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}
+    watch = CapacityWatch(cfg, resources)
     while True:
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={"cfg": to_dict(cfg), "keeper": credentials.keeper()},
             scaling_config=ScalingConfig(num_workers=worker_range(cfg), use_gpu=cfg.train.use_gpu,
                                          resources_per_worker=resources,
-                                         elastic_resize_monitor_interval_s=cfg.train.resize_check_s),
+                                         # Ray's own growing (a kill: the steps since the newest
+                                         # checkpoint are redone) is the fallback of CapacityWatch's
+                                         elastic_resize_monitor_interval_s=RAY_GROW_FALLBACK * cfg.train.resize_check_s),
             run_config=RunConfig(name=name, storage_path=storage_path,
                                  failure_config=FailureConfig(max_failures=cfg.train.max_failures),
                                  # Ray Train's own INFO lines; the per-report one needs
                                  # quiet_report_log() on the worker as well.
                                  logging_config=LoggingConfig(log_level="WARNING")),
         )
-        trainer.fit()
+        with watch:
+            trainer.fit()
         run = RunDir(cfg.run.dir)  # fresh: the workers wrote to the run's logs meanwhile
         status, step = final_status(run)
-        if status == "stopped" and step < cfg.train.steps:  # a preemption: cancelled and budget are final
-            print(f"run stopped on a preemption notice at step {step}: restarting the worker group", flush=True)
-            run.events.append({"event": "restarted", "step": step, "reason": "preemption"})
+        if status in RESTARTS and step < cfg.train.steps:  # cancelled and budget are final
+            print(f"run stopped at step {step} ({RESTARTS[status]}): restarting the worker group", flush=True)
+            run.events.append({"event": "restarted", "step": step, "reason": RESTARTS[status]})
             run.flush()
             time.sleep(1)
             continue
         return TrainResult(step, status)
+
+
+RESTARTS = {"stopped": "preemption", "regrow": "capacity returned"}
+"""Clean ends (pipeline.rundir.RUN_ENDS) after which the driver starts a new worker group, and why."""
+
+RAY_GROW_FALLBACK = 10
+"""Ray Train looks for room to grow every this many train.resize_check_s (CapacityWatch every one)."""
+
+
+class CapacityWatch:
+    """While a fit of a shrunk elastic run is under way, looks every train.resize_check_s for room
+    for one more worker on some node and then asks the run to grow (RunDir.request_grow): its
+    workers checkpoint at the next step and end, and fit_until_done starts a group as large as the
+    cluster allows from that step, so no step is redone. (Ray Train's own growing kills the group
+    and redoes the steps since the newest checkpoint; it stays as a slower fallback.) The room must
+    be there at two checks in a row (a node that has just joined is not yet usable by a new group:
+    measured, a restart then came back at the old size), and a request that brought no growth
+    doubles the interval, up to an hour."""
+
+    def __init__(self, cfg: Config, per_worker: dict[str, float], available=None):
+        self.cfg, self.per_worker = cfg, per_worker
+        self.available = available or available_per_node
+        """() -> each node's unreserved resources."""
+        self.run = RunDir(cfg.run.dir)
+        self.interval = cfg.train.resize_check_s
+        self.asked: tuple[int, int] | None = None
+        """(worker groups begun, the newest one's size) when the last grow request was made."""
+        self.room_seen = False
+        """Whether the last check found room."""
+        self.done = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> "CapacityWatch":
+        self.run.clear_grow_request()
+        if 0 < self.cfg.train.min_workers < self.cfg.train.workers:
+            self.done.clear()
+            self.thread = threading.Thread(target=self.watch, name="capacity-watch", daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+        self.run.clear_grow_request()
+
+    def watch(self) -> None:
+        while not self.done.wait(self.interval):
+            try:
+                self.check()
+            except Exception as error:  # a store or GCS hiccup: look again next time
+                print(f"capacity watch: {type(error).__name__}: {error}", flush=True)
+
+    def check(self) -> None:
+        groups = self.group_sizes()
+        if not groups:
+            return
+        if self.asked is not None:
+            begun, size = self.asked
+            if len(groups) == begun:
+                return  # the request is still being acted on
+            grew = groups[-1] > size
+            self.interval = self.cfg.train.resize_check_s if grew else min(2 * self.interval, 3600.0)
+            self.asked = None
+        if groups[-1] >= self.cfg.train.workers:
+            return
+        free = free_workers(self.available(), self.per_worker)
+        seen_before, self.room_seen = self.room_seen, free > 0
+        if free > 0 and seen_before:
+            print(f"room for {free} more worker(s): asking the run to checkpoint and grow", flush=True)
+            self.run.request_grow(free)
+            self.asked, self.room_seen = (len(groups), groups[-1]), False
+
+    def group_sizes(self) -> list[int]:
+        """The size of each worker group begun so far, from the run's cost ledger (rank 0 writes a
+        line as each begins)."""
+        from pipeline.cost import LEDGER
+
+        return [r["workers"] for r in RunDir(self.cfg.run.dir).log(LEDGER).read()
+                if r.get("event") in ("start", "restarted", "resumed") and r.get("workers")]
+
+
+def available_per_node() -> dict[str, dict[str, float]]:
+    """Each alive node's unreserved resources, leaving out nodes being drained (a spot node about to
+    go takes no new worker); the whole cluster as one node where Ray's per-node view is missing."""
+    import ray
+
+    try:  # a private module: other Ray versions may lack it
+        from ray._private.state import available_resources_per_node, state
+    except ImportError:
+        return {"cluster": ray.available_resources()}
+    draining = state.get_draining_nodes()
+    return {node: free for node, free in available_resources_per_node().items() if node not in draining}
+
+
+def free_workers(available: dict[str, dict[str, float]], per_worker: dict[str, float]) -> int:
+    """How many more workers, each needing `per_worker` on one node, the nodes' `available`
+    resources hold."""
+    needs = {k: v for k, v in per_worker.items() if v > 0}
+    return sum(int(min(node.get(k, 0.0) // v for k, v in needs.items())) for node in available.values())
 
 
 def worker_range(cfg: Config) -> int | tuple[int, int]:

@@ -375,7 +375,9 @@ class TrainConfig:
     passes them in micro-batches (train.micro_batch). 0: a fixed size of train.workers (a lost node
     waits for a replacement)."""
     resize_check_s: float = 60.0
-    """Elastic training: how often Ray looks for capacity to grow the worker group back."""
+    """Elastic training: how often the driver looks for room to grow a shrunk worker group back (it
+    then asks the run to checkpoint at its next step and restarts it larger; Ray Train's own check,
+    which redoes the steps since the newest checkpoint, runs every 10x this as a fallback)."""
     cpus_per_worker: int = 1
     """CPUs reserved per Ray worker (also torch's thread count there)."""
     max_failures: int = 3

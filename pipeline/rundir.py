@@ -78,6 +78,7 @@ class JsonlLog:
 
 
 CANCEL_REQUEST = "control/cancel.json"
+GROW_REQUEST = "control/grow.json"
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class RunEnd:
 RUN_ENDS = {end.status: end for end in (
     RunEnd("finished", "finished", for_good=True),
     RunEnd("stopped", "preempted", "stop requested: checkpoint at step {step} saved, exiting"),
+    RunEnd("regrow", "regrowing", "capacity returned: checkpoint at step {step} saved, restarting with more workers"),
     RunEnd("budget", "budget", "budget reached ({reason}): checkpoint at step {step} saved, exiting", for_good=True),
     RunEnd("cancelled", "cancelled", "run cancelled: checkpoint at step {step} saved, exiting", for_good=True),
     RunEnd("crashed", "crashed", in_events=False),
@@ -135,6 +137,18 @@ class RunDir:
 
     def cancel_requested(self) -> bool:
         return self.store.exists(CANCEL_REQUEST)
+
+    def request_grow(self, free_workers: int) -> None:
+        """Ask a shrunk elastic run's workers to checkpoint and end, so that the driver starts a
+        larger worker group from that step (they poll `grow_requested`)."""
+        self.store.put_text(GROW_REQUEST, json.dumps({"time": time.time(), "free_workers": free_workers}))
+
+    def grow_requested(self) -> bool:
+        return self.store.exists(GROW_REQUEST)
+
+    def clear_grow_request(self) -> None:
+        if self.store.exists(GROW_REQUEST):
+            self.store.delete(GROW_REQUEST)
 
     def clear_cancel_request(self) -> None:
         """A new driver starts: an old job's cancel request must not end it."""

@@ -78,9 +78,10 @@ class RankDuties:
     def warn(self, text: str, record: dict) -> None:
         """A warning (health, rollback): job log, events.jsonl, ledger and a W&B alert."""
 
-    def cancel_requested(self) -> bool:
-        """True when the run was asked to end for good (its job was stopped)."""
-        return False
+    def driver_requests(self) -> tuple[bool, bool]:
+        """(cancel, grow): whether the driver asked the run to end for good (its job was stopped),
+        and to restart a shrunk elastic run's worker group larger (capacity returned)."""
+        return False, False
 
     def over_budget(self, step: int) -> str | None:
         """Why the run must stop for good now (budget.*), else None."""
@@ -112,7 +113,7 @@ class MainProcessDuties(RankDuties):
         self.cfg, self.run, self.started = cfg, run, started
         self.workers, self.device = accel.num_processes, accel.device
         self.clips: list = []
-        self._next_cancel_check = 0.0
+        self._next_request_check = 0.0
         self.cost: CostTracker  # both made in begin
         self.tracker: Tracker
 
@@ -179,12 +180,13 @@ class MainProcessDuties(RankDuties):
         self.tracker.alert(f"{record['event']} at step {record['step']}",
                            record.get("problem") or record.get("message", ""))
 
-    def cancel_requested(self) -> bool:
-        """The driver's RunDir.request_cancel; one store lookup per preempt.poll_seconds."""
-        if time.monotonic() < self._next_cancel_check:
-            return False
-        self._next_cancel_check = time.monotonic() + self.cfg.preempt.poll_seconds
-        return self.run.cancel_requested()
+    def driver_requests(self) -> tuple[bool, bool]:
+        """The driver's RunDir.request_cancel and request_grow; store lookups once per
+        preempt.poll_seconds (a grow only while the group is below train.workers)."""
+        if time.monotonic() < self._next_request_check:
+            return False, False
+        self._next_request_check = time.monotonic() + self.cfg.preempt.poll_seconds
+        return self.run.cancel_requested(), self.workers < self.cfg.train.workers and self.run.grow_requested()
 
     def over_budget(self, step: int) -> str | None:
         return self.cost.over_budget(step)
@@ -679,10 +681,11 @@ def train_loop(state: State, accel, cfg: Config, ctx: RunContext, duties: RankDu
             if state.step % cfg.train.eval_every == 0 or done:
                 last_eval = duties.evaluate_and_report(unwrap(accel, state.model), state.step)
             over = duties.over_budget(state.step)
-            stop, cancel, budget, due = agree_each(
-                accel, ctx.stop_requested(), duties.cancel_requested(), over is not None,
+            cancel, grow = duties.driver_requests()
+            stop, cancel, grow, budget, due = agree_each(
+                accel, ctx.stop_requested(), cancel, grow, over is not None,
                 time.monotonic() - last_save > cfg.train.checkpoint_minutes * 60)
-            if done or stop or cancel or budget or due or state.step % cfg.train.checkpoint_every == 0:
+            if done or stop or cancel or grow or budget or due or state.step % cfg.train.checkpoint_every == 0:
                 save_checkpoint(state, accel, cfg, ckpts, duties, last_eval)
                 ctx.after_checkpoint(state.step, last_eval, ckpts)
                 last_save = time.monotonic()
@@ -691,8 +694,10 @@ def train_loop(state: State, accel, cfg: Config, ctx: RunContext, duties: RankDu
                 return end_loop(RUN_ENDS["budget"], state.step, duties, last_eval, reason=over)
             if cancel:  # for good too: the job was stopped
                 return end_loop(RUN_ENDS["cancelled"], state.step, duties, last_eval)
-            if stop:
+            if stop and not done:  # a notice at the last step: the run is finished all the same
                 return end_loop(RUN_ENDS["stopped"], state.step, duties, last_eval)
+            if grow and not done:  # the driver starts a larger group from this checkpoint: no step redone
+                return end_loop(RUN_ENDS["regrow"], state.step, duties, last_eval)
             if done:
                 break
         if not rolled_back and state.step >= cfg.train.steps:

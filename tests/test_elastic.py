@@ -2,13 +2,14 @@
 a head and a second node, one CPU each, so each hosts one training worker).
 
 The second node's raylet is killed mid-run, without notice: the run goes on with one worker, then
-grows back to two when a node returns. Every step reads the same samples as an uninterrupted
+grows back to two when a node returns (checkpointing first: no step redone). Every step reads the same samples as an uninterrupted
 two-worker run, and its losses are as close to that run's as float rounding allows: the global
 batch, its samples and every random draw do not depend on the number of workers
 (tests/test_world_invariance.py checks that without Ray).
 """
 
 import threading
+from collections import Counter
 
 import pytest
 
@@ -106,6 +107,17 @@ def test_a_lost_node_shrinks_the_run_and_a_returning_one_grows_it_with_the_same_
     assert len({round(v, 3) for v in ref.values()}) > 5  # it trained: the losses move
     ledger = RunDir(str(run)).log("ledger.jsonl").read()
     assert [(r["from"], r["to"]) for r in ledger if r["event"] == "resized"][:2] == [(2, 1), (1, 2)]
+    # Growing back redoes no step: the driver saw the room, the run checkpointed at the next step
+    # and a larger group started from there (a lost node, without notice, redoes the steps since
+    # the newest checkpoint: at most checkpoint_every - 1).
+    events = RunDir(str(run)).events.read()
+    regrown = next(e["step"] for e in events if e["event"] == "regrowing")
+    assert next(e for e in events if e["event"] == "resized" and e["to"] == 2)["step"] == regrown
+    assert any(e["event"] == "restarted" and e["step"] == regrown and e["reason"] == "capacity returned"
+               for e in events), events
+    logged = Counter(r["step"] for r in RunDir(str(run)).metrics.read() if "loss/total" in r)
+    replayed = sorted(step for step, times in logged.items() if times > 1)
+    assert len(replayed) <= 3 and all(step < regrown for step in replayed), (replayed, regrown)
 
 
 def drain_for_preemption(cluster, node, seconds: int = 120) -> None:
@@ -127,7 +139,7 @@ def test_a_preemption_notice_from_ray_checkpoints_and_shrinks_with_no_step_repla
     run = tmp_path / "drained"
     result = {}
     fit = threading.Thread(target=lambda: result.update(r=train_on_ray(config(
-        dataset, run, "train.steps=60", "train.checkpoint_every=1000", "train.min_workers=1",
+        dataset, run, "train.steps=200", "train.checkpoint_every=1000", "train.min_workers=1",
         "train.resize_check_s=2", "preempt.ray_notice_every=2"))))
     fit.start()
     metrics = RunDir(str(run)).metrics
@@ -135,12 +147,12 @@ def test_a_preemption_notice_from_ray_checkpoints_and_shrinks_with_no_step_repla
     drain_for_preemption(cluster, second)
     fit.join(timeout=600)
 
-    assert result["r"].status == "finished" and result["r"].step == 60
+    assert result["r"].status == "finished" and result["r"].step == 200
     events = [e for e in RunDir(str(run)).events.read() if e["event"] != "health"]
     kinds = [e["event"] for e in events]
     stopped = next(e for e in events if e["event"] == "preempted")
     assert kinds[kinds.index("preempted"):] == ["preempted", "restarted", "resumed", "resized", "finished"], kinds
     assert resizes(run) == [(2, 1)]  # the draining node takes no new worker
     logged = [r["step"] for r in metrics.read() if "loss/total" in r]
-    assert sorted(logged) == list(range(1, 61))  # each step once: the checkpoint was taken at the notice
+    assert sorted(logged) == list(range(1, 201))  # each step once: the checkpoint was taken at the notice
     assert stopped["step"] >= 6

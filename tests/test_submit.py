@@ -8,6 +8,7 @@ and a Ray Train worker group.
 import functools
 import json
 import os
+import re
 import secrets
 import shlex
 import signal
@@ -286,6 +287,25 @@ def values_in_package_store(head: str, values: tuple[str, ...]) -> list[str]:
         if any(n in m for m in members for n in needles):
             found.append(key.decode())
     return found
+
+
+@pytest.mark.slow
+def test_an_elastic_run_submitted_to_a_head_too_small_for_it_starts_smaller_and_finishes(head, dataset, tmp_path,
+                                                                                          capsys):
+    """train.workers=4 on a 3-CPU head: an elastic run (train.min_workers=2) starts with what fits
+    instead of waiting for a fourth CPU, and says so in `jobs status`."""
+    assert main(["submit", "--address", head, "--runs", str(tmp_path / "runs"), "--run", "elastic", "--no-forward",
+                 *TINY, f"data.url={dataset}", "train.workers=4", "train.min_workers=2", "train.batch_size=4", "train.steps=6",
+                 "train.resize_check_s=2", "tracking.enabled=false"]) == 0
+    job = job_id_of(capsys.readouterr().out)
+    wait_for(lambda: status_word(head, job, capsys) in ("SUCCEEDED", "FAILED", "STOPPED"))
+    assert main(["jobs", "status", job, "--address", head]) == 0
+    status = capsys.readouterr().out
+    assert status.splitlines()[0] == "SUCCEEDED", status
+    assert "run status:   finished" in status and "step:         6" in status
+    assert re.search(r"workers:\s+[23] now, 2-4 asked for", status), status
+    kinds = [e["event"] for e in RunDir(str(tmp_path / "runs" / "elastic")).events.read() if e["event"] != "health"]
+    assert kinds == ["start", "finished"], kinds  # no room to grow: no restart
 
 
 @pytest.mark.slow
