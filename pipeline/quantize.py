@@ -259,7 +259,8 @@ class VectorQuantizer(nn.Module):
     def initialize(self, flat: torch.Tensor, rows: int, draws: StepDraws) -> None:
         """The codebook from k-means over every rank's vectors `flat` [rows*F, D] (clean): the same
         codebook on each, whatever their number."""
-        centroids, counts = kmeans(flat, self.codebook_size, self.kmeans_iters, rows, draws, f"init/{self.name}")
+        with torch.autocast(flat.device.type, enabled=False):  # distances need fp32
+            centroids, counts = kmeans(flat, self.codebook_size, self.kmeans_iters, rows, draws, f"init/{self.name}")
         self.codebook.copy_(centroids)
         self.cluster_size.copy_(counts)
         self.embed_sum.copy_(centroids * counts[:, None])
@@ -431,7 +432,7 @@ class ResidualVQ(nn.Module):
         forward over these rows would do, done ahead when they pass the model in micro-batches."""
         residual = z.float()
         for level in self.levels:
-            clean, _ = clean_vectors(level.project_in(residual))
+            clean, _ = clean_vectors(level.project_in(residual).float())  # fp32, as in forward
             if not level.vq.ready:
                 level.vq.initialize(clean, z.shape[0], draws)
             residual = residual - level.decode(level.vq.encode(level.project_in(residual)))
