@@ -208,10 +208,11 @@ class MainProcessDuties(RankDuties):
             print(end.message.format(step=step, **fields), flush=True)
 
     def close(self, status: str, step: int) -> None:
-        """The final cost to W&B, close it (crashed: exit code 1; stopped: preempted), and the ledger's
-        last line (finished, preempted, budget, cancelled, crashed)."""
+        """The final cost to W&B, close it (crashed: exit code 1; stopped or regrow: preempted, the
+        run goes on in the next worker group), and the ledger's last line (finished, preempted,
+        regrowing, budget, cancelled, crashed)."""
         self.tracker.log(self.cost.metrics(step), step)
-        self.tracker.finish(exit_code=1 if status == "crashed" else 0, preempted=status == "stopped")
+        self.tracker.finish(exit_code=1 if status == "crashed" else 0, preempted=status in ("stopped", "regrow"))
         self.cost.close(RUN_ENDS[status].event, step)
 
 
