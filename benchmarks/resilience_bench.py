@@ -303,6 +303,11 @@ def machine_report() -> None:
         print("no GPU: everything below runs on CPU (it is all CPU work here anyway)")
 
 
+def cell(v, fmt="d") -> str:
+    """A table cell: `v` formatted, or - when missing."""
+    return "-" if v is None else format(v, fmt)
+
+
 def print_checkpoints(rows: dict[str, dict], repeats: int) -> None:
     some = next(iter(rows.values()))
     print(f"\n(a) base-config checkpoint, {some['mb']:.1f} MB in parts {', '.join(some['parts'])}; "
@@ -317,9 +322,6 @@ def print_preemptions(rows: dict[str, dict]) -> None:
           f"{INTERRUPT_AT}")
     print(f"{'case':26} {'hit at':>7} {'last step':>10} {'resumed':>8} {'replayed':>9} "
           f"{'recovery s':>11} {'run wall s':>11} {'result':>14}")
-    def cell(v, fmt="d"):
-        return "-" if v is None else format(v, fmt)
-
     for name, r in rows.items():
         print(f"{name:26} {cell(r['interrupted_at']):>7} {cell(r['last_before']):>10} "
               f"{cell(r['resumed_from']):>8} "
@@ -352,9 +354,6 @@ def print_node_loss(rows: dict[str, dict], steps: int, lose_at: int, return_afte
           f"node back {return_after:g} s later; fresh 2-node cluster (1 CPU each) per case")
     print(f"{'case':27} {'lost at':>7} {'resumed':>7} {'replayed':>8} {'shrunk':>6} {'groups':>6} {'wall s':>7} "
           f"{'worker-h':>9} {'wasted':>8} {'steps/wh':>8} {'node-h up':>9} {'result':>14}  resizes")
-
-    def cell(v, fmt="d"):
-        return "-" if v is None else format(v, fmt)
 
     for name, r in rows.items():
         wh = r["worker_hours"]

@@ -22,7 +22,7 @@ from pathlib import Path
 from jobs import credentials
 from jobs.submit import with_absolute_paths
 from pipeline.config import Config, from_dict, to_dict
-from pipeline.rundir import RunDir, cancel_on_sigterm
+from pipeline.rundir import RUN_ENDS, RunDir, cancel_on_sigterm
 from pipeline.store import is_remote
 from pipeline.train import RunContext, TrainResult
 
@@ -184,17 +184,15 @@ def fit_until_done(cfg: Config) -> TrainResult:
             trainer.fit()
         run = RunDir(cfg.run.dir)  # fresh: the workers wrote to the run's logs meanwhile
         status, step = final_status(run)
-        if status in RESTARTS and step < cfg.train.steps:  # cancelled and budget are final
-            print(f"run stopped at step {step} ({RESTARTS[status]}): restarting the worker group", flush=True)
-            run.events.append({"event": "restarted", "step": step, "reason": RESTARTS[status]})
+        reason = RUN_ENDS[status].restart_reason
+        if reason and step < cfg.train.steps:  # cancelled and budget are final
+            print(f"run stopped at step {step} ({reason}): restarting the worker group", flush=True)
+            run.events.append({"event": "restarted", "step": step, "reason": reason})
             run.flush()
             time.sleep(1)
             continue
         return TrainResult(step, status)
 
-
-RESTARTS = {"stopped": "preemption", "regrow": "capacity returned"}
-"""Clean ends (pipeline.rundir.RUN_ENDS) after which the driver starts a new worker group, and why."""
 
 RAY_GROW_FALLBACK = 10
 """Ray Train looks for room to grow every this many train.resize_check_s (CapacityWatch every one)."""
@@ -269,7 +267,7 @@ class CapacityWatch:
         line as each begins)."""
         from pipeline.cost import LEDGER
 
-        return [r["workers"] for r in RunDir(self.cfg.run.dir).log(LEDGER).read()
+        return [r["workers"] for r in self.run.log(LEDGER).read()
                 if r.get("event") in ("start", "restarted", "resumed") and r.get("workers")]
 
 

@@ -432,10 +432,10 @@ class ResidualVQ(nn.Module):
         forward over these rows would do, done ahead when they pass the model in micro-batches."""
         residual = z.float()
         for level in self.levels:
-            clean, _ = clean_vectors(level.project_in(residual).float())  # fp32, as in forward
+            projected = level.project_in(residual)
             if not level.vq.ready:
-                level.vq.initialize(clean, z.shape[0], draws)
-            residual = residual - level.decode(level.vq.encode(level.project_in(residual)))
+                level.vq.initialize(clean_vectors(projected.float())[0], z.shape[0], draws)  # fp32, as in forward
+            residual = residual - level.decode(level.vq.encode(projected))
 
     def start_step(self) -> None:
         """Hold the codebook updates of the training forwards until finish_step: a step's rows

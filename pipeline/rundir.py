@@ -95,12 +95,16 @@ class RunEnd:
     """Written to events.jsonl; a crash is only the ledger's last line."""
     for_good: bool = False
     """The run chose to end: a later worker group resumes it (no gap billed), not a restart."""
+    restart_reason: str = ""
+    """Why the driver starts a new worker group after this end at once (empty: it does not)."""
 
 
 RUN_ENDS = {end.status: end for end in (
     RunEnd("finished", "finished", for_good=True),
-    RunEnd("stopped", "preempted", "stop requested: checkpoint at step {step} saved, exiting"),
-    RunEnd("regrow", "regrowing", "capacity returned: checkpoint at step {step} saved, restarting with more workers"),
+    RunEnd("stopped", "preempted", "stop requested: checkpoint at step {step} saved, exiting",
+           restart_reason="preemption"),
+    RunEnd("regrow", "regrowing", "capacity returned: checkpoint at step {step} saved, restarting with more workers",
+           restart_reason="capacity returned"),
     RunEnd("budget", "budget", "budget reached ({reason}): checkpoint at step {step} saved, exiting", for_good=True),
     RunEnd("cancelled", "cancelled", "run cancelled: checkpoint at step {step} saved, exiting", for_good=True),
     RunEnd("crashed", "crashed", in_events=False),

@@ -212,7 +212,7 @@ class MainProcessDuties(RankDuties):
         run goes on in the next worker group), and the ledger's last line (finished, preempted,
         regrowing, budget, cancelled, crashed)."""
         self.tracker.log(self.cost.metrics(step), step)
-        self.tracker.finish(exit_code=1 if status == "crashed" else 0, preempted=status in ("stopped", "regrow"))
+        self.tracker.finish(exit_code=1 if status == "crashed" else 0, preempted=bool(RUN_ENDS[status].restart_reason))
         self.cost.close(RUN_ENDS[status].event, step)
 
 
