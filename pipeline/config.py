@@ -329,7 +329,8 @@ class TrainConfig:
     """Most rows a worker passes through the model at once: a worker holding more accumulates
     gradients over micro-batches (the discriminator's and the codebooks' updates too), which makes
     the same step as one pass would. 0: the rows a worker holds at train.workers, so an elastic run
-    that shrinks keeps each worker's memory at the full size's instead of giving it more rows."""
+    that shrinks keeps each worker's memory at the full size's instead of giving it more rows, and
+    (on CPU, same threads) a run shrunk from 2 workers to 1 takes the 2-worker steps bit for bit."""
     mixed_precision: str = "auto"
     """auto (bf16 on GPU, fp32 on CPU), no, bf16 or fp16."""
     seed: int = 0

@@ -130,24 +130,30 @@ def sample_vectors(vectors: torch.Tensor, n: int) -> torch.Tensor:
     return vectors[index]
 
 
-def kmeans(vectors: torch.Tensor, k: int, iters: int, rows: int | None = None,
+def kmeans(vectors: torch.Tensor | list[torch.Tensor], k: int, iters: int, rows: int | None = None,
            draws: StepDraws | None = None, purpose: str = "init") -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means from sampled rows: [N, D] -> (centroids [K, D], counts [K]).
+    """Lloyd's k-means from sampled rows: [N, D] (or its micro-batches' parts, in order) ->
+    (centroids [K, D], counts [K]).
 
     With iters=0 the centroids are the sampled vectors; an empty cluster keeps its old centroid.
     Under torch.distributed it runs over all ranks' vectors (`vectors` holds `rows` of the global
     batch that `draws` places): start vectors drawn from the global batch, statistics summed.
     """
+    parts = vectors if isinstance(vectors, list) else [vectors]
+    flat = torch.cat(parts) if len(parts) > 1 else parts[0]
     if draws is None:
-        centroids = sample_vectors(vectors, k)
+        centroids = sample_vectors(flat, k)
     else:
-        centroids = sample_global(vectors, k, rows, draws, purpose)
+        centroids = sample_global(flat, k, rows, draws, purpose)
+
+    def stats(centroids):
+        return summed_stats([(p, nearest_code(p, centroids), None) for p in parts], k)
     for _ in range(iters):
-        counts, sums = cluster_stats(vectors, nearest_code(vectors, centroids), k)
+        counts, sums = stats(centroids)
         all_reduce_sum_(counts)
         all_reduce_sum_(sums)
         centroids = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centroids)
-    counts, _ = cluster_stats(vectors, nearest_code(vectors, centroids), k)
+    counts, _ = stats(centroids)
     return centroids, all_reduce_sum_(counts)
 
 
@@ -162,6 +168,20 @@ def cluster_stats(vectors: torch.Tensor, codes: torch.Tensor, k: int,
         vectors = vectors * weight[:, None]
     counts = vectors.new_zeros(k).index_add_(0, codes, weight)
     sums = vectors.new_zeros(k, vectors.shape[1]).index_add_(0, codes, vectors)
+    return counts, sums
+
+
+def summed_stats(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+                 k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cluster_stats of each (vectors, codes, weight) part, added part by part in order.
+
+    The parts are the micro-batches one rank ran; their sums are added as the all-reduce adds
+    ranks', so a rank that runs two ranks' rows as two micro-batches gets those two ranks'
+    statistics bit for bit (one sum over all the rows would round otherwise)."""
+    counts, sums = cluster_stats(*parts[0][:2], k, weight=parts[0][2])
+    for vectors, codes, weight in parts[1:]:
+        more_counts, more_sums = cluster_stats(vectors, codes, k, weight=weight)
+        counts, sums = counts + more_counts, sums + more_sums
     return counts, sums
 
 
@@ -234,7 +254,7 @@ class VectorQuantizer(nn.Module):
             if self.training and self.pending is not None and not self.replaying:
                 self.pending.append((clean, codes, finite))  # applied with the step's other micro-batches
             elif self.training and not self.replaying:
-                self._update_ema(clean, codes, finite)
+                self._update_ema([(clean, codes, finite)])
                 self.reseeded = self._replace_dead_codes(clean, x.shape[0], draws)
             commit = (x32 - quantized).square().mean(dim=(1, 2))
         return VQOutput(quantized, codes.view(x.shape[0], x.shape[2]), commit)
@@ -256,10 +276,10 @@ class VectorQuantizer(nn.Module):
         return self._known_initialized
 
     @torch.no_grad()
-    def initialize(self, flat: torch.Tensor, rows: int, draws: StepDraws) -> None:
-        """The codebook from k-means over every rank's vectors `flat` [rows*F, D] (clean): the same
-        codebook on each, whatever their number."""
-        with torch.autocast(flat.device.type, enabled=False):  # distances need fp32
+    def initialize(self, flat: torch.Tensor | list[torch.Tensor], rows: int, draws: StepDraws) -> None:
+        """The codebook from k-means over every rank's vectors `flat` [rows*F, D] (clean; or this
+        rank's micro-batches' parts of them, in order): the same codebook on each, whatever their number."""
+        with torch.autocast(self.codebook.device.type, enabled=False):  # distances need fp32
             centroids, counts = kmeans(flat, self.codebook_size, self.kmeans_iters, rows, draws, f"init/{self.name}")
         self.codebook.copy_(centroids)
         self.cluster_size.copy_(counts)
@@ -275,13 +295,13 @@ class VectorQuantizer(nn.Module):
         if not pending:  # the level did not run this step (v1's per-batch dropout)
             self.reseeded = 0
             return
-        clean, codes, finite = (torch.cat(parts) for parts in zip(*pending))
-        self._update_ema(clean, codes, finite)
-        self.reseeded = self._replace_dead_codes(clean, rows, draws)
+        self._update_ema(pending)
+        self.reseeded = self._replace_dead_codes(torch.cat([clean for clean, _, _ in pending]), rows, draws)
 
     @torch.no_grad()
-    def _update_ema(self, flat: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor) -> None:
-        counts, sums = cluster_stats(flat, codes, self.codebook_size, weight=valid)
+    def _update_ema(self, parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+        """The EMA update from `parts`, each (vectors, codes, valid rows) of one forward (summed_stats)."""
+        counts, sums = summed_stats(parts, self.codebook_size)
         all_reduce_sum_(counts)
         all_reduce_sum_(sums)
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
@@ -426,16 +446,17 @@ class ResidualVQ(nn.Module):
         return all(level.vq.ready for level in self.levels)
 
     @torch.no_grad()
-    def initialize(self, z: torch.Tensor, draws: StepDraws) -> None:
-        """Each level's codebook by k-means over the latents `z` [B, D, F] (all of this rank's
-        rows of the step), level by level on what the levels before left: what the first training
-        forward over these rows would do, done ahead when they pass the model in micro-batches."""
-        residual = z.float()
+    def initialize(self, latents: list[torch.Tensor], draws: StepDraws) -> None:
+        """Each level's codebook by k-means over the latents [B, D, F] of this rank's micro-batches
+        (all its rows of the step, in order), level by level on what the levels before left: what
+        the first training forward over these rows would do, done ahead of the micro-batches."""
+        residuals = [z.float() for z in latents]
+        rows = sum(z.shape[0] for z in latents)
         for level in self.levels:
-            projected = level.project_in(residual)
-            if not level.vq.ready:
-                level.vq.initialize(clean_vectors(projected.float())[0], z.shape[0], draws)  # fp32, as in forward
-            residual = residual - level.decode(level.vq.encode(projected))
+            projected = [level.project_in(r) for r in residuals]
+            if not level.vq.ready:  # fp32, as in forward
+                level.vq.initialize([clean_vectors(p.float())[0] for p in projected], rows, draws)
+            residuals = [r - level.decode(level.vq.encode(p)) for r, p in zip(residuals, projected)]
 
     def start_step(self) -> None:
         """Hold the codebook updates of the training forwards until finish_step: a step's rows

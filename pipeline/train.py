@@ -256,9 +256,16 @@ def make_accelerator(cfg: Config):
     # ~8 MB of codebooks from rank 0 every forward. Only v1's per-batch quantizer dropout leaves
     # weights without a gradient (the skipped levels' projections).
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=unused_parameters(cfg))
-    return Accelerator(mixed_precision=precision, cpu=not cfg.train.use_gpu,
-                       gradient_accumulation_steps=cfg.train.grad_accum, kwargs_handlers=[ddp],
-                       dataloader_config=DataLoaderConfiguration(dispatch_batches=False, split_batches=False))
+    # Accelerate sets torch's threads to the machine's cores / ranks on it when OMP_NUM_THREADS is
+    # unset, which can raise a count set lower on purpose (a Ray worker's train.cpus_per_worker, a
+    # test's 1): keep the smaller. The thread count also decides how CPU kernels split their sums,
+    # so a worker that takes over another's rows computes them bit for bit only with the same count.
+    threads = torch.get_num_threads()
+    accel = Accelerator(mixed_precision=precision, cpu=not cfg.train.use_gpu,
+                        gradient_accumulation_steps=cfg.train.grad_accum, kwargs_handlers=[ddp],
+                        dataloader_config=DataLoaderConfiguration(dispatch_batches=False, split_batches=False))
+    torch.set_num_threads(min(threads, torch.get_num_threads()))
+    return accel
 
 
 def unused_parameters(cfg: Config) -> bool:
@@ -340,7 +347,7 @@ def train_step(state: State, batch: torch.Tensor, accel, cfg: Config) -> dict:
     with accel.accumulate(model), accel.autocast():
         if not quantizer.ready:  # k-means over all of this rank's rows before the first micro-batch
             with torch.no_grad():
-                quantizer.initialize(torch.cat([codec.latents(batch[rows]) for rows in parts]), draws)
+                quantizer.initialize([codec.latents(batch[rows]) for rows in parts], draws)
         quantizer.start_step()
         kept, adv = None, state.disc is not None and adversarial_active(cfg.loss, state.step)
         if adv:

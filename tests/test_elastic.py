@@ -2,10 +2,11 @@
 a head and a second node, one CPU each, so each hosts one training worker).
 
 The second node's raylet is killed mid-run, without notice: the run goes on with one worker, then
-grows back to two when a node returns (checkpointing first: no step redone). Every step reads the same samples as an uninterrupted
-two-worker run, and its losses are as close to that run's as float rounding allows: the global
-batch, its samples and every random draw do not depend on the number of workers
-(tests/test_world_invariance.py checks that without Ray).
+grows back to two when a node returns (checkpointing first: no step redone). Every step reads the
+same samples as an uninterrupted two-worker run and logs its losses: the global batch, its samples
+and every random draw do not depend on the number of workers, and one worker runs the two workers'
+rows as two micro-batches whose gradients and codebook statistics add up as the all-reduce adds
+the two workers' (tests/test_world_invariance.py checks that without Ray).
 """
 
 import threading
@@ -66,23 +67,17 @@ def largest_gap(a: dict, b: dict) -> float:
 
 
 def test_a_lost_node_shrinks_the_run_and_a_returning_one_grows_it_with_the_same_losses(two_nodes, dataset, tmp_path):
-    """The same samples at every step, exactly; the same losses up to float rounding.
-
-    1 and 2 workers compute in another order (~1e-7 apart at the first step), and training
-    amplifies that: once a code assignment flips the runs drift apart (measured 1e-3 after 10
-    steps, ~25% after 160, between fixed 1- and 2-worker runs). So the losses must agree to 1e-5
-    up to the first step on the new size, taken from the same weights, and after that drift no
-    further from the 2-worker run than a fixed 1-worker run does."""
+    """The same samples and the same losses (within 1e-3 relative) at every step as an
+    uninterrupted two-worker run, through a shrink to one worker and a grow back to two."""
     cluster, second = two_nodes
-    steps, low_lr = "train.steps=160", "train.lr=2e-5"  # enough steps on 1 worker for Ray to see the node return
-    reference, control = tmp_path / "ref", tmp_path / "one"
-    assert train_on_ray(config(dataset, reference, steps, low_lr)).status == "finished"
-    assert train_on_ray(config(dataset, control, steps, low_lr, "train.workers=1")).status == "finished"
+    steps = "train.steps=160"  # enough steps on 1 worker for Ray to see the node return
+    reference = tmp_path / "ref"
+    assert train_on_ray(config(dataset, reference, steps)).status == "finished"
 
     run = tmp_path / "elastic"
     result = {}
     fit = threading.Thread(target=lambda: result.update(r=train_on_ray(config(
-        dataset, run, steps, low_lr, "train.min_workers=1", "train.resize_check_s=2", "train.max_failures=4"))))
+        dataset, run, steps, "train.min_workers=1", "train.resize_check_s=2", "train.max_failures=4"))))
     fit.start()
     metrics = RunDir(str(run)).metrics
     wait_for(lambda: max([r["step"] for r in metrics.read()], default=0) >= 6, timeout=300)
@@ -99,11 +94,8 @@ def test_a_lost_node_shrinks_the_run_and_a_returning_one_grows_it_with_the_same_
     assert sorted(got) == sorted(ref) == list(range(1, 161))
     assert all(abs(got[s] - ref[s]) <= 1e-6 * ref[s] for s in ref), (ref, got)
     ref, got = losses_by_step(reference), losses_by_step(run)
-    shrunk_from = next(e["step"] for e in RunDir(str(run)).events.read() if e["event"] == "resized")
-    exact = range(1, shrunk_from + 2)  # the 2-worker steps, and the first on 1 worker from their weights
-    assert largest_gap({s: ref[s] for s in exact}, got) < 1e-5
-    rounding = largest_gap(ref, losses_by_step(control))
-    assert largest_gap(ref, got) <= max(1e-3, 2 * rounding), rounding
+    print(f"largest relative loss gap to the uninterrupted run: {largest_gap(ref, got):.1e}")
+    assert largest_gap(ref, got) < 1e-3
     assert len({round(v, 3) for v in ref.values()}) > 5  # it trained: the losses move
     ledger = RunDir(str(run)).log("ledger.jsonl").read()
     assert [(r["from"], r["to"]) for r in ledger if r["event"] == "resized"][:2] == [(2, 1), (1, 2)]
@@ -136,11 +128,13 @@ def drain_for_preemption(cluster, node, seconds: int = 120) -> None:
 
 def test_a_preemption_notice_from_ray_checkpoints_and_shrinks_with_no_step_replayed(two_nodes, dataset, tmp_path):
     cluster, second = two_nodes
+    settings = ["train.steps=200", "train.checkpoint_every=1000", "preempt.ray_notice_every=2"]
+    reference = tmp_path / "ref"
+    assert train_on_ray(config(dataset, reference, *settings)).status == "finished"
     run = tmp_path / "drained"
     result = {}
     fit = threading.Thread(target=lambda: result.update(r=train_on_ray(config(
-        dataset, run, "train.steps=200", "train.checkpoint_every=1000", "train.min_workers=1",
-        "train.resize_check_s=2", "preempt.ray_notice_every=2"))))
+        dataset, run, *settings, "train.min_workers=1", "train.resize_check_s=2"))))
     fit.start()
     metrics = RunDir(str(run)).metrics
     wait_for(lambda: max([r["step"] for r in metrics.read()], default=0) >= 6, timeout=300)
@@ -156,3 +150,8 @@ def test_a_preemption_notice_from_ray_checkpoints_and_shrinks_with_no_step_repla
     logged = [r["step"] for r in metrics.read() if "loss/total" in r]
     assert sorted(logged) == list(range(1, 201))  # each step once: the checkpoint was taken at the notice
     assert stopped["step"] >= 6
+    # and the steps are the uninterrupted run's: its samples and its losses
+    ref, got = by_step(reference, "data/mean_square"), by_step(run, "data/mean_square")
+    assert all(abs(got[s] - ref[s]) <= 1e-6 * ref[s] for s in ref), (ref, got)
+    print(f"largest relative loss gap to the uninterrupted run: {largest_gap(losses_by_step(reference), losses_by_step(run)):.1e}")
+    assert largest_gap(losses_by_step(reference), losses_by_step(run)) < 1e-3

@@ -13,7 +13,7 @@ import torch
 import torch.multiprocessing as mp
 
 from pipeline.config import ModelConfig
-from pipeline.quantize import ResidualVQ, VectorQuantizer
+from pipeline.quantize import ResidualVQ, VectorQuantizer, cluster_stats, kmeans, summed_stats
 
 TINY = ModelConfig(channels=4, latent_dim=16, codebook_size=16, n_codebooks=4)
 
@@ -136,7 +136,7 @@ def test_a_reseeded_code_is_not_reseeded_again_at_the_next_steps():
     assert vq._replace_dead_codes(torch.randn(64, 4)) == 1
     for _ in range(5):  # steps in which nothing picks code 3
         flat = torch.randn(64, 4)
-        vq._update_ema(flat, torch.randint(0, 3, (64,)), torch.ones(64, dtype=torch.bool))
+        vq._update_ema([(flat, torch.randint(0, 3, (64,)), torch.ones(64, dtype=torch.bool))])
         code_3 = vq.codebook[3].clone()
         vq._replace_dead_codes(flat)
         assert torch.equal(vq.codebook[3], code_3)
@@ -241,3 +241,23 @@ def test_non_finite_batch_leaves_the_codebook_finite():
     assert torch.isfinite(vq.codebook).all() and torch.isfinite(vq.embed_sum).all()
     assert torch.isfinite(vq.cluster_size).all()
     assert not torch.equal(before, vq.codebook)  # the finite rows still updated it
+
+
+def test_micro_batches_statistics_add_as_the_all_reduce_adds_ranks():
+    """A rank that runs two ranks' rows as two micro-batches must get those ranks' all-reduced
+    codebook statistics bit for bit: each part summed on its own, then the parts added (one sum
+    over all the rows rounds otherwise, and the runs drift apart from there)."""
+    torch.manual_seed(0)
+    parts = [(torch.randn(400, 8) * 10 ** torch.randn(400, 1), torch.randint(0, 4, (400,)), None) for _ in range(2)]
+    (c0, s0), (c1, s1) = (cluster_stats(v, c, 4) for v, c, _ in parts)
+    counts, sums = summed_stats(parts, 4)
+    assert torch.equal(counts, c0 + c1) and torch.equal(sums, s0 + s1)
+    _, one_pass = cluster_stats(torch.cat([parts[0][0], parts[1][0]]), torch.cat([parts[0][1], parts[1][1]]), 4)
+    assert not torch.equal(one_pass, s0 + s1)  # what the old one-pass sum gave: another rounding
+    # k-means over the parts gives the same codebook as over their concatenation, up to rounding
+    flat = torch.cat([parts[0][0], parts[1][0]])
+    torch.manual_seed(1)
+    a, _ = kmeans([parts[0][0], parts[1][0]], 4, 3)
+    torch.manual_seed(1)
+    b, _ = kmeans(flat, 4, 3)
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)

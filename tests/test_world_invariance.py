@@ -5,7 +5,8 @@ not Ray: each rank runs `pipeline.train.train` with RANK/WORLD_SIZE in its envir
 global batch of 8, 3 ranks hold 3, 3 and 2 rows: the uneven case. Every random choice of a step
 (quantizer dropout, k-means start vectors, re-seeded dead codes) is drawn over the global batch and
 the logged losses are the global batch's, so 1 and 3 ranks must log the same losses, and a run
-checkpointed on 2 ranks must resume on 3 exactly where it would have gone on 1.
+checkpointed on 2 ranks must resume on 3 exactly where it would have gone on 1. One rank that runs
+two ranks' rows as two micro-batches takes their steps bit for bit.
 """
 
 import json
@@ -96,3 +97,17 @@ def test_three_ranks_passing_uneven_micro_batches_log_the_losses_of_one(dataset,
     micro = losses(run)
     assert sorted(micro) == [1, 2, 3, 4, 5, 6]
     assert close(one_rank, micro, range(1, 7)), (one_rank, micro)
+
+
+@pytest.mark.slow
+def test_one_rank_running_two_ranks_rows_as_micro_batches_takes_their_steps_bit_for_bit(dataset, tmp_path):
+    """What a shrunk elastic run does (2 workers -> 1): its gradients are the two micro-batches'
+    added as the all-reduce adds the two ranks', and so are its codebook statistics (k-means at
+    init, EMA), with the same thread count: every logged loss of 20 steps equal, not just close."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    args = [*BASE, f"data.url={dataset}", "train.steps=20"]
+    run_on(2, [*args, f"run.dir={two}"])
+    run_on(1, [*args, f"run.dir={one}", "train.micro_batch=4"])
+    assert sorted(losses(one)) == list(range(1, 21))
+    assert losses(one) == losses(two)
+    assert len(set(losses(one).values())) > 10  # it trained: the losses move
