@@ -101,15 +101,18 @@ def test_a_lost_node_shrinks_the_run_and_a_returning_one_grows_it_with_the_same_
     assert [(r["from"], r["to"]) for r in ledger if r["event"] == "resized"][:2] == [(2, 1), (1, 2)]
     # Growing back redoes no step: the driver saw the room, the run checkpointed at the next step
     # and a larger group started from there (a lost node, without notice, redoes the steps since
-    # the newest checkpoint: at most checkpoint_every - 1).
+    # the newest checkpoint: at most checkpoint_every - 1). On a loaded machine a node that has just
+    # joined may not take the new group's worker yet (seen in CI): that group starts at the old
+    # size and the watch asks again later; each attempt restarts from its own step.
     events = RunDir(str(run)).events.read()
-    regrown = next(e["step"] for e in events if e["event"] == "regrowing")
-    assert next(e for e in events if e["event"] == "resized" and e["to"] == 2)["step"] == regrown
-    assert any(e["event"] == "restarted" and e["step"] == regrown and e["reason"] == "capacity returned"
-               for e in events), events
+    regrows = [e["step"] for e in events if e["event"] == "regrowing"]
+    assert next(e for e in events if e["event"] == "resized" and e["to"] == 2)["step"] in regrows, events
+    for step in regrows:
+        assert any(e["event"] == "restarted" and e["step"] == step and e["reason"] == "capacity returned"
+                   for e in events), (step, events)
     logged = Counter(r["step"] for r in RunDir(str(run)).metrics.read() if "loss/total" in r)
     replayed = sorted(step for step, times in logged.items() if times > 1)
-    assert len(replayed) <= 3 and all(step < regrown for step in replayed), (replayed, regrown)
+    assert len(replayed) <= 3 and all(step < regrows[0] for step in replayed), (replayed, regrows)
 
 
 def drain_for_preemption(cluster, node, seconds: int = 120) -> None:
