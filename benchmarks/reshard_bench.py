@@ -1,6 +1,6 @@
 """Reshard throughput against its ceiling (a raw copy of the same bytes), measured side by side in one run.
 
-    .venv/bin/python benchmarks/reshard_bench.py [--mb 80] [--repeats 2]
+    .venv/bin/python benchmarks/reshard_bench.py [--mb 80] [--repeats 2] [--sync]
 
 Builds a source dataset of about `--mb` megabytes of FLAC (speech-like tones in noise, 16 kHz, 8 s
 samples, 48 per shard), then measures MB/s and audio seconds per wall second for
@@ -13,9 +13,10 @@ samples, 48 per shard), then measures MB/s and audio seconds per wall second for
   4. both again with `--shuffle` (spilled to local disk, written in shuffled order);
 each local folder -> local folder and S3 -> S3 (moto on 127.0.0.1, started here), best of
 `--repeats` (the runs take turns, so a busy spell on a shared machine hits them alike), and prints
-the ratios to the ceiling of the same stores, and what one sha256 pass over the source costs here:
-a re-pack hashes every byte twice (the source against its index, the destination for its index),
-which a raw copy does not.
+the ratios to the ceiling of the same stores, the CPU seconds each run took (all threads), and what
+one sha256 pass over the source costs here: a re-pack hashes every byte twice (the source against
+its index, the destination for its index), which a raw copy does not, so on a machine whose page
+cache copies faster than it hashes the two hash passes alone outweigh a raw copy's whole CPU time.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import hashlib
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -84,15 +86,28 @@ def repack(src: str, dst: str, **opts) -> Callable[[int], object]:
     return lambda i: reshard(src, f"{dst}{i}", ReshardOptions(**opts), progress=False)
 
 
-def best_of(repeats: int, runs: dict[str, Callable[[int], object]]) -> dict[str, float]:
-    """Best wall seconds of each run; the runs take turns, repeat by repeat."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
+def best_of(repeats: int, runs: dict[str, Callable[[int], object]], durable: bool = False
+            ) -> dict[str, tuple[float, float]]:
+    """(wall seconds, CPU seconds of this process) of each run's fastest repeat; the runs take
+    turns, repeat by repeat. `durable`: every run starts with no dirty pages and its time includes
+    writing its output to disk (os.sync), so the kernel's write-back of one run does not slow the next."""
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     for i in range(repeats):
         for name, fn in runs.items():
-            t = time.perf_counter()
+            if durable:
+                os.sync()
+            t, cpu = time.perf_counter(), cpu_seconds()
             fn(i)
-            times[name].append(time.perf_counter() - t)
+            if durable:
+                os.sync()
+            times[name].append((time.perf_counter() - t, cpu_seconds() - cpu))
     return {name: min(t) for name, t in times.items()}
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far, all threads (moto's server included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def sha256_seconds(store: Store, index: DatasetIndex) -> float:
@@ -109,6 +124,8 @@ def main() -> None:
     ap.add_argument("--mb", type=float, default=80.0, help="source size in megabytes of FLAC")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--io-threads", type=int, default=8)
+    ap.add_argument("--sync", action="store_true",
+                    help="time each run until its output is on disk (os.sync), from a clean page cache")
     args = ap.parse_args()
     shape = dict(shard_mb=20, ranks=2, io_threads=args.io_threads)
     rows = []
@@ -132,18 +149,20 @@ def main() -> None:
                 "re-pack, parsed": repack(f"{src}-parsed", f"{dst}-parsed", **shape),
                 "shuffle, ranges": repack(src, f"{dst}-shuffle-ranges", shuffle=True, seed=1, **shape),
                 "shuffle, parsed": repack(f"{src}-parsed", f"{dst}-shuffle-parsed", shuffle=True, seed=1,
-                                          **shape)})
-            rows += [(label, run, wall, best["raw copy (ceiling)"]) for run, wall in best.items()]
+                                          **shape)}, durable=args.sync)
+            rows += [(label, run, timing, best["raw copy (ceiling)"]) for run, timing in best.items()]
         out = load_index(f"{tmp}/dst-ranges0")
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"python {platform.python_version()}; io threads: {args.io_threads}; best of {args.repeats}")
+          f"python {platform.python_version()}; io threads: {args.io_threads}; best of {args.repeats}"
+          + ("; timed until on disk (--sync)" if args.sync else ""))
     print(f"source: {mb:.1f} MB FLAC, {audio_s / 3600:.2f} h, {totals['samples']} samples in "
           f"{totals['shards']} shards (built in {build_s:.0f} s) -> re-pack: {len(out.shards)} shards; "
           f"one sha256 pass over it: {hash_s:.2f} s")
-    print(f"{'stores':16} {'run':20} {'wall s':>8} {'MB/s':>8} {'audio s/s':>10} {'ratio':>6}")
-    for label, run, wall, ceiling in rows:
-        print(f"{label:16} {run:20} {wall:8.2f} {mb / wall:8.1f} {audio_s / wall:10.0f} {ceiling / wall:6.2f}")
+    print(f"{'stores':16} {'run':20} {'wall s':>8} {'CPU s':>6} {'MB/s':>8} {'audio s/s':>10} {'ratio':>6}")
+    for label, run, (wall, cpu), (ceiling, _) in rows:
+        print(f"{label:16} {run:20} {wall:8.2f} {cpu:6.2f} {mb / wall:8.1f} {audio_s / wall:10.0f} "
+              f"{ceiling / wall:6.2f}")
 
 
 if __name__ == "__main__":

@@ -15,14 +15,14 @@ samples as byte ranges; an index written before those ranges existed is upgraded
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import re
 import tarfile
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
@@ -264,7 +264,7 @@ def _ranges_from_json(ranges, samples: int, size: int, where: str) -> list[Sampl
 
 
 def _shard_json(info: ShardInfo) -> dict:
-    data = asdict(info)
+    data = {f.name: getattr(info, f.name) for f in fields(ShardInfo)}  # asdict would deep-copy the ranges
     if info.sample_ranges is None:
         del data["sample_ranges"]
     else:
@@ -272,6 +272,7 @@ def _shard_json(info: ShardInfo) -> dict:
     return data
 
 
+@functools.cache
 def package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -304,7 +305,8 @@ def index_sha256(store: Store) -> str:
 
 
 class ShardWriter:
-    """Builds one tar in a temporary file, then puts it to the store whole.
+    """Builds one tar in place (Store.stage: in its folder for a local store, else in a temporary file)
+    and makes it appear in the store whole on close.
 
         with ShardWriter(store, "train", 0) as w:
             w.add(encoded); ...
@@ -313,7 +315,8 @@ class ShardWriter:
 
     def __init__(self, store: Store, split: str, n: int):
         self.store, self.split, self.name = store, split, shard_name(split, n)
-        self.tmp = tempfile.TemporaryFile()
+        self.staged = store.stage(self.name)
+        self.tmp = HashingWriter(self.staged.file)
         self.tar = tarfile.open(fileobj=self.tmp, mode="w", format=tarfile.USTAR_FORMAT, copybufsize=1 << 20)
         self.samples, self.seconds, self.keys = 0, 0.0, []
         self.ranges: list[SampleRange] = []
@@ -353,20 +356,14 @@ class ShardWriter:
     def close(self) -> ShardInfo:
         """Finish the tar and put it to the store; returns its ShardInfo."""
         self.tar.close()
-        size = self.tmp.tell()
-        self.tmp.seek(0)
-        digest = hashlib.sha256()
-        while chunk := self.tmp.read(1 << 20):
-            digest.update(chunk)
-        self.tmp.seek(0)
-        self.store.put_fileobj(self.name, self.tmp)
-        self.tmp.close()
+        size, digest = self.tmp.tell(), self.tmp.digest
+        self.staged.commit()
         self.info = ShardInfo(self.name, self.split, self.samples, round(self.seconds, 6), size,
                               digest.hexdigest(), self.ranges)
         return self.info
 
     def abort(self) -> None:
-        self.tmp.close()
+        self.staged.discard()
 
     def __enter__(self):
         return self
@@ -376,6 +373,20 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
+
+
+class HashingWriter:
+    """A file being written, its sha256 kept up as the bytes go through (no second pass over them)."""
+
+    def __init__(self, file):
+        self.file, self.digest = file, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.file.write(data)
+
+    def tell(self) -> int:
+        return self.file.tell()
 
 
 def _padded(size: int) -> int:

@@ -7,13 +7,16 @@ S3 goes through boto3, so the endpoint and credentials come from the standard AW
 profiles (AWS_ENDPOINT_URL points it at MinIO, R2, GCS interop or a local test server). Requests
 retry with backoff on throttling, 5xx and dropped connections; a streaming read that drops mid-body
 resumes with a ranged GET. Local writes go to a temporary name and are renamed into place, so a
-reader never sees half an object; S3 puts are atomic by nature.
+reader never sees half an object; S3 puts are atomic by nature. A large object can be written in
+place (`store.stage(key)`: a local one is written straight into its folder, unnamed until it is
+committed, so nothing is copied twice and a killed writer leaves nothing behind).
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import mmap
 import os
 import shutil
 import tempfile
@@ -83,6 +86,10 @@ class Store:
         """Upload from a readable binary file object positioned at the start."""
         raise NotImplementedError
 
+    def stage(self, key: str) -> "Staged":
+        """A file to write object `key` into; it appears whole under `key` on `commit()`, never before."""
+        return Staged(self, key)
+
     def delete(self, key: str) -> None:
         raise NotImplementedError
 
@@ -92,6 +99,45 @@ class Store:
         for item in items:
             self.delete(item.key)
         return len(items)
+
+
+class Staged:
+    """An object being written: its bytes go to `file` (readable too); `commit()` puts them under
+    the key whole, `discard()` drops them. This one spools to a local temporary file and uploads it
+    on commit; LocalStore's writes in place.
+
+        with store.stage("train-000000.tar") as staged:   # committed if the block ends without error
+            staged.file.write(data)
+    """
+
+    def __init__(self, store: Store, key: str):
+        self.store, self.key = store, key
+        self.file: BinaryIO = tempfile.TemporaryFile()
+
+    def commit(self) -> None:
+        self.file.seek(0)
+        self.store.put_fileobj(self.key, self.file)
+        self.file.close()
+
+    def discard(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> "Staged":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def mapped(f: BinaryIO) -> memoryview:
+    """The whole of local file `f`, mapped read-only: no copy; the mapping lasts while a view of it does."""
+    f.flush()
+    if os.fstat(f.fileno()).st_size == 0:
+        return memoryview(b"")  # an empty file cannot be mapped
+    return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
 
 
 def contained(key: str, root: str) -> str:
@@ -122,20 +168,6 @@ def open_store(url: str | Path) -> Store:
 
 def is_remote(url: str) -> bool:
     return urlparse(str(url)).scheme == "s3"
-
-
-def current_umask() -> int:
-    """This process's umask, read without changing it (os.umask can only set it, and setting it
-    for a moment would race with other threads creating files)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)  # no /proc (macOS): the swap, once
-    os.umask(mask)
-    return mask
 
 
 class LocalStore(Store):
@@ -171,33 +203,15 @@ class LocalStore(Store):
             return f.read(length)
 
     def put(self, key: str, data: bytes) -> None:
-        with self._atomic(key) as tmp:
-            tmp.write_bytes(data)
+        with self.stage(key) as staged:
+            staged.file.write(data)
 
     def put_fileobj(self, key: str, fileobj: BinaryIO) -> None:
-        with self._atomic(key) as tmp, open(tmp, "wb") as out:
-            shutil.copyfileobj(fileobj, out, 1 << 20)
+        with self.stage(key) as staged:
+            shutil.copyfileobj(fileobj, staged.file, 1 << 20)
 
-    def _atomic(self, key: str):
-        store = self
-
-        class _Atomic:
-            def __enter__(self):
-                final = store._path(key)
-                final.parent.mkdir(parents=True, exist_ok=True)
-                fd, name = tempfile.mkstemp(prefix=f".{final.name}{_TMP_MARK}", dir=final.parent)
-                os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a team's disk wants 0644
-                os.close(fd)
-                self.tmp, self.final = Path(name), final
-                return self.tmp
-
-            def __exit__(self, exc_type, *_):
-                if exc_type is None:
-                    os.replace(self.tmp, self.final)
-                else:
-                    self.tmp.unlink(missing_ok=True)
-
-        return _Atomic()
+    def stage(self, key: str) -> Staged:
+        return _LocalStaged(self, key)
 
     def delete(self, key: str) -> None:
         path = self._path(key)
@@ -206,6 +220,63 @@ class LocalStore(Store):
             if parent == self.root or not parent.is_relative_to(self.root) or any(parent.iterdir()):
                 break
             parent.rmdir()
+
+
+class _LocalStaged(Staged):
+    """A local object written in place: an unnamed file in the object's folder (O_TMPFILE), given a
+    hidden temporary name and renamed over the key on commit; where the file system cannot make
+    unnamed files, a hidden temporary name from the start (left behind only if the writer is
+    killed). Files are created 0666 less the umask, as any other program's are."""
+
+    def __init__(self, store: LocalStore, key: str):
+        self.store, self.key = store, key
+        self.final = store._path(key)
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp: Path | None = None
+        try:
+            fd = os.open(self.final.parent, os.O_TMPFILE | os.O_RDWR, 0o666)
+        except (AttributeError, OSError):  # not Linux, or NFS and the like
+            fd, self.tmp = hidden_file(self.final)
+        self.file = os.fdopen(fd, "w+b")
+
+    def commit(self) -> None:
+        self.file.flush()
+        if self.tmp is None:
+            self.tmp = self.named()
+        self.file.close()
+        os.replace(self.tmp, self.final)
+
+    def named(self) -> Path:
+        """The unnamed file linked under a hidden temporary name (linkat through /proc, the documented
+        way to name an O_TMPFILE), or copied out to one where there is no /proc."""
+        folder = os.open(self.final.parent, os.O_RDONLY)
+        try:
+            name = self.final.with_name(f".{self.final.name}{_TMP_MARK}{os.urandom(6).hex()}")
+            os.link(f"/proc/self/fd/{self.file.fileno()}", name.name, dst_dir_fd=folder)
+            return name
+        except OSError:
+            fd, name = hidden_file(self.final)
+            with os.fdopen(fd, "wb") as out:
+                self.file.seek(0)
+                shutil.copyfileobj(self.file, out, 1 << 20)
+            return name
+        finally:
+            os.close(folder)
+
+    def discard(self) -> None:
+        self.file.close()
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
+
+
+def hidden_file(final: Path) -> tuple[int, Path]:
+    """A new file beside `final`, under a hidden temporary name that listings skip: (fd, path)."""
+    while True:
+        name = final.with_name(f".{final.name}{_TMP_MARK}{os.urandom(6).hex()}")
+        try:
+            return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), name
+        except FileExistsError:
+            continue
 
 
 class S3Store(Store):

@@ -62,11 +62,37 @@ def test_local_put_is_atomic_no_temp_left(tmp_path):
     store = open_store(f"file://{tmp_path}/s")
     store.put("x/y.bin", b"1")
     with pytest.raises(RuntimeError):
-        with store._atomic("x/z.bin") as tmp:
-            tmp.write_bytes(b"half")
+        with store.stage("x/z.bin") as staged:
+            staged.file.write(b"half")
             raise RuntimeError("crash while writing")
     assert [o.key for o in store.list()] == ["x/y.bin"]
     assert sorted(p.name for p in (tmp_path / "s" / "x").iterdir()) == ["y.bin"]
+
+
+def test_a_killed_local_writer_leaves_nothing_and_a_commit_replaces_whole(tmp_path):
+    """A shard written in place (Store.stage) is invisible until committed, even to `ls`, and a
+    writer killed half way leaves no file behind."""
+    import signal
+    import subprocess
+    import sys
+
+    store = open_store(str(tmp_path / "s"))
+    store.put("x/a.tar", b"old")
+    code = ("import os, sys, time; from pipeline.store import open_store\n"
+            f"staged = open_store({str(tmp_path / 's')!r}).stage('x/a.tar')\n"
+            "staged.file.write(b'half' * 100000); staged.file.flush(); print('written', flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "written"
+    assert sorted(p.name for p in (tmp_path / "s" / "x").iterdir()) == ["a.tar"]  # nothing named yet
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert sorted(p.name for p in (tmp_path / "s" / "x").iterdir()) == ["a.tar"]
+    assert store.get("x/a.tar") == b"old"
+    with store.stage("x/a.tar") as staged:
+        staged.file.write(b"new" * 1000)
+        assert store.get("x/a.tar") == b"old"
+    assert store.get("x/a.tar") == b"new" * 1000
+    assert sorted(p.name for p in (tmp_path / "s" / "x").iterdir()) == ["a.tar"]
 
 
 def test_bad_urls():

@@ -20,14 +20,15 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 
 from data_prep.reshard.plan import ReshardError, SplitPlan, keys_digest
 from pipeline.shards import EncodedSample, SampleRange, ShardInfo, ShardWriter, shard_mismatches
-from pipeline.store import LocalStore, Store, iter_chunks
+from pipeline.store import LocalStore, Store, iter_chunks, mapped
 
 
 def fetch_shard(store: Store, info: ShardInfo, tmp_dir: str | None) -> BinaryIO:
     """Source shard `info` as a local file at offset 0, checked against the index's size and sha256."""
     if isinstance(store, LocalStore):
         f = store.open(info.name)
-        mismatches = shard_mismatches(info, iter_chunks(f))
+        with mapped(f) as view:
+            mismatches = shard_mismatches(info, [view])
     else:
         f = tempfile.TemporaryFile(dir=tmp_dir)
         with store.open(info.name) as src:
@@ -52,32 +53,45 @@ class RawSample:
     """A source sample as its tar bytes (`source.start..source.end`, member headers included): a plain
     re-pack writes these again as they are, so nothing is parsed or rebuilt."""
     key: str
-    data: bytes
+    data: bytes | memoryview
     source: SampleRange
     seconds: float
 
 
 def ranged_samples(f: BinaryIO, info: ShardInfo, sample_rate: int) -> Iterator[RawSample]:
-    """The samples of fetched source shard `info` (checked, at offset 0), read through the index's
-    sample ranges; the key comes from the .flac member's header, the seconds from the range's frames."""
+    """The samples of fetched source shard `info` (checked), as views of the index's sample ranges in
+    the mapped file (nothing copied); the key comes from the .flac member's header, the seconds from
+    the range's frames."""
+    view = mapped(f)
     for source in info.sample_ranges:
-        f.seek(source.start)
-        data = f.read(source.end - source.start)
+        data = view[source.start:source.end]
         if len(data) != source.end - source.start:
             raise ReshardError(f"{info.name}: sample range {source.start}..{source.end} runs past the shard "
                                "(index.json sample_ranges are wrong)")
         yield RawSample(range_key(data, info.name, source.start), data, source, source.frames / sample_rate)
 
 
-def range_key(data: bytes, name: str, start: int) -> str:
-    """The key named by the tar header a sample range starts with (its .flac member)."""
+def range_key(data: bytes | memoryview, name: str, start: int) -> str:
+    """The key named by the tar header a sample range starts with (its .flac member): the ustar
+    header's name (and prefix) fields, its type a regular file and its checksum right, read without
+    building a TarInfo (this runs once per sample on the router thread)."""
+    header = bytes(data[:tarfile.BLOCKSIZE])
+    if (len(header) == tarfile.BLOCKSIZE and header[257:262] == b"ustar" and header[156:157] in (b"0", b"\0")
+            and header_checksum_ok(header)):
+        member = "/".join(field.split(b"\0", 1)[0].decode(tarfile.ENCODING, "surrogateescape")
+                          for field in (header[345:500], header[:100]) if field[:1] != b"\0")
+        if member.endswith(".flac"):
+            return member.partition(".")[0]
+    raise ReshardError(f"{name}: no .flac member header at byte {start} (index.json sample_ranges are wrong)")
+
+
+def header_checksum_ok(header: bytes) -> bool:
+    """Whether a tar header's checksum field (octal) matches its bytes, the field read as spaces."""
     try:
-        member = tarfile.TarInfo.frombuf(data[:tarfile.BLOCKSIZE], tarfile.ENCODING, "surrogateescape")
-    except tarfile.HeaderError:
-        member = None
-    if member is None or not member.isfile() or not member.name.endswith(".flac"):
-        raise ReshardError(f"{name}: no .flac member header at byte {start} (index.json sample_ranges are wrong)")
-    return member.name.partition(".")[0]
+        stored = int(header[148:156].strip(b" \0") or b"0", 8)
+    except ValueError:
+        return False
+    return stored == sum(header[:148]) + 8 * 32 + sum(header[156:])
 
 
 class Spill:
@@ -122,7 +136,10 @@ class Spill:
 
 class DestShard:
     """One destination shard being filled: straight into its tar when items come in position order,
-    else into the wave's spill, and then into the tar in position order once the last item is in."""
+    else into the wave's spill, and then into the tar in position order once the last item is in.
+    Byte ranges in order are only held (views of the mapped source shards) until `finish`, which
+    writes them in an upload thread: the shards of a wave are written side by side, not by the
+    router thread one after another."""
 
     def __init__(self, store: Store, plan: SplitPlan, j: int, spill: Spill | None):
         self.store, self.split, self.j, self.spill = store, plan.split, j, spill
@@ -130,6 +147,8 @@ class DestShard:
         self.received, self.digest = 0, 0
         self.writer = ShardWriter(store, plan.split, j) if spill is None else None
         self.slots: list[tuple | None] = [] if spill is None else [None] * self.count
+        self.held: list[RawSample] = []
+        """Byte ranges added in order and not yet written."""
 
     @property
     def complete(self) -> bool:
@@ -140,7 +159,11 @@ class DestShard:
         if self.spill is None:
             if slot != self.received:
                 raise ReshardError(f"{self.split} shard {self.j}: item {slot} came out of order")
-            self.write(sample)
+            if isinstance(sample, RawSample):
+                self.held.append(sample)
+            else:
+                self.write_held()
+                self.write(sample)
         else:
             if self.slots[slot] is not None:
                 raise ReshardError(f"{self.split} shard {self.j}: position {position} filled twice")
@@ -155,15 +178,22 @@ class DestShard:
         else:
             self.writer.add(sample)
 
+    def write_held(self) -> None:
+        for sample in self.held:
+            self.write(sample)
+        self.held = []
+
     def finish(self) -> ShardInfo:
-        """Write the tar (from the spill, in position order) and put it to the store."""
+        """Write the tar (the held ranges, or the spill in position order) and put it to the store."""
         if self.spill is not None:
             self.writer = ShardWriter(self.store, self.split, self.j)
             for slot in self.slots:
                 self.write(self.spill.take(slot))
+        self.write_held()
         return self.writer.close()
 
     def abort(self) -> None:
+        self.held = []
         if self.writer is not None:
             self.writer.abort()
 
