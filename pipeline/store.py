@@ -133,7 +133,9 @@ class Staged:
 
 
 def mapped(f: BinaryIO) -> memoryview:
-    """The whole of local file `f`, mapped read-only: no copy; the mapping lasts while a view of it does."""
+    """The whole of local file `f`, mapped read-only: no copy; the mapping lasts while a view of it does.
+    A file replaced by rename (as every writer here does) stays whole under the mapping; one cut short
+    in place while mapped would end the process with SIGBUS."""
     f.flush()
     if os.fstat(f.fileno()).st_size == 0:
         return memoryview(b"")  # an empty file cannot be mapped
