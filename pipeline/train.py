@@ -301,13 +301,14 @@ def build_state(cfg: Config, accel) -> State:
     return State(model=model, opt_g=opt_g, disc=disc, opt_d=opt_d)
 
 
-def compile_parts(model: Codec, disc: Discriminator | None) -> None:
-    """torch.compile the encoder, decoder and each sub-discriminator in place (the state-dict keys
-    stay); the quantizer stays eager (its data-dependent code re-seeding would break the graphs)."""
-    model.encoder.compile()
-    model.decoder.compile()
+def compile_parts(model: Codec, disc: Discriminator | None, **options) -> None:
+    """torch.compile (with `options`) the encoder, decoder and each sub-discriminator in place (the
+    state-dict keys stay); the quantizer stays eager (its data-dependent code re-seeding would break
+    the graphs)."""
+    model.encoder.compile(**options)
+    model.decoder.compile(**options)
     for sub in disc.subs.values() if disc is not None else ():
-        sub.compile()
+        sub.compile(**options)
 
 
 def set_lr(state: State, cfg: Config) -> None:
