@@ -180,3 +180,25 @@ def test_files_written_honour_the_umask_shards_index_and_checkpoints_included(tm
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert {p.name for p in written} >= {"a.bin", "b.bin", "index.json", "train-000000.tar", "manifest.json"}
     assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(0o666 & ~umask)}
+
+
+@pytest.mark.parametrize("missing", ["O_TMPFILE", "proc link"])
+def test_local_writes_without_unnamed_files_or_proc_still_replace_whole(tmp_path, monkeypatch, missing):
+    """Where the file system cannot make unnamed files (NFS, older overlayfs) a hidden temporary
+    name is used from the start; where /proc cannot name one, it is copied out to such a name."""
+    if missing == "O_TMPFILE":
+        monkeypatch.delattr(os, "O_TMPFILE")
+    else:
+        def no_proc(*args, **kwargs):
+            raise OSError(2, "no /proc here")
+        monkeypatch.setattr(os, "link", no_proc)
+    store = open_store(str(tmp_path / "s"))
+    store.put("x/a.bin", b"one")
+    with pytest.raises(RuntimeError):
+        with store.stage("x/a.bin") as staged:
+            staged.file.write(b"half")
+            raise RuntimeError("crash while writing")
+    with store.stage("x/b.bin") as staged:
+        staged.file.write(b"two" * 1000)
+    assert store.get("x/a.bin") == b"one" and store.get("x/b.bin") == b"two" * 1000
+    assert sorted(p.name for p in (tmp_path / "s" / "x").iterdir()) == ["a.bin", "b.bin"]
