@@ -204,14 +204,15 @@ class CapacityWatch:
     workers checkpoint at the next step and end, and fit_until_done starts a group as large as the
     cluster allows from that step, so no step is redone. (Ray Train's own growing kills the group
     and redoes the steps since the newest checkpoint; it stays as a slower fallback.) The room must
-    be there at two checks in a row (a node that has just joined is not yet usable by a new group:
-    measured, a restart then came back at the old size), and a request that brought no growth
-    doubles the interval, up to an hour."""
+    be there at two checks in a row, Ray Train's view of the nodes is refreshed before asking (see
+    refresh_ray_train_view), and a request that brought no growth doubles the interval, up to an hour."""
 
-    def __init__(self, cfg: Config, per_worker: dict[str, float], available=None):
+    def __init__(self, cfg: Config, per_worker: dict[str, float], available=None, refresh=None):
         self.cfg, self.per_worker = cfg, per_worker
         self.available = available or available_per_node
         """() -> each node's unreserved resources."""
+        self.refresh = refresh or refresh_ray_train_view
+        """() -> None: bring the view the next worker group is sized from up to date."""
         self.run = RunDir(cfg.run.dir)
         self.interval = cfg.train.resize_check_s
         self.asked: tuple[int, int] | None = None
@@ -259,6 +260,7 @@ class CapacityWatch:
         seen_before, self.room_seen = self.room_seen, free > 0
         if free > 0 and seen_before:
             print(f"room for {free} more worker(s): asking the run to checkpoint and grow", flush=True)
+            self.refresh()
             self.run.request_grow(free)
             self.asked, self.room_seen = (len(groups), groups[-1]), False
 
@@ -282,6 +284,23 @@ def available_per_node() -> dict[str, dict[str, float]]:
         return {"cluster": ray.available_resources()}
     draining = state.get_draining_nodes()
     return {node: free for node, free in available_resources_per_node().items() if node not in draining}
+
+
+def refresh_ray_train_view() -> None:
+    """Have Ray Train's AutoscalingCoordinator (a shared actor) re-read the cluster's nodes now.
+    Ray Train's elastic policy sizes each new worker group from that actor's node list, which it
+    re-reads only every 20 s (TICK_INTERVAL_S), so a group started soon after a node joined came back
+    at the old size (seen in CI). Best effort: the actor and its `recompute` flag are Ray internals;
+    without them a request that brought no growth is simply made again later."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    try:
+        coordinator = ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
+        ray.get(coordinator.get_reserved_resources.remote("telucodec-capacity-watch", recompute=True), timeout=30)
+    except Exception as error:  # another Ray version, or no elastic run has made the actor yet
+        print(f"capacity watch: could not refresh Ray Train's node list ({type(error).__name__})", flush=True)
 
 
 def free_workers(available: dict[str, dict[str, float]], per_worker: dict[str, float]) -> int:

@@ -26,7 +26,8 @@ def test_the_watch_asks_once_per_group_and_backs_off_when_a_request_brought_no_g
     run = RunDir(cfg.run.dir)
     ledger = run.log(LEDGER)
     room = {"node": {"CPU": 0.0}}
-    watch = CapacityWatch(cfg, ONE_CPU, available=lambda: room)
+    refreshed = []  # whether a grow request was already out each time Ray Train's node view was refreshed
+    watch = CapacityWatch(cfg, ONE_CPU, available=lambda: room, refresh=lambda: refreshed.append(run.grow_requested()))
 
     def group(event: str, workers: int) -> None:
         ledger.append({"event": event, "step": 0, "workers": workers, "time": 0.0})
@@ -60,3 +61,40 @@ def test_the_watch_asks_once_per_group_and_backs_off_when_a_request_brought_no_g
     group("restarted", 4)
     watch.check()
     assert not run.grow_requested()  # full size
+    assert refreshed == [False, False, False]  # before each of the three requests, never after
+
+
+def test_the_refresh_lets_a_new_worker_group_see_a_node_that_just_joined():
+    """Ray Train sizes a new elastic worker group from its AutoscalingCoordinator's node list, which
+    that shared actor re-reads only every 20 s: asked within that time, it misses a node that has
+    just joined (a grow request then restarts at the old size). refresh_ray_train_view makes it
+    re-read the nodes at once. Real two-node cluster; everything below runs within the actor's first
+    20 s, before its first periodic re-read."""
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+        get_or_create_autoscaling_coordinator,
+    )
+
+    from jobs.ray_train import refresh_ray_train_view
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        coordinator = get_or_create_autoscaling_coordinator()
+
+        def cpus_reserved_for_two_workers(requester: str) -> float:
+            ray.get(coordinator.request_resources.remote(requester, [ONE_CPU, ONE_CPU], 60))
+            reserved = ray.get(coordinator.get_reserved_resources.remote(requester))
+            ray.get(coordinator.cancel_request.remote(requester))
+            return sum(node.get("CPU", 0.0) for node in reserved.values())
+
+        assert cpus_reserved_for_two_workers("before") == 1  # the head's one CPU
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        assert cpus_reserved_for_two_workers("stale") == 1  # the new node is not in its list yet
+        refresh_ray_train_view()
+        assert cpus_reserved_for_two_workers("refreshed") == 2
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -101,9 +101,9 @@ def test_a_lost_node_shrinks_the_run_and_a_returning_one_grows_it_with_the_same_
     assert [(r["from"], r["to"]) for r in ledger if r["event"] == "resized"][:2] == [(2, 1), (1, 2)]
     # Growing back redoes no step: the driver saw the room, the run checkpointed at the next step
     # and a larger group started from there (a lost node, without notice, redoes the steps since
-    # the newest checkpoint: at most checkpoint_every - 1). On a loaded machine a node that has just
-    # joined may not take the new group's worker yet (seen in CI): that group starts at the old
-    # size and the watch asks again later; each attempt restarts from its own step.
+    # the newest checkpoint: at most checkpoint_every - 1). Should a new group still come back at
+    # the old size (seen in CI before the watch refreshed Ray Train's node list first, see
+    # test_capacity_watch.py), the watch asks again later; each attempt restarts from its own step.
     events = RunDir(str(run)).events.read()
     regrows = [e["step"] for e in events if e["event"] == "regrowing"]
     assert next(e for e in events if e["event"] == "resized" and e["to"] == 2)["step"] in regrows, events
