@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -323,14 +324,19 @@ class DatasetProgress:
         from rich.progress import Progress
 
         self.bar = Progress(*columns, console=Console(stderr=True) if stderr else None, disable=not enabled)
+        self.enabled = enabled
         self.task = None
         self.seconds, self.shards = 0.0, 0
+        self.pending, self.shown = 0, 0.0
+        """Units advanced but not yet given to the bar, and when it was last updated (monotonic)."""
         self.lock = threading.Lock()
 
     def start(self) -> None:
         self.bar.start()
 
     def stop(self) -> None:
+        with self.lock:
+            self._show()
         self.bar.stop()
 
     def __enter__(self):
@@ -349,14 +355,26 @@ class DatasetProgress:
             self.seconds += seconds
 
     def advance(self, units: int, seconds: float = 0.0) -> None:
+        """Count `units` done; the bar is updated at most every UPDATE_S (it redraws at 10 Hz anyway,
+        and a reshard calls this once per sample)."""
         with self.lock:
             self.seconds += seconds
-            self.bar.update(self.task, advance=units, info=self.info())
+            self.pending += units
+            if self.enabled and time.monotonic() - self.shown >= self.UPDATE_S:
+                self._show()
+
+    UPDATE_S = 0.1
 
     def shard_done(self) -> None:
         with self.lock:
             self.shards += 1
-            self.bar.update(self.task, info=self.info())
+            self._show()
+
+    def _show(self) -> None:
+        """Give the bar the pending units and the info text (the caller holds the lock)."""
+        if self.task is not None:
+            self.bar.update(self.task, advance=self.pending, info=self.info())
+            self.pending, self.shown = 0, time.monotonic()
 
     def info(self) -> str:
         raise NotImplementedError
