@@ -6,10 +6,10 @@
 S3 goes through boto3, so the endpoint and credentials come from the standard AWS variables and
 profiles (AWS_ENDPOINT_URL points it at MinIO, R2, GCS interop or a local test server). Requests
 retry with backoff on throttling, 5xx and dropped connections; a streaming read that drops mid-body
-resumes with a ranged GET. Local writes go to a temporary name and are renamed into place, so a
-reader never sees half an object; S3 puts are atomic by nature. A large object can be written in
-place (`store.stage(key)`: a local one is written straight into its folder, unnamed until it is
-committed, so nothing is copied twice and a killed writer leaves nothing behind).
+resumes with a ranged GET. A local object is written in its folder without a name (or under a
+hidden temporary one) and renamed into place when whole, so a reader never sees half an object and
+a killed writer leaves nothing behind; S3 puts are atomic by nature. `store.stage(key)` hands out
+that file to write a large object into directly (a shard), so nothing is copied twice.
 """
 
 from __future__ import annotations
