@@ -362,6 +362,33 @@ class S3Store(Store):
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
+    delete_batch = 1000
+    """Keys per DeleteObjects request (S3's most)."""
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under `prefix` in batches (one request per 1000 keys, not one per key:
+        clearing a run's records or an overwritten dataset's shards); one key at a time where the
+        store has no batch delete (GCS's S3 interop)."""
+        from botocore.exceptions import ClientError
+
+        keys = [self._key(item.key) for item in self.list(prefix)]
+        for start in range(0, len(keys), self.delete_batch):
+            batch = keys[start:start + self.delete_batch]
+            try:
+                response = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") not in ("NotImplemented", "MethodNotAllowed"):
+                    raise
+                for key in keys[start:]:
+                    self.client.delete_object(Bucket=self.bucket, Key=key)
+                break
+            if response.get("Errors"):
+                error = response["Errors"][0]
+                raise StoreError(f"s3://{self.bucket}/{error.get('Key')}: not deleted ({error.get('Code')}: "
+                                 f"{error.get('Message')}); {len(response['Errors'])} of this batch failed")
+        return len(keys)
+
 
 def s3_client():
     """A boto3 S3 client with standard AWS configuration and patient retries."""

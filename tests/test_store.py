@@ -202,3 +202,34 @@ def test_local_writes_without_unnamed_files_or_proc_still_replace_whole(tmp_path
         staged.file.write(b"two" * 1000)
     assert store.get("x/a.bin") == b"one" and store.get("x/b.bin") == b"two" * 1000
     assert sorted(p.name for p in (tmp_path / "s" / "x").iterdir()) == ["a.bin", "b.bin"]
+
+
+def test_s3_delete_prefix_deletes_in_batches_and_falls_back_one_by_one(s3_bucket):
+    """Clearing a prefix costs one request per batch of keys (S3 takes 1000), not one per key; a
+    store without batch delete (GCS's interop answers NotImplemented) is cleared key by key. Only
+    the prefix goes."""
+    from botocore.exceptions import ClientError
+
+    store = open_store(s3_bucket + "/ds")
+    other = open_store(s3_bucket + "/ds-other")
+    other.put("keep.bin", b"k")
+    calls = []
+    store.client.meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
+    for i in range(7):
+        store.put(f"_records/done/{i}.json", b"{}")
+    store.delete_batch = 3
+    calls.clear()
+    assert store.delete_prefix("_records/") == 7
+    assert calls == ["ListObjectsV2", "DeleteObjects", "DeleteObjects", "DeleteObjects"]
+    assert store.list() == [] and other.get("keep.bin") == b"k"
+
+    for i in range(4):
+        store.put(f"x/{i}", b"1")
+
+    def not_implemented(**_):
+        raise ClientError({"Error": {"Code": "NotImplemented", "Message": "no multi-object delete"}}, "DeleteObjects")
+
+    store.client.delete_objects = not_implemented
+    calls.clear()
+    assert store.delete_prefix("x/") == 4
+    assert calls == ["ListObjectsV2"] + ["DeleteObject"] * 4 and store.list() == []
