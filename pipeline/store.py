@@ -253,7 +253,7 @@ class _LocalStaged(Staged):
         way to name an O_TMPFILE), or copied out to one where there is no /proc."""
         folder = os.open(self.final.parent, os.O_RDONLY)
         try:
-            name = self.final.with_name(f".{self.final.name}{_TMP_MARK}{os.urandom(6).hex()}")
+            name = hidden_name(self.final)
             os.link(f"/proc/self/fd/{self.file.fileno()}", name.name, dst_dir_fd=folder)
             return name
         except OSError:
@@ -271,10 +271,15 @@ class _LocalStaged(Staged):
             self.tmp.unlink(missing_ok=True)
 
 
+def hidden_name(final: Path) -> Path:
+    """A fresh hidden temporary name beside `final`, one that listings skip."""
+    return final.with_name(f".{final.name}{_TMP_MARK}{os.urandom(6).hex()}")
+
+
 def hidden_file(final: Path) -> tuple[int, Path]:
-    """A new file beside `final`, under a hidden temporary name that listings skip: (fd, path)."""
+    """A new file beside `final` under a hidden temporary name: (fd, path)."""
     while True:
-        name = final.with_name(f".{final.name}{_TMP_MARK}{os.urandom(6).hex()}")
+        name = hidden_name(final)
         try:
             return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), name
         except FileExistsError:

@@ -78,7 +78,7 @@ def test_a_killed_local_writer_leaves_nothing_and_a_commit_replaces_whole(tmp_pa
 
     store = open_store(str(tmp_path / "s"))
     store.put("x/a.tar", b"old")
-    code = ("import os, sys, time; from pipeline.store import open_store\n"
+    code = ("import time; from pipeline.store import open_store\n"
             f"staged = open_store({str(tmp_path / 's')!r}).stage('x/a.tar')\n"
             "staged.file.write(b'half' * 100000); staged.file.flush(); print('written', flush=True); time.sleep(60)")
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
