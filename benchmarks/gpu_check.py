@@ -130,7 +130,9 @@ def prepare_data(out: Path, speech_minutes: float, cfg: Config) -> dict:
 def print_data(data: dict) -> None:
     splits = ", ".join(f"{split} {t['samples']} ({t['seconds'] / 60:.1f} min)" for split, t in data["splits"].items())
     print(f"data: {data['source']}; synthesized in {data['synth_s']:.1f} s, prepped in {data['prep_s']:.1f} s; "
-          f"samples: {splits}; evaluated on {data['eval_split']}")
+          f"samples: {splits}; evaluated on {data['eval_split']}"
+          + (f"; loader: {data['loader_workers']} worker processes, {data['steps_per_epoch']} steps an epoch"
+             if "steps_per_epoch" in data else ""))
 
 
 # ------------------------------------------------------------------------------ 2. training
@@ -340,7 +342,10 @@ def timed_training(args, cfg: Config, state: State, accel, url: str, report: dic
           + (f"; adversarial stage from {args.adv_at:.0%} of that" if switch_at else ""), flush=True)
     if deadline - now < 30:
         print(f"!!! only {max(deadline - now, 0):.0f} s left to train: raise --minutes for figures worth reading")
-    batches = crop_loader(replace(cfg, data=replace(cfg.data, url=url)), pin_memory=CUDA).batches(0)
+    loader = crop_loader(replace(cfg, data=replace(cfg.data, url=url)), pin_memory=CUDA)
+    report["data"]["steps_per_epoch"], report["data"]["loader_workers"] = loader.steps_per_epoch, loader.workers
+    print(f"loader: {loader.workers} worker processes, {loader.steps_per_epoch} steps an epoch", flush=True)
+    batches = loader.batches(0)
     peak_memory_gib(reset=True)
     peak = bf16_peak(torch.cuda.get_device_name()) if CUDA else None
     phases: list[Phase] = []

@@ -8,12 +8,15 @@ batch at every step whatever the number of ranks or workers.
 
 The order is a pure function of the index, the recipe and the epoch, never of the world or the
 workers. Each epoch permutes the split's samples over all shards and deals them to `batch_size`
-streams, each next sample to the stream with the fewest crops so far. A stream cuts each sample
-into non-overlapping crops (from a random offset per sample) and shuffles the crops of
-`shuffle_samples` consecutive samples together. Row i of the global batch at step s is stream i's
-s-th crop of the epoch: a batch draws from `batch_size` samples from all over the dataset, and every
-stream holds at least `steps_per_epoch` crops (dealing keeps the streams within one sample's crops
-of each other).
+streams, longest first (ties in the permuted order), each to the stream with the fewest crops so
+far; a stream then takes its samples in the permuted order. A stream cuts each sample into
+non-overlapping crops (from a random offset per sample) and shuffles the crops of `shuffle_samples`
+consecutive samples together. Row i of the global batch at step s is stream i's s-th crop of the
+epoch: a batch draws from `batch_size` samples from all over the dataset. Since the deal sees the
+same sequence of lengths every epoch, every epoch's streams hold the same numbers of crops, and
+`steps_per_epoch` is the smallest of them, exactly (dealing in the permuted order instead would
+leave a stream up to a whole long sample's crops short: a split of 10-second samples and 1-second
+crops would lose ten steps an epoch, and a small one all of them).
 
 Rank r of w takes a contiguous block of rows (block sizes differ by at most one), reads only the
 samples of its streams (one ranged read each, at the byte range index.json records) and splits its
@@ -82,20 +85,36 @@ def crops_per_sample(frames: np.ndarray, crop: int) -> np.ndarray:
 
 
 def steps_per_epoch(table: SplitTable, recipe: CropRecipe) -> int:
-    """Steps every stream can serve in every epoch: dealing leaves no stream more than one sample's
-    crops below the mean (the stream that got the last sample had the fewest before it)."""
+    """Steps every stream can serve in every epoch: the fewest crops any stream is dealt (the same
+    in every epoch, see deal)."""
     n = crops_per_sample(table.frames, recipe.crop)
-    return int(n.sum() // recipe.batch_size - n.max()) if len(n) else 0
+    return int(greedy(np.sort(n)[::-1], recipe.batch_size)[0].min()) if len(n) else 0
 
 
-def deal(order: np.ndarray, crops: np.ndarray, streams: int) -> list[np.ndarray]:
-    """Samples `order` (with `crops` each) dealt to `streams`: each to the stream with fewest crops."""
+def greedy(crops: np.ndarray, streams: int) -> tuple[np.ndarray, np.ndarray]:
+    """(crops each stream holds, who got each) after dealing `crops` in turn, each to the stream
+    with the fewest so far (ties: the lowest stream)."""
     heap = [(0, v) for v in range(streams)]
-    owner = np.empty(len(order), dtype=np.int64)
+    owner = np.empty(len(crops), dtype=np.int64)
     for i, c in enumerate(crops.tolist()):
         load, v = heap[0]
         owner[i] = v
         heapq.heapreplace(heap, (load + c, v))
+    loads = np.zeros(streams, dtype=np.int64)
+    for load, v in heap:
+        loads[v] = load
+    return loads, owner
+
+
+def deal(order: np.ndarray, crops: np.ndarray, streams: int) -> list[np.ndarray]:
+    """Samples `order` (with `crops` each) dealt to `streams`, longest first (a stable sort: ties
+    keep `order`'s order), each to the stream with the fewest crops so far. Each stream's samples
+    come back in `order`'s order. Only which sample of a length goes where depends on `order`: the
+    loads are the same for every permutation of the same lengths."""
+    longest_first = np.argsort(-crops, kind="stable")
+    _, owner_sorted = greedy(crops[longest_first], streams)
+    owner = np.empty(len(order), dtype=np.int64)
+    owner[longest_first] = owner_sorted
     return [order[owner == v] for v in range(streams)]
 
 

@@ -78,16 +78,19 @@ def write_bad_files(folder: Path, sr: int = 16000) -> dict[str, str]:
             "nan.wav": "NaN", "zero_frames.wav": "empty", "voice.m4a": "unsupported"}
 
 
-def make_dataset(url: str, shard_sizes: list[int], sr: int = 8000, seconds: float = 0.5) -> None:
+def make_dataset(url: str, shard_sizes: list[int], sr: int = 8000, seconds: float | list[float] = 0.5) -> None:
     """A train split with shards of the given sample counts; sample j of shard i is a constant
-    level, so every crop tells which sample it came from."""
+    level, so every crop tells which sample it came from. `seconds`: every sample's length, or a
+    list the samples take their lengths from in turn."""
     store = open_store(url)
+    lengths = seconds if isinstance(seconds, list) else [seconds]
     infos, n = [], 0
     for i, count in enumerate(shard_sizes):
         with ShardWriter(store, "train", i) as w:
             for _ in range(count):
                 level = (n + 1) / 1000
-                w.add(encode_sample(f"s{n:04d}", np.full(int(sr * seconds), level, np.float32), sr, {}))
+                frames = int(round(sr * lengths[n % len(lengths)]))
+                w.add(encode_sample(f"s{n:04d}", np.full(frames, level, np.float32), sr, {}))
                 n += 1
         infos.append(w.info)
     write_index(store, DatasetIndex(shards=infos, sample_rate=sr))

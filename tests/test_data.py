@@ -170,3 +170,24 @@ def test_no_stream_runs_dry_in_any_epoch(tmp_path):
         it = loader.batches(0)
         for _ in range(6 * loader.steps_per_epoch):  # six epochs, six deals
             next(it)
+
+
+def test_samples_of_mixed_lengths_lose_no_more_than_the_deal_must(tmp_path):
+    """A few long samples among short ones: dealing longest first leaves every stream within a
+    crop or two of the mean, where dealing in shuffled order could leave one a whole long sample
+    short (70 crops over 6 streams: 1 step an epoch instead of 11)."""
+    # 20 samples of 10, 1, 1 and 2 one-second crops in turn, over uneven shards
+    make_dataset(str(tmp_path), [7, 6, 7], seconds=[10.0, 1.0, 1.0, 2.0])
+    recipe = CropRecipe(batch_size=6, crop=8000, seed=2)
+    one = CropLoader(str(tmp_path), "train", recipe)
+    assert one.steps_per_epoch == 11  # 70 crops: streams of 12, 12, 12, 12, 11, 11
+    steps = 3 * one.steps_per_epoch + 2  # three deals, into a fourth
+    batches = global_batches(str(tmp_path), recipe, 1, steps)
+    assert all(torch.equal(a, b) for a, b in zip(batches, global_batches(str(tmp_path), recipe, 2, steps, workers=2)))
+    for e in range(3):
+        epoch = batches[e * 11:(e + 1) * 11]
+        uses = Counter(i for b in epoch for i in sample_ids(b))
+        long_ones = set(range(0, 20, 4))
+        assert all(uses[i] <= (10 if i in long_ones else 2) for i in uses)  # no crop twice in an epoch
+        assert sum(uses.values()) == 66 and len(uses) >= 18  # 66 of 70 crops used
+    assert [sample_ids(b) for b in batches[:11]] != [sample_ids(b) for b in batches[11:22]]  # a new deal
