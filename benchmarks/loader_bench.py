@@ -111,17 +111,15 @@ def loader_rate(url: str, workers: int, seconds: float, windows: int = 3) -> tup
 
 def gpu_demand() -> tuple[float, float]:
     """(GFLOP per audio-second of the base model's train step, audio-s/s an H100 at 30% MFU eats)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from pipeline.losses import generator_loss
     from pipeline.model import Codec
+    from pipeline.train import count_flops
 
     cfg = load_config([REPO / "configs" / "base.yaml"], [])
     model = Codec(cfg.model)
     audio = torch.randn(2, 1, RATE) * 0.1
-    with FlopCounterMode(display=False) as counter:
-        generator_loss(model(audio), audio, cfg).total.backward()
-    per_second = counter.get_total_flops() / 2
+    flops, _ = count_flops(lambda: generator_loss(model(audio), audio, cfg).total.backward())
+    per_second = flops / 2
     return per_second / 1e9, MFU * H100_BF16_PEAK / per_second
 
 

@@ -38,7 +38,7 @@ from pipeline.config import Config, load_config  # noqa: E402
 from pipeline.data import crop_loader  # noqa: E402
 from pipeline.shards import DatasetIndex, ShardWriter, encode_sample, write_index  # noqa: E402
 from pipeline.store import open_store  # noqa: E402
-from pipeline.train import State, build_state, make_accelerator, train_step, unwrap  # noqa: E402
+from pipeline.train import State, build_state, count_flops, make_accelerator, train_step, unwrap  # noqa: E402
 
 SAMPLE_RATE = 16000
 CONFIGS = {"tiny": ["configs/base.yaml", "configs/tiny.yaml"], "base": ["configs/base.yaml"]}
@@ -157,7 +157,6 @@ def bf16_peak(name: str) -> float | None:
 
 def run_gpu(url: str, args) -> None:
     from accelerate.state import AcceleratorState
-    from torch.utils.flop_counter import FlopCounterMode
 
     AcceleratorState._reset_state(reset_partial_state=True)  # the CPU runs set it up for cpu=True
     name = torch.cuda.get_device_name()
@@ -182,9 +181,8 @@ def run_gpu(url: str, args) -> None:
         torch.cuda.reset_peak_memory_stats()
         b.times = [b.step(torch.cuda.synchronize) for _ in range(args.gpu_steps)]  # (waits: none, batches cycled)
         peak_mem = torch.cuda.max_memory_allocated() / 2**30
-        with FlopCounterMode(display=False) as counter:  # a separate step: the counter slows it down
-            b.step(torch.cuda.synchronize)
-        flops = counter.get_total_flops()
+        # a separate step (the counter slows it down), eager (count_flops: gpu.yaml compiles its parts)
+        flops, _ = count_flops(lambda: b.step(torch.cuda.synchronize))
         dt = statistics.median(b.times)
         achieved = flops / dt
         mfu = f"{100 * achieved / peak:5.1f}%" if peak else "   n/a"

@@ -22,6 +22,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
@@ -38,6 +39,8 @@ from pipeline.model import Codec
 from pipeline.quantize import StepDraws, all_reduce_sum_
 from pipeline.rundir import RUN_ENDS, RunDir, RunEnd
 from pipeline.tracking import Tracker, make_tracker
+
+T = TypeVar("T")
 
 
 class RunContext:
@@ -311,6 +314,20 @@ def compile_parts(model: Codec, disc: Discriminator | None, **options) -> None:
         sub.compile(**options)
 
 
+def count_flops(step: Callable[[], T]) -> tuple[float, T]:
+    """(matmul/conv FLOPs as torch.utils.flop_counter counts them, what `step` returned) of one call
+    of `step`, which runs eager. Under
+    the counter dynamo will not run a compiled part, and torch 2.13 then marks the part's code as
+    skipped for good: every later step would run it eager (a compiled run measured as an eager one).
+    Forcing the compiler's stance to eager for the counted call keeps dynamo out of it, so the
+    compiled code is used again afterwards."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False) as counter:
+        result = step()
+    return float(counter.get_total_flops()), result
+
+
 def set_lr(state: State, cfg: Config) -> None:
     """Both optimizers' learning rate for state.step: train.lr x the schedule x the rollback scale."""
     lr = cfg.train.lr * lr_factor(cfg, state.step) * state.lr_scale
@@ -496,10 +513,12 @@ class MetricWindow:
 
 def evaluate(model: Codec, clips: list[tuple[str, np.ndarray]], cfg: Config, device) -> dict:
     """Val metrics over clips: SNR, SI-SDR, range ratio, mel distance, PESQ-WB and STOI (over the
-    clips they can score; absent when none), codebook perplexity."""
+    clips they can score; absent when none), codebook perplexity. The model runs eager even where
+    train.compile compiled its parts: every clip length would be a new shape to compile for."""
     rows, codes, pesq_scores, stoi_scores = [], [], [], []
     for _, audio in clips:
-        out = model.reconstruct(audio)
+        with torch.compiler.set_stance("force_eager"):
+            out = model.reconstruct(audio)
         x, y = torch.from_numpy(audio)[None, None], out.audio.float().cpu()
         rows.append([float(snr_db(x, y)[0]), float(si_sdr_db(x, y)[0]),
                      float(range_ratio(x, y)[0]), float(mel_distance(x, y, cfg.model.sample_rate)[0])])

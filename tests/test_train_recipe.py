@@ -8,13 +8,14 @@ train.compile's parts tracing whole.
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from audio_fixtures import make_dataset
 from pipeline.checkpoint import Checkpoints
 from pipeline.config import load_config
-from pipeline.train import build_state, health_problems, make_accelerator, train_step
+from pipeline.train import build_state, evaluate, health_problems, make_accelerator, train_step
 from run_fixtures import OFF_CLOUD, TINY_MEL, TINY_RUN
 
 REPO = Path(__file__).resolve().parent.parent
@@ -130,3 +131,44 @@ def test_compiled_parts_trace_whole_and_train_as_eager_does(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert all(m._compiled_call_impl is not None  # each part did go through torch.compile
                for m in (compiled.model.encoder, compiled.model.decoder, *compiled.disc.subs.values()))
+
+
+def test_counting_a_steps_flops_leaves_the_compiled_parts_compiled(tmp_path):
+    """The GPU check and train_bench count one step's FLOPs for MFU. A compiled part called under
+    FlopCounterMode runs eager, and torch then skips its code for good: without count_flops' eager
+    stance every later step of a `train.compile` run would run eager while being reported as
+    compiled. A backend that counts its graph calls shows which code ran."""
+    from pipeline.train import compile_parts, count_flops
+
+    graph_calls, compiles = [], []
+
+    def counting_backend(gm, example_inputs):
+        compiles.append(1)
+
+        def run(*args):
+            graph_calls.append(1)
+            return gm(*args)
+        return run
+
+    cfg = adversarial_config(tmp_path)
+    accel = make_accelerator(cfg)
+    state = build_state(cfg, accel)
+    compile_parts(state.model, state.disc, backend=counting_backend)
+    batch = torch.randn(2, 1, 1600, generator=torch.Generator().manual_seed(0)) * 0.3
+    train_step(state, batch, accel, cfg)  # compiles the parts
+    before = len(graph_calls)
+    train_step(state, batch, accel, cfg)
+    per_step = len(graph_calls) - before  # graph calls of a compiled step
+    assert per_step > 0
+    flops, metrics = count_flops(lambda: train_step(state, batch, accel, cfg))
+    assert flops > 1e6 and len(graph_calls) == before + per_step  # counted in eager: no graph ran
+    assert torch.isfinite(metrics["loss/total"])  # the step ran and its metrics come back
+    train_step(state, batch, accel, cfg)
+    assert len(graph_calls) == before + 2 * per_step  # and the compiled graphs run again afterwards
+    # evaluation runs eager: clips of new lengths compile nothing and leave the graphs in use
+    compiled, calls = len(compiles), len(graph_calls)
+    clips = [(f"c{n}", np.random.default_rng(n).uniform(-0.3, 0.3, n).astype(np.float32)) for n in (3200, 4160)]
+    assert np.isfinite(evaluate(state.model, clips, cfg, accel.device)["val/snr"])
+    assert (len(compiles), len(graph_calls)) == (compiled, calls)
+    train_step(state, batch, accel, cfg)
+    assert len(graph_calls) == calls + per_step
