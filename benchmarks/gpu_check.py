@@ -142,6 +142,8 @@ class Phase:
     waits: list[float] = field(default_factory=list)
     steps: list[float] = field(default_factory=list)
     seen: int = 0
+    first_s: float | None = None
+    """The phase's first step: where torch.compile compiles and cuDNN autotunes."""
     flops: float | None = None
     peak_gib: float | None = None
     losses: list[float] = field(default_factory=list)
@@ -149,6 +151,7 @@ class Phase:
     def summary(self, audio_s_per_step: float, peak_flops: float | None) -> dict:
         n, wait, busy = len(self.steps), sum(self.waits), sum(self.steps)
         row = {"phase": self.name, "first_step": self.first_step, "steps_run": self.seen, "steps_timed": n,
+               "first_step_s": self.first_s,
                "peak_mem_gib": self.peak_gib, "gflop_per_step": self.flops / 1e9 if self.flops else None,
                "loss_first": self.losses[0] if self.losses else None,
                "loss_last": statistics.mean(self.losses[-10:]) if self.losses else None}
@@ -210,6 +213,8 @@ def train_until(state: State, accel, cfg: Config, batches, deadline: float, swit
         t2 = time.perf_counter()
         state.step += 1
         phase.seen += 1
+        if phase.seen == 1:
+            phase.first_s = t2 - t1
         phase.losses.append(float(metrics["loss/total"]))
         if not count and phase.seen > WARMUP_STEPS:
             phase.waits.append(t1 - t0)
@@ -400,18 +405,19 @@ def fmt(value, spec: str, missing: str = "n/a") -> str:
 
 def print_phases(phases: list[dict]) -> None:
     print(f"{'phase':15} {'from':>6} {'timed':>6} {'steps/s':>8} {'audio s/s':>10} {'step ms':>8} "
-          f"{'loader ms':>10} {'loader':>9} {'peak GiB':>9} {'GFLOP/step':>11} {'TFLOP/s':>8} {'MFU':>6}")
+          f"{'loader ms':>10} {'loader':>9} {'peak GiB':>9} {'GFLOP/step':>11} {'TFLOP/s':>8} {'MFU':>6} {'1st step s':>10}")
     for p in phases:
         print(f"{p['phase']:15} {p['first_step']:6d} {p['steps_timed']:6d} {fmt(p.get('steps_per_s'), '8.2f'):>8} "
               f"{fmt(p.get('audio_s_per_s'), '10.1f'):>10} {fmt(p.get('step_ms_mean'), '8.1f'):>8} "
               f"{fmt(p.get('loader_wait_ms_mean'), '10.1f'):>10} "
               f"{fmt(p.get('loader_share'), '.1%'):>9} {fmt(p['peak_mem_gib'], '9.2f'):>9} "
               f"{fmt(p['gflop_per_step'], '11.1f'):>11} {fmt(p.get('tflops_achieved'), '8.2f'):>8} "
-              f"{fmt(p.get('mfu'), '.1%'):>6}")
+              f"{fmt(p.get('mfu'), '.1%'):>6} {fmt(p.get('first_step_s'), '10.1f'):>10}")
     memory = "torch.cuda.max_memory_allocated per phase" if CUDA else "process max RSS"
     print(f"steps/s and audio s/s include the loader wait; 'step ms' is train_step alone"
           f"{' (the GPU synchronized before each clock read)' if CUDA else ''}. "
-          f"The first {WARMUP_STEPS} steps of a phase and its FLOP-counted step are not timed. FLOPs: "
+          f"The first {WARMUP_STEPS} steps of a phase and its FLOP-counted step are not timed; '1st step s' is "
+          "the phase's first train_step (compiling, with train.compile, and autotuning). FLOPs: "
           "FlopCounterMode's matmul/conv count of one step, forward + backward (FFTs of the spectral losses "
           f"and STFT discriminator not counted). Peak memory: {memory}.")
 
