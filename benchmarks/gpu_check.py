@@ -394,7 +394,7 @@ def print_machine(report: dict) -> None:
 
 
 def print_config(c: dict) -> None:
-    params = ", ".join(f"{k} {v:.2f}M" for k, v in c["params_m"].items())
+    params = ", ".join(f"{k} {v:.2f}M" for k, v in c.get("params_m", {}).items())
     print(f"config: {' + '.join(c['files'])} {' '.join(c['overrides'])}; batch {c['batch_size']} x "
           f"{c['segment_seconds']} s, mixed precision {c['mixed_precision']}, params {params}", flush=True)
 

@@ -13,6 +13,7 @@ clip could not be scored (silence, too short, wrong sample rate) instead of rais
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -110,22 +111,36 @@ class Score:
     """Why value is None (empty when it is set)."""
 
 
+SCORERS = {"pesq": "pesq", "stoi": "pystoi"}
+"""The package each perceptual score comes from (the `eval` extra: optional)."""
+
+
+def scorer(name: str):
+    """(the package module for score `name`, None) or (None, why it is missing)."""
+    try:
+        return importlib.import_module(SCORERS[name]), None
+    except ImportError:
+        return None, f"{SCORERS[name]} is not installed (pip install 'telucodec[eval]')"
+
+
 def pesq_wb(ref, est, sample_rate: int = 16000) -> list[Score]:
     """Wide-band PESQ (MOS-LQO, about 1.0-4.6) per clip: [B, 1, T] -> [Score] * B."""
     if sample_rate != 16000:
         return [Score(None, f"PESQ-WB needs 16 kHz audio, got {sample_rate} Hz")] * len(_as_batch(ref))
-    from pesq import pesq
-
-    return [_score(lambda r=r, e=e: pesq(sample_rate, r, e, "wb"))
+    package, missing = scorer("pesq")
+    if package is None:
+        return [Score(None, missing)] * len(_as_batch(ref))
+    return [_score(lambda r=r, e=e: package.pesq(sample_rate, r, e, "wb"))
             for r, e in zip(_as_batch(ref).numpy(), _as_batch(est).numpy())]
 
 
 def stoi(ref, est, sample_rate: int = 16000, extended: bool = False) -> list[Score]:
     """Short-time objective intelligibility (0-1) per clip: [B, 1, T] -> [Score] * B."""
-    from pystoi import stoi as pystoi_stoi
-
+    package, missing = scorer("stoi")
+    if package is None:
+        return [Score(None, missing)] * len(_as_batch(ref))
     # pystoi scores an all-zero reference as 0.0 without complaint; that is no measurement.
-    return [_score(lambda r=r, e=e: pystoi_stoi(r, e, sample_rate, extended=extended))
+    return [_score(lambda r=r, e=e: package.stoi(r, e, sample_rate, extended=extended))
             if r.any() else Score(None, "silent reference")
             for r, e in zip(_as_batch(ref).numpy(), _as_batch(est).numpy())]
 

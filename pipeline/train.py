@@ -33,8 +33,8 @@ from pipeline.cost import CostTotals, CostTracker
 from pipeline.data import crop_loader, eval_clips, rank_rows
 from pipeline.discriminator import Discriminator
 from pipeline.losses import adversarial_active, discriminator_loss, generator_loss
-from pipeline.metrics import (codebook_perplexity, mean_score, mel_distance, pesq_wb, range_ratio, si_sdr_db,
-                              snr_db, stoi)
+from pipeline.metrics import (SCORERS, codebook_perplexity, mean_score, mel_distance, pesq_wb, range_ratio,
+                              scorer, si_sdr_db, snr_db, stoi)
 from pipeline.model import Codec
 from pipeline.quantize import StepDraws, all_reduce_sum_
 from pipeline.rundir import RUN_ENDS, RunDir, RunEnd
@@ -133,6 +133,8 @@ class MainProcessDuties(RankDuties):
         self.cost.begin(saved.get("cost"), step, wandb_run_id=self.tracker.run_id)
         if saved.get("world") not in (None, self.workers):
             self.resized(saved["world"], step)
+        if problem := best_metric_problem(self.cfg):
+            self.warn(problem, {"event": "warning", "step": step, "message": problem})
 
     def resized(self, before: int, step: int) -> None:
         """The worker group came back at another size (elastic training): say so everywhere."""
@@ -534,6 +536,17 @@ def evaluate(model: Codec, clips: list[tuple[str, np.ndarray]], cfg: Config, dev
             metrics[f"val/{name}"] = value
     metrics.update({f"val/perplexity/{i}": float(p) for i, p in enumerate(perp)})
     return {k: float(v) for k, v in metrics.items()}
+
+
+def best_metric_problem(cfg: Config) -> str | None:
+    """Why evaluation cannot measure train.best_metric here (a perceptual score whose optional
+    package is missing), or None. The run goes on, keeping no best checkpoint."""
+    name = cfg.train.best_metric
+    if name not in SCORERS:
+        return None
+    _, missing = scorer(name)
+    return missing and (f"train.best_metric is {name}, but {missing}: val/{name} is not measured and no best "
+                        f"checkpoint is kept (or set train.best_metric=mel_distance)")
 
 
 def health_problems(ev: dict, step: int, cfg: Config) -> list[str]:

@@ -5,6 +5,7 @@ handling, and PESQ / STOI reporting why a clip could not be scored.
 """
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -92,3 +93,21 @@ def test_stoi_scores_speech_and_explains_failures():
     assert silent == Score(None, "silent reference")
     (too_short,) = stoi(ref[..., :SR // 5], ref[..., :SR // 5], SR)  # under 30 STOI frames
     assert too_short.value is None and "Not enough STFT frames" in too_short.reason
+
+
+def test_a_missing_scorer_package_is_a_reason_not_a_crash(monkeypatch):
+    """pesq and pystoi are the optional `eval` extra: without them evaluation still runs (the
+    perceptual scores are absent, with why) and a run whose best checkpoint is chosen by one is warned."""
+    from pipeline.config import load_config
+    from pipeline.train import best_metric_problem
+
+    cfg = load_config(["base", "tiny"], [])
+    assert cfg.train.best_metric == "pesq" and best_metric_problem(cfg) is None  # installed here
+    monkeypatch.setitem(sys.modules, "pesq", None)  # `import pesq` now raises ImportError
+    monkeypatch.setitem(sys.modules, "pystoi", None)
+    ref = _speech_like()
+    (p,), (s,) = pesq_wb(ref, ref, SR), stoi(ref, ref, SR)
+    assert p.value is None and "pesq is not installed" in p.reason
+    assert s.value is None and "pystoi is not installed" in s.reason
+    assert "no best checkpoint is kept" in best_metric_problem(cfg)
+    assert best_metric_problem(load_config(["base", "tiny"], ["train.best_metric=mel_distance"])) is None
