@@ -125,6 +125,14 @@ def prepare_data(out: Path, speech_minutes: float, cfg: Config) -> dict:
             "synth_s": synth_s, "prep_s": prep_s, "splits": summary.splits}
 
 
+def existing_data(url: str) -> dict:
+    """A dataset prepped elsewhere (--data), as prepare_data describes what it made."""
+    splits = load_index(url).splits
+    eval_split = next(s for s in ("val", "test", "train") if splits.get(s, {}).get("samples"))
+    return {"source": f"prepped elsewhere ({url})", "url": url, "eval_split": eval_split,
+            "synth_s": 0.0, "prep_s": 0.0, "splits": splits}
+
+
 def print_data(data: dict) -> None:
     splits = ", ".join(f"{split} {t['samples']} ({t['seconds'] / 60:.1f} min)" for split, t in data["splits"].items())
     print(f"data: {data['source']}; synthesized in {data['synth_s']:.1f} s, prepped in {data['prep_s']:.1f} s; "
@@ -306,8 +314,11 @@ def run_check(args, out: Path, report: dict) -> None:
                         "segment_seconds": cfg.train.segment_seconds, "adv_start_step": cfg.loss.adv_start_step,
                         "adversarial": cfg.loss.adversarial}
     report["stage"] = "data prep"
-    data = report["data"] = prepare_data(out, args.speech_minutes, cfg)
+    data = report["data"] = existing_data(args.data) if args.data else prepare_data(out, args.speech_minutes, cfg)
     print_data(data)
+    if args.prepare_only:
+        report["stage"] = "done"
+        return
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, url=data["url"]))
 
     report["stage"] = "model build and step-0 val"
@@ -396,7 +407,7 @@ def print_machine(report: dict) -> None:
 def print_config(c: dict) -> None:
     params = ", ".join(f"{k} {v:.2f}M" for k, v in c.get("params_m", {}).items())
     print(f"config: {' + '.join(c['files'])} {' '.join(c['overrides'])}; batch {c['batch_size']} x "
-          f"{c['segment_seconds']} s, mixed precision {c['mixed_precision']}, params {params}", flush=True)
+          f"{c['segment_seconds']} s, mixed precision {c.get('mixed_precision', 'n/a')}, params {params}", flush=True)
 
 
 def fmt(value, spec: str, missing: str = "n/a") -> str:
@@ -458,6 +469,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="keep corpus, shards, checkpoint and report.json here "
                     "(default: a temporary folder, removed after)")
     ap.add_argument("--speech-minutes", type=float, default=SPEECH_MINUTES[MODE], help="speech to synthesize")
+    ap.add_argument("--data", help="train on this prepped dataset instead of synthesizing one (a "
+                    "machine without espeak-ng/festival: see benchmarks/device_kit.sh)")
+    ap.add_argument("--prepare-only", action="store_true", help="synthesize and prep the dataset under "
+                    "--out, then stop")
     ap.add_argument("--adv-at", type=float, default=0.5, help="switch the adversarial stage on after this "
                     "fraction of the training time unless the config's step comes first (>= 1: never)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default; 1 is "
