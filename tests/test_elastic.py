@@ -107,8 +107,11 @@ def test_a_lost_node_shrinks_the_run_and_a_returning_one_grows_it_with_the_same_
     events = RunDir(str(run)).events.read()
     regrown = next(e["step"] for e in events if e["event"] == "regrowing")
     assert next(e for e in events if e["event"] == "resized" and e["to"] == 2)["step"] == regrown, events
-    assert any(e["event"] == "restarted" and e["step"] == regrown and e["reason"] == "capacity returned"
-               for e in events), events
+    # The group grows either through the watch's stop and restart (a "restarted" event, reason
+    # "capacity returned") or, when Ray Train's own resize check fires first, inside the same fit();
+    # both start the larger group at the regrowing step (asserted above). One CI run took Ray's path.
+    assert all(e["reason"] == "capacity returned" for e in events
+               if e["event"] == "restarted" and e["step"] == regrown), events
     logged = Counter(r["step"] for r in RunDir(str(run)).metrics.read() if "loss/total" in r)
     replayed = sorted(step for step, times in logged.items() if times > 1)
     assert len(replayed) <= 3 and all(step < regrown for step in replayed), (replayed, regrown)
