@@ -227,9 +227,10 @@ class StreamSet:
     its streams (views into the decoded audio, which is never written to), with the bytes read and
     decoded so far."""
 
-    def __init__(self, url: str, table: SplitTable, recipe: CropRecipe, streams: list[int]):
+    def __init__(self, url: str, table: SplitTable, recipe: CropRecipe, streams: list[int], steps: int):
         self.url, self.table, self.recipe, self.streams = url, table, recipe, streams
-        self.steps_per_epoch = steps_per_epoch(table, recipe)
+        self.steps_per_epoch = steps
+        """steps_per_epoch(table, recipe), worked out once by the CropLoader (a pass over the split)."""
         self.counts = crops_per_sample(table.frames, recipe.crop)
 
     def rows(self, start_step: int) -> Iterator[tuple[np.ndarray, int, int]]:
@@ -297,7 +298,8 @@ class CropLoader:
     def stream_sets(self) -> list[StreamSet]:
         """One StreamSet per worker (every n-th of this rank's streams), or one for all."""
         n = max(1, self.workers)
-        return [StreamSet(self.url, self.table, self.recipe, list(self.rows)[k::n]) for k in range(n)]
+        return [StreamSet(self.url, self.table, self.recipe, list(self.rows)[k::n], self.steps_per_epoch)
+                for k in range(n)]
 
     def batches(self, start_step: int = 0, prefetch: int = 4) -> Iterator[tuple[int, torch.Tensor]]:
         """(step, [rows, 1, crop]) forever from `start_step`."""

@@ -105,6 +105,7 @@ def test_a_lost_node_shrinks_the_run_and_a_returning_one_grows_it_with_the_same_
     # watch has Ray Train re-read the nodes before asking (without that, a group started within 20 s
     # of the node joining came back at one worker; test_capacity_watch.py shows why).
     events = RunDir(str(run)).events.read()
+    print("events:", *events, sep="\n  ")  # whole, in the failure's captured output (pytest cuts assert messages)
     regrown = next(e["step"] for e in events if e["event"] == "regrowing")
     assert next(e for e in events if e["event"] == "resized" and e["to"] == 2)["step"] == regrown, events
     # The group grows either through the watch's stop and restart (a "restarted" event, reason
