@@ -81,6 +81,12 @@ def train_worker(config: dict) -> None:
     import torch
 
     cfg = from_dict(Config, config["cfg"])
+    # A W&B service token (WANDB_SERVICE, which wandb.init leaves in its process's environment) that
+    # the process that started Ray had: the workers inherit it and would all send their runs through
+    # that process's wandb-core, which dies with it, and which kept a killed group's run open, so the
+    # next group's resume of the same run was refused ("run ID ... is in use", seen in CI: the test
+    # process had used W&B before starting Ray). Each worker starts its own.
+    os.environ.pop("WANDB_SERVICE", None)
     names = credentials.receive(config.get("keeper"))  # before anything reads S3 or starts W&B
     if names:
         print(f"rank {ray.train.get_context().get_world_rank()}: forwarded credentials {', '.join(names)} "

@@ -88,8 +88,10 @@ class WandbTracker(Tracker):
                                       settings=wandb.Settings(console="off", silent=True))
                 break
             except Exception as e:
-                # Seen once in CI right after a worker was killed: W&B's service still held the
-                # killed group's run ("run ID ... is in use") when the next group resumed it.
+                # A W&B service shared with another process can still hold a killed process's run
+                # ("run ID ... is in use") when the next worker group resumes it. Ray workers no
+                # longer share one by accident (jobs.ray_train.train_worker); one shared on purpose
+                # lets the run go after a few seconds.
                 if "is in use" not in str(e) or attempt == INIT_ATTEMPTS - 1:
                     raise
                 print(f"W&B: {e}; trying again in {INIT_RETRY_S:g} s", flush=True)

@@ -15,6 +15,7 @@ from collections import Counter
 import pytest
 
 from audio_fixtures import make_dataset
+from jobs import ray_train
 from jobs.ray_train import train_on_ray
 from pipeline.config import load_config
 from pipeline.rundir import RunDir
@@ -66,10 +67,16 @@ def largest_gap(a: dict, b: dict) -> float:
     return max(abs(a[s] - b[s]) / abs(a[s]) for s in a)
 
 
-def test_a_lost_node_shrinks_the_run_and_a_returning_one_grows_it_with_the_same_losses(two_nodes, dataset, tmp_path):
+def test_a_lost_node_shrinks_the_run_and_a_returning_one_grows_it_with_the_same_losses(two_nodes, dataset, tmp_path,
+                                                                                       monkeypatch):
     """The same samples and the same losses (within 1e-3 relative) at every step as an
     uninterrupted two-worker run, through a shrink to one worker and a grow back to two."""
     cluster, second = two_nodes
+    # Ray Train's own resize check (the fallback, a kill) is pushed out of this run, so the grow is the
+    # capacity watch's: at 10 x resize_check_s it could fire first (then there is no "regrowing"
+    # checkpoint and steps are redone) or while the regrowing group ends (one CI run: the larger group
+    # started inside the same fit, no "restarted" event). Both are Ray's behaviour, not ours.
+    monkeypatch.setattr(ray_train, "RAY_GROW_FALLBACK", 1000)
     steps = "train.steps=160"  # enough steps on 1 worker for Ray to see the node return
     reference = tmp_path / "ref"
     assert train_on_ray(config(dataset, reference, steps)).status == "finished"
@@ -108,11 +115,8 @@ def test_a_lost_node_shrinks_the_run_and_a_returning_one_grows_it_with_the_same_
     print("events:", *events, sep="\n  ")  # whole, in the failure's captured output (pytest cuts assert messages)
     regrown = next(e["step"] for e in events if e["event"] == "regrowing")
     assert next(e for e in events if e["event"] == "resized" and e["to"] == 2)["step"] == regrown, events
-    # The group grows either through the watch's stop and restart (a "restarted" event, reason
-    # "capacity returned") or, when Ray Train's own resize check fires first, inside the same fit();
-    # both start the larger group at the regrowing step (asserted above). One CI run took Ray's path.
-    assert all(e["reason"] == "capacity returned" for e in events
-               if e["event"] == "restarted" and e["step"] == regrown), events
+    assert any(e["event"] == "restarted" and e["step"] == regrown and e["reason"] == "capacity returned"
+               for e in events), events
     logged = Counter(r["step"] for r in RunDir(str(run)).metrics.read() if "loss/total" in r)
     replayed = sorted(step for step, times in logged.items() if times > 1)
     assert len(replayed) <= 3 and all(step < regrown for step in replayed), (replayed, regrown)

@@ -38,7 +38,16 @@ def killed_run(tmp_path_factory):
     planted = {"WANDB_API_KEY": WANDB_KEY, "AWS_SECRET_ACCESS_KEY": AWS_SECRET, "WANDB_MODE": "offline"}
     saved = {k: os.environ.get(k) for k in planted}
     os.environ.update(planted)  # before ray.init: the workers inherit it
-    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
+    # ... and so would a W&B service token of this process (set by any earlier wandb.init here), one
+    # of a service that is gone: a worker that used it would get no W&B run at all.
+    ours = os.environ.get("WANDB_SERVICE")
+    os.environ["WANDB_SERVICE"] = "3-1-unix-/tmp/telucodec-test-no-such-wandb-service/socket"
+    try:
+        ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
+    finally:
+        os.environ.pop("WANDB_SERVICE")
+        if ours:
+            os.environ["WANDB_SERVICE"] = ours
     try:
         data = str(tmp_path_factory.mktemp("ds"))
         make_dataset(data, [6, 6, 6, 6], sr=16000, seconds=0.3)  # every epoch equal per rank
