@@ -25,7 +25,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -66,10 +65,6 @@ class Tracker:
         pass
 
 
-INIT_ATTEMPTS, INIT_RETRY_S = 6, 5.0
-"""How often, and how far apart, to ask W&B again for a run it still calls in use."""
-
-
 class WandbTracker(Tracker):
     def __init__(self, cfg: Config, run_id: str | None):
         import wandb
@@ -79,23 +74,11 @@ class WandbTracker(Tracker):
         folder.mkdir(parents=True, exist_ok=True)
         offline = not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE")
         run_id = run_id or cfg.tracking.run_id or uuid.uuid4().hex[:12]
-        for attempt in range(INIT_ATTEMPTS):
-            try:
-                self.run = wandb.init(project=cfg.tracking.project, entity=cfg.tracking.entity or None,
-                                      name=run_name(cfg), id=run_id, resume="allow",
-                                      dir=str(folder), mode="offline" if offline else None,
-                                      config=redact_secrets(to_dict(cfg)),
-                                      settings=wandb.Settings(console="off", silent=True))
-                break
-            except Exception as e:
-                # A W&B service shared with another process can still hold a killed process's run
-                # ("run ID ... is in use") when the next worker group resumes it. Ray workers no
-                # longer share one by accident (jobs.ray_train.train_worker); one shared on purpose
-                # lets the run go after a few seconds.
-                if "is in use" not in str(e) or attempt == INIT_ATTEMPTS - 1:
-                    raise
-                print(f"W&B: {e}; trying again in {INIT_RETRY_S:g} s", flush=True)
-                time.sleep(INIT_RETRY_S)
+        self.run = wandb.init(project=cfg.tracking.project, entity=cfg.tracking.entity or None,
+                              name=run_name(cfg), id=run_id, resume="allow",
+                              dir=str(folder), mode="offline" if offline else None,
+                              config=redact_secrets(to_dict(cfg)),
+                              settings=wandb.Settings(console="off", silent=True))
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
         self.run_id = self.run.id
