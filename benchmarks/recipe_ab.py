@@ -9,8 +9,9 @@ same wall-clock budget. The budget becomes a step count: each recipe first times
 real batches, and its cosine schedule is stretched to the steps that fit (so every recipe ends its
 schedule; budget.max_usd at $1 per worker-hour stops any that runs long). A recipe with
 loss.adversarial=true is timed in both stages (before and after loss.adv_start_step) and gets
-adv_start_step reconstruction steps plus the adversarial steps that fit in the rest of the budget. Each final checkpoint is
-then scored on the held-out test speakers with `pipeline.evaluation.evaluate_checkpoint`, beside
+adv_start_step reconstruction steps plus the adversarial steps that fit in the rest of the budget.
+The estimate can miss by 10-20%, so the table shows each recipe's actual training minutes. Each
+final checkpoint is then scored on the held-out test speakers with `pipeline.evaluation.evaluate_checkpoint`, beside
 Opus 6 kbps and Codec2 3.2 kbps on the same clips: PESQ-WB, STOI, mel distance, SI-SDR, SNR and the
 measured bitrate.
 
@@ -47,7 +48,7 @@ EVAL_CLIPS = 24
 """Test clips scored (up to 4 s each), the same for every recipe."""
 TIMED_STEPS = 10
 """Steps timed (after 2 untimed: k-means init, allocator growth) to turn the budget into steps; their
-median, as a mean of 6 was thrown by single slow steps (a recipe then ran 25% past its budget)."""
+median, so one slow step does not shift it."""
 
 
 def parse_recipe(text: str) -> tuple[str, list[str]]:
@@ -66,35 +67,36 @@ def recipe_config(items: list[str], data: str, run_dir: Path, steps: int = 1000,
         "preempt.aws_endpoint=''", "preempt.gcp_endpoint=''", "train.progress_seconds=120"])
 
 
-def seconds_per_step(cfg, at_step: int = 0) -> float:
-    """Wall seconds of one train_step on this recipe's real batches, as a run times them from
-    `at_step` (past loss.adv_start_step the step also trains the discriminators)."""
+def seconds_per_step(cfg, at_steps: list[int]) -> list[float]:
+    """Wall seconds of one train_step on this recipe's real batches from each of `at_steps` (past
+    loss.adv_start_step a step also trains the discriminators): one model, one loader."""
     accel = make_accelerator(cfg)
     state = build_state(cfg, accel)
-    state.step = at_step
     batches = crop_loader(cfg).batches(0)
-    times = []
-    for i, (_, batch) in zip(range(TIMED_STEPS + 2), batches):
-        started = time.perf_counter()
-        train_step(state, batch, accel, cfg)
-        state.step += 1
-        if i >= 2:
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    medians = []
+    for at_step in at_steps:
+        state.step, times = at_step, []
+        for i, (_, batch) in zip(range(TIMED_STEPS + 2), batches):
+            started = time.perf_counter()
+            train_step(state, batch, accel, cfg)
+            state.step += 1
+            if i >= 2:
+                times.append(time.perf_counter() - started)
+        medians.append(statistics.median(times))
+    return medians
 
 
 def run_recipe(name: str, items: list[str], data: str, out: Path, minutes: float) -> dict:
     """Time, train for the budget, score on the test split; the recipe's row."""
     probe = recipe_config(items, data, out / "probe")
-    per_step = seconds_per_step(probe)
+    start = probe.loss.adv_start_step if probe.loss.adversarial else None
+    per_step, *per_adv_step = seconds_per_step(probe, [0] if start is None else [0, start])
     steps = max(10, int(minutes * 60 / per_step))
     plan = f"{per_step * 1000:.0f} ms/step"
-    if probe.loss.adversarial and probe.loss.adv_start_step < steps:
+    if per_adv_step and start < steps:
         # two stages: reconstruction steps up to adv_start_step, then slower steps with the discriminators
-        start = probe.loss.adv_start_step
-        per_adv_step = seconds_per_step(probe, at_step=start)
-        steps = start + max(10, int((minutes * 60 - start * per_step) / per_adv_step))
-        plan += f" to step {start}, then {per_adv_step * 1000:.0f} ms/step with the discriminators"
+        steps = start + max(10, int((minutes * 60 - start * per_step) / per_adv_step[0]))
+        plan += f" to step {start}, then {per_adv_step[0] * 1000:.0f} ms/step with the discriminators"
     run_dir = out / f"run-{name}"
     cfg = recipe_config(items, data, run_dir, steps, minutes)
     print(f"{name}: {plan} -> {steps} steps in {minutes:g} min", flush=True)
