@@ -254,24 +254,28 @@ class StreamSet:
 
 class _WorkerRows(torch.utils.data.IterableDataset):
     """What DataLoader worker k runs: the rows of its share of the rank's streams (every n-th),
-    stacked into a ring of shared-memory buffers. A fresh shared tensor per step cost more than the
-    decode (mapping and zeroing 2 MB); a buffer is reused only after the trainer copied it out: a
-    worker holds at most `prefetch` unanswered requests, plus the item being copied."""
+    stacked into slot i % len(ring) of its ring of shared-memory buffers, made by the training
+    process and handed to the worker once, at its start. Each step only the slot's number crosses
+    the pipe: sending the rows as a shared tensor each step (a descriptor passed over a socket and
+    mapped again) cost the training process more than the copy out of it, and a fresh shared
+    tensor per step more than the decode (mapping and zeroing 2 MB). A slot is reused only after
+    the trainer copied it out: a worker holds at most `prefetch` unanswered requests, plus the item
+    being copied, and the ring has two slots more."""
 
     def __init__(self, sets: list[StreamSet], start_step: int, prefetch: int):
-        self.sets, self.start_step, self.ring = sets, start_step, prefetch + 2
+        self.sets, self.start_step = sets, start_step
+        self.rings = [torch.empty((prefetch + 2, len(s.streams), s.recipe.crop)).share_memory_() for s in sets]
 
     def __iter__(self):
         k = torch.utils.data.get_worker_info().id
-        ring = [torch.empty((len(self.sets[k].streams), self.sets[k].recipe.crop)).share_memory_()
-                for _ in range(self.ring)]
+        ring = self.rings[k].numpy()
         try:
             for i, (crops, read, decoded) in enumerate(self.sets[k].rows(self.start_step)):
-                rows = ring[i % self.ring]
-                np.stack(crops, out=rows.numpy())
-                yield rows, read, decoded
+                slot = i % len(ring)
+                np.stack(crops, out=ring[slot])
+                yield k, slot, read, decoded
         except TelucodecError as e:  # the trainer raises it as it is: one line, not a worker traceback
-            yield e, 0, 0
+            yield k, e, 0, 0
 
 
 class CropLoader:
@@ -311,14 +315,15 @@ class CropLoader:
         try:
             while True:
                 batch = torch.empty((len(self.rows), 1, self.recipe.crop), pin_memory=self.pin_memory)
+                out = batch[:, 0].numpy()  # numpy copies on this thread: torch would wake its thread pool for a memcpy
                 for k in range(n):
                     rows, read[k], decoded[k] = next(parts)
                     if isinstance(rows, TelucodecError):
                         raise rows
                     if isinstance(rows, list):
-                        np.stack(rows, out=batch[:, 0].numpy())
+                        np.stack(rows, out=out)
                     else:
-                        batch[k::n, 0] = rows
+                        out[k::n] = rows
                 self.bytes_read, self.bytes_decoded = sum(read), sum(decoded)
                 yield step, batch
                 step += 1
@@ -326,13 +331,15 @@ class CropLoader:
             parts.close()
 
     def _worker_parts(self, sets: list[StreamSet], start_step: int, prefetch: int):
+        rows = _WorkerRows(sets, start_step, prefetch)
         loader = torch.utils.data.DataLoader(
-            _WorkerRows(sets, start_step, prefetch), batch_size=None, num_workers=self.workers, prefetch_factor=prefetch,
+            rows, batch_size=None, num_workers=self.workers, prefetch_factor=prefetch,
             # forkserver: the training process holds threads (gloo, W&B, Ray) that fork would copy mid-lock
             multiprocessing_context="forkserver")
         parts = iter(loader)
         try:
-            yield from parts  # DataLoader takes one item from each worker in turn, in order
+            for k, slot, read, decoded in parts:  # DataLoader takes one item from each worker in turn, in order
+                yield (slot if isinstance(slot, TelucodecError) else rows.rings[k][slot].numpy()), read, decoded
         finally:
             del parts  # shuts the workers down
 
