@@ -21,6 +21,7 @@ import hashlib
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
@@ -261,6 +262,10 @@ def make_accelerator(cfg: Config):
     # ~8 MB of codebooks from rank 0 every forward. Only v1's per-batch quantizer dropout leaves
     # weights without a gradient (the skipped levels' projections).
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=unused_parameters(cfg))
+    # torch 2.13 deprecates broadcast_buffers for forward_sync_buffers, which Accelerate cannot pass
+    # yet; its False still means what we want (no sync at all: ranks start from the same weights or
+    # checkpoint), so each worker group's start need not print a FutureWarning per rank.
+    warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
     # Accelerate sets torch's threads to the machine's cores / ranks on it when OMP_NUM_THREADS is
     # unset, which can raise a count set lower on purpose (a Ray worker's train.cpus_per_worker, a
     # test's 1): keep the smaller. The thread count also decides how CPU kernels split their sums,

@@ -6,6 +6,7 @@ train.compile's parts tracing whole.
     .venv/bin/pytest tests/test_train_recipe.py -q
 """
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,23 @@ def test_ddp_settings_follow_the_recipe(tmp_path):
     assert handler.broadcast_buffers is False and handler.find_unused_parameters is False
     v1 = adversarial_config(tmp_path, "model.quantizer_dropout_per=batch", "model.quantizer_dropout=0.5")
     assert make_accelerator(v1).ddp_handler.find_unused_parameters is True
+
+
+def test_wrapping_the_codec_in_ddp_prints_no_deprecation_warning(tmp_path):
+    """torch 2.13 warns once per rank and worker group that broadcast_buffers is deprecated;
+    its False still means no buffer sync, which is what we want, so the warning is not shown."""
+    import torch.distributed as dist
+
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        handler = make_accelerator(adversarial_config(tmp_path)).ddp_handler
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+        try:
+            ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2), **handler.to_kwargs())
+        finally:
+            dist.destroy_process_group()
+    assert ddp.forward_sync_buffers is False
+    assert not [w for w in shown if "broadcast_buffers" in str(w.message)], [str(w.message) for w in shown]
 
 
 def test_the_health_guard_lets_the_gan_stage_trade_snr_but_not_level(tmp_path):
