@@ -336,10 +336,11 @@ class CropLoader:
             rows, batch_size=None, num_workers=self.workers, prefetch_factor=prefetch,
             # forkserver: the training process holds threads (gloo, W&B, Ray) that fork would copy mid-lock
             multiprocessing_context="forkserver")
+        rings = [ring.numpy() for ring in rows.rings]
         parts = iter(loader)
         try:
             for k, slot, read, decoded in parts:  # DataLoader takes one item from each worker in turn, in order
-                yield (slot if isinstance(slot, TelucodecError) else rows.rings[k][slot].numpy()), read, decoded
+                yield (slot if isinstance(slot, TelucodecError) else rings[k][slot]), read, decoded
         finally:
             del parts  # shuts the workers down
 
