@@ -147,12 +147,12 @@ def prep_fingerprint(plan: dict[str, list[SourceItem]], cfg: PrepConfig) -> str:
 
 
 def resume_split(records: RunRecords, split: str) -> SplitProgress:
-    """Progress of `split` from its records, keeping only shards whose sha256 still matches."""
+    """Progress of `split` from its records, keeping only shards whose digest still matches."""
     state = SplitProgress()
     names = records.names(f"{split}-")
     for n, name in enumerate(names):
         rec = records.get(name)
-        info = ShardInfo(**rec["shard"])
+        info = ShardInfo.from_record(rec["shard"])
         if name != f"{split}-{n:06d}.json" or not shard_matches(records.store, info):
             for stale in names[n:]:
                 records.delete(stale)

@@ -104,8 +104,8 @@ def test_same_input_same_shards_and_rerun_is_a_no_op(corpus, tmp_path):
     manifest, _, _ = corpus
     a = run_prep([str(manifest)], str(tmp_path / "a"), SMALL, progress=False)
     b = run_prep([str(manifest)], str(tmp_path / "b"), PrepConfig(**{**SMALL.__dict__, "workers": 1}), progress=False)
-    assert [(s.name, s.sha256) for s in load_index(str(tmp_path / "a")).shards] == \
-           [(s.name, s.sha256) for s in load_index(str(tmp_path / "b")).shards]
+    assert [(s.name, s.digest) for s in load_index(str(tmp_path / "a")).shards] == \
+           [(s.name, s.digest) for s in load_index(str(tmp_path / "b")).shards]
     again = run_prep([str(manifest)], str(tmp_path / "a"), SMALL, progress=False)
     assert again.already_complete and again.splits == a.splits and not b.already_complete
 
@@ -145,8 +145,8 @@ def test_kill_and_rerun_completes_without_loss_or_duplicates(tmp_path):
         load_index(str(out))
     summary = run_prep([str(manifest)], str(out), PrepConfig(shard_max_samples=2, workers=1), progress=False)
     assert summary.resumed_shards >= 3
-    assert [(s.name, s.sha256) for s in load_index(str(out)).shards] == \
-           [(s.name, s.sha256) for s in load_index(str(reference)).shards]
+    assert [(s.name, s.digest) for s in load_index(str(out)).shards] == \
+           [(s.name, s.digest) for s in load_index(str(reference)).shards]
     assert not (out / "_prep").exists()
 
 
@@ -162,7 +162,7 @@ def test_tampered_shard_fails_verify(corpus, tmp_path, capsys):
     capsys.readouterr()
     assert main(["shards", "verify", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "train-000001.tar" in err and "sha256" in err and "train-000000.tar" not in err
+    assert "train-000001.tar" in err and "xxh3_128 differs from the index" in err and "train-000000.tar" not in err
 
 
 def test_nothing_usable_exits_non_zero(tmp_path, capsys):

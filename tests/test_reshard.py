@@ -1,7 +1,9 @@
 """reshard end to end: small real datasets on a real local S3 server and in folders -> new shards -> check."""
 
+import hashlib
 import io
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -16,7 +18,7 @@ from audio_fixtures import tone
 from data_prep.reshard import (ReshardError, ReshardOptions, check_split, keys_digest, plan_split, reshard)
 from jobs.cli import main
 from pipeline.shards import (DatasetIndex, ShardWriter, decode_flac, encode_sample, iter_tar, load_index,
-                             read_samples, verify_dataset, write_index)
+                             read_samples, upgrade_index, verify_dataset, write_index)
 from pipeline.store import open_store
 
 RATE = 16000
@@ -150,7 +152,7 @@ def test_shuffle_is_deterministic_and_spill_waves_do_not_change_it(local_source,
             assert sorted(order) == sorted(source[split]) and order != source[split]
         sizes = [len(s) for s in keys["train"]]
         assert len(sizes) % 2 == 0 and max(sizes) - min(sizes) <= 1
-    assert [s.sha256 for s in load_index(a).shards] == [s.sha256 for s in load_index(str(tmp_path / "b")).shards]
+    assert [s.digest for s in load_index(a).shards] == [s.digest for s in load_index(str(tmp_path / "b")).shards]
 
 
 def test_plain_repack_copies_byte_ranges_to_the_same_shards_as_parsing(local_source, tmp_path):
@@ -161,8 +163,8 @@ def test_plain_repack_copies_byte_ranges_to_the_same_shards_as_parsing(local_sou
         assert reshard(local_source, ranged_url, opts, **QUIET).copied_ranges == 39  # every sample, no parse
         assert reshard(unranged, parsed_url, opts, **QUIET).copied_ranges == 0  # the old path
         ranged, parsed = load_index(ranged_url), load_index(parsed_url)
-        assert [(s.name, s.sha256, s.sample_ranges) for s in ranged.shards] == \
-               [(s.name, s.sha256, s.sample_ranges) for s in parsed.shards]
+        assert [(s.name, s.digest, s.sample_ranges) for s in ranged.shards] == \
+               [(s.name, s.digest, s.sample_ranges) for s in parsed.shards]
         for split, totals in ranged.splits.items():  # seconds from frames, or from each sample's json
             assert totals["seconds"] == pytest.approx(parsed.splits[split]["seconds"], abs=1e-5)
         assert verify_dataset(ranged_url) == [] and verify_dataset(parsed_url) == []
@@ -222,8 +224,8 @@ def test_killed_reshard_reruns_to_the_same_result(s3_source, s3_bucket):
     summary = reshard(s3_source, killed, ReshardOptions(samples_per_shard=1, sample_rate=8000, workers=1), **QUIET)
     assert 1 <= summary.kept_shards < len(load_index(killed).shards)
     assert summary.kept_shards + summary.written_shards == len(load_index(killed).shards)
-    assert [(s.name, s.sha256) for s in load_index(killed).shards] == \
-           [(s.name, s.sha256) for s in load_index(reference).shards]
+    assert [(s.name, s.digest) for s in load_index(killed).shards] == \
+           [(s.name, s.digest) for s in load_index(reference).shards]
     keys = flat(shard_keys(killed))
     assert all(len(set(k)) == len(k) for k in keys.values()) and keys == flat(shard_keys(s3_source))
     assert verify_dataset(killed) == [] and not store.list("_reshard/")
@@ -253,7 +255,7 @@ def test_changed_source_is_an_error_not_a_warning(local_source, tmp_path):
     data[len(data) // 2] ^= 0xFF
     copy.put("train-000002.tar", bytes(data))
     dst = str(tmp_path / "dst")
-    with pytest.raises(ReshardError, match="train-000002.tar: sha256 differs from the source index"):
+    with pytest.raises(ReshardError, match="train-000002.tar: size or xxh3_128 differs from the source index"):
         reshard(copy.url, dst, ReshardOptions(), **QUIET)
     assert not open_store(dst).exists("index.json")
     # a sample range that does not start at a sample's header is caught, not copied
@@ -265,6 +267,33 @@ def test_changed_source_is_an_error_not_a_warning(local_source, tmp_path):
     write_index(shifted, index)
     with pytest.raises(ReshardError, match=f"train-000001.tar: no .flac member header at byte {r.start + 512}"):
         reshard(shifted.url, str(tmp_path / "dst2"), ReshardOptions(), **QUIET)
+
+
+def test_an_index_with_sha256_digests_is_still_read_and_checked(local_source, tmp_path):
+    """Indexes written before shard digests were xxh3_128 name sha256 (and, older still, no sample
+    ranges): verify, upgrade and reshard check the shards with it; the reshard's own index is xxh3_128."""
+    old = tmp_path / "old"
+    shutil.copytree(local_source, old)
+    index = json.loads((old / "index.json").read_text())
+    for shard in index["shards"]:
+        del shard["xxh3_128"], shard["sample_ranges"]
+        shard["sha256"] = hashlib.sha256((old / shard["name"]).read_bytes()).hexdigest()
+    (old / "index.json").write_text(json.dumps(index))
+    assert verify_dataset(str(old)) == []
+    assert upgrade_index(str(old)) == 7
+    assert all(set(s) >= {"sha256", "sample_ranges"} and "xxh3_128" not in s
+               for s in json.loads((old / "index.json").read_text())["shards"])
+    summary = reshard(str(old), str(tmp_path / "new"), ReshardOptions(shards=2), **QUIET)
+    assert summary.copied_ranges == 39
+    assert {s.algorithm for s in load_index(str(tmp_path / "new")).shards} == {"xxh3_128"}
+    assert verify_dataset(str(tmp_path / "new")) == []
+    victim = old / "train-000002.tar"
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 1  # inside the end-of-archive blocks: every sample still decodes, only the digest tells
+    victim.write_bytes(bytes(data))
+    assert verify_dataset(str(old)) == ["train-000002.tar: sha256 differs from the index"]
+    with pytest.raises(ReshardError, match="train-000002.tar: size or sha256 differs from the source index"):
+        reshard(str(old), str(tmp_path / "new2"), ReshardOptions(shards=2), **QUIET)
 
 
 def test_plan_balances_and_the_check_catches_a_lost_sample(local_source):
@@ -281,7 +310,7 @@ def test_plan_balances_and_the_check_catches_a_lost_sample(local_source):
     scans = {s.name: {"keys_digest": f"{keys_digest(keys[:5] if s.samples == 5 else keys[5:]):032x}"}
              for s in plan.sources}
     seconds = sum(s.seconds for s in plan.sources)
-    info = {"name": "val-000000.tar", "split": "val", "samples": 7, "seconds": seconds, "bytes": 1, "sha256": ""}
+    info = {"name": "val-000000.tar", "split": "val", "samples": 7, "seconds": seconds, "bytes": 1, "digest": "xxh3_128:" + "0" * 32}
     done = {"val-000000.tar": {"info": info, "keys_digest": f"{keys_digest(keys):032x}"}}
     check_split(plan, done, scans, RATE, False)
     done["val-000000.tar"]["keys_digest"] = f"{keys_digest(keys[:-1] + keys[:1]):032x}"  # one lost, one twice

@@ -18,7 +18,7 @@ fit `spill_gb` of local disk, one source pass per wave. Memory holds a few sampl
 spill, however large the dataset.
 
 The source is only read. Each finished destination shard leaves a record under `_reshard/` at the
-destination; a re-run of the same command keeps the shards whose sha256 still matches and makes the
+destination; a re-run of the same command keeps the shards whose digest still matches and makes the
 rest again, deterministically. Before index.json is written (last, with the lineage) the destination
 is checked against the source: the same multiset of keys (or derived keys) and the same seconds per
 split; a mismatch raises. Then `_reshard/` is deleted.

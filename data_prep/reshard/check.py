@@ -19,7 +19,7 @@ def check_split(plan: SplitPlan, done: dict[str, dict], scans: dict[str, dict], 
     missing = [n for n in names if n not in done]
     if missing:
         raise ReshardError(f"{plan.split}: destination shards missing: {', '.join(missing[:5])}")
-    infos = [ShardInfo(**done[n]["info"]) for n in names]
+    infos = [ShardInfo.from_record(done[n]["info"]) for n in names]
     samples = sum(i.samples for i in infos)
     if samples != plan.items:
         raise ReshardError(f"{plan.split}: destination has {samples} samples, expected {plan.items}")

@@ -187,7 +187,7 @@ class RunTally:
 
     def shards(self, plans: list[SplitPlan]) -> list[ShardInfo]:
         """Every planned destination shard, in order (all of them done)."""
-        return [ShardInfo(**self.done[shard_name(p.split, j)]["info"]) for p in plans for j in range(p.n_shards)]
+        return [ShardInfo.from_record(self.done[shard_name(p.split, j)]["info"]) for p in plans for j in range(p.n_shards)]
 
 
 class ReshardProgress(DatasetProgress):
@@ -305,11 +305,11 @@ class _Resharder:
         self.tally.scanned(info, keys, counts)
 
     def keep_finished(self, plans: list[SplitPlan]) -> dict[str, dict]:
-        """Done records of an interrupted run whose shard is still there with the same sha256."""
+        """Done records of an interrupted run whose shard is still there with the same digest."""
         planned = {shard_name(p.split, j): p.shard_samples(j) for p in plans for j in range(p.n_shards)}
         records = [r for name, r in self.ledger.load("done", self.io).items()
                    if planned.get(name) == r["info"]["samples"]]
-        intact = self.io.map(lambda r: shard_matches(self.dst, ShardInfo(**r["info"])), records)
+        intact = self.io.map(lambda r: shard_matches(self.dst, ShardInfo.from_record(r["info"])), records)
         return {r["name"]: r for r, ok in zip(records, intact) if ok}
 
 

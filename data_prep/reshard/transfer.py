@@ -3,7 +3,7 @@ its samples read as the byte ranges the index records (a plain re-pack copies th
 destination shard filled (straight into its tar, or through a shuffled wave's spill file), and uploads
 kept to a bounded number in flight. None of it knows about the run; run.py drives it.
 
-    with fetch_shard(src, info, tmp_dir) as f: ...           # ReshardError if the sha256 differs
+    with fetch_shard(src, info, tmp_dir) as f: ...           # ReshardError if the size or digest differs
         for sample in ranged_samples(f, info, rate): ...     # RawSample: key, tar bytes, range, seconds
     shard = DestShard(dst, plan, j, spill); shard.add(position, sample); info = shard.finish()
 """
@@ -24,7 +24,7 @@ from pipeline.store import LocalStore, Store, iter_chunks, mapped
 
 
 def fetch_shard(store: Store, info: ShardInfo, tmp_dir: str | None) -> BinaryIO:
-    """Source shard `info` as a local file at offset 0, checked against the index's size and sha256."""
+    """Source shard `info` as a local file at offset 0, checked against the index's size and digest."""
     if isinstance(store, LocalStore):
         f = store.open(info.name)
         with mapped(f) as view:
@@ -36,7 +36,7 @@ def fetch_shard(store: Store, info: ShardInfo, tmp_dir: str | None) -> BinaryIO:
     f.seek(0)
     if mismatches:
         f.close()
-        raise ReshardError(f"{store.join(info.name)}: sha256 differs from the source index "
+        raise ReshardError(f"{store.join(info.name)}: size or {info.algorithm} differs from the source index "
                            "(the source changed or is corrupt)")
     return f
 

@@ -133,7 +133,7 @@ def register_shards(sub) -> None:
                          description="Training reads each sample with one ranged read at the byte range "
                          "index.json records; indexes written by telucodec before 0.2 lack them and "
                          "training refuses them. This reads every shard once, checks it against the "
-                         "index's sha256 and rewrites index.json with the ranges. Shards are not touched.",
+                         "index's digest and rewrites index.json with the ranges. Shards are not touched.",
                          epilog="example: telucodec shards upgrade s3://bucket/te", formatter_class=FORMATTER)
     s.add_argument("url", metavar="URL")
     s.set_defaults(func=shards_upgrade)
