@@ -14,15 +14,14 @@ samples, 48 per shard), then measures MB/s and audio seconds per wall second for
 each local folder -> local folder and S3 -> S3 (moto on 127.0.0.1, started here), best of
 `--repeats` (the runs take turns, so a busy spell on a shared machine hits them alike), and prints
 the ratios to the ceiling of the same stores, the CPU seconds each run took (all threads), and what
-one sha256 pass over the source costs here: a re-pack hashes every byte twice (the source against
-its index, the destination for its index), which a raw copy does not, so on a machine whose page
-cache copies faster than it hashes the two hash passes alone outweigh a raw copy's whole CPU time.
+one pass of the index's digest (xxh3_128) and of sha256 over the source cost here: a re-pack hashes
+every byte twice (the source against its index, the destination for its own), which a raw copy does
+not; with sha256 (indexes before xxh3_128) the two passes alone outweighed a raw copy's whole CPU time.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import platform
 import resource
@@ -39,8 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from audio_fixtures import tone  # noqa: E402
 from data_prep.reshard import ReshardOptions, reshard  # noqa: E402
-from pipeline.shards import DatasetIndex, ShardWriter, encode_sample, load_index, write_index  # noqa: E402
-from pipeline.store import Store, open_store  # noqa: E402
+from pipeline.shards import (DIGEST, DatasetIndex, ShardWriter, encode_sample, load_index, new_hasher,  # noqa: E402
+                             write_index)
+from pipeline.store import Store, mapped, open_store  # noqa: E402
 from run_fixtures import MotoS3  # noqa: E402
 
 RATE, SECONDS, PER_SHARD = 16000, 8.0, 48
@@ -88,14 +88,14 @@ def repack(src: str, dst: str, **opts) -> Callable[[int], object]:
 
 def best_of(repeats: int, runs: dict[str, Callable[[int], object]], durable: bool = False
             ) -> dict[str, tuple[float, float]]:
-    """(wall seconds, CPU seconds of this process) of each run's fastest repeat; the runs take
-    turns, repeat by repeat. `durable`: every run starts with no dirty pages and its time includes
-    writing its output to disk (os.sync), so the kernel's write-back of one run does not slow the next."""
+    """(wall seconds, CPU seconds of this process) of each run's fastest repeat; the runs take turns,
+    repeat by repeat. Every run starts with no dirty pages (an untimed os.sync), so the kernel's
+    write-back of one run does not slow the next; `durable`: its time also includes writing its
+    output to disk (os.sync)."""
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     for i in range(repeats):
         for name, fn in runs.items():
-            if durable:
-                os.sync()
+            os.sync()
             t, cpu = time.perf_counter(), cpu_seconds()
             fn(i)
             if durable:
@@ -110,12 +110,12 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def sha256_seconds(store: Store, index: DatasetIndex) -> float:
-    """Seconds to hash every source shard once (read from the store, as the reshard's source check does)."""
+def hash_seconds(store: Store, index: DatasetIndex, algorithm: str) -> float:
+    """Seconds to hash every source shard once with `algorithm` (mapped, as the reshard's source check does)."""
     t = time.perf_counter()
     for info in index.shards:
         with store.open(info.name) as f:
-            hashlib.file_digest(f, "sha256")
+            new_hasher(algorithm).update(mapped(f))
     return time.perf_counter() - t
 
 
@@ -125,7 +125,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--io-threads", type=int, default=8)
     ap.add_argument("--sync", action="store_true",
-                    help="time each run until its output is on disk (os.sync), from a clean page cache")
+                    help="time each run until its output is on disk (os.sync); without it, until it is in the "
+                         "page cache (each run starts with no dirty pages either way)")
     args = ap.parse_args()
     shape = dict(shard_mb=20, ranks=2, io_threads=args.io_threads)
     rows = []
@@ -135,7 +136,8 @@ def main() -> None:
         build_s = time.perf_counter() - t
         totals = index.splits["train"]
         mb, audio_s = sum(s.bytes for s in index.shards) / 1e6, totals["seconds"]
-        hash_s = min(sha256_seconds(open_store(f"{tmp}/src"), index) for _ in range(args.repeats))
+        hash_s = {a: min(hash_seconds(open_store(f"{tmp}/src"), index, a) for _ in range(args.repeats))
+                  for a in (DIGEST, "sha256")}
         MotoS3("bench").__enter__()  # lives until the script ends
         raw_copy(open_store(f"{tmp}/src"), open_store("s3://bench/src"), args.io_threads)  # untimed
         for url in (f"{tmp}/src", "s3://bench/src"):
@@ -158,7 +160,7 @@ def main() -> None:
           + ("; timed until on disk (--sync)" if args.sync else ""))
     print(f"source: {mb:.1f} MB FLAC, {audio_s / 3600:.2f} h, {totals['samples']} samples in "
           f"{totals['shards']} shards (built in {build_s:.0f} s) -> re-pack: {len(out.shards)} shards; "
-          f"one sha256 pass over it: {hash_s:.2f} s")
+          f"one pass over it of {DIGEST}: {hash_s[DIGEST]:.3f} s, of sha256: {hash_s['sha256']:.3f} s")
     print(f"{'stores':16} {'run':20} {'wall s':>8} {'CPU s':>6} {'MB/s':>8} {'audio s/s':>10} {'ratio':>6}")
     for label, run, (wall, cpu), (ceiling, _) in rows:
         print(f"{label:16} {run:20} {wall:8.2f} {cpu:6.2f} {mb / wall:8.1f} {audio_s / wall:10.0f} "

@@ -171,7 +171,7 @@ class ShardInfo:
     """One entry per sample, in tar order; None in an index written before they were recorded."""
 
     def __post_init__(self):
-        if self.sample_ranges is not None:
+        if self.sample_ranges and not isinstance(self.sample_ranges[0], SampleRange):  # from a record
             self.sample_ranges = [SampleRange(*r) for r in self.sample_ranges]
 
     @property
@@ -216,12 +216,17 @@ class DatasetIndex:
         return out
 
     def to_json(self) -> str:
-        data = {"format": self.format, "version": self.version, "created": self.created,
-                "sample_rate": self.sample_rate, "splits": self.splits,
-                "shards": [_shard_json(s) for s in self.shards], "config": self.config, "lineage": self.lineage}
-        # One line per shard: an index of a large dataset holds ~10^5 sample ranges
-        text = json.dumps(data, indent=1, ensure_ascii=False)
-        return re.sub(r"\[\s+(\d+),\s+(\d+),\s+(\d+),\s+(\d+),\s+(\d+)\s+\]", r"[\1,\2,\3,\4,\5]", text)
+        """The index as text: one line per shard (a large dataset's index holds ~10^5 sample ranges;
+        the shards are encoded by json's C encoder, which an indented dump does not use)."""
+        def members(obj: dict) -> str:  # an indented object's lines, without its braces
+            return json.dumps(obj, indent=1, ensure_ascii=False)[1:-1].strip("\n")
+
+        head = {"format": self.format, "version": self.version, "created": self.created,
+                "sample_rate": self.sample_rate, "splits": self.splits}
+        shards = "".join(f"{',' if i else ''}\n  {json.dumps(_shard_json(s), ensure_ascii=False)}"
+                         for i, s in enumerate(self.shards))
+        return (f"{{\n{members(head)},\n \"shards\": [{shards}\n ],\n"
+                f"{members({'config': self.config, 'lineage': self.lineage})}\n}}\n")
 
     @classmethod
     def from_json(cls, text: str, where: str = "index.json") -> "DatasetIndex":
@@ -310,8 +315,8 @@ def _shard_json(info: ShardInfo) -> dict:
     algorithm, _, value = info.digest.partition(":")
     data = {"name": info.name, "split": info.split, "samples": info.samples, "seconds": info.seconds,
             "bytes": info.bytes, algorithm: value}
-    if info.sample_ranges is not None:  # lists, not asdict: it would deep-copy every range
-        data["sample_ranges"] = [list(r) for r in info.sample_ranges]
+    if info.sample_ranges is not None:  # named tuples encode as lists
+        data["sample_ranges"] = info.sample_ranges
     return data
 
 
@@ -380,15 +385,17 @@ class ShardWriter:
         self._added(sample.key, SampleRange(start, flac_offset, len(sample.flac), self.tar.offset, sample.frames),
                     sample.seconds)
 
-    def add_raw(self, key: str, data: bytes, source: SampleRange, seconds: float) -> None:
-        """Append a sample copied byte for byte from another shard: `data` is its bytes
-        source.start..source.end there (tar headers included, so nothing is parsed or rebuilt)."""
+    def add_raw(self, data: bytes | memoryview, samples: list[tuple[str, SampleRange, float]]) -> None:
+        """Append samples copied byte for byte from another shard: `data` is their bytes there, back to
+        back from the first one's start to the last one's end (tar headers included, so nothing is
+        parsed or rebuilt); `samples`: (key, range there, seconds) of each."""
         start = self.tar.offset
         self.tar.fileobj.write(data)
         self.tar.offset += len(data)
-        shift = start - source.start
-        self._added(key, source._replace(start=start, flac_offset=source.flac_offset + shift,
-                                         end=source.end + shift), seconds)
+        shift = start - samples[0][1].start
+        for key, source, seconds in samples:
+            self._added(key, source._replace(start=source.start + shift, flac_offset=source.flac_offset + shift,
+                                             end=source.end + shift), seconds)
 
     def _added(self, key: str, where: SampleRange, seconds: float) -> None:
         self.ranges.append(where)

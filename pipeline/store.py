@@ -184,13 +184,10 @@ class LocalStore(Store):
         return self._path(key).is_file()
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
-        if not self.root.is_dir():
-            return []
-        out = []
-        for path in self.root.rglob("*"):
-            key = path.relative_to(self.root).as_posix()
-            if path.is_file() and key.startswith(prefix) and _TMP_MARK not in path.name:
-                out.append(ObjectInfo(key, path.stat().st_size))
+        folder = prefix.rpartition("/")[0]  # only the folder the prefix names is walked
+        top = self._path(folder) if folder else self.root
+        out = [ObjectInfo(key, size) for key, size in _walk(top, f"{folder}/" if folder else "")
+               if key.startswith(prefix)]
         return sorted(out, key=lambda o: o.key)
 
     def open(self, key: str) -> BinaryIO:
@@ -218,10 +215,43 @@ class LocalStore(Store):
     def delete(self, key: str) -> None:
         path = self._path(key)
         path.unlink(missing_ok=True)
-        for parent in path.parents:  # no empty folders left behind (S3 has none either)
-            if parent == self.root or not parent.is_relative_to(self.root) or any(parent.iterdir()):
-                break
-            parent.rmdir()
+        self._prune([path.parent])
+
+    def delete_prefix(self, prefix: str) -> int:
+        items = self.list(prefix)
+        for item in items:
+            self._path(item.key).unlink(missing_ok=True)
+        self._prune({self._path(item.key).parent for item in items})
+        return len(items)
+
+    def _prune(self, folders) -> None:
+        """Remove `folders` and their parents below the root where empty (S3 has no empty folders either)."""
+        for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+            for parent in (folder, *folder.parents):
+                if parent == self.root or not parent.is_relative_to(self.root):
+                    break
+                try:
+                    parent.rmdir()
+                except FileNotFoundError:
+                    continue  # removed already, as a parent of a deeper folder
+                except OSError:  # not empty
+                    break
+
+
+def _walk(folder: Path, key_prefix: str) -> Iterator[tuple[str, int]]:
+    """(key, size) of every file below `folder` but the hidden temporaries of writes in progress."""
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(Path(entry.path), f"{key_prefix}{entry.name}/")
+        elif entry.is_file() and _TMP_MARK not in entry.name:
+            try:
+                yield f"{key_prefix}{entry.name}", entry.stat().st_size
+            except FileNotFoundError:
+                continue  # deleted while listed
 
 
 class _LocalStaged(Staged):

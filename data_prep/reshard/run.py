@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import BinaryIO, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from data_prep.reshard.check import check_split
 from data_prep.reshard.plan import (ReshardError, ReshardOptions, SplitPlan, derived_keys, keys_digest,
                                     plan_split, reshard_fingerprint, select_splits, waves)
 from data_prep.reshard.recut import recut_sample, scan_counts
-from data_prep.reshard.transfer import DestShard, RawSample, Spill, Uploads, fetch_shard, ranged_samples
+from data_prep.reshard.transfer import DestShard, Fetched, RawSample, Spill, Uploads, fetch_shard, ranged_samples
 from pipeline.shards import (DatasetIndex, EncodedSample, ShardInfo, encoded_from_parts, index_sha256, iter_tar,
                              load_index, shard_matches, shard_name, write_index)
 from pipeline.store import Store, open_store
@@ -296,9 +296,9 @@ class _Resharder:
         return plan_split(split, sources, self.opts, self.rate_out / self.src_index.sample_rate, counts)
 
     def scan_shard(self, info: ShardInfo) -> None:
-        with fetch_shard(self.src, info, self.opts.tmp_dir) as f:
+        with fetch_shard(self.src, info, self.opts.tmp_dir) as fetched:
             counts, keys = [], []
-            for key, parts in iter_tar(f):
+            for key, parts in iter_tar(fetched.file):
                 counts.append(scan_counts(parts, self.rate_out, self.opts.segment_seconds))
                 keys += derived_keys(key, counts[-1], True)
         check_sample_count(self.src, info, len(counts))
@@ -369,22 +369,22 @@ class _Wave:
         needed = [s for s in range(len(plan.sources)) if not self.tally.has_scan(plan.sources[s].name)
                   or np.isin(plan.destinations(s)[1], list(self.shards)).any()]
 
-        def fetch(s: int) -> BinaryIO:
+        def fetch(s: int) -> Fetched:
             return fetch_shard(job.src, plan.sources[s], job.opts.tmp_dir)
 
-        for s, f in prefetched(job.io, fetch, needed, job.fetch_ahead):
-            with f:
-                yield from self.route_shard(s, f)
+        for s, fetched in prefetched(job.io, fetch, needed, job.fetch_ahead):
+            with fetched:
+                yield from self.route_shard(s, fetched)
             self.tally.read(plan.sources[s])
 
-    def route_shard(self, s: int, f: BinaryIO) -> Iterator[Routed]:
+    def route_shard(self, s: int, fetched: Fetched) -> Iterator[Routed]:
         """The samples of source shard `s` with an output item bound for this wave; records its scan."""
         info = self.plan.sources[s]
         positions, dests = self.plan.destinations(s)
         counts = self.plan.item_counts(s)
         starts = np.concatenate([[0], np.cumsum(counts)])
         keys = []
-        for g, (key, sample) in enumerate(self.source_samples(info, f)):
+        for g, (key, sample) in enumerate(self.source_samples(info, fetched)):
             keys.append(key)
             if g >= len(counts):
                 break  # more samples than the index says: reported below
@@ -396,12 +396,13 @@ class _Wave:
         if not self.tally.has_scan(info.name):
             self.tally.scanned(info, keys, None)
 
-    def source_samples(self, info: ShardInfo, f: BinaryIO) -> Iterator[tuple[str, dict[str, bytes] | RawSample]]:
+    def source_samples(self, info: ShardInfo, fetched: Fetched
+                       ) -> Iterator[tuple[str, dict[str, bytes] | RawSample]]:
         """(key, sample) of fetched source shard `info`, in tar order: as byte ranges when a plain re-pack
         can copy them (its index entry records them), else as parsed tar members."""
         if self.job.transform or info.sample_ranges is None:
-            return iter_tar(f)
-        return ((sample.key, sample) for sample in ranged_samples(f, info, self.job.src_index.sample_rate))
+            return iter_tar(fetched.file)
+        return ((sample.key, sample) for sample in ranged_samples(fetched, info, self.job.src_index.sample_rate))
 
     def made(self, routed: Iterator[Routed]) -> Iterator[tuple[Routed, list[EncodedSample | RawSample]]]:
         """Each routed sample with its wanted output items, in order: re-cut or resampled in the worker

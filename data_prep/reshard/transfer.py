@@ -3,8 +3,8 @@ its samples read as the byte ranges the index records (a plain re-pack copies th
 destination shard filled (straight into its tar, or through a shuffled wave's spill file), and uploads
 kept to a bounded number in flight. None of it knows about the run; run.py drives it.
 
-    with fetch_shard(src, info, tmp_dir) as f: ...           # ReshardError if the size or digest differs
-        for sample in ranged_samples(f, info, rate): ...     # RawSample: key, tar bytes, range, seconds
+    with fetch_shard(src, info, tmp_dir) as fetched: ...     # ReshardError if the size or digest differs
+        for sample in ranged_samples(fetched, info, rate):   # RawSample: key, tar bytes, range, seconds
     shard = DestShard(dst, plan, j, spill); shard.add(position, sample); info = shard.finish()
 """
 
@@ -23,22 +23,44 @@ from pipeline.shards import EncodedSample, SampleRange, ShardInfo, ShardWriter, 
 from pipeline.store import LocalStore, Store, iter_chunks, mapped
 
 
-def fetch_shard(store: Store, info: ShardInfo, tmp_dir: str | None) -> BinaryIO:
-    """Source shard `info` as a local file at offset 0, checked against the index's size and digest."""
+class Fetched:
+    """A source shard on local disk, checked against its index entry: its file (at offset 0) and its
+    bytes mapped, once: a local shard's check hashes the mapping its byte ranges are then views of."""
+
+    def __init__(self, file: BinaryIO, view: memoryview | None = None):
+        self.file, self._view = file, view
+
+    @property
+    def view(self) -> memoryview:
+        if self._view is None:
+            self._view = mapped(self.file)
+        return self._view
+
+    def close(self) -> None:
+        self.file.close()  # the mapping lasts while a view of it does
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self.close()
+
+
+def fetch_shard(store: Store, info: ShardInfo, tmp_dir: str | None) -> Fetched:
+    """Source shard `info` on local disk, checked against the index's size and digest."""
     if isinstance(store, LocalStore):
-        f = store.open(info.name)
-        with mapped(f) as view:
-            mismatches = shard_mismatches(info, [view])
+        fetched = Fetched(store.open(info.name))
+        mismatches = shard_mismatches(info, [fetched.view])
     else:
-        f = tempfile.TemporaryFile(dir=tmp_dir)
+        fetched = Fetched(tempfile.TemporaryFile(dir=tmp_dir))
         with store.open(info.name) as src:
-            mismatches = shard_mismatches(info, copied(iter_chunks(src), f))
-    f.seek(0)
+            mismatches = shard_mismatches(info, copied(iter_chunks(src), fetched.file))
+    fetched.file.seek(0)
     if mismatches:
-        f.close()
+        fetched.close()
         raise ReshardError(f"{store.join(info.name)}: size or {info.algorithm} differs from the source index "
                            "(the source changed or is corrupt)")
-    return f
+    return fetched
 
 
 def copied(chunks: Iterable[bytes], f: BinaryIO) -> Iterator[bytes]:
@@ -58,11 +80,11 @@ class RawSample:
     seconds: float
 
 
-def ranged_samples(f: BinaryIO, info: ShardInfo, sample_rate: int) -> Iterator[RawSample]:
+def ranged_samples(fetched: Fetched, info: ShardInfo, sample_rate: int) -> Iterator[RawSample]:
     """The samples of fetched source shard `info` (checked), as views of the index's sample ranges in
-    the mapped file (nothing copied); the key comes from the .flac member's header, the seconds from
-    the range's frames."""
-    view = mapped(f)
+    its mapping (nothing copied); the key comes from the .flac member's header, the seconds from the
+    range's frames."""
+    view = fetched.view
     for source in info.sample_ranges:
         data = view[source.start:source.end]
         if len(data) != source.end - source.start:
@@ -92,6 +114,13 @@ def header_checksum_ok(header: bytes) -> bool:
     except ValueError:
         return False
     return stored == sum(header[:148]) + 8 * 32 + sum(header[156:])
+
+
+def back_to_back(a: RawSample, b: RawSample) -> bool:
+    """Whether `b`'s bytes follow `a`'s in the same mapped source shard (views of a whole shard's mapping,
+    as ranged_samples makes them)."""
+    return (isinstance(a.data, memoryview) and isinstance(b.data, memoryview) and a.data.obj is b.data.obj
+            and a.source.end == b.source.start)
 
 
 class Spill:
@@ -174,13 +203,22 @@ class DestShard:
     def write(self, sample: EncodedSample | RawSample) -> None:
         """Append `sample` to the tar: a raw range as it is (headers included), else as new members."""
         if isinstance(sample, RawSample):
-            self.writer.add_raw(sample.key, sample.data, sample.source, sample.seconds)
+            self.writer.add_raw(sample.data, [(sample.key, sample.source, sample.seconds)])
         else:
             self.writer.add(sample)
 
     def write_held(self) -> None:
-        for sample in self.held:
-            self.write(sample)
+        """Write the held ranges: those back to back in one source shard's mapping as one write (a
+        plain re-pack's shard is a few long runs of its sources, not one write per sample)."""
+        run: list[RawSample] = []
+        for sample in self.held + [None]:
+            if run and (sample is None or not back_to_back(run[-1], sample)):
+                data = run[0].data if len(run) == 1 else \
+                    memoryview(run[0].data.obj)[run[0].source.start:run[-1].source.end]
+                self.writer.add_raw(data, [(s.key, s.source, s.seconds) for s in run])
+                run = []
+            if sample is not None:
+                run.append(sample)
         self.held = []
 
     def finish(self) -> ShardInfo:
