@@ -17,7 +17,7 @@ import pytest
 from audio_fixtures import tone
 from data_prep.reshard import (ReshardError, ReshardOptions, check_split, keys_digest, plan_split, reshard)
 from jobs.cli import main
-from pipeline.shards import (DatasetIndex, ShardWriter, decode_flac, encode_sample, iter_tar, load_index,
+from pipeline.shards import (DatasetIndex, HashingWriter, ShardWriter, new_hasher, decode_flac, encode_sample, iter_tar, load_index,
                              read_samples, upgrade_index, verify_dataset, write_index)
 from pipeline.store import open_store
 
@@ -169,6 +169,32 @@ def test_plain_repack_copies_byte_ranges_to_the_same_shards_as_parsing(local_sou
             assert totals["seconds"] == pytest.approx(parsed.splits[split]["seconds"], abs=1e-5)
         assert verify_dataset(ranged_url) == [] and verify_dataset(parsed_url) == []
         assert_ranges_read_back(ranged_url)
+
+
+@pytest.mark.parametrize("how", ["kernel copy", "refused", "not a file", "source ends early"])
+def test_copied_ranges_are_the_source_bytes_and_hashed_however_they_are_copied(tmp_path, monkeypatch, how):
+    source = tmp_path / "source.bin"
+    source.write_bytes(os.urandom(300_000))
+    data = source.read_bytes()[1000:250_000]
+    fd = os.open(source, os.O_RDONLY)
+    if how == "source ends early":
+        os.truncate(source, 100_000)  # the kernel copies what is there; the rest is written from `data`
+    if how == "refused":  # as another file system answers (EXDEV): written from `data`, and from then on
+        def refuse(*_):
+            raise OSError(18, "Invalid cross-device link")
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    out = io.BytesIO() if how == "not a file" else open(tmp_path / "out.bin", "w+b")
+    writer = HashingWriter(out)
+    writer.write(b"head")
+    writer.copy_range(fd, 1000, memoryview(data))
+    writer.write(b"tail")
+    os.close(fd)
+    out.seek(0)
+    assert out.read() == b"head" + data + b"tail" and writer.tell() == len(data) + 8
+    expected = new_hasher()
+    expected.update(b"head" + data + b"tail")
+    assert writer.digest.hexdigest() == expected.hexdigest()
+    assert writer.kernel_copy == (how in ("kernel copy", "source ends early"))
 
 
 def test_recut_and_resample_keep_the_seconds(s3_source, tmp_path):

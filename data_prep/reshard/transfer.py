@@ -14,6 +14,7 @@ import os
 import tarfile
 import tempfile
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import BinaryIO, Callable, Iterable, Iterator
@@ -23,21 +24,32 @@ from pipeline.shards import EncodedSample, SampleRange, ShardInfo, ShardWriter, 
 from pipeline.store import LocalStore, Store, iter_chunks, mapped
 
 
+class SourceBytes:
+    """A fetched source shard's bytes, shared by the ranges taken from it: its mapping, and a file
+    descriptor of its own that destination shards copy ranges from inside the kernel
+    (copy_file_range), closed once the last range is gone."""
+
+    def __init__(self, file: BinaryIO):
+        self.view = mapped(file)
+        self.fd = os.dup(file.fileno())
+        weakref.finalize(self, os.close, self.fd)
+
+
 class Fetched:
     """A source shard on local disk, checked against its index entry: its file (at offset 0) and its
-    bytes mapped, once: a local shard's check hashes the mapping its byte ranges are then views of."""
+    bytes, mapped once: a local shard's check hashes the mapping its byte ranges are then views of."""
 
-    def __init__(self, file: BinaryIO, view: memoryview | None = None):
-        self.file, self._view = file, view
+    def __init__(self, file: BinaryIO):
+        self.file, self._bytes = file, None
 
     @property
-    def view(self) -> memoryview:
-        if self._view is None:
-            self._view = mapped(self.file)
-        return self._view
+    def bytes(self) -> SourceBytes:
+        if self._bytes is None:
+            self._bytes = SourceBytes(self.file)
+        return self._bytes
 
     def close(self) -> None:
-        self.file.close()  # the mapping lasts while a view of it does
+        self.file.close()  # the ranges taken keep the mapping (and descriptor) they need
 
     def __enter__(self):
         return self
@@ -50,7 +62,7 @@ def fetch_shard(store: Store, info: ShardInfo, tmp_dir: str | None) -> Fetched:
     """Source shard `info` on local disk, checked against the index's size and digest."""
     if isinstance(store, LocalStore):
         fetched = Fetched(store.open(info.name))
-        mismatches = shard_mismatches(info, [fetched.view])
+        mismatches = shard_mismatches(info, [fetched.bytes.view])
     else:
         fetched = Fetched(tempfile.TemporaryFile(dir=tmp_dir))
         with store.open(info.name) as src:
@@ -78,19 +90,22 @@ class RawSample:
     data: bytes | memoryview
     source: SampleRange
     seconds: float
+    origin: SourceBytes | None = None
+    """The source shard `data` is a view of (None once spilled)."""
 
 
 def ranged_samples(fetched: Fetched, info: ShardInfo, sample_rate: int) -> Iterator[RawSample]:
     """The samples of fetched source shard `info` (checked), as views of the index's sample ranges in
     its mapping (nothing copied); the key comes from the .flac member's header, the seconds from the
     range's frames."""
-    view = fetched.view
+    origin = fetched.bytes
+    view = origin.view
     for source in info.sample_ranges:
         data = view[source.start:source.end]
         if len(data) != source.end - source.start:
             raise ReshardError(f"{info.name}: sample range {source.start}..{source.end} runs past the shard "
                                "(index.json sample_ranges are wrong)")
-        yield RawSample(range_key(data, info.name, source.start), data, source, source.frames / sample_rate)
+        yield RawSample(range_key(data, info.name, source.start), data, source, source.frames / sample_rate, origin)
 
 
 def range_key(data: bytes | memoryview, name: str, start: int) -> str:
@@ -117,10 +132,8 @@ def header_checksum_ok(header: bytes) -> bool:
 
 
 def back_to_back(a: RawSample, b: RawSample) -> bool:
-    """Whether `b`'s bytes follow `a`'s in the same mapped source shard (views of a whole shard's mapping,
-    as ranged_samples makes them)."""
-    return (isinstance(a.data, memoryview) and isinstance(b.data, memoryview) and a.data.obj is b.data.obj
-            and a.source.end == b.source.start)
+    """Whether `b`'s bytes follow `a`'s in the same source shard."""
+    return a.origin is not None and a.origin is b.origin and a.source.end == b.source.start
 
 
 class Spill:
@@ -147,7 +160,7 @@ class Spill:
     def keep(self, sample: EncodedSample | RawSample) -> tuple:
         """A slot for `sample`: its bytes appended here, the rest of it (emptied) held by the caller."""
         if isinstance(sample, RawSample):
-            return replace(sample, data=b""), self.append(sample.data), (len(sample.data),)
+            return replace(sample, data=b"", origin=None), self.append(sample.data), (len(sample.data),)
         return (replace(sample, flac=b"", meta=b""), self.append(sample.flac + sample.meta),
                 (len(sample.flac), len(sample.meta)))
 
@@ -208,14 +221,15 @@ class DestShard:
             self.writer.add(sample)
 
     def write_held(self) -> None:
-        """Write the held ranges: those back to back in one source shard's mapping as one write (a
-        plain re-pack's shard is a few long runs of its sources, not one write per sample)."""
+        """Write the held ranges: those back to back in one source shard as one copy of its bytes
+        (a plain re-pack's shard is a few long runs of its sources, not one write per sample), made
+        inside the kernel from the source's file where the files allow it."""
         run: list[RawSample] = []
         for sample in self.held + [None]:
             if run and (sample is None or not back_to_back(run[-1], sample)):
-                data = run[0].data if len(run) == 1 else \
-                    memoryview(run[0].data.obj)[run[0].source.start:run[-1].source.end]
-                self.writer.add_raw(data, [(s.key, s.source, s.seconds) for s in run])
+                first, last, origin = run[0].source, run[-1].source, run[0].origin
+                self.writer.add_raw(origin.view[first.start:last.end], [(s.key, s.source, s.seconds) for s in run],
+                                    copy_from=origin.fd)
                 run = []
             if sample is not None:
                 run.append(sample)
