@@ -28,7 +28,6 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import soundfile as sf
-
 import xxhash
 
 from pipeline.errors import TelucodecError

@@ -228,8 +228,11 @@ class DestShard:
         for sample in self.held + [None]:
             if run and (sample is None or not back_to_back(run[-1], sample)):
                 first, last, origin = run[0].source, run[-1].source, run[0].origin
-                self.writer.add_raw(origin.view[first.start:last.end], [(s.key, s.source, s.seconds) for s in run],
-                                    copy_from=origin.fd)
+                entries = [(s.key, s.source, s.seconds) for s in run]
+                if origin is None:  # bytes in hand (one sample: back_to_back needs an origin)
+                    self.writer.add_raw(run[0].data, entries)
+                else:
+                    self.writer.add_raw(origin.view[first.start:last.end], entries, copy_from=origin.fd)
                 run = []
             if sample is not None:
                 run.append(sample)
