@@ -1,5 +1,6 @@
 """reshard end to end: small real datasets on a real local S3 server and in folders -> new shards -> check."""
 
+import gc
 import hashlib
 import io
 import json
@@ -169,6 +170,19 @@ def test_plain_repack_copies_byte_ranges_to_the_same_shards_as_parsing(local_sou
             assert totals["seconds"] == pytest.approx(parsed.splits[split]["seconds"], abs=1e-5)
         assert verify_dataset(ranged_url) == [] and verify_dataset(parsed_url) == []
         assert_ranges_read_back(ranged_url)
+
+
+def test_a_plain_repack_leaves_no_file_descriptor_or_mapping_open(local_source, tmp_path):
+    """Copied ranges hold their source shard's mapping and a descriptor of it; both go with the run."""
+    def held() -> tuple[int, int]:
+        gc.collect()
+        maps = Path("/proc/self/maps").read_text()
+        return len(os.listdir("/proc/self/fd")), sum(str(Path(local_source).resolve()) in line
+                                                     for line in maps.splitlines())
+    before = held()
+    for n in range(3):
+        reshard(local_source, str(tmp_path / f"out{n}"), ReshardOptions(samples_per_shard=7), **QUIET)
+    assert held() == before and before[1] == 0
 
 
 @pytest.mark.parametrize("how", ["kernel copy", "refused", "not a file", "source ends early"])
