@@ -132,31 +132,6 @@ class Staged:
             self.discard()
 
 
-def append_copy(out: BinaryIO, fd: int, offset: int, data: bytes | memoryview, kernel: bool = True) -> bool:
-    """Append `data`, the bytes of file `fd` at `offset`, to file `out`: copied page cache to page cache
-    inside the kernel (copy_file_range) where both files allow it, else written from `data` (`kernel`
-    False: written). Returns whether the kernel may copy the next range (False once the files refused).
-    Writing from a mapping of the source instead ran 3x slower in some processes on this machine's
-    kernel, its copies from the mapped pages slow for no reason found (BENCHMARKS.md, reshard)."""
-    done = 0
-    if kernel:
-        try:
-            out.flush()
-            to, at = out.fileno(), out.tell()
-            while done < len(data):
-                n = os.copy_file_range(fd, to, len(data) - done, offset + done, at + done)
-                if n == 0:
-                    break  # the source ends early: the write below says so
-                done += n
-        except (OSError, AttributeError, io.UnsupportedOperation):
-            kernel = False  # another file system, or not a file: written from here on
-        if done:
-            out.seek(at + done)
-    if done < len(data):
-        out.write(data[done:])
-    return kernel
-
-
 def mapped(f: BinaryIO) -> memoryview:
     """The whole of local file `f`, mapped read-only: no copy; the mapping lasts while a view of it does.
     A file replaced by rename (as every writer here does) stays whole under the mapping; one cut short

@@ -21,7 +21,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 
 from data_prep.reshard.plan import ReshardError, SplitPlan, keys_digest
 from pipeline.shards import EncodedSample, SampleRange, ShardInfo, ShardWriter, shard_mismatches
-from pipeline.store import LocalStore, Store, append_copy, iter_chunks, mapped
+from pipeline.store import LocalStore, Store, iter_chunks, mapped
 
 
 class SourceBytes:
@@ -142,16 +142,11 @@ class Spill:
     def __init__(self, tmp_dir: str | None):
         self.file = tempfile.TemporaryFile(dir=tmp_dir)
         self.size = 0
-        self.kernel_copy = True
 
-    def append(self, data: bytes, origin: SourceBytes | None = None, start: int = 0) -> int:
-        """Offset of `data` in the spill (called by the router thread only); `data` being the bytes of
-        source shard `origin` at `start`, copied from its file (store.append_copy)."""
+    def append(self, data: bytes) -> int:
+        """Offset of `data` in the spill (called by the router thread only)."""
         offset = self.size
-        if origin is None:
-            self.file.write(data)
-        else:
-            self.kernel_copy = append_copy(self.file, origin.fd, start, data, self.kernel_copy)
+        self.file.write(data)
         self.size += len(data)
         return offset
 
@@ -165,8 +160,7 @@ class Spill:
     def keep(self, sample: EncodedSample | RawSample) -> tuple:
         """A slot for `sample`: its bytes appended here, the rest of it (emptied) held by the caller."""
         if isinstance(sample, RawSample):
-            return (replace(sample, data=b"", origin=None), self.append(sample.data, sample.origin, sample.source.start),
-                    (len(sample.data),))
+            return replace(sample, data=b"", origin=None), self.append(sample.data), (len(sample.data),)
         return (replace(sample, flac=b"", meta=b""), self.append(sample.flac + sample.meta),
                 (len(sample.flac), len(sample.meta)))
 
