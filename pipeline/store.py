@@ -184,11 +184,23 @@ class LocalStore(Store):
         return self._path(key).is_file()
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
-        folder = prefix.rpartition("/")[0]  # only the folder the prefix names is walked
-        top = self._path(folder) if folder else self.root
-        out = [ObjectInfo(key, size) for key, size in _walk(top, f"{folder}/" if folder else "")
-               if key.startswith(prefix)]
+        out = []
+        for key, entry in self._files(prefix):
+            if temp_target(key) is None:
+                try:
+                    out.append(ObjectInfo(key, entry.stat().st_size))
+                except FileNotFoundError:
+                    continue  # deleted while listed
         return sorted(out, key=lambda o: o.key)
+
+    def _files(self, prefix: str) -> Iterator[tuple[str, os.DirEntry]]:
+        """(key, entry) of every file whose key starts with `prefix`, walking only the folder the prefix
+        names; a hidden temporary of a write (hidden_name) counts under the key it is written for."""
+        folder = prefix.rpartition("/")[0]
+        top = self._path(folder) if folder else self.root
+        for key, entry in _walk(top, f"{folder}/" if folder else ""):
+            if (temp_target(key) or key).startswith(prefix):
+                yield key, entry
 
     def open(self, key: str) -> BinaryIO:
         try:
@@ -218,11 +230,13 @@ class LocalStore(Store):
         self._prune([path.parent])
 
     def delete_prefix(self, prefix: str) -> int:
-        items = self.list(prefix)
-        for item in items:
-            self._path(item.key).unlink(missing_ok=True)
-        self._prune({self._path(item.key).parent for item in items})
-        return len(items)
+        """Delete every object under `prefix`, and what writes to keys under it left when killed (hidden
+        temporaries, which would keep a cleared folder alive: a finished job's records, say)."""
+        files = list(self._files(prefix))
+        for _, entry in files:
+            Path(entry.path).unlink(missing_ok=True)
+        self._prune({Path(entry.path).parent for _, entry in files})
+        return sum(temp_target(key) is None for key, _ in files)
 
     def _prune(self, folders) -> None:
         """Remove `folders` and their parents below the root where empty (S3 has no empty folders either)."""
@@ -238,8 +252,8 @@ class LocalStore(Store):
                     break
 
 
-def _walk(folder: Path, key_prefix: str) -> Iterator[tuple[str, int]]:
-    """(key, size) of every file below `folder` but the hidden temporaries of writes in progress."""
+def _walk(folder: Path, key_prefix: str) -> Iterator[tuple[str, os.DirEntry]]:
+    """(key, entry) of every file below `folder`, hidden temporaries included."""
     try:
         entries = list(os.scandir(folder))
     except (FileNotFoundError, NotADirectoryError):
@@ -247,11 +261,17 @@ def _walk(folder: Path, key_prefix: str) -> Iterator[tuple[str, int]]:
     for entry in entries:
         if entry.is_dir(follow_symlinks=False):
             yield from _walk(Path(entry.path), f"{key_prefix}{entry.name}/")
-        elif entry.is_file() and _TMP_MARK not in entry.name:
-            try:
-                yield f"{key_prefix}{entry.name}", entry.stat().st_size
-            except FileNotFoundError:
-                continue  # deleted while listed
+        elif entry.is_file():
+            yield f"{key_prefix}{entry.name}", entry
+
+
+def temp_target(key: str) -> str | None:
+    """The key a hidden temporary (hidden_name) at `key` is written for; None if it is not one."""
+    folder, _, name = key.rpartition("/")
+    if not (name.startswith(".") and _TMP_MARK in name):
+        return None
+    target = name[1:name.rindex(_TMP_MARK)]
+    return f"{folder}/{target}" if folder else target
 
 
 class _LocalStaged(Staged):
