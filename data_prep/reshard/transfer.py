@@ -190,7 +190,7 @@ class DestShard:
         self.writer = ShardWriter(store, plan.split, j) if spill is None else None
         self.slots: list[tuple | None] = [] if spill is None else [None] * self.count
         self.held: list[RawSample] = []
-        """Byte ranges added in order and not yet written."""
+        """Byte ranges added in order and not yet written (views of mapped source shards: origin set)."""
 
     @property
     def complete(self) -> bool:
@@ -227,12 +227,9 @@ class DestShard:
         run: list[RawSample] = []
         for sample in self.held + [None]:
             if run and (sample is None or not back_to_back(run[-1], sample)):
-                first, last, origin = run[0].source, run[-1].source, run[0].origin
-                entries = [(s.key, s.source, s.seconds) for s in run]
-                if origin is None:  # bytes in hand (one sample: back_to_back needs an origin)
-                    self.writer.add_raw(run[0].data, entries)
-                else:
-                    self.writer.add_raw(origin.view[first.start:last.end], entries, copy_from=origin.fd)
+                first, last, origin = run[0].source, run[-1].source, run[0].origin  # held: from ranged_samples
+                self.writer.add_raw(origin.view[first.start:last.end], [(s.key, s.source, s.seconds) for s in run],
+                                    copy_from=origin.fd)
                 run = []
             if sample is not None:
                 run.append(sample)
