@@ -300,14 +300,15 @@ def _ranges_from_json(ranges, samples: int, size: int, where: str) -> list[Sampl
     if not isinstance(ranges, list) or len(ranges) != samples:
         raise DatasetError(f"{where}: sample_ranges must list one entry per sample ({samples})")
     out, last_end = [], 0
-    for r in ranges:
-        if not (isinstance(r, list) and len(r) == 5 and all(_is_int(v) and v >= 0 for v in r)):
+    for r in ranges:  # per sample of a whole dataset when it loads: plain type checks, not isinstance
+        if not (type(r) is list and len(r) == 5
+                and type(r[0]) is type(r[1]) is type(r[2]) is type(r[3]) is type(r[4]) is int and r[4] >= 0):
             raise DatasetError(f"{where}: a sample range is not 5 non-negative integers: {r!r}")
-        r = SampleRange(*r)
-        if not last_end <= r.start < r.flac_offset <= r.flac_offset + r.flac_size <= r.end <= size:
-            raise DatasetError(f"{where}: sample range {list(r)} is out of order or outside the shard")
-        out.append(r)
-        last_end = r.end
+        start, flac_offset, flac_size, end, _ = r
+        if not last_end <= start < flac_offset <= flac_offset + flac_size <= end <= size:
+            raise DatasetError(f"{where}: sample range {r} is out of order or outside the shard")
+        out.append(SampleRange._make(r))
+        last_end = end
     return out
 
 

@@ -283,13 +283,22 @@ class _LocalStaged(Staged):
     def __init__(self, store: LocalStore, key: str):
         self.store, self.key = store, key
         self.final = store._path(key)
-        self.final.parent.mkdir(parents=True, exist_ok=True)
         self.tmp: Path | None = None
         try:
-            fd = os.open(self.final.parent, os.O_TMPFILE | os.O_RDWR, 0o666)
+            fd = self._create()
+        except FileNotFoundError:  # no folder yet: made here, not before every write (a reshard writes many)
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            fd = self._create()
+        self.file = os.fdopen(fd, "w+b")
+
+    def _create(self) -> int:
+        try:
+            return os.open(self.final.parent, os.O_TMPFILE | os.O_RDWR, 0o666)
+        except FileNotFoundError:
+            raise
         except (AttributeError, OSError):  # not Linux, or NFS and the like
             fd, self.tmp = hidden_file(self.final)
-        self.file = os.fdopen(fd, "w+b")
+            return fd
 
     def commit(self) -> None:
         self.file.flush()

@@ -271,6 +271,41 @@ def test_killed_reshard_reruns_to_the_same_result(s3_source, s3_bucket):
     assert verify_dataset(killed) == [] and not store.list("_reshard/")
 
 
+def test_a_stopped_plain_repack_resumes_without_reading_the_finished_sources_again(local_source, tmp_path,
+                                                                                    monkeypatch):
+    """A plain re-pack records each source shard's scan in the next done record (no file per source
+    shard), and a rerun reads only the source shards feeding unfinished shards."""
+    from data_prep.reshard import transfer
+
+    finish = transfer.DestShard.finish
+
+    def fail_at_shard_4(shard):
+        if (shard.split, shard.j) == ("train", 4):
+            raise OSError("disk full")
+        return finish(shard)
+
+    dst, opts = str(tmp_path / "dst"), ReshardOptions(samples_per_shard=4, io_threads=1)
+    monkeypatch.setattr(transfer.DestShard, "finish", fail_at_shard_4)
+    with pytest.raises(OSError, match="disk full"):
+        reshard(local_source, dst, opts, **QUIET)
+    monkeypatch.setattr(transfer.DestShard, "finish", finish)
+    store = open_store(dst)
+    done = {o.key.rsplit("/", 1)[-1]: json.loads(store.get(o.key)) for o in store.list("_reshard/done/")}
+    assert sorted(done) == [f"train-00000{j}.tar.json" for j in range(4)] and not store.list("_reshard/scan/")
+    scanned = [scan["name"] for record in done.values() for scan in record.get("scans", [])]
+    assert sorted(scanned) == ["train-000000.tar", "train-000001.tar"]  # fully read before shard 3 was done
+
+    summary = reshard(local_source, dst, opts, **QUIET)
+    source = {s.name: s.bytes for s in load_index(local_source).shards}
+    assert summary.kept_shards == 4 and summary.copied_ranges == 39 - 16
+    assert summary.bytes_read == sum(source.values()) - source["train-000000.tar"] - source["train-000001.tar"]
+    reference = str(tmp_path / "ref")
+    reshard(local_source, reference, ReshardOptions(samples_per_shard=4), **QUIET)
+    assert [(s.name, s.digest) for s in load_index(dst).shards] == \
+           [(s.name, s.digest) for s in load_index(reference).shards]
+    assert verify_dataset(dst) == [] and not store.list("_reshard/")
+
+
 def test_different_dataset_is_refused_unless_overwrite(local_source, tmp_path):
     dst = str(tmp_path / "dst")
     reshard(local_source, dst, ReshardOptions(samples_per_shard=2), **QUIET)

@@ -104,9 +104,11 @@ def reshard(src_url: str, dst_url: str, opts: ReshardOptions = ReshardOptions(),
 class Ledger(RunRecords):
     """The `_reshard/` records at the destination: what a run leaves for the next one if it is cut short.
 
-    run.json names the fingerprint; scan/NAME.json holds each source shard's keys digest (and, when
-    re-cutting, its samples' segment counts); done/NAME.json holds each finished destination shard.
-    Every record carries the run's fingerprint."""
+    run.json names the fingerprint; done/NAME.json holds each finished destination shard and the
+    scans of the source shards a wave finished reading since the record before it (each source
+    shard's keys digest); scan/NAME.json holds one source shard's scan where no done record took it
+    (when re-cutting, every scan, with its samples' segment counts: made before any shard). Every
+    record carries the run's fingerprint."""
 
     def load(self, kind: str, pool: ThreadPoolExecutor) -> dict[str, dict]:
         """Records of `kind` ("scan" or "done") with this run's fingerprint, by shard name."""
@@ -130,6 +132,10 @@ class RunTally:
         """Scan records by source shard name: keys digest and, when re-cutting, segment counts."""
         self.done: dict[str, dict] = {}
         """Done records by destination shard name: its ShardInfo and keys digest."""
+        self.unsaved: list[dict] = []
+        """Scan records of a wave not in the ledger yet: the next done record takes them."""
+        self.recorded: dict[str, dict] = {}
+        """The done records an interrupted run left (this run's fingerprint), by shard name."""
         self.written = self.kept = self.bytes_read = self.copied_ranges = 0
 
     def start(self) -> None:
@@ -139,8 +145,12 @@ class RunTally:
         self.progress.stop()
 
     def resume(self, pool: ThreadPoolExecutor) -> None:
-        """Take the scans an interrupted run of this reshard recorded."""
+        """Take the scans an interrupted run of this reshard recorded, and its done records."""
         self.scans = self.ledger.load("scan", pool)
+        self.recorded = self.ledger.load("done", pool)
+        for record in self.recorded.values():
+            for scan in record.get("scans", []):
+                self.scans.setdefault(scan["name"], scan)
 
     def has_scan(self, name: str) -> bool:
         return name in self.scans
@@ -148,15 +158,26 @@ class RunTally:
     def scanning(self, split: str, shards: int) -> None:
         self.progress.scanning(split, shards)
 
-    def scanned(self, info: ShardInfo, keys: list[str], counts: list[int] | None) -> None:
-        """Record source shard `info`'s keys (and, when re-cutting, its samples' segment counts)."""
+    def scanned(self, info: ShardInfo, keys: list[str], counts: list[int] | None, save: bool = True) -> None:
+        """Record source shard `info`'s keys (and, when re-cutting, its samples' segment counts): in
+        the ledger now if `save`, else with the next done record (or `save_scans`)."""
         record = {"name": info.name, "samples": info.samples, "keys_digest": f"{keys_digest(keys):032x}"}
         if counts is not None:
             record["counts"] = counts
-        self.ledger.save("scan", record)
+        if save:
+            self.ledger.save("scan", record)
         with self.lock:
             self.scans[info.name] = record
+            if not save:
+                self.unsaved.append(record)
         self.progress.scanned()
+
+    def save_scans(self) -> None:
+        """Put the scans no done record took in the ledger (a wave's end, its uploads done)."""
+        with self.lock:
+            unsaved, self.unsaved = self.unsaved, []
+        for record in unsaved:
+            self.ledger.save("scan", record)
 
     def begin(self, plans: list[SplitPlan], kept: dict[str, dict]) -> None:
         """Start on the planned shards, the `kept` done records of an interrupted run counted as done."""
@@ -179,6 +200,10 @@ class RunTally:
     def shard_written(self, info: ShardInfo, digest: int) -> None:
         """Destination shard `info`, of keys digest `digest`, is in the store: record it."""
         record = {"name": info.name, "info": asdict(info), "keys_digest": f"{digest:032x}"}
+        with self.lock:
+            scans, self.unsaved = self.unsaved, []
+        if scans:  # one write for these too, not one per source shard (on S3, a PUT each on the router thread)
+            record["scans"] = scans
         self.ledger.save("done", record)
         with self.lock:
             self.done[info.name] = record
@@ -307,8 +332,7 @@ class _Resharder:
     def keep_finished(self, plans: list[SplitPlan]) -> dict[str, dict]:
         """Done records of an interrupted run whose shard is still there with the same digest."""
         planned = {shard_name(p.split, j): p.shard_samples(j) for p in plans for j in range(p.n_shards)}
-        records = [r for name, r in self.ledger.load("done", self.io).items()
-                   if planned.get(name) == r["info"]["samples"]]
+        records = [r for name, r in self.tally.recorded.items() if planned.get(name) == r["info"]["samples"]]
         intact = self.io.map(lambda r: shard_matches(self.dst, ShardInfo.from_record(r["info"])), records)
         return {r["name"]: r for r, ok in zip(records, intact) if ok}
 
@@ -356,6 +380,7 @@ class _Wave:
                 raise ReshardError(f"{self.plan.split}: shards {sorted(self.builders)} did not fill up "
                                    "(the source changed?)")
             job.uploads.wait()
+            self.tally.save_scans()
         finally:
             for builder in self.builders.values():
                 builder.abort()
@@ -394,7 +419,7 @@ class _Wave:
                              [(int(positions[i]), int(dests[i])) for i in wanted])
         check_sample_count(self.job.src, info, len(keys))
         if not self.tally.has_scan(info.name):
-            self.tally.scanned(info, keys, None)
+            self.tally.scanned(info, keys, None, save=False)
 
     def source_samples(self, info: ShardInfo, fetched: Fetched
                        ) -> Iterator[tuple[str, dict[str, bytes] | RawSample]]:

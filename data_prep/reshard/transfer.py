@@ -187,7 +187,8 @@ class DestShard:
         self.store, self.split, self.j, self.spill = store, plan.split, j, spill
         self.first, self.count = int(plan.bounds[j]), plan.shard_samples(j)
         self.received, self.digest = 0, 0
-        self.writer = ShardWriter(store, plan.split, j) if spill is None else None
+        self.writer: ShardWriter | None = None
+        """The tar, begun at the first write (a plain re-pack's: in `finish`, off the router thread)."""
         self.slots: list[tuple | None] = [] if spill is None else [None] * self.count
         self.held: list[RawSample] = []
         """Byte ranges added in order and not yet written (views of mapped source shards: origin set)."""
@@ -211,10 +212,10 @@ class DestShard:
                 raise ReshardError(f"{self.split} shard {self.j}: position {position} filled twice")
             self.slots[slot] = self.spill.keep(sample)
         self.received += 1
-        self.digest = (self.digest + keys_digest([sample.key])) % (1 << 128)
 
     def write(self, sample: EncodedSample | RawSample) -> None:
         """Append `sample` to the tar: a raw range as it is (headers included), else as new members."""
+        self.begin()
         if isinstance(sample, RawSample):
             self.writer.add_raw(sample.data, [(sample.key, sample.source, sample.seconds)])
         else:
@@ -224,6 +225,8 @@ class DestShard:
         """Write the held ranges: those back to back in one source shard as one copy of its bytes
         (a plain re-pack's shard is a few long runs of its sources, not one write per sample), made
         inside the kernel from the source's file where the files allow it."""
+        if self.held:
+            self.begin()
         run: list[RawSample] = []
         for sample in self.held + [None]:
             if run and (sample is None or not back_to_back(run[-1], sample)):
@@ -235,14 +238,19 @@ class DestShard:
                 run.append(sample)
         self.held = []
 
+    def begin(self) -> None:
+        if self.writer is None:
+            self.writer = ShardWriter(self.store, self.split, self.j)
+
     def finish(self) -> ShardInfo:
         """Write the tar (the held ranges, or the spill in position order) and put it to the store."""
-        if self.spill is not None:
-            self.writer = ShardWriter(self.store, self.split, self.j)
-            for slot in self.slots:
-                self.write(self.spill.take(slot))
+        self.begin()
+        for slot in self.slots:
+            self.write(self.spill.take(slot))
         self.write_held()
-        return self.writer.close()
+        info = self.writer.close()
+        self.digest = keys_digest(self.writer.keys)  # of the keys in the tar (off the router thread)
+        return info
 
     def abort(self) -> None:
         self.held = []
