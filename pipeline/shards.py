@@ -19,7 +19,6 @@ import functools
 import hashlib
 import io
 import json
-import os
 import re
 import tarfile
 import time
@@ -31,7 +30,7 @@ import soundfile as sf
 import xxhash
 
 from pipeline.errors import TelucodecError
-from pipeline.store import Store, StoreError, iter_chunks, open_store
+from pipeline.store import Store, StoreError, iter_chunks, open_store, write_pieces
 
 INDEX_NAME = "index.json"
 FORMAT = "telucodec-shards/1"
@@ -386,17 +385,12 @@ class ShardWriter:
         self._added(sample.key, SampleRange(start, flac_offset, len(sample.flac), self.tar.offset, sample.frames),
                     sample.seconds)
 
-    def add_raw(self, data: bytes | memoryview, samples: list[tuple[str, SampleRange, float]],
-                copy_from: int | None = None) -> None:
+    def add_raw(self, data: bytes | memoryview, samples: list[tuple[str, SampleRange, float]]) -> None:
         """Append samples copied byte for byte from another shard: `data` is their bytes there, back to
         back from the first one's start to the last one's end (tar headers included, so nothing is
-        parsed or rebuilt); `samples`: (key, range there, seconds) of each. `copy_from`: a file
-        descriptor of that shard, to copy the bytes from inside the kernel where the files allow it."""
+        parsed or rebuilt); `samples`: (key, range there, seconds) of each."""
         start = self.tar.offset
-        if copy_from is None:
-            self.tmp.write(data)
-        else:
-            self.tmp.copy_range(copy_from, samples[0][1].start, data)
+        self.tmp.write(data)
         self.tar.offset += len(data)
         shift = start - samples[0][1].start
         for key, source, seconds in samples:
@@ -432,39 +426,15 @@ class ShardWriter:
 
 
 class HashingWriter:
-    """A file being written, its digest (DIGEST) kept up as the bytes go through (no second pass over them)."""
+    """A file being written, its digest (DIGEST) kept up as the bytes go through (no second pass over
+    them): each piece hashed just before it is written (store.write_pieces), while it is in cache."""
 
     def __init__(self, file):
         self.file, self.digest = file, new_hasher()
-        self.kernel_copy = True
-        """Whether copy_range may try copy_file_range (off after the files refused it once)."""
 
     def write(self, data) -> int:
-        self.digest.update(data)
-        return self.file.write(data)
-
-    def copy_range(self, fd: int, offset: int, data: bytes | memoryview) -> None:
-        """Append `data`, the bytes of file `fd` at `offset`: copied page cache to page cache inside the
-        kernel (copy_file_range) where both files allow it, else written from `data`; hashed either way.
-        (Writing from a mapping of the source instead ran 3x slower in some processes on this
-        machine's kernel, its copies from the mapped pages slow for no reason found.)"""
-        done = 0
-        if self.kernel_copy:
-            try:
-                self.file.flush()
-                out, at = self.file.fileno(), self.file.tell()
-                while done < len(data):
-                    n = os.copy_file_range(fd, out, len(data) - done, offset + done, at + done)
-                    if n == 0:
-                        break  # the source ends early: the write below says so
-                    done += n
-            except (OSError, AttributeError, io.UnsupportedOperation):
-                self.kernel_copy = False  # another file system, or not a file: write from here on
-            if done:
-                self.file.seek(at + done)
-        self.digest.update(data)
-        if done < len(data):
-            self.file.write(data[done:])
+        write_pieces(self.file, data, self.digest.update)
+        return len(data)
 
     def tell(self) -> int:
         return self.file.tell()

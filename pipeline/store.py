@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 from urllib.parse import urlparse
 
 from pipeline.errors import TelucodecError
@@ -132,6 +132,25 @@ class Staged:
             self.discard()
 
 
+WRITE_PIECE = 256 * 1024
+"""The most one write() hands the kernel at a time. On this project's machines (Linux 6.18, ext4),
+25 MB written to a new file in one call took 100-200 ms where 1 MiB pieces took 6-7 ms, and 2 MiB
+pieces were slow too; once the file's pages were recycled page cache (a deleted file's), one call
+was fast. Cause not pinned (larger page-cache folios for larger writes is the likely one). Pieces
+also keep what is hashed on its way out in cache for the write that follows."""
+
+
+def write_pieces(f: BinaryIO, data: bytes | memoryview, before: Callable[[memoryview], object] | None = None
+                 ) -> None:
+    """Write `data` to `f` WRITE_PIECE bytes at a time, handing each piece to `before` first (a hash)."""
+    view = memoryview(data)
+    for at in range(0, len(view), WRITE_PIECE):
+        piece = view[at:at + WRITE_PIECE]
+        if before is not None:
+            before(piece)
+        f.write(piece)
+
+
 def mapped(f: BinaryIO) -> memoryview:
     """The whole of local file `f`, mapped read-only: no copy; the mapping lasts while a view of it does.
     A file replaced by rename (as every writer here does) stays whole under the mapping; one cut short
@@ -215,7 +234,7 @@ class LocalStore(Store):
 
     def put(self, key: str, data: bytes) -> None:
         with self.stage(key) as staged:
-            staged.file.write(data)
+            write_pieces(staged.file, data)
 
     def put_fileobj(self, key: str, fileobj: BinaryIO) -> None:
         with self.stage(key) as staged:

@@ -14,25 +14,13 @@ import os
 import tarfile
 import tempfile
 import threading
-import weakref
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 from data_prep.reshard.plan import ReshardError, SplitPlan, keys_digest
 from pipeline.shards import EncodedSample, SampleRange, ShardInfo, ShardWriter, shard_mismatches
-from pipeline.store import LocalStore, Store, iter_chunks, mapped
-
-
-class SourceBytes:
-    """A fetched source shard's bytes, shared by the ranges taken from it: its mapping, and a file
-    descriptor of its own that destination shards copy ranges from inside the kernel
-    (copy_file_range), closed once the last range is gone."""
-
-    def __init__(self, file: BinaryIO):
-        self.view = mapped(file)
-        self.fd = os.dup(file.fileno())
-        weakref.finalize(self, os.close, self.fd)
+from pipeline.store import LocalStore, Store, iter_chunks, mapped, write_pieces
 
 
 class Fetched:
@@ -40,16 +28,17 @@ class Fetched:
     bytes, mapped once: a local shard's check hashes the mapping its byte ranges are then views of."""
 
     def __init__(self, file: BinaryIO):
-        self.file, self._bytes = file, None
+        self.file, self._view = file, None
 
     @property
-    def bytes(self) -> SourceBytes:
-        if self._bytes is None:
-            self._bytes = SourceBytes(self.file)
-        return self._bytes
+    def view(self) -> memoryview:
+        """The shard's bytes, mapped (once); the ranges taken from it keep the mapping while they last."""
+        if self._view is None:
+            self._view = mapped(self.file)
+        return self._view
 
     def close(self) -> None:
-        self.file.close()  # the ranges taken keep the mapping (and descriptor) they need
+        self.file.close()  # the ranges taken keep the mapping they need
 
     def __enter__(self):
         return self
@@ -62,7 +51,7 @@ def fetch_shard(store: Store, info: ShardInfo, tmp_dir: str | None) -> Fetched:
     """Source shard `info` on local disk, checked against the index's size and digest."""
     if isinstance(store, LocalStore):
         fetched = Fetched(store.open(info.name))
-        mismatches = shard_mismatches(info, [fetched.bytes.view])
+        mismatches = shard_mismatches(info, [fetched.view])
     else:
         fetched = Fetched(tempfile.TemporaryFile(dir=tmp_dir))
         with store.open(info.name) as src:
@@ -90,22 +79,21 @@ class RawSample:
     data: bytes | memoryview
     source: SampleRange
     seconds: float
-    origin: SourceBytes | None = None
-    """The source shard `data` is a view of (None once spilled)."""
+    origin: memoryview | None = None
+    """The mapping of the source shard `data` is a view of (None once spilled)."""
 
 
 def ranged_samples(fetched: Fetched, info: ShardInfo, sample_rate: int) -> Iterator[RawSample]:
     """The samples of fetched source shard `info` (checked), as views of the index's sample ranges in
     its mapping (nothing copied); the key comes from the .flac member's header, the seconds from the
     range's frames."""
-    origin = fetched.bytes
-    view = origin.view
+    view = fetched.view
     for source in info.sample_ranges:
         data = view[source.start:source.end]
         if len(data) != source.end - source.start:
             raise ReshardError(f"{info.name}: sample range {source.start}..{source.end} runs past the shard "
                                "(index.json sample_ranges are wrong)")
-        yield RawSample(range_key(data, info.name, source.start), data, source, source.frames / sample_rate, origin)
+        yield RawSample(range_key(data, info.name, source.start), data, source, source.frames / sample_rate, view)
 
 
 def range_key(data: bytes | memoryview, name: str, start: int) -> str:
@@ -146,7 +134,7 @@ class Spill:
     def append(self, data: bytes) -> int:
         """Offset of `data` in the spill (called by the router thread only)."""
         offset = self.size
-        self.file.write(data)
+        write_pieces(self.file, data)
         self.size += len(data)
         return offset
 
@@ -222,17 +210,15 @@ class DestShard:
             self.writer.add(sample)
 
     def write_held(self) -> None:
-        """Write the held ranges: those back to back in one source shard as one copy of its bytes
-        (a plain re-pack's shard is a few long runs of its sources, not one write per sample), made
-        inside the kernel from the source's file where the files allow it."""
+        """Write the held ranges: those back to back in one source shard as one run of its mapped bytes
+        (a plain re-pack's shard is a few long runs of its sources, not a write per sample)."""
         if self.held:
             self.begin()
         run: list[RawSample] = []
         for sample in self.held + [None]:
             if run and (sample is None or not back_to_back(run[-1], sample)):
                 first, last, origin = run[0].source, run[-1].source, run[0].origin  # held: from ranged_samples
-                self.writer.add_raw(origin.view[first.start:last.end], [(s.key, s.source, s.seconds) for s in run],
-                                    copy_from=origin.fd)
+                self.writer.add_raw(origin[first.start:last.end], [(s.key, s.source, s.seconds) for s in run])
                 run = []
             if sample is not None:
                 run.append(sample)
