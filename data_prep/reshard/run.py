@@ -405,18 +405,18 @@ class _Wave:
     def route_shard(self, s: int, fetched: Fetched) -> Iterator[Routed]:
         """The samples of source shard `s` with an output item bound for this wave; records its scan."""
         info = self.plan.sources[s]
-        positions, dests = self.plan.destinations(s)
+        positions, dests = (a.tolist() for a in self.plan.destinations(s))  # Python ints: read per sample
         counts = self.plan.item_counts(s)
-        starts = np.concatenate([[0], np.cumsum(counts)])
-        keys = []
+        starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
+        counts, shards, keys = counts.tolist(), self.shards, []
         for g, (key, sample) in enumerate(self.source_samples(info, fetched)):
             keys.append(key)
             if g >= len(counts):
                 break  # more samples than the index says: reported below
-            wanted = [i for i in range(int(starts[g]), int(starts[g + 1])) if int(dests[i]) in self.shards]
+            first = starts[g]
+            wanted = [i for i in range(first, starts[g + 1]) if dests[i] in shards]
             if wanted:
-                yield Routed(key, sample, int(counts[g]), [i - int(starts[g]) for i in wanted],
-                             [(int(positions[i]), int(dests[i])) for i in wanted])
+                yield Routed(key, sample, counts[g], [i - first for i in wanted], [(positions[i], dests[i]) for i in wanted])
         check_sample_count(self.job.src, info, len(keys))
         if not self.tally.has_scan(info.name):
             self.tally.scanned(info, keys, None, save=False)
