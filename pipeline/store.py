@@ -133,10 +133,12 @@ class Staged:
 
 
 WRITE_PIECE = 256 * 1024
-"""The most one write() hands the kernel at a time. On this project's machines (Linux 6.18, ext4),
-25 MB written to a new file in one call took 100-200 ms where 1 MiB pieces took 6-7 ms, and 2 MiB
-pieces were slow too; once the file's pages were recycled page cache (a deleted file's), one call
-was fast. Cause not pinned (larger page-cache folios for larger writes is the likely one). Pieces
+"""The most one write() hands the kernel at a time. On this project's build machines (a VM, Linux
+6.18, ext4) 25 MB written to a new file in one call took 100-200 ms where 256 KiB-1 MiB pieces
+took 6-7 ms (2 MiB pieces were slow too), and a 100 MB checkpoint part 0.7-1 s against 25 ms. The
+likely cause: the guest hands free 2 MiB blocks back to its host (virtio-balloon free page
+reporting, page_reporting_order 9), a write of 2 MiB or more is given whole 2 MiB page-cache folios
+from those blocks, and the host faults each page back in. Elsewhere the pieces cost nothing; they
 also keep what is hashed on its way out in cache for the write that follows."""
 
 
@@ -238,7 +240,7 @@ class LocalStore(Store):
 
     def put_fileobj(self, key: str, fileobj: BinaryIO) -> None:
         with self.stage(key) as staged:
-            shutil.copyfileobj(fileobj, staged.file, 1 << 20)
+            shutil.copyfileobj(fileobj, staged.file, WRITE_PIECE)
 
     def stage(self, key: str) -> Staged:
         return _LocalStaged(self, key)
@@ -338,7 +340,7 @@ class _LocalStaged(Staged):
             fd, name = hidden_file(self.final)
             with os.fdopen(fd, "wb") as out:
                 self.file.seek(0)
-                shutil.copyfileobj(self.file, out, 1 << 20)
+                shutil.copyfileobj(self.file, out, WRITE_PIECE)
             return name
         finally:
             os.close(folder)
