@@ -172,8 +172,10 @@ def test_plain_repack_copies_byte_ranges_to_the_same_shards_as_parsing(local_sou
         assert_ranges_read_back(ranged_url)
 
 
-def test_a_plain_repack_leaves_no_file_descriptor_or_mapping_open(local_source, tmp_path):
-    """Copied ranges hold their source shard's mapping; it goes with the run (and so does its file)."""
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_a_repack_leaves_no_file_descriptor_or_mapping_open(local_source, tmp_path, shuffle):
+    """Copied ranges hold their source shard's mapping (a shuffle holds them until its shards are
+    written); it goes with the run, and so does its file."""
     def held() -> tuple[int, int]:
         gc.collect()
         maps = Path("/proc/self/maps").read_text()
@@ -181,8 +183,27 @@ def test_a_plain_repack_leaves_no_file_descriptor_or_mapping_open(local_source, 
                                                      for line in maps.splitlines())
     before = held()
     for n in range(3):
-        reshard(local_source, str(tmp_path / f"out{n}"), ReshardOptions(samples_per_shard=7), **QUIET)
+        reshard(local_source, str(tmp_path / f"out{n}"), ReshardOptions(samples_per_shard=7, shuffle=shuffle),
+                **QUIET)
     assert held() == before and before[1] == 0
+
+
+def test_a_shuffle_spills_only_what_it_cannot_hold_in_place(local_source, s3_source, tmp_path, monkeypatch):
+    """A shuffled re-pack of a local source holds views of its shards' own files (nothing copied to
+    the spill); a remote source's ranges live in temporary copies, so they are spilled."""
+    from data_prep.reshard.transfer import Spill
+
+    spilled, append = [], Spill.append
+    monkeypatch.setattr(Spill, "append", lambda spill, data: spilled.append(len(data)) or append(spill, data))
+    opts = ReshardOptions(shuffle=True, seed=5, samples_per_shard=6)
+    local, remote = str(tmp_path / "from-local"), str(tmp_path / "from-s3")
+    assert reshard(local_source, local, opts, **QUIET).copied_ranges == 39 and spilled == []
+    assert reshard(s3_source, remote, opts, **QUIET).copied_ranges == 39 and len(spilled) == 39
+    assert [(s.name, s.digest) for s in load_index(local).shards] == \
+           [(s.name, s.digest) for s in load_index(remote).shards]
+    keys = flat(shard_keys(local))
+    assert sorted(keys["train"]) == sorted(flat(shard_keys(local_source))["train"]) != keys["train"]
+    assert verify_dataset(local) == []
 
 
 def test_shard_bytes_are_written_in_pieces_and_hashed_as_written(tmp_path):

@@ -25,10 +25,11 @@ from pipeline.store import LocalStore, Store, iter_chunks, mapped, write_pieces
 
 class Fetched:
     """A source shard on local disk, checked against its index entry: its file (at offset 0) and its
-    bytes, mapped once: a local shard's check hashes the mapping its byte ranges are then views of."""
+    bytes, mapped once: a local shard's check hashes the mapping its byte ranges are then views of.
+    `in_place`: the file is the store's own (a local source), not a temporary copy."""
 
-    def __init__(self, file: BinaryIO):
-        self.file, self._view = file, None
+    def __init__(self, file: BinaryIO, in_place: bool = False):
+        self.file, self.in_place, self._view = file, in_place, None
 
     @property
     def view(self) -> memoryview:
@@ -50,7 +51,7 @@ class Fetched:
 def fetch_shard(store: Store, info: ShardInfo, tmp_dir: str | None) -> Fetched:
     """Source shard `info` on local disk, checked against the index's size and digest."""
     if isinstance(store, LocalStore):
-        fetched = Fetched(store.open(info.name))
+        fetched = Fetched(store.open(info.name), in_place=True)
         mismatches = shard_mismatches(info, [fetched.view])
     else:
         fetched = Fetched(tempfile.TemporaryFile(dir=tmp_dir))
@@ -81,6 +82,10 @@ class RawSample:
     seconds: float
     origin: memoryview | None = None
     """The mapping of the source shard `data` is a view of (None once spilled)."""
+    in_place: bool = False
+    """`origin` maps a local source shard's own file: a shuffle holds the view rather than spill its
+    bytes (a temporary copy of a remote shard is spilled instead: holding it would keep every fetched
+    shard of the wave on local disk, past the spill budget)."""
 
 
 def ranged_samples(fetched: Fetched, info: ShardInfo, sample_rate: int) -> Iterator[RawSample]:
@@ -93,7 +98,8 @@ def ranged_samples(fetched: Fetched, info: ShardInfo, sample_rate: int) -> Itera
         if len(data) != source.end - source.start:
             raise ReshardError(f"{info.name}: sample range {source.start}..{source.end} runs past the shard "
                                "(index.json sample_ranges are wrong)")
-        yield RawSample(range_key(data, info.name, source.start), data, source, source.frames / sample_rate, view)
+        yield RawSample(range_key(data, info.name, source.start), data, source, source.frames / sample_rate, view,
+                        fetched.in_place)
 
 
 def range_key(data: bytes | memoryview, name: str, start: int) -> str:
@@ -146,8 +152,11 @@ class Spill:
         return os.pread(self.file.fileno(), n, offset)
 
     def keep(self, sample: EncodedSample | RawSample) -> tuple:
-        """A slot for `sample`: its bytes appended here, the rest of it (emptied) held by the caller."""
+        """A slot for `sample`: its bytes appended here, the rest of it (emptied) held by the caller; a
+        range of a local source shard is held as it is (a view of its mapping: nothing to copy)."""
         if isinstance(sample, RawSample):
+            if sample.in_place:
+                return sample, None, ()
             return replace(sample, data=b"", origin=None), self.append(sample.data), (len(sample.data),)
         return (replace(sample, flac=b"", meta=b""), self.append(sample.flac + sample.meta),
                 (len(sample.flac), len(sample.meta)))
@@ -155,6 +164,8 @@ class Spill:
     def take(self, slot: tuple) -> EncodedSample | RawSample:
         """The sample kept in `slot`, its bytes read back."""
         empty, offset, sizes = slot
+        if offset is None:
+            return empty  # held as it is
         data = self.read(offset, sum(sizes))
         if isinstance(empty, RawSample):
             return replace(empty, data=data)
@@ -179,7 +190,7 @@ class DestShard:
         """The tar, begun at the first write (a plain re-pack's: in `finish`, off the router thread)."""
         self.slots: list[tuple | None] = [] if spill is None else [None] * self.count
         self.held: list[RawSample] = []
-        """Byte ranges added in order and not yet written (views of mapped source shards: origin set)."""
+        """Byte ranges put in order and not yet written (views of mapped source shards: origin set)."""
 
     @property
     def complete(self) -> bool:
@@ -190,16 +201,21 @@ class DestShard:
         if self.spill is None:
             if slot != self.received:
                 raise ReshardError(f"{self.split} shard {self.j}: item {slot} came out of order")
-            if isinstance(sample, RawSample):
-                self.held.append(sample)
-            else:
-                self.write_held()
-                self.write(sample)
+            self.put(sample)
         else:
             if self.slots[slot] is not None:
                 raise ReshardError(f"{self.split} shard {self.j}: position {position} filled twice")
             self.slots[slot] = self.spill.keep(sample)
         self.received += 1
+
+    def put(self, sample: EncodedSample | RawSample) -> None:
+        """Append `sample`, the next in position order: a range of a mapped source shard is held, to be
+        written with the ranges back to back with it; anything else is written now."""
+        if isinstance(sample, RawSample) and sample.origin is not None:
+            self.held.append(sample)
+        else:
+            self.write_held()
+            self.write(sample)
 
     def write(self, sample: EncodedSample | RawSample) -> None:
         """Append `sample` to the tar: a raw range as it is (headers included), else as new members."""
@@ -232,7 +248,7 @@ class DestShard:
         """Write the tar (the held ranges, or the spill in position order) and put it to the store."""
         self.begin()
         for slot in self.slots:
-            self.write(self.spill.take(slot))
+            self.put(self.spill.take(slot))
         self.write_held()
         info = self.writer.close()
         self.digest = keys_digest(self.writer.keys)  # of the keys in the tar (off the router thread)
