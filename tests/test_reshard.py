@@ -190,7 +190,8 @@ def test_a_repack_leaves_no_file_descriptor_or_mapping_open(local_source, tmp_pa
 
 def test_a_shuffle_spills_only_what_it_cannot_hold_in_place(local_source, s3_source, tmp_path, monkeypatch):
     """A shuffled re-pack of a local source holds views of its shards' own files (nothing copied to
-    the spill); a remote source's ranges live in temporary copies, so they are spilled."""
+    the spill); a remote source's ranges live in temporary copies, so they are spilled, and so are
+    a local split's with more source shards than a process may keep mapped."""
     from data_prep.reshard.transfer import Spill
 
     spilled, append = [], Spill.append
@@ -199,8 +200,12 @@ def test_a_shuffle_spills_only_what_it_cannot_hold_in_place(local_source, s3_sou
     local, remote = str(tmp_path / "from-local"), str(tmp_path / "from-s3")
     assert reshard(local_source, local, opts, **QUIET).copied_ranges == 39 and spilled == []
     assert reshard(s3_source, remote, opts, **QUIET).copied_ranges == 39 and len(spilled) == 39
+    monkeypatch.setattr("data_prep.reshard.run.HELD_MAPPINGS_MAX", 4)  # the train split has 5 source shards
+    many = str(tmp_path / "many-sources")
+    assert reshard(local_source, many, opts, **QUIET).copied_ranges == 39 and len(spilled) == 39 + 32
     assert [(s.name, s.digest) for s in load_index(local).shards] == \
-           [(s.name, s.digest) for s in load_index(remote).shards]
+           [(s.name, s.digest) for s in load_index(remote).shards] == \
+           [(s.name, s.digest) for s in load_index(many).shards]
     keys = flat(shard_keys(local))
     assert sorted(keys["train"]) == sorted(flat(shard_keys(local_source))["train"]) != keys["train"]
     assert verify_dataset(local) == []

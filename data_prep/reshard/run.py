@@ -33,7 +33,8 @@ from data_prep.reshard.check import check_split
 from data_prep.reshard.plan import (ReshardError, ReshardOptions, SplitPlan, derived_keys, keys_digest,
                                     plan_split, reshard_fingerprint, select_splits, waves)
 from data_prep.reshard.recut import recut_sample, scan_counts
-from data_prep.reshard.transfer import DestShard, Fetched, RawSample, Spill, Uploads, fetch_shard, ranged_samples
+from data_prep.reshard.transfer import (HELD_MAPPINGS_MAX, DestShard, Fetched, RawSample, Spill, Uploads, fetch_shard,
+                                       ranged_samples)
 from pipeline.shards import (DatasetIndex, EncodedSample, ShardInfo, encoded_from_parts, index_sha256, iter_tar,
                              load_index, shard_matches, shard_name, write_index)
 from pipeline.store import Store, open_store
@@ -368,7 +369,7 @@ class _Wave:
     def __init__(self, job: _Resharder, plan: SplitPlan, shards: set[int]):
         self.job, self.plan, self.shards, self.tally = job, plan, shards, job.tally
         self.builders: dict[int, DestShard] = {}
-        self.spill = Spill(job.opts.tmp_dir) if job.opts.shuffle else None
+        self.spill = Spill(job.opts.tmp_dir, len(plan.sources) <= HELD_MAPPINGS_MAX) if job.opts.shuffle else None
 
     def run(self) -> None:
         job = self.job

@@ -130,12 +130,19 @@ def back_to_back(a: RawSample, b: RawSample) -> bool:
     return a.origin is not None and a.origin is b.origin and a.source.end == b.source.start
 
 
-class Spill:
-    """One local file a shuffled wave appends its items to; each destination shard reads its own back."""
+HELD_MAPPINGS_MAX = 20_000
+"""A shuffled wave holds a local source's ranges in place only when the split has at most this many
+source shards: it keeps every one of them mapped until its shards are written, and Linux allows a
+process 65,530 mappings by default (vm.max_map_count)."""
 
-    def __init__(self, tmp_dir: str | None):
+
+class Spill:
+    """One local file a shuffled wave appends its items to; each destination shard reads its own back.
+    `hold`: ranges of a local source shard are held as views of it, not appended."""
+
+    def __init__(self, tmp_dir: str | None, hold: bool = True):
         self.file = tempfile.TemporaryFile(dir=tmp_dir)
-        self.size = 0
+        self.size, self.hold = 0, hold
 
     def append(self, data: bytes) -> int:
         """Offset of `data` in the spill (called by the router thread only)."""
@@ -155,7 +162,7 @@ class Spill:
         """A slot for `sample`: its bytes appended here, the rest of it (emptied) held by the caller; a
         range of a local source shard is held as it is (a view of its mapping: nothing to copy)."""
         if isinstance(sample, RawSample):
-            if sample.in_place:
+            if sample.in_place and self.hold:
                 return sample, None, ()
             return replace(sample, data=b"", origin=None), self.append(sample.data), (len(sample.data),)
         return (replace(sample, flac=b"", meta=b""), self.append(sample.flac + sample.meta),
