@@ -1,7 +1,8 @@
 """How a reshard moves bytes: a source shard fetched to local disk and checked against its index entry,
 its samples read as the byte ranges the index records (a plain re-pack copies them as they are), a
-destination shard filled (straight into its tar, or through a shuffled wave's spill file), and uploads
-kept to a bounded number in flight. None of it knows about the run; run.py drives it.
+destination shard filled (straight into its tar; shuffled, in position slots: a local source's ranges
+held as they are, anything else through the wave's spill file), and uploads kept to a bounded number
+in flight. None of it knows about the run; run.py drives it.
 
     with fetch_shard(src, info, tmp_dir) as fetched: ...     # ReshardError if the size or digest differs
         for sample in ranged_samples(fetched, info, rate):   # RawSample: key, tar bytes, range, seconds
