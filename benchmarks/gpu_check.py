@@ -23,7 +23,7 @@
    config's step, and the report says whether it was reached.
 3. Checkpoint save then restore seconds (save_checkpoint / load_checkpoint into the live state, as
    a resume does) to run/ under the output folder.
-4. Val metrics (pipeline.train.evaluate; PESQ-WB and STOI from pipeline.metrics where evaluate
+4. Val metrics (pipeline.training.loop.evaluate; PESQ-WB and STOI from pipeline.codec.metrics where evaluate
    does not give them) at step 0 and at the end.
 
 The budget counts from the script's start and is enforced: at --minutes a timer stops whatever is
@@ -61,14 +61,17 @@ from train_bench import bf16_peak, machine_report, write_dataset  # noqa: E402
 
 from data_prep.corpus import CorpusError, synthesize_corpus  # noqa: E402
 from data_prep.prep import run_prep  # noqa: E402
-from pipeline.checkpoint import Checkpoints  # noqa: E402
+from pipeline.runs.checkpoints import Checkpoints  # noqa: E402
 from pipeline.config import Config, load_config  # noqa: E402
-from pipeline.data import crop_loader, eval_clips  # noqa: E402
-from pipeline.losses import adversarial_active  # noqa: E402
-from pipeline.metrics import mean_score, pesq_wb, stoi  # noqa: E402
-from pipeline.shards import load_index  # noqa: E402
-from pipeline.train import (RankDuties, State, build_state, count_flops, evaluate,  # noqa: E402
-                            load_checkpoint, make_accelerator, save_checkpoint, train_step, unwrap)
+from pipeline.training.loader import crop_loader  # noqa: E402
+from pipeline.evaluation.clips import load_eval_clips  # noqa: E402
+from pipeline.evaluation.scorer import evaluate_model  # noqa: E402
+from pipeline.codec.losses import adversarial_active  # noqa: E402
+from pipeline.codec.metrics import mean_score, pesq_wb, stoi  # noqa: E402
+from pipeline.storage.shards import load_index  # noqa: E402
+from pipeline.training.flops import count_flops  # noqa: E402
+from pipeline.training.state import State, build_state, load_checkpoint, make_accelerator, save_checkpoint, unwrap  # noqa: E402
+from pipeline.training.step import train_step  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 MODE = "gpu" if CUDA else "cpu"
@@ -241,7 +244,7 @@ def checkpoint_round_trip(state: State, accel, cfg: Config, run_dir: Path) -> di
     ckpts = Checkpoints(str(run_dir))
     sync()
     t = time.perf_counter()
-    save_checkpoint(state, accel, cfg, ckpts, RankDuties(), {})
+    save_checkpoint(state, accel, cfg, ckpts, {})
     save_s = time.perf_counter() - t
     step = state.step
     t = time.perf_counter()
@@ -257,9 +260,9 @@ def checkpoint_round_trip(state: State, accel, cfg: Config, run_dir: Path) -> di
 
 # ------------------------------------------------------------------------------ 4. val
 def validate(model, clips: list, cfg: Config, device) -> dict:
-    """evaluate()'s val metrics, plus PESQ-WB and STOI over the same clips where it gives none."""
+    """evaluate_model()'s val metrics, plus PESQ-WB and STOI over the same clips where it gives none."""
     t = time.perf_counter()
-    ev = dict(evaluate(model, clips, cfg, device))
+    ev = dict(evaluate_model(model, clips, cfg.model.sample_rate))
     if "val/pesq" not in ev or "val/stoi" not in ev:
         refs, ests = [], []
         with torch.no_grad():
@@ -328,8 +331,8 @@ def run_check(args, out: Path, report: dict) -> None:
     report["config"]["params_m"] = {name: sum(p.numel() for p in m.parameters()) / 1e6
                                     for name, m in (("codec", state.model), ("disc", state.disc)) if m is not None}
     print_config(report["config"])
-    clips = eval_clips(data["url"], data["eval_split"], cfg.train.eval_clips,
-                       int(cfg.train.eval_seconds * cfg.model.sample_rate))
+    clips = load_eval_clips(data["url"], data["eval_split"], cfg.train.eval_clips, cfg.train.eval_seconds,
+                            cfg.model.sample_rate)
     report["val_start"] = validate(unwrap(accel, state.model), clips, cfg, accel.device)
     print(val_line("val at step 0", report["val_start"]))
 

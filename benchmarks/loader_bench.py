@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from audio_fixtures import tone  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.data import CropLoader, CropRecipe  # noqa: E402
-from pipeline.shards import DatasetIndex, ShardWriter, encode_sample, load_index, write_index  # noqa: E402
-from pipeline.store import open_store  # noqa: E402
+from pipeline.training.loader import CropLoader, CropRecipe  # noqa: E402
+from pipeline.storage.shards import DatasetIndex, ShardWriter, encode_sample, load_index, write_index  # noqa: E402
+from pipeline.storage.store import open_store  # noqa: E402
 
 RATE, SECONDS, PER_SHARD, BATCH = 16000, 10.0, 40, 32
 H100_BF16_PEAK, MFU = 989e12, 0.30
@@ -111,9 +111,9 @@ def loader_rate(url: str, workers: int, seconds: float, windows: int = 3) -> tup
 
 def gpu_demand() -> tuple[float, float]:
     """(GFLOP per audio-second of the base model's train step, audio-s/s an H100 at 30% MFU eats)."""
-    from pipeline.losses import generator_loss
-    from pipeline.model import Codec
-    from pipeline.train import count_flops
+    from pipeline.codec.losses import generator_loss
+    from pipeline.codec.model import Codec
+    from pipeline.training.flops import count_flops
 
     cfg = load_config([REPO / "configs" / "base.yaml"], [])
     model = Codec(cfg.model)

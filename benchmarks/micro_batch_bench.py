@@ -30,7 +30,8 @@ def one_case(config: str, rows: int, seconds: float, micro: int, adversarial: bo
     import torch
 
     from pipeline.config import load_config
-    from pipeline.train import build_state, make_accelerator, train_step
+    from pipeline.training.state import build_state, make_accelerator
+    from pipeline.training.step import train_step
 
     overrides = ["train.workers=0", f"train.batch_size={rows}", f"train.segment_seconds={seconds}",
                  f"train.micro_batch={micro}", "tracking.enabled=false"]

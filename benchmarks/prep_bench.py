@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from audio_fixtures import write_manifest_corpus  # noqa: E402
 from data_prep.prep import run_prep  # noqa: E402
 from data_prep.sources import scan_sources  # noqa: E402
-from pipeline.audio import cut_segments, load_audio, resample  # noqa: E402
+from pipeline.storage.audio import cut_segments, load_audio, resample  # noqa: E402
 from pipeline.config import PrepConfig  # noqa: E402
-from pipeline.shards import encode_sample  # noqa: E402
+from pipeline.storage.shards import encode_sample  # noqa: E402
 from run_fixtures import MotoS3  # noqa: E402
 
 

@@ -11,7 +11,7 @@ schedule; budget.max_usd at $1 per worker-hour stops any that runs long). A reci
 loss.adversarial=true is timed in both stages (before and after loss.adv_start_step) and gets
 adv_start_step reconstruction steps plus the adversarial steps that fit in the rest of the budget.
 The estimate can miss by 10-20%, so the table shows each recipe's actual training minutes. Each
-final checkpoint is then scored on the held-out test speakers with `pipeline.evaluation.evaluate_checkpoint`, beside
+final checkpoint is then scored on the held-out test speakers with `pipeline.evaluation.report.evaluate_checkpoint`, beside
 Opus 6 kbps and Codec2 3.2 kbps on the same clips: PESQ-WB, STOI, mel distance, SI-SDR, SNR and the
 measured bitrate.
 
@@ -39,9 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data_prep.corpus import synthesize_corpus  # noqa: E402
 from data_prep.prep import run_prep  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.data import crop_loader  # noqa: E402
-from pipeline.evaluation import evaluate_checkpoint  # noqa: E402
-from pipeline.train import build_state, make_accelerator, train, train_step  # noqa: E402
+from pipeline.training.loader import crop_loader  # noqa: E402
+from pipeline.evaluation.report import evaluate_checkpoint  # noqa: E402
+from pipeline.training.loop import train  # noqa: E402
+from pipeline.training.state import build_state, make_accelerator  # noqa: E402
+from pipeline.training.step import train_step  # noqa: E402
 
 DEFAULT_RECIPES = {"v1": ["tiny", "v1", "train.grad_clip=20"], "v2": ["tiny"]}
 EVAL_CLIPS = 24
@@ -153,7 +155,7 @@ def main(argv=None) -> int:
         # for test): the scores are a mean over several unseen speakers, not one.
         prep = load_config(["base"], ["prep.val_fraction=0.15", "prep.test_fraction=0.2"]).prep
         run_prep([str(corpus.manifest)], data, prep, overwrite=True, progress=False)
-    from pipeline.shards import load_index
+    from pipeline.storage.shards import load_index
 
     splits = {}
     for shard in load_index(data).shards:

@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from audio_fixtures import tone  # noqa: E402
 from data_prep.reshard import ReshardOptions, reshard  # noqa: E402
-from pipeline.shards import (DIGEST, DatasetIndex, ShardWriter, encode_sample, load_index, new_hasher,  # noqa: E402
+from pipeline.storage.shards import (DIGEST, DatasetIndex, ShardWriter, encode_sample, load_index, new_hasher,  # noqa: E402
                              write_index)
-from pipeline.store import Store, mapped, open_store  # noqa: E402
+from pipeline.storage.store import Store, mapped, open_store  # noqa: E402
 from run_fixtures import MotoS3  # noqa: E402
 
 RATE, SECONDS, PER_SHARD = 16000, 8.0, 48

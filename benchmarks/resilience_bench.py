@@ -50,12 +50,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from audio_fixtures import make_dataset  # noqa: E402
-from jobs.spot_drill import SpotDrill  # noqa: E402
-from pipeline.checkpoint import Checkpoints  # noqa: E402
+from jobs.launch.spot_drill import SpotDrill  # noqa: E402
+from pipeline.runs.checkpoints import Checkpoints  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.rundir import RunDir  # noqa: E402
-from pipeline.train import (RankDuties, build_state, load_checkpoint, make_accelerator,  # noqa: E402
-                            save_checkpoint, train_step)
+from pipeline.runs.rundir import RunDir  # noqa: E402
+from pipeline.training.duties import RankDuties
+from pipeline.training.state import build_state, load_checkpoint, make_accelerator, save_checkpoint
+from pipeline.training.step import train_step
 from run_fixtures import TINY, MotoS3, wait_for  # noqa: E402
 
 INTERRUPT_AT = 15
@@ -87,7 +88,7 @@ def checkpoint_times(run_url: str, repeats: int) -> dict:
     for step in range(1, repeats + 1):
         state.step = step
         t = time.perf_counter()
-        save_checkpoint(state, accel, cfg, ckpts, duties, {})
+        save_checkpoint(state, accel, cfg, ckpts, {}, extra=duties.checkpoint_extra())
         saves.append(time.perf_counter() - t)
         fresh = build_state(cfg, accel)
         t = time.perf_counter()
@@ -126,7 +127,7 @@ def ray_config(dataset: str, run_dir: Path, *more: str):
 def run_with_notice(dataset: str, run_dir: Path, steps: int) -> dict:
     """A spot drill (fake IMDSv2) flips to terminate once step INTERRUPT_AT is logged; the
     replacement gets none."""
-    from jobs.ray_train import train_on_ray
+    from jobs.launch.trainer import train_on_ray
 
     with SpotDrill(str(run_dir), at_step=INTERRUPT_AT, poll_seconds=0.05) as drill:
         t = time.monotonic()
@@ -144,7 +145,7 @@ def run_with_notice(dataset: str, run_dir: Path, steps: int) -> dict:
 
 def run_with_kill(dataset: str, run_dir: Path, steps: int) -> dict:
     """SIGKILL rank 1 once step INTERRUPT_AT is logged, with no notice; Ray restarts the group."""
-    from jobs.ray_train import train_on_ray
+    from jobs.launch.trainer import train_on_ray
 
     seen = {}
 
@@ -169,7 +170,7 @@ def run_with_kill(dataset: str, run_dir: Path, steps: int) -> dict:
 def scaling_run(dataset: str, run_dir: Path, workers: int, global_batch: int, segment: float,
                 steps: int, skip: int) -> dict:
     """Per-rank steps/s from rank 0's metric timestamps after `skip` warm-up steps."""
-    from jobs.ray_train import train_on_ray
+    from jobs.launch.trainer import train_on_ray
 
     batch = global_batch // workers
     t = time.monotonic()
@@ -201,7 +202,7 @@ def node_loss_run(cfg, lose_at: int, return_after: float, timeout: float) -> dic
     import ray
     from ray.cluster_utils import Cluster
 
-    from jobs.ray_train import train_on_ray
+    from jobs.launch.trainer import train_on_ray
 
     cluster = Cluster(initialize_head=True,
                       head_node_args={"num_cpus": 1, "_system_config": FAST_FAILURE_DETECTION})

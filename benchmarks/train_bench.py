@@ -35,10 +35,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import Config, load_config  # noqa: E402
-from pipeline.data import crop_loader  # noqa: E402
-from pipeline.shards import DatasetIndex, ShardWriter, encode_sample, write_index  # noqa: E402
-from pipeline.store import open_store  # noqa: E402
-from pipeline.train import State, build_state, count_flops, make_accelerator, train_step, unwrap  # noqa: E402
+from pipeline.training.loader import crop_loader  # noqa: E402
+from pipeline.storage.shards import DatasetIndex, ShardWriter, encode_sample, write_index  # noqa: E402
+from pipeline.storage.store import open_store  # noqa: E402
+from pipeline.training.flops import count_flops  # noqa: E402
+from pipeline.training.state import build_state, make_accelerator, State, unwrap  # noqa: E402
+from pipeline.training.step import train_step  # noqa: E402
 
 SAMPLE_RATE = 16000
 CONFIGS = {"tiny": ["configs/base.yaml", "configs/tiny.yaml"], "base": ["configs/base.yaml"]}

@@ -9,7 +9,7 @@
 A destination holds a finished dataset (index.json, written last), an unfinished run of one job (a
 start record under the job's prefix naming the run's fingerprint, then a record per finished piece of
 work), or nothing of ours. A re-run with the same fingerprint resumes from the records, keeping the
-shards `pipeline.shards.shard_matches` still finds as recorded; anything else is refused unless the
+shards `pipeline.storage.shards.shard_matches` still finds as recorded; anything else is refused unless the
 user asks to overwrite it. `ordered_map` (worker processes that may die without ending the run) and
 `prefetched` (any executor) are the bounded look-ahead the jobs read through, `DatasetProgress` the
 progress bar they share.
@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from pipeline.errors import TelucodecError
-from pipeline.shards import INDEX_NAME, DatasetError, DatasetIndex, load_index, parse_shard_name
-from pipeline.store import Store, StoreError
+from pipeline.storage.shards import INDEX_NAME, DatasetError, DatasetIndex, load_index, parse_shard_name
+from pipeline.storage.store import Store, StoreError
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,9 @@ from data_prep.prep_file import FileJob, ItemResult, process_item, worker_died
 from data_prep.sources import SourceError, SourceItem, file_identity, printable, scan_sources
 from pipeline.config import PrepConfig, to_dict
 from pipeline.errors import TelucodecError
-from pipeline.shards import (SPLITS, DatasetIndex, ShardInfo, ShardWriter, load_index, parse_shard_name,
+from pipeline.storage.shards import (SPLITS, DatasetIndex, ShardInfo, ShardWriter, load_index, parse_shard_name,
                              shard_matches, write_index)
-from pipeline.store import Store, open_store
+from pipeline.storage.store import Store, open_store
 
 REJECTS_NAME = "rejects.jsonl"
 

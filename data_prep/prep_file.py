@@ -26,10 +26,10 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from data_prep.sources import SourceItem, printable
-from pipeline.audio import (AudioError, LevelMeter, clip_to_unit_range, loud_span, open_audio, resample_blocks,
+from pipeline.storage.audio import (AudioError, LevelMeter, clip_to_unit_range, loud_span, open_audio, resample_blocks,
                             segment_bounds, silence_frame)
 from pipeline.config import PrepConfig
-from pipeline.shards import EncodedSample, encode_sample, safe_key
+from pipeline.storage.shards import EncodedSample, encode_sample, safe_key
 
 PARK_BYTES = 16 << 20
 """Resampled audio (float32) a worker keeps in memory before parking it on disk (4 min at 16 kHz)."""

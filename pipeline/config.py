@@ -678,3 +678,11 @@ def field_docs(cls: type) -> dict[str, str]:
                 and isinstance(nxt.value.value, str)):
             docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
+
+
+def with_absolute_paths(cfg: Config) -> Config:
+    """Local paths made absolute: a submitted job, and each Ray worker, runs in another working directory."""
+    def absolute(url: str) -> str:
+        return url if not url or "://" in url else str(Path(url).absolute())
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, url=absolute(cfg.data.url)),
+                               run=dataclasses.replace(cfg.run, dir=absolute(cfg.run.dir)))

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from pipeline.shards import DatasetIndex, ShardWriter, encode_sample, write_index
-from pipeline.store import open_store
+from pipeline.storage.shards import DatasetIndex, ShardWriter, encode_sample, write_index
+from pipeline.storage.store import open_store
 
 
 def tone(seconds: float, sr: int, freq: float = 220.0, peak: float = 0.5, seed: int = 0) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Tiny training runs and the local S3 server they can use, shared by the tests and benchmarks/
 (which put tests/ on sys.path); the audio and datasets they train on are in audio_fixtures.py, the
-fake cloud metadata server in jobs/spot_drill.py (the demo's drill uses it too).
+fake cloud metadata server in jobs/launch/spot_drill.py (the demo's drill uses it too).
 
     from run_fixtures import TINY, wait_for
     load_config(["configs/base.yaml"], [f"data.url={url}", f"run.dir={run}", *TINY, "train.steps=6"])
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from audio_fixtures import tone
 from pipeline.config import Config, ModelConfig, to_dict
-from pipeline.rundir import RunDir
+from pipeline.runs.rundir import RunDir
 
 OFF_CLOUD = ["preempt.aws_endpoint=''", "preempt.gcp_endpoint=''"]
 """No cloud metadata endpoints: the run is on a local machine (free) and gets no preemption notice."""
@@ -45,8 +45,8 @@ def make_checkpoint(run_dir: Path, model_cfg: ModelConfig = TINY_CODEC, step: in
     with `cfg` (default: Config(model=model_cfg)) as its training config."""
     import torch  # here, not above: prep_bench's spawned workers import this module and need no torch
 
-    from pipeline.checkpoint import Checkpoints
-    from pipeline.model import Codec
+    from pipeline.runs.checkpoints import Checkpoints
+    from pipeline.codec.model import Codec
 
     cfg = cfg or Config(model=model_cfg)
     model_cfg = cfg.model

@@ -3,7 +3,7 @@ import pytest
 import soundfile as sf
 
 from audio_fixtures import tone, write_bad_files
-from pipeline.audio import (AudioError, clip_to_unit_range, cut_segments, load_audio, normalize_rms, resample,
+from pipeline.storage.audio import (AudioError, clip_to_unit_range, cut_segments, load_audio, normalize_rms, resample,
                             trim_silence)
 
 

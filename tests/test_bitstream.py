@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.bitstream import (HEADER_SIZE, MAGIC, V1_HEADER_SIZE, BitstreamError, bitstream_size, pack_codes,
+from pipeline.codec.bitstream import (HEADER_SIZE, MAGIC, V1_HEADER_SIZE, BitstreamError, bitstream_size, pack_codes,
                                 read_bitstream, write_bitstream)
 from pipeline.config import ModelConfig
-from pipeline.model import Codec
+from pipeline.codec.model import Codec
 
 FP = "0123456789abcdef" + "0" * 48
 

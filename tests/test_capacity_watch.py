@@ -1,14 +1,14 @@
-"""The driver's watch for room to grow a shrunk elastic run (jobs.ray_train.CapacityWatch).
+"""The driver's watch for room to grow a shrunk elastic run (jobs.launch.trainer.CapacityWatch).
 
 The watch reads the run's cost ledger (one line per worker group begun, with its size) from a real
 run dir and each node's free resources from a function given to it (Ray's view on a cluster; the
 two-node test in test_elastic.py runs it against a real one).
 """
 
-from jobs.ray_train import CapacityWatch, free_workers
+from jobs.launch.trainer import CapacityWatch, free_workers
 from pipeline.config import load_config
-from pipeline.cost import LEDGER
-from pipeline.rundir import RunDir
+from pipeline.runs.cost import LEDGER
+from pipeline.runs.rundir import RunDir
 
 ONE_CPU = {"CPU": 1}
 
@@ -76,7 +76,7 @@ def test_the_refresh_lets_a_new_worker_group_see_a_node_that_just_joined():
         get_or_create_autoscaling_coordinator,
     )
 
-    from jobs.ray_train import refresh_ray_train_view
+    from jobs.launch.trainer import refresh_ray_train_view
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     ray.init(address=cluster.address, log_to_driver=False)

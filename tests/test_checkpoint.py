@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.checkpoint import CheckpointError, Checkpoints, step_dir
+from pipeline.runs.checkpoints import CheckpointError, Checkpoints, step_dir
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -17,9 +17,9 @@ import soundfile as sf
 import torch
 
 from audio_fixtures import tone
-from pipeline.chunked import decode_stream, encode_stream
-from pipeline.inference import load_trained
-from pipeline.model import conv_reach
+from pipeline.codec.chunked import decode_stream, encode_stream
+from pipeline.codec.inference import load_trained
+from pipeline.codec.model import conv_reach
 from run_fixtures import make_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

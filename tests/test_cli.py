@@ -14,7 +14,7 @@ import pytest
 from audio_fixtures import make_dataset, write_manifest_corpus
 from jobs.cli import main
 from pipeline.config import CONFIG_DIR, load_config, to_dict
-from pipeline.shards import load_index
+from pipeline.storage.shards import load_index
 from run_fixtures import OFF_CLOUD, QUICK_EVAL
 
 TELUCODEC = [sys.executable, "-m", "jobs.cli"]

@@ -18,10 +18,10 @@ import torch
 
 from audio_fixtures import tone
 from jobs.cli import main
-from pipeline.audio import resample
-from pipeline.bitstream import HEADER_SIZE, pack_codes, read_bitstream
+from pipeline.storage.audio import resample
+from pipeline.codec.bitstream import HEADER_SIZE, pack_codes, read_bitstream
 from pipeline.config import ModelConfig
-from pipeline.inference import load_codec, load_trained
+from pipeline.codec.inference import load_codec, load_trained
 from run_fixtures import make_checkpoint
 
 TELUCODEC = [sys.executable, "-m", "jobs.cli"]

@@ -16,14 +16,14 @@ import pytest
 
 from audio_fixtures import make_dataset
 from jobs.cli import main
-from jobs.ray_train import train_on_ray
-from jobs.spot_drill import MetadataServer
-from pipeline.checkpoint import Checkpoints
+from jobs.launch.trainer import train_on_ray
+from jobs.launch.spot_drill import MetadataServer
+from pipeline.runs.checkpoints import Checkpoints
 from pipeline.config import ConfigError, load_config
-from pipeline.cost import CostTracker, summarize_run, worker_price
-from pipeline.inference import load_codec
-from pipeline.rundir import RunDir
-from pipeline.train import train
+from pipeline.runs.cost import CostTracker, summarize_run, worker_price
+from pipeline.codec.inference import load_codec
+from pipeline.runs.rundir import RunDir
+from pipeline.training.loop import train
 from run_fixtures import OFF_CLOUD, TINY, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -118,7 +118,7 @@ def test_killed_driver_is_billed_to_its_last_heartbeat_then_resumed(dataset, tmp
     overrides = [f"data.url={dataset}", f"run.dir={run}", *TINY, "train.workers=0", "train.steps=1000",
                  "train.checkpoint_every=2", "cost.usd_per_hour=3.6", "cost.heartbeat_seconds=1",
                  "tracking.enabled=false"]
-    code = ("import sys; from pipeline.config import load_config; from pipeline.train import train; "
+    code = ("import sys; from pipeline.config import load_config; from pipeline.training.loop import train; "
             "train(load_config(['configs/base.yaml'], sys.argv[1:]))")
     spawned = time.time()
     proc = subprocess.Popen([sys.executable, "-c", code, *overrides], cwd=REPO, stdout=subprocess.DEVNULL,

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from audio_fixtures import make_dataset
-from pipeline.data import CropLoader, CropRecipe, DataError, eval_clips, rank_rows
+from pipeline.evaluation.clips import load_eval_clips
+from pipeline.training.loader import CropLoader, CropRecipe, DataError, rank_rows
 from jobs.cli import main
-from pipeline.shards import INDEX_NAME, load_index, upgrade_index, verify_dataset
-from pipeline.store import open_store
+from pipeline.storage.shards import INDEX_NAME, load_index, upgrade_index, verify_dataset
+from pipeline.storage.store import open_store
 
 
 def sample_ids(batch: torch.Tensor) -> list[int]:
@@ -157,7 +158,7 @@ def test_short_clips_are_padded_and_eval_clips(tmp_path):
     loader = CropLoader(str(tmp_path), "train", CropRecipe(batch_size=3, crop=1600, seed=0))
     _, batch = next(loader.batches(0))
     assert batch.shape == (3, 1, 1600) and float(batch[:, :, 800:].abs().max()) == 0.0
-    clips = eval_clips(str(tmp_path), "train", 2, 500)
+    clips = load_eval_clips(str(tmp_path), "train", 2, 500 / 8000, 8000)
     assert [k for k, _ in clips] == ["s0000", "s0001"] and all(len(a) == 500 for _, a in clips)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.config import ConfigError, ModelConfig
-from pipeline.discriminator import Discriminator, STFTDiscriminator
+from pipeline.codec.discriminator import Discriminator, STFTDiscriminator
 
 LAYERS_PER_BAND = 5  # first conv, three dilated strided convs, a (3, 3) conv
 

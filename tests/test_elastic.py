@@ -15,10 +15,10 @@ from collections import Counter
 import pytest
 
 from audio_fixtures import make_dataset
-from jobs import ray_train
-from jobs.ray_train import train_on_ray
+from jobs.launch import trainer as ray_train
+from jobs.launch.trainer import train_on_ray
 from pipeline.config import load_config
-from pipeline.rundir import RunDir
+from pipeline.runs.rundir import RunDir
 from run_fixtures import TINY, losses_by_step, wait_for
 
 pytestmark = pytest.mark.slow

@@ -14,14 +14,14 @@ import soundfile as sf
 import torch
 
 from jobs.cli import main
-from pipeline.audio import log_spectrogram
-from pipeline.evaluation import (CODEC2_DELAY, ClipMetrics, CodecResult, CodecScore, align, baseline_result,
-                                 evaluate_checkpoint, run_baseline_codec2, run_baseline_opus, score_outputs,
-                                 spectrogram_panels, telucodec_outputs)
-from pipeline.inference import load_codec
-from pipeline.metrics import Score
-from pipeline.shards import DatasetIndex, ShardWriter, encode_sample, write_index
-from pipeline.store import open_store
+from pipeline.storage.audio import log_spectrogram
+from pipeline.evaluation.baselines import align, CODEC2_DELAY, run_baseline_codec2, run_baseline_opus
+from pipeline.evaluation.report import baseline_result, CodecResult, CodecScore, evaluate_checkpoint, score_outputs, spectrogram_panels, telucodec_outputs
+from pipeline.evaluation.scorer import ClipMetrics
+from pipeline.codec.inference import load_codec
+from pipeline.codec.metrics import Score
+from pipeline.storage.shards import DatasetIndex, ShardWriter, encode_sample, write_index
+from pipeline.storage.store import open_store
 from run_fixtures import make_checkpoint
 
 

@@ -15,11 +15,11 @@ import soundfile as sf
 
 from audio_fixtures import make_dataset, tone
 from jobs.cli import main
-from pipeline.checkpoint import Checkpoints
+from pipeline.runs.checkpoints import Checkpoints
 from pipeline.config import Config, DataConfig, RunConfig
-from pipeline.export import find_licence, load_export
-from pipeline.inference import load_trained
-from pipeline.rundir import RunDir
+from pipeline.codec.export import find_licence, load_export
+from pipeline.codec.inference import load_trained
+from pipeline.runs.rundir import RunDir
 from run_fixtures import TINY_CODEC, make_checkpoint
 
 VAL = {"val/snr": 3.5, "val/si_sdr": 2.25, "val/mel_distance": 1.125, "val/pesq": 1.75, "val/stoi": 0.5}

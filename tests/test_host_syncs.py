@@ -15,7 +15,8 @@ import sys
 import pytest
 import torch
 
-from pipeline.train import MetricWindow, build_state, make_accelerator, train_step
+from pipeline.training.state import build_state, make_accelerator
+from pipeline.training.step import MetricWindow, train_step
 from test_train_recipe import adversarial_config
 
 READS = ("__bool__", "item", "tolist", "__float__", "__int__", "__index__")

@@ -10,9 +10,9 @@ import pytest
 from audio_fixtures import make_dataset
 from jobs.cli import main
 from pipeline.config import load_config
-from pipeline.data import DataError, crop_loader
-from pipeline.shards import INDEX_NAME, DatasetError, load_index
-from pipeline.store import StoreError, open_store
+from pipeline.training.loader import DataError, crop_loader
+from pipeline.storage.shards import INDEX_NAME, DatasetError, load_index
+from pipeline.storage.store import StoreError, open_store
 
 REPO = Path(__file__).resolve().parent.parent
 ESCAPES = ["../x.tar", "../../outside/x.tar", "/etc/passwd", "a/../../b", "a/./b", "s3://other/x", "a\\..\\b", ""]

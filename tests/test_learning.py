@@ -14,11 +14,11 @@ import torch
 from data_prep.corpus import synthesize_corpus
 from data_prep.prep import run_prep
 from pipeline.config import load_config
-from pipeline.data import eval_clips
-from pipeline.inference import load_codec
-from pipeline.metrics import range_ratio, snr_db
-from pipeline.rundir import RunDir
-from pipeline.train import train
+from pipeline.evaluation.clips import load_eval_clips
+from pipeline.codec.inference import load_codec
+from pipeline.codec.metrics import range_ratio, snr_db
+from pipeline.runs.rundir import RunDir
+from pipeline.training.loop import train
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def test_tiny_codec_learns_positive_snr_on_held_out_speakers(tmp_path):
 
     codec, _, step = load_codec(cfg.run.dir)
     assert step == cfg.train.steps
-    clips = eval_clips(cfg.data.url, "test", 8, int(4.0 * cfg.model.sample_rate))
+    clips = load_eval_clips(cfg.data.url, "test", 8, 4.0, cfg.model.sample_rate)
     assert len(clips) >= 3
     snrs, ratios = [], []
     with torch.no_grad():

@@ -12,11 +12,11 @@ import torch
 import yaml
 
 from pipeline.config import Config, ConfigError, LossConfig, ModelConfig, load_config
-from pipeline.discriminator import Discriminator
-from pipeline.losses import (adversarial_generator_loss, discriminator_loss, generator_loss, level_loss,
-                             log_mel, mel_filterbank, mel_loss, negative_snr_loss, reconstruction_terms,
-                             stft_loss)
-from pipeline.model import Codec
+from pipeline.codec.discriminator import Discriminator
+from pipeline.codec.losses import (adversarial_generator_loss, discriminator_loss, generator_loss, level_loss,
+                                   mel_loss, negative_snr_loss, reconstruction_terms, stft_loss)
+from pipeline.codec.spectral import log_mel, mel_filterbank
+from pipeline.codec.model import Codec
 
 T = 4000
 TINY_MODEL = ModelConfig(channels=4, latent_dim=16, codebook_size=16, n_codebooks=2,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.metrics import (Score, codebook_perplexity, mean_score, mel_distance, pesq_wb,
-                              range_ratio, si_sdr_db, snr_db, stoi)
+from pipeline.codec.metrics import Score, mean_score, mel_distance, pesq_wb, range_ratio, si_sdr_db, snr_db, stoi
+from pipeline.codec.quantizer import codebook_perplexity
 
 SR = 16000
 
@@ -99,7 +99,7 @@ def test_a_missing_scorer_package_is_a_reason_not_a_crash(monkeypatch):
     """pesq and pystoi are the optional `eval` extra: without them evaluation still runs (the
     perceptual scores are absent, with why) and a run whose best checkpoint is chosen by one is warned."""
     from pipeline.config import load_config
-    from pipeline.train import best_metric_problem
+    from pipeline.training.duties import best_metric_problem
 
     cfg = load_config(["base", "tiny"], [])
     assert cfg.train.best_metric == "pesq" and best_metric_problem(cfg) is None  # installed here

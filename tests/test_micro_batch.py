@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pipeline.config import load_config
-from pipeline.train import build_state, make_accelerator, micro_batches, train_step
+from pipeline.training.state import build_state, make_accelerator
+from pipeline.training.step import micro_batches, train_step
 from run_fixtures import TINY_MEL, TINY_RUN
 
 ARGS = [*TINY_RUN, *TINY_MEL, "train.workers=0", "train.batch_size=4", "model.quantizer_dropout=0.5",

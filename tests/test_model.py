@@ -12,7 +12,7 @@ import yaml
 from torch import nn
 
 from pipeline.config import ConfigError, ModelConfig, load_config
-from pipeline.model import Codec, CodecOutput, Snake
+from pipeline.codec.model import Codec, CodecOutput, Snake
 
 TINY = ModelConfig(channels=4, latent_dim=16, codebook_size=16, n_codebooks=4)
 

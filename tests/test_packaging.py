@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Runs the CLI from the wheel's copy, printing where the code came from first.
 FROM_WHEEL = ("import sys, pipeline; print(pipeline.__file__, flush=True); "
               "from jobs.cli import main; sys.exit(main(sys.argv[1:]))")
-PRICE = ("from pipeline.config import load_config; from pipeline.cost import worker_price; "
+PRICE = ("from pipeline.config import load_config; from pipeline.runs.cost import worker_price; "
          "p = worker_price(load_config(['gpu'], ['cost.instance_type=g5.xlarge', 'train.use_gpu=true'])); "
          "print(p.usd_per_worker_hour, p.source)")
 

@@ -19,8 +19,8 @@ from data_prep.corpus import synthesize_corpus
 from data_prep.prep import PrepError, run_prep
 from jobs.cli import main
 from pipeline.config import PrepConfig
-from pipeline.shards import DatasetError, load_index, read_samples, verify_dataset
-from pipeline.store import open_store
+from pipeline.storage.shards import DatasetError, load_index, read_samples, verify_dataset
+from pipeline.storage.store import open_store
 
 SMALL = PrepConfig(shard_max_samples=4, workers=2, val_fraction=0.2, test_fraction=0.2)
 

@@ -19,10 +19,10 @@ from data_prep.prep_file import FileJob, SampleSpool, process_item
 from data_prep.sources import SourceItem
 from fault_fixtures import KillWhoeverOpens, cut_in_half, double_or_die
 from jobs.cli import main
-from pipeline.audio import AudioError, cut_segments, load_audio, resample, trim_silence
+from pipeline.storage.audio import AudioError, cut_segments, load_audio, resample, trim_silence
 from pipeline.config import PrepConfig
-from pipeline.shards import encode_sample, load_index, read_samples
-from pipeline.store import open_store
+from pipeline.storage.shards import encode_sample, load_index, read_samples
+from pipeline.storage.store import open_store
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK = PrepConfig(workers=2, val_fraction=0, test_fraction=0, shard_max_samples=50)

@@ -13,7 +13,7 @@ import torch
 import torch.multiprocessing as mp
 
 from pipeline.config import ModelConfig
-from pipeline.quantize import ResidualVQ, VectorQuantizer, cluster_stats, kmeans, summed_stats
+from pipeline.codec.quantizer import ResidualVQ, VectorQuantizer, cluster_stats, kmeans, summed_stats
 
 TINY = ModelConfig(channels=4, latent_dim=16, codebook_size=16, n_codebooks=4)
 

@@ -11,11 +11,11 @@ import threading
 import pytest
 
 from audio_fixtures import make_dataset
-from jobs.ray_train import train_on_ray
-from jobs.spot_drill import SpotDrill
-from pipeline.checkpoint import Checkpoints
+from jobs.launch.trainer import train_on_ray
+from jobs.launch.spot_drill import SpotDrill
+from pipeline.runs.checkpoints import Checkpoints
 from pipeline.config import load_config
-from pipeline.rundir import RunDir
+from pipeline.runs.rundir import RunDir
 from run_fixtures import TINY, losses_by_step, wait_for
 
 pytestmark = pytest.mark.slow

@@ -18,9 +18,9 @@ import pytest
 from audio_fixtures import tone
 from data_prep.reshard import (ReshardError, ReshardOptions, check_split, keys_digest, plan_split, reshard)
 from jobs.cli import main
-from pipeline.shards import (DatasetIndex, HashingWriter, ShardWriter, new_hasher, decode_flac, encode_sample, iter_tar, load_index,
+from pipeline.storage.shards import (DatasetIndex, HashingWriter, ShardWriter, new_hasher, decode_flac, encode_sample, iter_tar, load_index,
                              read_samples, upgrade_index, verify_dataset, write_index)
-from pipeline.store import WRITE_PIECE, open_store
+from pipeline.storage.store import WRITE_PIECE, open_store
 
 RATE = 16000
 LAYOUT = {"train": (7, 3, 12, 1, 9), "val": (5, 2)}  # samples per source shard, deliberately uneven

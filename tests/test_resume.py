@@ -10,11 +10,12 @@ import typing
 import pytest
 
 from audio_fixtures import make_dataset
-from pipeline.checkpoint import Checkpoints
+from pipeline.runs.checkpoints import Checkpoints
 from pipeline.config import Config, load_config, to_dict
-from pipeline.resume import RESUME_RULES, ResumeError, check_resume, resume_rule
-from pipeline.rundir import RunDir
-from pipeline.train import lr_factor, train
+from pipeline.runs.resume import RESUME_RULES, ResumeError, check_resume, resume_rule
+from pipeline.runs.rundir import RunDir
+from pipeline.training.loop import train
+from pipeline.training.step import lr_factor
 from run_fixtures import TINY_MEL, TINY_RUN
 
 SMALL = [*TINY_RUN, *TINY_MEL, "train.steps=2", "train.workers=0", "train.lr=0.003", "tracking.enabled=false"]

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from pipeline.store import S3Store, StoreError, open_store
+from pipeline.storage.store import S3Store, StoreError, open_store
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -97,7 +97,7 @@ def test_a_killed_local_writer_leaves_nothing_and_a_commit_replaces_whole(tmp_pa
 
     store = open_store(str(tmp_path / "s"))
     store.put("x/a.tar", b"old")
-    code = ("import time; from pipeline.store import open_store\n"
+    code = ("import time; from pipeline.storage.store import open_store\n"
             f"staged = open_store({str(tmp_path / 's')!r}).stage('x/a.tar')\n"
             "staged.file.write(b'half' * 100000); staged.file.flush(); print('written', flush=True); time.sleep(60)")
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -185,7 +185,7 @@ def test_files_written_honour_the_umask_shards_index_and_checkpoints_included(tm
     import io
 
     from audio_fixtures import make_dataset
-    from pipeline.checkpoint import Checkpoints
+    from pipeline.runs.checkpoints import Checkpoints
 
     saved = os.umask(umask)
     try:

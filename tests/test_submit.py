@@ -20,10 +20,10 @@ import pytest
 
 from audio_fixtures import make_dataset
 from jobs.cli import main
-from jobs.submit import SubmitError, project_files, state_word, submit
-from pipeline.checkpoint import Checkpoints
+from jobs.launch.submit import SubmitError, project_files, state_word, submit
+from pipeline.runs.checkpoints import Checkpoints
 from pipeline.config import load_config
-from pipeline.rundir import RunDir
+from pipeline.runs.rundir import RunDir
 from run_fixtures import TINY, wait_for
 
 FAKE_KEY = f"wandb-fake-{secrets.token_hex(20)}"
@@ -64,11 +64,11 @@ def test_oversized_working_dir_is_refused_before_upload(tmp_path):
 
 def test_project_files_leave_out_git_venv_data_runs_and_caches(tmp_path):
     for name in (".git/objects/x", ".venv/bin/python", "data/train-000000.tar", "runs/r1/ledger.jsonl",
-                 "pipeline/__pycache__/m.pyc", "telucodec.egg-info/PKG-INFO", "pipeline/model.py", "configs/base.yaml"):
+                 "pipeline/__pycache__/m.pyc", "telucodec.egg-info/PKG-INFO", "pipeline/codec/model.py", "configs/base.yaml"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
     kept = sorted(str(p.relative_to(tmp_path)) for p in project_files(tmp_path))
-    assert kept == ["configs/base.yaml", "pipeline/model.py"]
+    assert kept == ["configs/base.yaml", "pipeline/codec/model.py"]
 
 
 def test_project_files_in_a_git_work_tree_follow_gitignore(tmp_path):
@@ -76,12 +76,12 @@ def test_project_files_in_a_git_work_tree_follow_gitignore(tmp_path):
 
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     (tmp_path / ".gitignore").write_text("*.pt\nscratch/\n")
-    for name in ("pipeline/model.py", "best.pt", "scratch/notes.txt", "new_untracked.py", "runs/r1/ledger.jsonl"):
+    for name in ("pipeline/codec/model.py", "best.pt", "scratch/notes.txt", "new_untracked.py", "runs/r1/ledger.jsonl"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
-    subprocess.run(["git", "-C", str(tmp_path), "add", "pipeline/model.py"], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "add", "pipeline/codec/model.py"], check=True)
     kept = sorted(str(p.relative_to(tmp_path)) for p in project_files(tmp_path))
-    assert kept == ["new_untracked.py", "pipeline/model.py"]  # ignored, .git* and runs/ left out
+    assert kept == ["new_untracked.py", "pipeline/codec/model.py"]  # ignored, .git* and runs/ left out
 
 
 def test_local_paths_for_a_remote_cluster_are_warned_about(tmp_path, capsys):
@@ -93,7 +93,7 @@ def test_local_paths_for_a_remote_cluster_are_warned_about(tmp_path, capsys):
 
 
 def test_no_cluster_named_and_none_on_the_local_port_is_one_line_error(capsys, monkeypatch):
-    from jobs.submit import free_port
+    from jobs.launch.submit import free_port
 
     port = free_port()  # nothing listens there
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -129,7 +129,7 @@ NO_CREDENTIALS = {"AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_CONFIG_FILE": 
 @pytest.fixture(scope="module")
 def head():
     """A local Ray head started without any credentials: whatever a job gets, it got from submit."""
-    from jobs.submit import free_port
+    from jobs.launch.submit import free_port
 
     port = str(free_port())  # not 8265: a developer's own head may be there
     saved = dict(os.environ)
@@ -318,7 +318,7 @@ def test_stopped_job_is_stopped_with_a_final_checkpoint(head, dataset, tmp_path,
     assert "forwarded: no credentials (the cluster uses its own)" in out
     # The job agent's refusal (a second job under the same id) is one line, not Ray's server traceback.
     with monkeypatch.context() as m:
-        m.setattr("jobs.submit.secrets.token_hex", lambda n: job.rsplit("-", 1)[1])
+        m.setattr("jobs.launch.submit.secrets.token_hex", lambda n: job.rsplit("-", 1)[1])
         assert main(["submit", "--address", head, "--runs", str(tmp_path / "runs"), "--run", "long-one",
                      "--no-forward", *TINY, f"data.url={dataset}", "tracking.enabled=false"]) == 2
     err = capsys.readouterr().err

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from audio_fixtures import make_dataset
-from jobs.ray_train import train_on_ray
-from pipeline.checkpoint import Checkpoints
+from jobs.launch.trainer import train_on_ray
+from pipeline.runs.checkpoints import Checkpoints
 from pipeline.config import load_config
-from pipeline.rundir import RunDir
-from pipeline.tracking import Tracker, make_tracker, redact_secrets
+from pipeline.runs.rundir import RunDir
+from pipeline.training.tracking import Tracker, make_tracker, redact_secrets
 from run_fixtures import TINY, losses_by_step, wait_for
 
 WANDB_KEY = "fake-key-0123456789abcdef"

@@ -11,9 +11,10 @@ import pytest
 
 from audio_fixtures import make_dataset
 from pipeline.config import load_config
-from pipeline.cost import CostTotals
-from pipeline.rundir import RunDir
-from pipeline.train import progress_line, train
+from pipeline.runs.cost import CostTotals
+from pipeline.runs.rundir import RunDir
+from pipeline.training.duties import progress_line
+from pipeline.training.loop import train
 from run_fixtures import OFF_CLOUD, QUICK_EVAL
 
 REPO = Path(__file__).resolve().parent.parent

@@ -14,9 +14,12 @@ import pytest
 import torch
 
 from audio_fixtures import make_dataset
-from pipeline.checkpoint import Checkpoints
+from pipeline.runs.checkpoints import Checkpoints
 from pipeline.config import load_config
-from pipeline.train import build_state, evaluate, health_problems, make_accelerator, train_step
+from pipeline.training.duties import health_problems
+from pipeline.evaluation.scorer import evaluate_model
+from pipeline.training.state import build_state, make_accelerator
+from pipeline.training.step import train_step
 from run_fixtures import OFF_CLOUD, TINY_MEL, TINY_RUN
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,7 +109,7 @@ def test_best_is_chosen_by_pesq_and_no_scheduler_state_is_saved(tmp_path):
         *TINY_RUN, *TINY_MEL, f"data.url={data}", f"run.dir={tmp_path / 'run'}", "train.workers=0",
         "train.steps=2", "train.eval_every=1", "train.eval_seconds=1.0", "train.checkpoint_every=1",
         "tracking.enabled=false"])
-    from pipeline.train import train
+    from pipeline.training.loop import train
 
     assert train(cfg).status == "finished"
     ck = Checkpoints(cfg.run.dir)
@@ -127,7 +130,7 @@ def test_compiled_parts_trace_whole_and_train_as_eager_does(tmp_path):
     Triton code here)."""
     import copy
 
-    from pipeline.train import compile_parts
+    from pipeline.training.state import compile_parts
 
     cfg = adversarial_config(tmp_path)
     accel = make_accelerator(cfg)
@@ -156,7 +159,8 @@ def test_counting_a_steps_flops_leaves_the_compiled_parts_compiled(tmp_path):
     FlopCounterMode runs eager, and torch then skips its code for good: without count_flops' eager
     stance every later step of a `train.compile` run would run eager while being reported as
     compiled. A backend that counts its graph calls shows which code ran."""
-    from pipeline.train import compile_parts, count_flops
+    from pipeline.training.flops import count_flops
+    from pipeline.training.state import compile_parts
 
     graph_calls, compiles = [], []
 
@@ -186,7 +190,7 @@ def test_counting_a_steps_flops_leaves_the_compiled_parts_compiled(tmp_path):
     # evaluation runs eager: clips of new lengths compile nothing and leave the graphs in use
     compiled, calls = len(compiles), len(graph_calls)
     clips = [(f"c{n}", np.random.default_rng(n).uniform(-0.3, 0.3, n).astype(np.float32)) for n in (3200, 4160)]
-    assert np.isfinite(evaluate(state.model, clips, cfg, accel.device)["val/snr"])
+    assert np.isfinite(evaluate_model(state.model, clips, cfg.model.sample_rate)["val/snr"])
     assert (len(compiles), len(graph_calls)) == (compiled, calls)
     train_step(state, batch, accel, cfg)
     assert len(graph_calls) == calls + per_step

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from audio_fixtures import make_dataset
-from pipeline.checkpoint import Checkpoints
+from pipeline.runs.checkpoints import Checkpoints
 from pipeline.config import load_config
 from jobs.cli import main
-from pipeline.tracking import PREEMPTED_EXIT_CODE
-from pipeline.train import RunContext, train
+from pipeline.training.tracking import PREEMPTED_EXIT_CODE
+from pipeline.training.loop import RunContext, train
 from run_fixtures import TINY_RUN
 
 SMALL = [*TINY_RUN, "train.steps=4", "train.eval_every=2", "train.checkpoint_every=2", "train.workers=0",

@@ -1,7 +1,7 @@
 """The same training on any number of ranks: what elastic training builds on.
 
 Real multi-process DDP (torch.distributed over gloo, one process per rank, as Ray Train sets it up),
-not Ray: each rank runs `pipeline.train.train` with RANK/WORLD_SIZE in its environment. With a
+not Ray: each rank runs `pipeline.training.loop.train` with RANK/WORLD_SIZE in its environment. With a
 global batch of 8, 3 ranks hold 3, 3 and 2 rows: the uneven case. Every random choice of a step
 (quantizer dropout, k-means start vectors, re-seeded dead codes) is drawn over the global batch and
 the logged losses are the global batch's, so 1 and 3 ranks must log the same losses, and a run
@@ -32,14 +32,14 @@ def _rank(rank: int, world: int, port: int, args: list[str]) -> None:
 
     torch.set_num_threads(1)
     from pipeline.config import load_config
-    from pipeline.train import train
+    from pipeline.training.loop import train
 
     train(load_config(["base"], args))
 
 
 def run_on(world: int, args: list[str]) -> None:
     """`telucodec train` on `world` ranks of real processes; returns when all have finished."""
-    from jobs.submit import free_port
+    from jobs.launch.submit import free_port
 
     mp.start_processes(_rank, args=(world, free_port(), args), nprocs=world, start_method="spawn")
 

@@ -9,7 +9,7 @@ the run's scan and done records, not the store.
 from __future__ import annotations
 
 from data_prep.reshard.plan import ReshardError, SplitPlan
-from pipeline.shards import ShardInfo, shard_name
+from pipeline.storage.shards import ShardInfo, shard_name
 
 
 def check_split(plan: SplitPlan, done: dict[str, dict], scans: dict[str, dict], rate_out: int,

@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from pipeline.errors import TelucodecError
-from pipeline.shards import FORMAT, DatasetIndex, ShardInfo
+from pipeline.storage.shards import FORMAT, DatasetIndex, ShardInfo
 
 
 class ReshardError(TelucodecError, RuntimeError):

@@ -14,7 +14,7 @@ import numpy as np
 import soundfile as sf
 
 from data_prep.reshard.plan import ReshardError, derived_keys, resampled_length, segment_count, segment_starts
-from pipeline.shards import EncodedSample, decode_flac, encode_sample
+from pipeline.storage.shards import EncodedSample, decode_flac, encode_sample
 
 
 def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:

@@ -35,9 +35,9 @@ from data_prep.reshard.plan import (ReshardError, ReshardOptions, SplitPlan, der
 from data_prep.reshard.recut import recut_sample, scan_counts
 from data_prep.reshard.transfer import (HELD_MAPPINGS_MAX, DestShard, Fetched, RawSample, Spill, Uploads, fetch_shard,
                                        ranged_samples)
-from pipeline.shards import (DatasetIndex, EncodedSample, ShardInfo, encoded_from_parts, index_sha256, iter_tar,
+from pipeline.storage.shards import (DatasetIndex, EncodedSample, ShardInfo, encoded_from_parts, index_sha256, iter_tar,
                              load_index, shard_matches, shard_name, write_index)
-from pipeline.store import Store, open_store
+from pipeline.storage.store import Store, open_store
 
 RESHARD = DatasetJob(
     records="_reshard/", start_record="run.json", error=ReshardError,

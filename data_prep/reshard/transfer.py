@@ -20,8 +20,8 @@ from dataclasses import dataclass, replace
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 from data_prep.reshard.plan import ReshardError, SplitPlan, keys_digest
-from pipeline.shards import EncodedSample, SampleRange, ShardInfo, ShardWriter, shard_mismatches
-from pipeline.store import LocalStore, Store, iter_chunks, mapped, write_pieces
+from pipeline.storage.shards import EncodedSample, SampleRange, ShardInfo, ShardWriter, shard_mismatches
+from pipeline.storage.store import LocalStore, Store, iter_chunks, mapped, write_pieces
 
 
 class Fetched:

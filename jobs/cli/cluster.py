@@ -35,7 +35,7 @@ def cluster_address(args) -> str:
     URL; else, as the Ray CLI does, the local head's dashboard, which must answer."""
     import os
 
-    from jobs.submit import dashboard_up, local_address, local_head_up
+    from jobs.launch.submit import dashboard_up, local_address, local_head_up
 
     if args.address:
         return args.address
@@ -119,7 +119,8 @@ def register_submit(sub) -> None:
 
 @ray_head_errors
 def submit(args) -> int:
-    from jobs.submit import submit, with_absolute_paths
+    from jobs.launch.submit import submit
+    from pipeline.config import with_absolute_paths
 
     cfg = load_cli_config(args.items)  # checked here: a typo fails before any upload
     if not cfg.data.url:
@@ -129,7 +130,7 @@ def submit(args) -> int:
     cfg = with_absolute_paths(cfg)  # the job runs in another directory (a relative path means nothing there)
     address = cluster_address(args)
     if urlparse(address).hostname not in ("127.0.0.1", "localhost", "::1"):
-        from pipeline.store import is_remote
+        from pipeline.storage.store import is_remote
 
         local = [name for name, url in (("data.url", cfg.data.url), ("run dir", cfg.run.dir if run_dir_given else args.runs))
                  if not is_remote(url)]
@@ -182,7 +183,7 @@ def register_jobs(sub) -> None:
 def jobs_ls(args) -> int:
     from rich import box
 
-    from jobs.submit import list_jobs
+    from jobs.launch.submit import list_jobs
 
     address = cluster_address(args)
     views = list_jobs(address)
@@ -199,7 +200,7 @@ def jobs_ls(args) -> int:
 
 @ray_head_errors
 def jobs_status(args) -> int:
-    from jobs.submit import job_status
+    from jobs.launch.submit import job_status
 
     v = job_status(cluster_address(args), args.job_id)
     print(v.state)  # the first line is Ray's state word alone, for scripts
@@ -217,7 +218,7 @@ def jobs_status(args) -> int:
 
 @ray_head_errors
 def jobs_logs(args) -> int:
-    from jobs.submit import job_logs
+    from jobs.launch.submit import job_logs
 
     job_logs(cluster_address(args), args.job_id, follow=args.follow)
     return 0
@@ -225,8 +226,8 @@ def jobs_logs(args) -> int:
 
 @ray_head_errors
 def jobs_stop(args) -> int:
-    from pipeline.checkpoint import Checkpoints
-    from jobs.submit import stop_job
+    from pipeline.runs.checkpoints import Checkpoints
+    from jobs.launch.submit import stop_job
 
     v = stop_job(cluster_address(args), args.job_id, wait_s=args.wait)
     print(v.state)
@@ -253,7 +254,7 @@ def register_cluster(sub) -> None:
 
 
 def cluster(args) -> int:
-    from jobs.submit import local_address, local_head_down, local_head_up
+    from jobs.launch.submit import local_address, local_head_down, local_head_up
 
     if not args.local:
         raise UsageError("only --local clusters are managed here; for AWS or GCP spot nodes use "

@@ -53,7 +53,7 @@ def is_folder(path: str) -> bool:
 
 
 def load_from_args(args):
-    from pipeline.inference import load_trained
+    from pipeline.codec.inference import load_trained
 
     return load_trained(checkpoint=args.checkpoint, model=args.model)
 
@@ -85,7 +85,7 @@ def register_encode(sub) -> None:
 
 
 def encode(args) -> int:
-    from pipeline.codec_files import AUDIO_EXTENSIONS, encode_file, mirror_tree, output_name
+    from pipeline.codec.files import AUDIO_EXTENSIONS, encode_file, mirror_tree, output_name
 
     check_stdio(args)
     trained = load_from_args(args)
@@ -136,7 +136,7 @@ def register_decode(sub) -> None:
 
 
 def decode(args) -> int:
-    from pipeline.codec_files import decode_file, mirror_tree, output_name
+    from pipeline.codec.files import decode_file, mirror_tree, output_name
 
     if args.rate is not None and not 1000 <= args.rate <= 384000:
         raise UsageError(f"--rate must be 1000..384000 Hz, got {args.rate}")
@@ -255,7 +255,7 @@ def evaluate(args) -> int:
 
 def evaluate_with_progress(*args):
     """evaluate_checkpoint with a progress bar on stderr (clips scored, every codec and codebook count)."""
-    from pipeline.evaluation import evaluate_checkpoint
+    from pipeline.evaluation.report import evaluate_checkpoint
 
     with progress_bar("scoring clips") as update:
         return evaluate_checkpoint(*args, on_clip=update)

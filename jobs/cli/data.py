@@ -140,7 +140,7 @@ def register_shards(sub) -> None:
 
 
 def shards_ls(args) -> int:
-    from pipeline.shards import load_index
+    from pipeline.storage.shards import load_index
 
     index = load_index(args.url)
     if args.json:
@@ -172,7 +172,7 @@ def over_shards(url: str, label: str, work):
     """(shard count, `work(url, on_shard=..., index=...)`) with a progress bar over the shards."""
     from rich.progress import Progress
 
-    from pipeline.shards import load_index
+    from pipeline.storage.shards import load_index
 
     index = load_index(url)
     with Progress(console=err_console, transient=True) as bar:
@@ -181,7 +181,7 @@ def over_shards(url: str, label: str, work):
 
 
 def shards_verify(args) -> int:
-    from pipeline.shards import verify_dataset
+    from pipeline.storage.shards import verify_dataset
 
     total, problems = over_shards(args.url, "verifying shards", verify_dataset)
     if problems:
@@ -194,7 +194,7 @@ def shards_verify(args) -> int:
 
 
 def shards_upgrade(args) -> int:
-    from pipeline.shards import upgrade_index
+    from pipeline.storage.shards import upgrade_index
 
     _, scanned = over_shards(args.url, "scanning shards", upgrade_index)
     if scanned:
@@ -245,7 +245,7 @@ def register_reshard(sub) -> None:
 
 def reshard(args) -> int:
     from data_prep.reshard import ReshardOptions, reshard as run_reshard
-    from pipeline.shards import load_index
+    from pipeline.storage.shards import load_index
 
     opts = ReshardOptions(samples_per_shard=args.samples_per_shard, shard_mb=args.shard_mb, shards=args.shards,
                           ranks=args.ranks, shuffle=args.shuffle, seed=args.seed,

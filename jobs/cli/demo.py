@@ -38,7 +38,7 @@ def demo(args) -> int:
     from data_prep.corpus import synthesize_corpus
     from data_prep.prep import run_prep
     from data_prep.reshard import ReshardOptions, reshard
-    from pipeline.shards import load_index
+    from pipeline.storage.shards import load_index
 
     out = Path(args.out).absolute()
     items = [str(CONFIG_DIR / "tiny.yaml"), *args.items]  # the shipped one, whatever the folder holds
@@ -64,7 +64,7 @@ def demo(args) -> int:
     report = evaluate_with_progress(str(run_dir), str(prepped), "test", 8, 4.0, out / "eval", 3)
     console.print(eval_table(report))
     console.rule("6/6  cost (the ledger; local CPU time is priced at $0 unless cost.usd_per_hour is set)")
-    from pipeline.cost import summarize_run
+    from pipeline.runs.cost import summarize_run
 
     cost = summarize_run(str(run_dir))
     console.print(cost_table([cost], f"cost of {run_dir}"))
@@ -74,7 +74,7 @@ def demo(args) -> int:
 
 def demo_train(cfg, items: list[str], dataset: Path, prepped: Path, run_dir: Path, preempt: bool):
     """Stage 4: train on local Ray, with one simulated spot reclaim halfway (a SpotDrill)."""
-    from jobs.spot_drill import SpotDrill
+    from jobs.launch.spot_drill import SpotDrill
 
     shutil.rmtree(run_dir, ignore_errors=True)  # the demo starts fresh each time
     at = max(1, cfg.train.steps // 2)

@@ -28,7 +28,7 @@ def register(sub) -> None:
 
 
 def export(args) -> int:
-    from pipeline.export import export_model
+    from pipeline.codec.export import export_model
 
     exported = export_model(args.source, args.out_dir, force=args.force)
     prov, cfg = exported.provenance, exported.trained.cfg

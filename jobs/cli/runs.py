@@ -51,7 +51,7 @@ def register(sub) -> None:
     s.set_defaults(func=sync)
 
 def cost(args) -> int:
-    from pipeline.cost import find_runs, summarize_run
+    from pipeline.runs.cost import find_runs, summarize_run
 
     urls = args.runs or find_runs("runs")
     if not urls:
@@ -66,7 +66,7 @@ def cost(args) -> int:
 
 
 def runs(args) -> int:
-    from pipeline.cost import find_runs, summarize_run
+    from pipeline.runs.cost import find_runs, summarize_run
 
     urls = find_runs(args.store)
     if not urls:  # none found: a store with no runs is an answer, a missing one is a mistake
@@ -83,7 +83,7 @@ def runs(args) -> int:
 
 
 def sync(args) -> int:
-    from pipeline.tracking import sync_run
+    from pipeline.training.tracking import sync_run
 
     segments = sync_run(args.run, project=args.project, entity=args.entity, dry_run=args.dry_run)
     console.print(f"{'would upload' if args.dry_run else 'synced'} {len(segments)} offline folder(s) of "
@@ -93,7 +93,7 @@ def sync(args) -> int:
 
 def require_store(url: str) -> None:
     """UsageError when there is nothing at `url`: a missing folder, or an S3 prefix with no objects."""
-    from pipeline.store import is_remote, open_store
+    from pipeline.storage.store import is_remote, open_store
 
     if not (open_store(url).list() if is_remote(url) else Path(url).is_dir()):
         raise UsageError(f"{url}: no such folder" if not is_remote(url) else f"{url}: nothing stored there")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobs.cli.common import FORMATTER, UsageError, add_config_items, console, load_cli_config
+from jobs.cli.common import FORMATTER, add_config_items, console, load_cli_config
 
 
 def register(sub) -> None:
@@ -35,25 +35,8 @@ def train(args) -> int:
 
 
 def run_training(cfg, resume: str = "auto") -> int:
-    """Check the resume, say what will run, train (Ray or in-process) and say how it ended."""
-    from pipeline.resume import check_resume
+    """Train here (Ray or in-process), saying what runs and how it ended."""
+    from jobs.launch.trainer import train_job
 
-    if not cfg.data.url:
-        raise UsageError("no dataset: give data.url=URL (a folder or s3:// prefix made by `telucodec prep`)")
-    for line in check_resume(cfg, resume):
-        console.print(line, highlight=False, markup=False)
-    console.print(f"run {cfg.run.dir}: {cfg.model.n_codebooks} codebooks x {cfg.model.codebook_size} -> "
-                  f"{cfg.model.bitrate() / 1000:.2f} kbps at {cfg.model.sample_rate} Hz, "
-                  f"{cfg.train.steps} steps, {max(cfg.train.workers, 1)} worker(s)", highlight=False)
-    if cfg.train.workers == 0:
-        from pipeline.rundir import cancel_on_sigterm
-        from pipeline.train import train as train_here
-
-        with cancel_on_sigterm(cfg.run.dir):
-            result = train_here(cfg)
-    else:
-        from jobs.ray_train import train_on_ray
-
-        result = train_on_ray(cfg)
-    console.print(f"{result.status} at step {result.step}; checkpoints in {cfg.run.dir}/checkpoints", highlight=False)
+    train_job(cfg, resume, say=lambda line: console.print(line, highlight=False, markup=False))
     return 0

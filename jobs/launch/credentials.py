@@ -1,0 +1,129 @@
+"""Forwarded credentials: from the submitting machine to every Ray Train worker, in memory only.
+
+    uri = stage(client, {"AWS_ACCESS_KEY_ID": ...})   # laptop, before submitting the job
+    names = claim(uri)                                 # the job's driver (jobs/launch/entry.py)
+    receive(keeper())                                  # each Ray Train worker (jobs/launch/trainer.py)
+
+Trust model: a Ray cluster is one trust domain. Anyone who can submit a job to it can run code as
+the Ray user on every node, and so can read any job's memory. What this module guarantees is
+narrower and checkable: a forwarded value never appears in the job's runtime_env, metadata or
+entrypoint (which `ray job list` and the dashboard show), in logs, checkpoints, configs or ledgers,
+and nothing holding it is left on disk or in the cluster's package store after the job starts.
+The recommended set-up is cluster-side credentials (instance profiles, a W&B key on the nodes):
+then nothing is forwarded at all.
+
+Why not Ray's own means: Ray has no secret channel for jobs (ray-project/ray#39502 and #28276 are
+open; the `secret_env_vars` PR #40549 was closed unmerged). runtime_env `env_vars` are shown in
+job details and the dashboard; a file in the working dir travels in the working-dir package,
+which stays in the GCS store (another job can name its URI) and unpacked on every node.
+
+The channel:
+1. `stage` puts the values as one small package in the head's GCS store under a random name, with
+   the same dashboard API a working_dir upload uses, and pins it: a pinned package nobody refers to
+   is deleted by Ray after RAY_RUNTIME_ENV_TEMPORARY_REFERENCE_EXPIRATION_S (600 s by default), so
+   a submission that fails, or a job whose driver never starts, leaves nothing behind.
+2. `claim` (the job's driver) reads the package and deletes it at once; the values become the
+   driver's environment variables (never written anywhere).
+3. A `Keeper` actor (anonymous: only its handle, passed to the trainer, reaches it) holds them in
+   memory for the job's life; each Ray Train worker asks it at start (`receive`), so workers that
+   Ray restarts or starts on new nodes get them too, and processes they start inherit them.
+   The actor's values arrive by a method call, not as creation arguments (which the GCS keeps).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+
+from pipeline.errors import TelucodecError
+
+PREFIX = "_telucodec_secrets_"
+"""Package names in the GCS store: PREFIX + 32 random hex digits + .zip (Ray wants the suffix)."""
+CLAIM_WAIT_S = 30.0
+
+
+class CredentialsError(TelucodecError, RuntimeError):
+    """The forwarded credentials cannot be staged or claimed; printed as one line."""
+
+
+def stage(client, values: dict[str, str]) -> str:
+    """Put values in the cluster's GCS store through the dashboard at `client` (a Ray
+    JobSubmissionClient); returns the package URI for the job's entrypoint ("" when nothing to send)."""
+    if not values:
+        return ""
+    name = f"{PREFIX}{secrets.token_hex(16)}.zip"
+    reply = client._do_request("PUT", f"/api/packages/gcs/{name}", data=json.dumps(values).encode())
+    if reply.status_code != 200:
+        raise CredentialsError(f"the Ray head refused the forwarded credentials (HTTP {reply.status_code}); "
+                               f"set credentials on the cluster instead and submit with --no-forward")
+    client._package_exists(f"gcs://{name}")  # pins it: Ray deletes it after the pin expires, if unclaimed
+    return f"gcs://{name}"
+
+
+def claim(uri: str, wait_s: float = CLAIM_WAIT_S) -> list[str]:
+    """Read the staged values from the GCS store, delete them there, set them in this process's
+    environment and hand them to the job's Keeper; returns their names. Needs ray connected."""
+    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_get
+
+    if not uri.startswith(f"gcs://{PREFIX}"):
+        raise CredentialsError(f"not a telucodec credentials package: {uri}")
+    deadline = time.time() + wait_s
+    while (data := _internal_kv_get(uri)) is None:
+        if time.time() > deadline:
+            raise CredentialsError(
+                "the forwarded credentials are gone from the cluster: the job started after Ray's package "
+                "pin expired (RAY_RUNTIME_ENV_TEMPORARY_REFERENCE_EXPIRATION_S, 600 s by default) or "
+                "another job claimed them; submit again, or give the cluster its own credentials")
+        time.sleep(0.5)
+    _internal_kv_del(uri)
+    values = json.loads(data)
+    os.environ.update(values)
+    share(values)
+    return sorted(values)
+
+
+_KEEPER = None
+
+
+def share(values: dict[str, str]) -> None:
+    """Start this job's Keeper actor holding values (in memory, for the workers)."""
+    global _KEEPER
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Keeper:
+        """Holds the forwarded values; gives them to whoever has its handle."""
+
+        def __init__(self):
+            self.values: dict[str, str] = {}
+
+        def hold(self, values: dict[str, str]) -> None:
+            self.values = values
+
+        def get(self) -> dict[str, str]:
+            return self.values
+
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # Beside the driver (the head, for a submitted job): not on a spot node that may vanish.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    _KEEPER = Keeper.options(scheduling_strategy=here).remote()
+    ray.get(_KEEPER.hold.remote(values))
+
+
+def keeper():
+    """The Keeper's handle for the trainer's workers, or None when nothing was forwarded."""
+    return _KEEPER
+
+
+def receive(handle) -> list[str]:
+    """In a Ray worker: set the Keeper's values as environment variables; returns their names."""
+    if handle is None:
+        return []
+    import ray
+
+    values = ray.get(handle.get.remote())
+    os.environ.update(values)
+    return sorted(values)

@@ -1,0 +1,65 @@
+"""A submitted job's entry point on the cluster: claim the forwarded credentials, then train.
+
+    python -m jobs.launch.entry [--credentials gcs://_telucodec_secrets_….zip] .telucodec_job.yaml
+
+`telucodec submit` stages the resolved config in the job's working dir and, when it forwards
+credentials, names their package in the GCS store (jobs/launch/credentials.py). This driver claims
+them (reading and deleting the package), so they become its environment variables and, through the
+job's Keeper actor, every Ray Train worker's. Only their names are printed. Then it trains with a
+plain call (`run_job`), the same `train_job` that `telucodec train` runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pipeline.errors import TelucodecError, environment_problem
+
+
+def main(argv: list[str]) -> int:
+    names: list[str] = []
+    if argv[:1] == ["--credentials"]:
+        names, argv = claim_credentials(argv[1]), argv[2:]
+    print(f"forwarded from the submitting machine: {', '.join(names) or 'no credentials'} (values not shown)",
+          flush=True)
+    if len(argv) != 1:
+        print("usage: python -m jobs.launch.entry [--credentials URI] JOB_CONFIG.yaml", file=sys.stderr)
+        return 2
+    try:
+        run_job(argv[0])
+    except TelucodecError as e:  # a user's mistake: one line, no traceback
+        print(f"telucodec: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except Exception as e:  # the environment's (S3, the file system) gets one line, a bug its traceback
+        if (line := environment_problem(e)) is None:
+            raise
+        print(f"telucodec: error: {line}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+def run_job(config_file: str):
+    """Train with the staged config (the shipped base under it, as `telucodec train` layers it)."""
+    from jobs.launch.trainer import train_job
+    from pipeline.config import CONFIG_DIR, load_config
+
+    return train_job(load_config([CONFIG_DIR / "base.yaml", config_file]), "auto", say=lambda line: print(line, flush=True))
+
+
+def claim_credentials(uri: str) -> list[str]:
+    """Join the job's cluster and claim the package (names returned, values set in os.environ)."""
+    import ray
+
+    from jobs.launch.credentials import CredentialsError, claim
+
+    ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=True)
+    try:
+        return claim(uri)
+    except CredentialsError as e:
+        print(f"telucodec: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

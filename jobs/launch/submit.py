@@ -1,0 +1,451 @@
+"""Laptop side: submit a training run to a Ray cluster, check on it, read its logs, stop it.
+
+    telucodec submit configs/gpu.yaml data.url=s3://b/te --address http://HEAD:8265 --runs s3://b/runs
+    telucodec submit --local configs/tiny.yaml data.url=demo_out/data-r2 train.steps=50
+    telucodec jobs ls | status ID | logs ID [--follow] | stop ID
+    telucodec cluster up --local | down --local
+
+A job is Ray's Job Submission API with the project as its working_dir. The config is resolved and
+checked here, on the laptop, and travels as one YAML file, so a typo fails before anything is
+uploaded. The working dir is staged in a temporary folder: the project's files less .git, .venv,
+data, runs and caches, with a size check first. Credentials (WANDB_API_KEY, AWS keys, or the
+laptop's AWS profile) are forwarded unless `forward=False`: never in the working dir, the job's
+runtime_env or metadata (which `ray job list` and the dashboard show), and never printed; see
+jobs/launch/credentials.py for the channel and the trust model. Each job's metadata names its run, so
+`jobs status` can read the run's ledger and metrics (on the run's store) beside Ray's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from jobs.launch import credentials
+from pipeline.config import Config, to_yaml
+from pipeline.errors import TelucodecError
+from pipeline.storage.store import is_remote
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+EXCLUDED_DIRS = {".git", ".venv", "venv", "data", "runs", "demo_out", "__pycache__", ".pytest_cache", ".cache",
+                 "wandb", "node_modules", ".mypy_cache", ".ruff_cache", ".ipynb_checkpoints"}
+"""Never uploaded: version control, environments, datasets, run outputs and caches."""
+SECRET_VARS = ("WANDB_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+PLAIN_VARS = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "WANDB_ENTITY", "WANDB_PROJECT",
+              "WANDB_MODE", "WANDB_BASE_URL")
+"""Forwarded in the runtime_env (visible in Ray's job details): nothing secret."""
+JOB_CONFIG = ".telucodec_job.yaml"
+STOP_GRACE_S = 120
+"""Seconds Ray waits after SIGTERM before it kills a stopped job's driver: time for the final checkpoint."""
+
+
+class SubmitError(TelucodecError, RuntimeError):
+    """A job that cannot be submitted or found; printed as one line."""
+
+
+@dataclass
+class Submission:
+    job_id: str
+    run: str
+    run_dir: str
+    dashboard_url: str
+    wandb_url: str
+    """The W&B run's page, or where its offline files go when the cluster has no WANDB_API_KEY."""
+    resumed: bool
+    forwarded: list[str]
+    """The names of the credentials forwarded to the job."""
+
+
+# ------------------------------------------------------------------------------------- packaging
+def project_files(root: Path) -> list[Path]:
+    """The files a job needs: in a git work tree what git would keep (tracked, or untracked and not
+    ignored), else everything; never EXCLUDED_DIRS, *.egg-info, .git* files or symlinks."""
+    listed = git_files(root)
+    if listed is None:
+        listed = []
+        for folder, dirs, names in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if d not in EXCLUDED_DIRS and not d.endswith(".egg-info"))
+            listed += [Path(folder) / n for n in sorted(names)]
+
+    def kept(path: Path) -> bool:
+        parts = path.relative_to(root).parts
+        return (not any(d in EXCLUDED_DIRS or d.endswith(".egg-info") for d in parts[:-1])
+                and not parts[-1].startswith(".git") and path.is_file() and not path.is_symlink())
+    return [f for f in listed if kept(f)]
+
+
+def git_files(root: Path) -> list[Path] | None:
+    """`git ls-files --cached --others --exclude-standard` under root, or None outside a work tree."""
+    if not (root / ".git").exists():
+        return None
+    try:
+        done = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                              capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    return sorted(root / name for name in done.stdout.decode().split("\0") if name)
+
+
+def check_upload_size(root: Path, files: list[Path], max_mb: float) -> int:
+    """Total bytes, or a SubmitError naming the biggest entries when over max_mb."""
+    sizes = {f: f.stat().st_size for f in files}
+    total = sum(sizes.values())
+    if total > max_mb * 1e6:
+        biggest = sorted(sizes, key=sizes.get, reverse=True)[:3]
+        names = ", ".join(f"{f.relative_to(root)} ({sizes[f] / 1e6:.1f} MB)" for f in biggest)
+        raise SubmitError(f"working dir {root} is {total / 1e6:.1f} MB, over the {max_mb:g} MB upload limit "
+                          f"(biggest: {names}); keep data on a store (telucodec prep --out s3://...), move it "
+                          f"out of the project, or raise --max-upload-mb")
+    return total
+
+
+def stage_working_dir(root: Path, files: list[Path], dest: Path, cfg: Config) -> None:
+    """Copy the project's files and the resolved config into dest."""
+    for f in files:
+        target = dest / f.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, target)
+    (dest / JOB_CONFIG).write_text(to_yaml(cfg), encoding="utf-8")
+
+
+def secrets_from_env() -> dict[str, str]:
+    """The laptop's W&B key and AWS credentials (from variables, else from its AWS profile)."""
+    found = {k: os.environ[k] for k in SECRET_VARS if os.environ.get(k)}
+    if "AWS_ACCESS_KEY_ID" not in found and (os.environ.get("AWS_PROFILE") or Path("~/.aws/credentials").expanduser().exists()):
+        import boto3
+
+        creds = boto3.Session().get_credentials()
+        if creds is not None:
+            frozen = creds.get_frozen_credentials()
+            found.update({"AWS_ACCESS_KEY_ID": frozen.access_key, "AWS_SECRET_ACCESS_KEY": frozen.secret_key})
+            if frozen.token:
+                found["AWS_SESSION_TOKEN"] = frozen.token
+    return found
+
+
+# ------------------------------------------------------------------------------------- submit
+def new_run_name() -> str:
+    return f"te-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def wandb_url(cfg: Config, run_id: str, env_secrets: dict, forward: bool = True) -> str:
+    if not cfg.tracking.enabled:
+        return "off (tracking.enabled=false)"
+    offline = f"offline on the cluster: {cfg.run.dir}/wandb (or tracking.dir); upload with `wandb sync`"
+    if os.environ.get("WANDB_MODE") == "offline" or (forward and "WANDB_API_KEY" not in env_secrets):
+        return offline
+    entity = cfg.tracking.entity or os.environ.get("WANDB_ENTITY") or "<your-entity>"
+    url = f"https://wandb.ai/{entity}/{cfg.tracking.project}/runs/{run_id}"
+    return url if forward else f"{url} if the cluster has a WANDB_API_KEY, else {offline}"
+
+
+def submit(address: str, cfg: Config, *, run: str = "", runs_root: str = "runs", run_dir_given: bool = False,
+           project: Path = PROJECT_ROOT, max_upload_mb: float = 100.0, pip: bool = False,
+           forward: bool = True) -> Submission:
+    """Stage, size-check and submit `telucodec train` with cfg as a Ray job; returns its ids and URLs."""
+    files = project_files(project)
+    check_upload_size(project, files, max_upload_mb)  # before anything talks to the cluster
+    if run_dir_given:
+        run_dir = cfg.run.dir
+        run = run or run_dir.rstrip("/").rsplit("/", 1)[-1]
+    else:
+        run = run or new_run_name()
+        run_dir = f"{runs_root.rstrip('/')}/{run}"
+    if not is_remote(run_dir):
+        run_dir = str(Path(run_dir).absolute())
+    resumed, prior_id = earlier_run(run_dir)
+    run_id = prior_id or "".join(c if c.isalnum() or c in "-_" else "-" for c in run)
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=run_dir, name=run),
+                              tracking=dataclasses.replace(cfg.tracking, run_id=run_id))
+    env_secrets = secrets_from_env() if forward else {}
+    env_vars = {k: os.environ[k] for k in PLAIN_VARS if os.environ.get(k)}
+    env_vars.update({"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S), "PYTHONUNBUFFERED": "1"})
+    client = job_client(address)
+    job_id = f"{run}-{secrets.token_hex(3)}"
+    with tempfile.TemporaryDirectory(prefix="telucodec-job-") as tmp:
+        staged = Path(tmp) / "project"
+        stage_working_dir(project, files, staged, cfg)
+        runtime_env: dict = {"working_dir": str(staged), "env_vars": env_vars}
+        if pip:
+            runtime_env["pip"] = project_dependencies(project)
+        package = credentials.stage(client, env_secrets)  # its URI only: the values never reach the job spec
+        entry = f"python -m jobs.launch.entry {f'--credentials {package} ' if package else ''}{JOB_CONFIG}"
+        metadata = {"telucodec_run": run, "run_dir": run_dir, "forwarded": ",".join(sorted(env_secrets)),
+                    "workers": target_workers(cfg)}
+        submit_when_ready(client, entrypoint=entry, submission_id=job_id, runtime_env=runtime_env, metadata=metadata)
+    return Submission(job_id, run, run_dir, f"{address.rstrip('/')}/#/jobs/{job_id}",
+                      wandb_url(cfg, run_id, env_secrets, forward), resumed, sorted(env_secrets))
+
+
+def target_workers(cfg: Config) -> str:
+    """"8", or "4-8" for an elastic run."""
+    low, high = cfg.train.min_workers, cfg.train.workers
+    return f"{low}-{high}" if 0 < low < high else str(high)
+
+
+def submit_when_ready(client, wait_s: float = 60.0, **job) -> None:
+    """client.submit_job, retried while the head says its job agent is not up yet (a head that has
+    just started, or a restarted agent: Ray answers "No available agent ... try again later")."""
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            client.submit_job(**job)
+            return
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.time() > deadline:
+                raise
+        time.sleep(1.0)
+
+
+def earlier_run(run_dir: str) -> tuple[bool, str | None]:
+    """(whether run_dir holds a checkpoint to resume, the W&B run id its ledger names)."""
+    from pipeline.runs.checkpoints import Checkpoints
+    from pipeline.runs.cost import LEDGER, newest_ledger_value
+    from pipeline.runs.rundir import RunDir
+    from pipeline.storage.store import StoreError
+
+    try:
+        if Checkpoints(run_dir).latest_step() is None:
+            return False, None
+        ledger = RunDir(run_dir).log(LEDGER).read()
+    except (StoreError, OSError):
+        return False, None  # not reachable from the laptop: the job resumes by itself if it can
+    return True, newest_ledger_value(ledger, "wandb_run_id")
+
+
+def project_dependencies(project: Path) -> list[str]:
+    """pyproject.toml's dependencies, for a runtime_env pip install on a cluster without them."""
+    import tomllib
+
+    return tomllib.loads((project / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+# ------------------------------------------------------------------------------------- jobs
+def job_client(address: str):
+    from ray.job_submission import JobSubmissionClient
+
+    use_ray_auth_token()
+    for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # not the per-upload INFO lines (these set INFO themselves)
+    check_answers(address)
+    try:
+        return JobSubmissionClient(address)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise SubmitError(f"no Ray dashboard at {address}: {str(e).splitlines()[0]} "
+                          f"(start one with `telucodec cluster up --local`, or pass --address http://HEAD:8265)")
+
+
+def check_answers(address: str, timeout_s: float = 5.0) -> None:
+    """A SubmitError within timeout_s when nothing answers HTTP at address: Ray's client has no
+    timeout, so a firewalled port or a hung head would otherwise hang every command."""
+    try:
+        with urllib.request.urlopen(f"{address.rstrip('/')}/api/version", timeout=timeout_s):
+            return
+    except urllib.error.HTTPError:
+        return  # it answers (401 with token authentication, 404 from something else: Ray's client says which)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, TimeoutError):
+            reason = f"no answer within {timeout_s:g} s"
+        raise SubmitError(f"no Ray dashboard at {address}: {reason or type(e).__name__} "
+                          f"(is the head up and its port {urlparse(address).port or 8265} reachable from here? "
+                          f"`ray dashboard CLUSTER.yaml` forwards it to http://127.0.0.1:8265)") from None
+
+
+def use_ray_auth_token() -> None:
+    """Send this machine's Ray token (RAY_AUTH_TOKEN or ~/.ray/auth_token) when it has one, as
+    `ray job submit` does: Ray 2.5x heads require it by default."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    quiet = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level, quiet.level = quiet.level, logging.ERROR  # it warns that auth is on, each command
+    try:
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        quiet.setLevel(level)
+
+
+@dataclass
+class JobView:
+    """One job: Ray's state plus, from its run dir, progress, cost and quality."""
+    job_id: str
+    state: str
+    run: str
+    run_dir: str
+    started: float | None
+    ended: float | None
+    message: str
+    step: int | None = None
+    usd: float | None = None
+    restarts: int | None = None
+    val_snr: float | None = None
+    steps_per_s: float | None = None
+    run_status: str = ""
+    workers: int | None = None
+    """Workers of the newest worker group (the ledger's last count)."""
+    target_workers: str = ""
+    """What the run asked for: "8", or "4-8" for an elastic run (train.min_workers-train.workers)."""
+
+
+def state_word(status) -> str:
+    """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED, from Ray's JobStatus."""
+    return str(getattr(status, "value", status))
+
+
+def job_view(details) -> JobView:
+    meta = details.metadata or {}
+    view = JobView(details.submission_id or details.job_id, state_word(details.status),
+                   meta.get("telucodec_run", ""), meta.get("run_dir", ""),
+                   details.start_time / 1000 if details.start_time else None,
+                   details.end_time / 1000 if details.end_time else None, details.message or "",
+                   target_workers=meta.get("workers", ""))
+    if view.run_dir:
+        add_run_progress(view)
+    return view
+
+
+def add_run_progress(view: JobView) -> None:
+    """Restarts, dollars so far, last val SNR and steps/s from the run's ledger and metrics."""
+    from pipeline.runs.cost import LEDGER, newest_ledger_value, summarize_run
+    from pipeline.runs.rundir import RunDir
+    from pipeline.storage.store import StoreError
+
+    try:
+        cost = summarize_run(view.run_dir)
+        view.step, view.usd, view.restarts, view.run_status = cost.step, cost.totals.usd, cost.totals.restarts, cost.status
+        run = RunDir(view.run_dir)
+        view.workers = newest_ledger_value(run.log(LEDGER).read(), "workers")
+        metrics = run.metrics.read()
+    except (StoreError, OSError, ValueError, KeyError):
+        return  # not started yet, or the store is not reachable from here
+    view.val_snr = next((r["val/snr"] for r in reversed(metrics) if "val/snr" in r), None)
+    view.steps_per_s = next((r["steps_per_s"] for r in reversed(metrics) if "steps_per_s" in r), None)
+    if metrics:  # newer than the ledger, which rank 0 writes at heartbeats and evals
+        view.step = max(view.step or 0, metrics[-1]["step"])
+
+
+def list_jobs(address: str) -> list[JobView]:
+    """telucodec's jobs on the cluster, newest first."""
+    jobs = [d for d in job_client(address).list_jobs() if (d.metadata or {}).get("telucodec_run")]
+    return [job_view(d) for d in sorted(jobs, key=lambda d: d.start_time or 0, reverse=True)]
+
+
+def job_details(client, job_id: str):
+    """Ray's JobDetails, or a one-line SubmitError for an unknown id."""
+    try:
+        return client.get_job_info(job_id)
+    except RuntimeError as e:
+        raise SubmitError(f"no job {job_id} at {client.get_address()} ({str(e).splitlines()[0][:120]})")
+
+
+def job_status(address: str, job_id: str) -> JobView:
+    return job_view(job_details(job_client(address), job_id))
+
+
+def job_logs(address: str, job_id: str, follow: bool = False, out=None) -> None:
+    out = out or sys.stdout
+    client = job_client(address)
+    job_details(client, job_id)  # a clear error for an unknown id
+    if not follow:
+        out.write(client.get_job_logs(job_id))
+        return
+
+    async def tail():
+        async for lines in client.tail_job_logs(job_id):
+            out.write(lines)
+            out.flush()
+    asyncio.run(tail())
+
+
+FINAL_STATES = ("STOPPED", "SUCCEEDED", "FAILED")
+
+
+def stop_job(address: str, job_id: str, wait_s: float = STOP_GRACE_S + 30) -> JobView:
+    """SIGTERM the job's driver (its workers save a checkpoint first); wait for a final state."""
+    client = job_client(address)
+    job_details(client, job_id)
+    client.stop_job(job_id)
+    deadline = time.time() + wait_s
+    while state_word(client.get_job_status(job_id)) not in FINAL_STATES and time.time() < deadline:
+        time.sleep(1.0)
+    return job_view(job_details(client, job_id))
+
+
+# ------------------------------------------------------------------------------------- local head
+def local_address(port: int | None = None) -> str:
+    """The local head's dashboard: port 8265, or TELUCODEC_LOCAL_RAY_PORT."""
+    return f"http://127.0.0.1:{port or int(os.environ.get('TELUCODEC_LOCAL_RAY_PORT', '8265'))}"
+
+
+def dashboard_up(address: str) -> bool:
+    """Something answers HTTP there (401 too: a head with token authentication)."""
+    try:
+        with urllib.request.urlopen(f"{address}/api/version", timeout=2):
+            return True
+    except urllib.error.HTTPError as e:
+        return e.code in (401, 403)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def ray_command() -> str:
+    """The `ray` next to this Python (a venv's), else the one on PATH."""
+    beside = Path(sys.executable).parent / "ray"
+    return str(beside) if beside.exists() else "ray"
+
+
+def local_head_up(cpus: int | None = None, timeout_s: float = 90.0) -> tuple[str, bool]:
+    """Start a Ray head on 127.0.0.1 with its dashboard on local_address(), or reuse the one there.
+    Returns (address, started)."""
+    address = local_address()
+    port = address.rsplit(":", 1)[1]
+    if dashboard_up(address):
+        return address, False
+    cpus = cpus or max(os.cpu_count() or 1, 3)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    cmd = [ray_command(), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(free_port()),
+           "--dashboard-host", "127.0.0.1", "--dashboard-port", port, "--include-dashboard", "true",
+           "--num-cpus", str(cpus), "--disable-usage-stats"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["?"]
+        raise SubmitError(f"`ray start --head` failed: {last[0]}")
+    deadline = time.time() + timeout_s
+    while not dashboard_up(address):
+        if time.time() > deadline:
+            raise SubmitError(f"the local Ray head started but its dashboard at {address} did not answer "
+                              f"within {timeout_s:.0f} s (see /tmp/ray/session_latest/logs/dashboard.log)")
+        time.sleep(0.5)
+    return address, True
+
+
+def local_head_down() -> None:
+    """`ray stop`: ends the Ray processes this user started on this machine with `ray start`."""
+    done = subprocess.run([ray_command(), "stop"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SubmitError(f"`ray stop` failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

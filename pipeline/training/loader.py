@@ -1,0 +1,392 @@
+"""Training batches from shards: decoded in worker processes, mixed across shards, and the same global
+batch at every step whatever the number of ranks or workers.
+
+    loader = CropLoader(url, "train", CropRecipe(batch_size=32, crop=16000, seed=0), rank=r, world=w,
+                        workers=7, pin_memory=True)
+    for step, batch in loader.batches(start_step):     # float32 [rows of this rank, 1, crop]
+        ...
+
+The order is a pure function of the index, the recipe and the epoch, never of the world or the
+workers. Each epoch permutes the split's samples over all shards and deals them to `batch_size`
+streams, longest first (ties in the permuted order), each to the stream with the fewest crops so
+far; a stream then takes its samples in the permuted order. A stream cuts each sample into
+non-overlapping crops (from a random offset per sample) and shuffles the crops of `shuffle_samples`
+consecutive samples together. Row i of the global batch at step s is stream i's s-th crop of the
+epoch: a batch draws from `batch_size` samples from all over the dataset. Since the deal sees the
+same sequence of lengths every epoch, every epoch's streams hold the same numbers of crops, and
+`steps_per_epoch` is the smallest of them, exactly (dealing in the permuted order instead would
+leave a stream up to a whole long sample's crops short: a split of 10-second samples and 1-second
+crops would lose ten steps an epoch, and a small one all of them).
+
+Rank r of w takes a contiguous block of rows (block sizes differ by at most one), reads only the
+samples of its streams (one ranged read each, at the byte range index.json records) and splits its
+streams over its worker processes, which decode and cut them. Resuming at step s, on any number of
+ranks or workers, yields the rows an uninterrupted run would have seen: each stream skips to crop s
+without reading the samples before it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import queue
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from pipeline.errors import TelucodecError
+from pipeline.storage.shards import DatasetIndex, decode_flac, load_index
+from pipeline.storage.store import Store, open_store
+
+
+class DataError(TelucodecError, RuntimeError):
+    """A split too small for the batch, an index without sample ranges, a sample that does not
+    decode as its index says, or similar."""
+
+
+@dataclass(frozen=True)
+class CropRecipe:
+    """Everything that decides which crops a step sees (and so must not change on exact resume)."""
+    batch_size: int
+    """Rows of the global batch (all ranks together); also the number of streams."""
+    crop: int
+    """Crop length in samples."""
+    seed: int
+    shuffle_samples: int = 4
+    """Crops of this many consecutive samples of a stream are shuffled together."""
+    loudness_db: float | None = None
+    """Scale each sample to this RMS level in dBFS (peak-limited to 1.0); None leaves levels alone."""
+    gain_db: tuple[float, float] = (0.0, 0.0)
+    """A random gain per crop, uniform in this range of dB (peak-limited to 1.0)."""
+
+
+class SplitTable:
+    """The samples of one split as arrays, in index order: shard number, FLAC byte range, frames."""
+
+    def __init__(self, index: DatasetIndex, split: str, where: str):
+        shards = index.split_shards(split)
+        if any(s.sample_ranges is None for s in shards):
+            raise DataError(f"{where}: index.json has no per-sample byte ranges (written by an older "
+                            f"telucodec); add them with one read of every shard: telucodec shards upgrade {where}")
+        self.names = [s.name for s in shards]
+        rows = [(i, r.flac_offset, r.flac_size, r.frames) for i, s in enumerate(shards) for r in s.sample_ranges]
+        self.shard, self.offset, self.size, self.frames = np.array(rows, dtype=np.int64).reshape(-1, 4).T
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def crops_per_sample(frames: np.ndarray, crop: int) -> np.ndarray:
+    """Non-overlapping crops a sample of `frames` yields (a short one is padded into one)."""
+    return np.maximum(1, frames // crop)
+
+
+def steps_per_epoch(table: SplitTable, recipe: CropRecipe) -> int:
+    """Steps every stream can serve in every epoch: the fewest crops any stream is dealt (the same
+    in every epoch, see deal)."""
+    n = crops_per_sample(table.frames, recipe.crop)
+    return int(greedy(np.sort(n)[::-1], recipe.batch_size)[0].min()) if len(n) else 0
+
+
+def greedy(crops: np.ndarray, streams: int) -> tuple[np.ndarray, np.ndarray]:
+    """(crops each stream holds, who got each) after dealing `crops` in turn, each to the stream
+    with the fewest so far (ties: the lowest stream)."""
+    heap = [(0, v) for v in range(streams)]
+    owner = np.empty(len(crops), dtype=np.int64)
+    for i, c in enumerate(crops.tolist()):
+        load, v = heap[0]
+        owner[i] = v
+        heapq.heapreplace(heap, (load + c, v))
+    loads = np.zeros(streams, dtype=np.int64)
+    for load, v in heap:
+        loads[v] = load
+    return loads, owner
+
+
+def deal(order: np.ndarray, crops: np.ndarray, streams: int) -> list[np.ndarray]:
+    """Samples `order` (with `crops` each) dealt to `streams`, longest first (a stable sort: ties
+    keep `order`'s order), each to the stream with the fewest crops so far. Each stream's samples
+    come back in `order`'s order. Only which sample of a length goes where depends on `order`: the
+    loads are the same for every permutation of the same lengths."""
+    longest_first = np.argsort(-crops, kind="stable")
+    _, owner_sorted = greedy(crops[longest_first], streams)
+    owner = np.empty(len(order), dtype=np.int64)
+    owner[longest_first] = owner_sorted
+    return [order[owner == v] for v in range(streams)]
+
+
+def rank_rows(batch_size: int, world: int, rank: int) -> range:
+    """The rows (streams) of the global batch that `rank` of `world` serves: a contiguous block."""
+    bounds = np.linspace(0, batch_size, world + 1).round().astype(int)
+    return range(int(bounds[rank]), int(bounds[rank + 1]))
+
+
+class SampleReader:
+    """Ranged reads of FLAC samples, a few in flight on threads, and the decode that checks them."""
+
+    def __init__(self, url: str, table: SplitTable, threads: int = 4):
+        self.url, self.table = url, table
+        self.store: Store | None = None  # opened in the process that reads (a worker)
+        self.pool: ThreadPoolExecutor | None = None
+        self.threads = threads
+        self.bytes_read = self.bytes_decoded = 0
+        self.lock = threading.Lock()
+
+    def fetch(self, samples: np.ndarray) -> list[Future]:
+        if self.store is None:
+            self.store = open_store(self.url)
+            self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="sample-read")
+        t = self.table
+        return [self.pool.submit(self._read, t.names[t.shard[j]], int(t.offset[j]), int(t.size[j]))
+                for j in samples.tolist()]
+
+    def _read(self, name: str, start: int, length: int) -> bytes:
+        data = self.store.get_range(name, start, length)
+        with self.lock:
+            self.bytes_read += len(data)
+        return data
+
+    def decode(self, j: int, data: bytes) -> np.ndarray:
+        t = self.table
+        where = f"{self.store.join(t.names[t.shard[j]])} at byte {t.offset[j]}"
+        if data[:4] != b"fLaC":
+            raise DataError(f"{where}: no FLAC sample where index.json says (the shard changed since the "
+                            f"index was written? run `telucodec shards verify {self.store.url}`)")
+        audio, _ = decode_flac(data)
+        self.bytes_decoded += len(data)
+        if len(audio) != t.frames[j]:
+            raise DataError(f"{where}: decodes to {len(audio)} frames, index.json says {t.frames[j]} "
+                            f"(run `telucodec shards verify {self.store.url}`)")
+        return audio
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def normalise_loudness(audio: np.ndarray, target_db: float) -> np.ndarray:
+    """`audio` scaled to an RMS of `target_db` dBFS, or less where that would push a peak past 1."""
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
+    peak = float(np.abs(audio).max()) if audio.size else 0.0
+    if rms < 1e-6:  # digital silence stays silence
+        return audio
+    return audio * np.float32(min(10 ** (target_db / 20) / rms, 1.0 / peak))
+
+
+class StreamCrops:
+    """One stream's crops in one epoch: its samples decoded a group of `shuffle_samples` at a time
+    (the next group's bytes read ahead), cut and shuffled inside the group."""
+
+    def __init__(self, reader: SampleReader, recipe: CropRecipe, epoch: int, stream: int, samples: np.ndarray,
+                 counts: np.ndarray):
+        """`counts`: crops per sample of the whole split (crops_per_sample)."""
+        self.reader, self.recipe, self.epoch, self.stream = reader, recipe, epoch, stream
+        k = recipe.shuffle_samples
+        self.groups = [samples[i:i + k] for i in range(0, len(samples), k)]
+        self.group_start = np.concatenate([[0], np.cumsum([counts[g].sum() for g in self.groups])])
+
+    def crops_from(self, start: int) -> Iterator[np.ndarray]:
+        """Crops [crop] from the stream's `start`-th on; groups wholly before it are never read."""
+        g = int(np.searchsorted(self.group_start, start, side="right")) - 1
+        skip = start - int(self.group_start[g])
+        pending = self.reader.fetch(self.groups[g]) if g < len(self.groups) else []
+        for g in range(g, len(self.groups)):
+            data = [f.result() for f in pending]
+            pending = self.reader.fetch(self.groups[g + 1]) if g + 1 < len(self.groups) else []
+            yield from self.group_crops(g, data)[skip:]
+            skip = 0
+
+    def group_crops(self, g: int, data: list[bytes]) -> list[np.ndarray]:
+        """The group's crops in their shuffled order: views into the decoded samples (the batch's
+        stack is the one copy), scaled copies only when a gain is drawn."""
+        r, crop = self.recipe, self.recipe.crop
+        crops = []
+        for j, raw in zip(self.groups[g].tolist(), data):
+            audio = self.reader.decode(j, raw)
+            if r.loudness_db is not None:
+                audio = normalise_loudness(audio, r.loudness_db)
+            n = max(1, len(audio) // crop)
+            if len(audio) < crop:  # a short clip: padded into one crop
+                audio = np.pad(audio, (0, crop - len(audio)))
+            start = int(np.random.default_rng([r.seed, self.epoch, j]).integers(0, len(audio) - n * crop + 1))
+            crops += list(audio[start:start + n * crop].reshape(n, crop))
+        rng = np.random.default_rng([r.seed, self.epoch, self.stream, g])
+        crops = [crops[i] for i in rng.permutation(len(crops))]
+        if r.gain_db != (0.0, 0.0):
+            gains = 10 ** (rng.uniform(*r.gain_db, size=len(crops)) / 20)
+            crops = [c * np.float32(min(gain, 1.0 / max(float(np.abs(c).max()), 1e-9)))
+                     for c, gain in zip(crops, gains)]
+        return crops
+
+
+class StreamSet:
+    """The rows one process serves: for each step from `start_step` on, one crop [crop] of each of
+    its streams (views into the decoded audio, which is never written to), with the bytes read and
+    decoded so far."""
+
+    def __init__(self, url: str, table: SplitTable, recipe: CropRecipe, streams: list[int], steps: int):
+        self.url, self.table, self.recipe, self.streams = url, table, recipe, streams
+        self.steps_per_epoch = steps
+        """steps_per_epoch(table, recipe), worked out once by the CropLoader (a pass over the split)."""
+        self.counts = crops_per_sample(table.frames, recipe.crop)
+
+    def rows(self, start_step: int) -> Iterator[tuple[np.ndarray, int, int]]:
+        reader = SampleReader(self.url, self.table)
+        epoch, pos = divmod(start_step, self.steps_per_epoch)
+        try:
+            while True:
+                dealt = self.epoch_streams(epoch)
+                its = [StreamCrops(reader, self.recipe, epoch, v, dealt[v], self.counts).crops_from(pos)
+                       for v in self.streams]
+                for _ in range(pos, self.steps_per_epoch):
+                    yield [next(it) for it in its], reader.bytes_read, reader.bytes_decoded
+                epoch, pos = epoch + 1, 0
+        finally:
+            reader.close()
+
+    def epoch_streams(self, epoch: int) -> list[np.ndarray]:
+        order = np.random.default_rng([self.recipe.seed, epoch]).permutation(len(self.table))
+        return deal(order, self.counts[order], self.recipe.batch_size)
+
+
+class _WorkerRows(torch.utils.data.IterableDataset):
+    """What DataLoader worker k runs: the rows of its share of the rank's streams (every n-th),
+    stacked into slot i % len(ring) of its ring of shared-memory buffers, made by the training
+    process and handed to the worker once, at its start. Each step only the slot's number crosses
+    the pipe: sending the rows as a shared tensor each step (a descriptor passed over a socket and
+    mapped again) cost the training process more than the copy out of it, and a fresh shared
+    tensor per step more than the decode (mapping and zeroing 2 MB). A slot is reused only after
+    the trainer copied it out: a worker holds at most `prefetch` unanswered requests, plus the item
+    being copied, and the ring has two slots more."""
+
+    def __init__(self, sets: list[StreamSet], start_step: int, prefetch: int):
+        self.sets, self.start_step = sets, start_step
+        self.rings = [torch.empty((prefetch + 2, len(s.streams), s.recipe.crop)).share_memory_() for s in sets]
+
+    def __iter__(self):
+        k = torch.utils.data.get_worker_info().id
+        ring = self.rings[k].numpy()
+        try:
+            for i, (crops, read, decoded) in enumerate(self.sets[k].rows(self.start_step)):
+                slot = i % len(ring)
+                np.stack(crops, out=ring[slot])
+                yield k, slot, read, decoded
+        except TelucodecError as e:  # the trainer raises it as it is: one line, not a worker traceback
+            yield k, e, 0, 0
+
+
+class CropLoader:
+    """This rank's rows of the global batch, step by step, from worker processes (or a thread)."""
+
+    def __init__(self, url: str, split: str, recipe: CropRecipe, rank: int = 0, world: int = 1,
+                 workers: int = 0, pin_memory: bool = False, index: DatasetIndex | None = None):
+        store = open_store(url)
+        self.table = SplitTable(index or load_index(store), split, store.url)
+        self.url, self.recipe, self.pin_memory = store.url, recipe, pin_memory
+        self.rows = rank_rows(recipe.batch_size, world, rank)
+        if recipe.batch_size < world:
+            raise DataError(f"train.batch_size {recipe.batch_size} is smaller than the {world} ranks: every "
+                            "rank needs at least one row of the global batch")
+        self.steps_per_epoch = steps_per_epoch(self.table, recipe)
+        if self.steps_per_epoch <= 0:
+            raise DataError(f"{store.url}: split {split!r} holds {len(self.table)} samples, too few for a "
+                            f"global batch of {recipe.batch_size} crops of {recipe.crop} samples (dealt to "
+                            f"{recipe.batch_size} streams, each needs more than one sample's crops)")
+        self.workers = max(0, min(workers, len(self.rows)))
+        self.bytes_read = self.bytes_decoded = 0
+        """What this rank's readers have read and decoded since batches() started (FLAC bytes)."""
+
+    def stream_sets(self) -> list[StreamSet]:
+        """One StreamSet per worker (every n-th of this rank's streams), or one for all."""
+        n = max(1, self.workers)
+        return [StreamSet(self.url, self.table, self.recipe, list(self.rows)[k::n], self.steps_per_epoch)
+                for k in range(n)]
+
+    def batches(self, start_step: int = 0, prefetch: int = 4) -> Iterator[tuple[int, torch.Tensor]]:
+        """(step, [rows, 1, crop]) forever from `start_step`."""
+        sets = self.stream_sets()
+        parts = self._worker_parts(sets, start_step, prefetch) if self.workers else \
+            _threaded(sets[0].rows(start_step), prefetch)
+        n, step = len(sets), start_step
+        read, decoded = [0] * n, [0] * n
+        try:
+            while True:
+                batch = torch.empty((len(self.rows), 1, self.recipe.crop), pin_memory=self.pin_memory)
+                out = batch[:, 0].numpy()  # numpy copies on this thread: torch would wake its thread pool for a memcpy
+                for k in range(n):
+                    rows, read[k], decoded[k] = next(parts)
+                    if isinstance(rows, TelucodecError):
+                        raise rows
+                    if isinstance(rows, list):
+                        np.stack(rows, out=out)
+                    else:
+                        out[k::n] = rows
+                self.bytes_read, self.bytes_decoded = sum(read), sum(decoded)
+                yield step, batch
+                step += 1
+        finally:
+            parts.close()
+
+    def _worker_parts(self, sets: list[StreamSet], start_step: int, prefetch: int):
+        rows = _WorkerRows(sets, start_step, prefetch)
+        loader = torch.utils.data.DataLoader(
+            rows, batch_size=None, num_workers=self.workers, prefetch_factor=prefetch,
+            # forkserver: the training process holds threads (gloo, W&B, Ray) that fork would copy mid-lock
+            multiprocessing_context="forkserver")
+        rings = [ring.numpy() for ring in rows.rings]
+        parts = iter(loader)
+        try:
+            for k, slot, read, decoded in parts:  # DataLoader takes one item from each worker in turn, in order
+                yield (slot if isinstance(slot, TelucodecError) else rings[k][slot]), read, decoded
+        finally:
+            del parts  # shuts the workers down
+
+
+def _threaded(items: Iterator, prefetch: int = 4) -> Iterator:
+    """`items` produced ahead in a background thread (the decode releases the GIL)."""
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def fill():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as e:  # hand the error to the consumer
+            q.put(e)
+        finally:
+            items.close()
+
+    threading.Thread(target=fill, daemon=True, name="crop-loader").start()
+    try:
+        while True:
+            item = q.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def crop_loader(cfg, rank: int = 0, world: int = 1, pin_memory: bool = False) -> CropLoader:
+    """The training loader a Config describes (`cfg`: pipeline.config.Config)."""
+    d = cfg.data
+    index = load_index(d.url)
+    if index.sample_rate != cfg.model.sample_rate:
+        raise DataError(f"{d.url}: the dataset is {index.sample_rate} Hz and model.sample_rate is "
+                        f"{cfg.model.sample_rate} Hz; resample a copy with `telucodec reshard {d.url} "
+                        f"{d.url.rstrip('/')}-{cfg.model.sample_rate // 1000}k --sample-rate {cfg.model.sample_rate}` "
+                        f"or set model.sample_rate={index.sample_rate}")
+    recipe = CropRecipe(cfg.train.batch_size, int(round(cfg.train.segment_seconds * cfg.model.sample_rate)),
+                        cfg.train.seed, d.shuffle_samples, d.loudness_db, tuple(d.gain_db))
+    workers = d.workers if d.workers >= 0 else cfg.train.cpus_per_worker - 1
+    return CropLoader(d.url, "train", recipe, rank, world, workers, pin_memory, index=index)
