@@ -27,7 +27,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-AUDIO_EXTS = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".aif", ".aiff"}
+from pipeline.storage.audio import AUDIO_EXTENSIONS
+
 UNSUPPORTED_EXTS = {".m4a", ".aac", ".wma", ".amr", ".webm", ".mp4", ".3gp"}
 MANIFEST_EXTS = {".tsv", ".csv", ".jsonl"}
 FORMATS = ("folder", "manifest", "openslr", "commonvoice")
@@ -134,7 +135,7 @@ def read_folder(root: Path, scan: SourceScan) -> None:
         raise SourceError(f"{root}: not a folder")
     for path in sorted(root.rglob("*")):
         ext = path.suffix.lower()
-        if path.is_file() and (ext in AUDIO_EXTS or ext in UNSUPPORTED_EXTS):
+        if path.is_file() and (ext in AUDIO_EXTENSIONS or ext in UNSUPPORTED_EXTS):
             _add(scan, path, f"{root.name}/{path.relative_to(root).as_posix()}")
 
 

@@ -14,15 +14,14 @@ import numpy as np
 import soundfile as sf
 
 from data_prep.reshard.plan import ReshardError, derived_keys, resampled_length, segment_count, segment_starts
+from pipeline.storage.audio import resample
 from pipeline.storage.shards import EncodedSample, decode_flac, encode_sample
 
 
-def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-    """Mono [T] -> [resampled_length(T)], soxr HQ, clipped to [-1, 1]."""
-    import soxr
-
+def resample_to_length(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """Mono [T] -> [resampled_length(T)] (pipeline.storage.audio.resample), clipped to [-1, 1]."""
     n = resampled_length(len(audio), rate_in, rate_out)
-    out = soxr.resample(audio, rate_in, rate_out) if len(audio) else np.zeros(0, np.float32)
+    out = resample(audio, rate_in, rate_out) if len(audio) else np.zeros(0, np.float32)
     out = out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))
     return np.clip(out, -1.0, 1.0).astype(np.float32)
 
@@ -32,7 +31,7 @@ def recut_sample(key: str, parts: dict[str, bytes], rate_out: int, segment_secon
     """Decode one sample, resample it, cut it into `count` equal parts; encode the `wanted` ones."""
     audio, rate_in = decode_flac(parts["flac"])
     if rate_in != rate_out:
-        audio = resample(audio, rate_in, rate_out)
+        audio = resample_to_length(audio, rate_in, rate_out)
     if segment_count(len(audio), rate_out, segment_seconds) != count:
         raise ReshardError(f"{key}: length differs from the scan (the source changed during the reshard?)")
     meta = {**json.loads(parts.get("json", b"{}")), "source_key": key}

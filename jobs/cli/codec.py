@@ -85,7 +85,8 @@ def register_encode(sub) -> None:
 
 
 def encode(args) -> int:
-    from pipeline.codec.files import AUDIO_EXTENSIONS, encode_file, mirror_tree, output_name
+    from pipeline.codec.files import encode_file, mirror_tree, output_name
+    from pipeline.storage.audio import AUDIO_EXTENSIONS
 
     check_stdio(args)
     trained = load_from_args(args)

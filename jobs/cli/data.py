@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from data_prep.sources import FORMATS
 from jobs.cli.common import (FORMATTER, UsageError, console, err_console, is_config_word,
                              is_override, load_cli_config)
 
@@ -69,7 +70,7 @@ def register_prep(sub) -> None:
                        formatter_class=FORMATTER)
     s.add_argument("words", nargs="+", metavar="SRC|CONFIG|key=value")
     s.add_argument("--out", required=True, metavar="URL", help="dataset URL: folder, file:// or s3://")
-    s.add_argument("--format", choices=["auto", "folder", "manifest", "openslr", "commonvoice"],
+    s.add_argument("--format", choices=["auto", *FORMATS],
                    default="auto", help="source layout (default: detect)")
     s.add_argument("--config", dest="config_items", action="append", default=[], metavar="CONFIG|key=value",
                    help="config or override (repeatable; bare words work too)")

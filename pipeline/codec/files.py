@@ -42,8 +42,6 @@ from pipeline.codec.trained import TrainedCodec, check_bitstream_fits
 OUTPUT_FORMATS = {".wav": ("WAV", "FLOAT"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS")}
 """Output extension -> (soundfile format, subtype). WAV keeps the decoder's float output exactly,
 peaks above 1 included; FLAC and Ogg Vorbis are clipped to [-1, 1]."""
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
-"""Inputs `encode` picks up in a folder (anything libsndfile reads works as a single file)."""
 STDIO = "-"
 """The file name that means stdin as a source and stdout as a target."""
 COPY_BLOCK = 1 << 20

@@ -126,6 +126,10 @@ def load_audio(path: str | Path) -> DecodedAudio:
         return DecodedAudio(audio, stream.sample_rate, stream.channels)
 
 
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
+"""File extensions read as audio when a folder is walked (prep's sources, `encode` of a folder)."""
+
+
 def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
