@@ -37,6 +37,7 @@ import os
 import secrets
 import time
 
+from jobs.launch.ray_internals import dashboard_request, kv_take
 from pipeline.errors import TelucodecError
 
 PREFIX = "_telucodec_secrets_"
@@ -54,30 +55,27 @@ def stage(client, values: dict[str, str]) -> str:
     if not values:
         return ""
     name = f"{PREFIX}{secrets.token_hex(16)}.zip"
-    reply = client._do_request("PUT", f"/api/packages/gcs/{name}", data=json.dumps(values).encode())
+    reply = dashboard_request(client, "PUT", f"/api/packages/gcs/{name}", data=json.dumps(values).encode())
     if reply.status_code != 200:
         raise CredentialsError(f"the Ray head refused the forwarded credentials (HTTP {reply.status_code}); "
                                f"set credentials on the cluster instead and submit with --no-forward")
-    client._package_exists(f"gcs://{name}")  # pins it: Ray deletes it after the pin expires, if unclaimed
+    dashboard_request(client, "GET", f"/api/packages/gcs/{name}")  # pins it: Ray deletes it after the pin expires, if unclaimed
     return f"gcs://{name}"
 
 
 def claim(uri: str, wait_s: float = CLAIM_WAIT_S) -> list[str]:
     """Read the staged values from the GCS store, delete them there, set them in this process's
     environment and hand them to the job's Keeper; returns their names. Needs ray connected."""
-    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_get
-
     if not uri.startswith(f"gcs://{PREFIX}"):
         raise CredentialsError(f"not a telucodec credentials package: {uri}")
     deadline = time.time() + wait_s
-    while (data := _internal_kv_get(uri)) is None:
+    while (data := kv_take(uri)) is None:
         if time.time() > deadline:
             raise CredentialsError(
                 "the forwarded credentials are gone from the cluster: the job started after Ray's package "
                 "pin expired (RAY_RUNTIME_ENV_TEMPORARY_REFERENCE_EXPIRATION_S, 600 s by default) or "
                 "another job claimed them; submit again, or give the cluster its own credentials")
         time.sleep(0.5)
-    _internal_kv_del(uri)
     values = json.loads(data)
     os.environ.update(values)
     share(values)

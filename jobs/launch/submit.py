@@ -35,6 +35,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from jobs.launch import credentials
+from jobs.launch.ray_internals import enable_token_auth
 from pipeline.config import Config, to_yaml
 from pipeline.errors import TelucodecError
 from pipeline.storage.store import is_remote
@@ -239,7 +240,7 @@ def project_dependencies(project: Path) -> list[str]:
 def job_client(address: str):
     from ray.job_submission import JobSubmissionClient
 
-    use_ray_auth_token()
+    enable_token_auth()
     for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):
         logging.getLogger(name).setLevel(logging.WARNING)  # not the per-upload INFO lines (these set INFO themselves)
     check_answers(address)
@@ -265,23 +266,6 @@ def check_answers(address: str, timeout_s: float = 5.0) -> None:
         raise SubmitError(f"no Ray dashboard at {address}: {reason or type(e).__name__} "
                           f"(is the head up and its port {urlparse(address).port or 8265} reachable from here? "
                           f"`ray dashboard CLUSTER.yaml` forwards it to http://127.0.0.1:8265)") from None
-
-
-def use_ray_auth_token() -> None:
-    """Send this machine's Ray token (RAY_AUTH_TOKEN or ~/.ray/auth_token) when it has one, as
-    `ray job submit` does: Ray 2.5x heads require it by default."""
-    try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-    except ImportError:  # a Ray without token authentication
-        return
-    quiet = logging.getLogger("ray._private.authentication.authentication_token_setup")
-    level, quiet.level = quiet.level, logging.ERROR  # it warns that auth is on, each command
-    try:
-        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    finally:
-        quiet.setLevel(level)
 
 
 @dataclass

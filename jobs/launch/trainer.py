@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from jobs.launch import credentials
+from jobs.launch.ray_internals import available_per_node, quiet_train_report_log, refresh_train_node_view
 from pipeline.config import Config, ConfigError, from_dict, to_dict, with_absolute_paths
 from pipeline.runs.rundir import RUN_ENDS, RunDir, cancel_on_sigterm
 from pipeline.storage.store import is_remote
@@ -91,30 +92,13 @@ def train_worker(config: dict) -> None:
         print(f"rank {ray.train.get_context().get_world_rank()}: forwarded credentials {', '.join(names)} "
               f"(values not shown)", flush=True)
     torch.set_num_threads(max(1, cfg.train.cpus_per_worker))
-    quiet_report_log()
+    quiet_train_report_log()
     from pipeline.training.loop import train
 
     ctx = RayRunContext(cfg)
     result = train(cfg, ctx=ctx)
     ctx.finished()
     ray.train.report({"step": result.step})
-
-
-def quiet_report_log() -> None:
-    """Silence Ray Train's INFO line per ray.train.report ("Reporting training result N: ...", a
-    dump of the whole report), which drowns rank 0's own prints in the job log.
-
-    Ray logs it through `logging.getLogger(__file__)` in its execution context module: a logger
-    named by a file path, outside the "ray.train" tree that RunConfig's LoggingConfig levels, so
-    only that logger's own level stops it. Its warnings and errors still show.
-    """
-    import logging
-
-    try:  # a private module: other Ray versions may lack it, and then the log is only noisier
-        from ray.train.v2._internal.execution import context
-    except ImportError:
-        return
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def init_ray(cfg: Config) -> bool:
@@ -205,7 +189,7 @@ def fit_until_done(cfg: Config) -> TrainResult:
             run_config=RunConfig(name=name, storage_path=storage_path,
                                  failure_config=FailureConfig(max_failures=cfg.train.max_failures),
                                  # Ray Train's own INFO lines; the per-report one needs
-                                 # quiet_report_log() on the worker as well.
+                                 # quiet_train_report_log() on the worker as well.
                                  logging_config=LoggingConfig(log_level="WARNING")),
         )
         with watch:
@@ -233,13 +217,13 @@ class CapacityWatch:
     cluster allows from that step, so no step is redone. (Ray Train's own growing kills the group
     and redoes the steps since the newest checkpoint; it stays as a slower fallback.) The room must
     be there at two checks in a row, Ray Train's view of the nodes is refreshed before asking (see
-    refresh_ray_train_view), and a request that brought no growth doubles the interval, up to an hour."""
+    refresh_train_node_view), and a request that brought no growth doubles the interval, up to an hour."""
 
     def __init__(self, cfg: Config, per_worker: dict[str, float], available=None, refresh=None):
         self.cfg, self.per_worker = cfg, per_worker
         self.available = available or available_per_node
         """() -> each node's unreserved resources."""
-        self.refresh = refresh or refresh_ray_train_view
+        self.refresh = refresh or refresh_train_node_view
         """() -> None: bring the view the next worker group is sized from up to date."""
         self.run = RunDir(cfg.run.dir)
         self.interval = cfg.train.resize_check_s
@@ -299,36 +283,6 @@ class CapacityWatch:
 
         return [r["workers"] for r in self.run.log(LEDGER).read()
                 if r.get("event") in ("start", "restarted", "resumed") and r.get("workers")]
-
-
-def available_per_node() -> dict[str, dict[str, float]]:
-    """Each alive node's unreserved resources, leaving out nodes being drained (a spot node about to
-    go takes no new worker); the whole cluster as one node where Ray's per-node view is missing."""
-    import ray
-
-    try:  # a private module: other Ray versions may lack it
-        from ray._private.state import available_resources_per_node, state
-    except ImportError:
-        return {"cluster": ray.available_resources()}
-    draining = state.get_draining_nodes()
-    return {node: free for node, free in available_resources_per_node().items() if node not in draining}
-
-
-def refresh_ray_train_view() -> None:
-    """Have Ray Train's AutoscalingCoordinator (a shared actor) re-read the cluster's nodes now.
-    Ray Train's elastic policy sizes each new worker group from that actor's node list, which it
-    re-reads only every 20 s (TICK_INTERVAL_S), so a group started soon after a node joined came back
-    at the old size (seen in CI). Best effort: the actor and its `recompute` flag are Ray internals;
-    without them a request that brought no growth is simply made again later."""
-    import ray
-
-    if not ray.is_initialized():
-        return
-    try:
-        coordinator = ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
-        ray.get(coordinator.get_reserved_resources.remote("telucodec-capacity-watch", recompute=True), timeout=30)
-    except Exception as error:  # another Ray version, or no elastic run has made the actor yet
-        print(f"capacity watch: could not refresh Ray Train's node list ({type(error).__name__})", flush=True)
 
 
 def free_workers(available: dict[str, dict[str, float]], per_worker: dict[str, float]) -> int:

@@ -14,7 +14,7 @@ from pipeline.training.loader import DataError, crop_loader
 from pipeline.storage.shards import INDEX_NAME, DatasetError, load_index
 from pipeline.storage.store import StoreError, open_store
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ESCAPES = ["../x.tar", "../../outside/x.tar", "/etc/passwd", "a/../../b", "a/./b", "s3://other/x", "a\\..\\b", ""]
 
 

@@ -22,7 +22,7 @@ from pipeline.training.state import build_state, make_accelerator
 from pipeline.training.step import train_step
 from run_fixtures import OFF_CLOUD, TINY_MEL, TINY_RUN
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def adversarial_config(tmp_path, *overrides):

@@ -26,7 +26,7 @@ from pipeline.runs.rundir import RunDir
 from pipeline.training.loop import train
 from run_fixtures import OFF_CLOUD, TINY, wait_for
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def cfg_of(*overrides):

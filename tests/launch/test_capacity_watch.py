@@ -67,7 +67,7 @@ def test_the_watch_asks_once_per_group_and_backs_off_when_a_request_brought_no_g
 def test_the_refresh_lets_a_new_worker_group_see_a_node_that_just_joined():
     """Ray Train sizes a new elastic worker group from its AutoscalingCoordinator's node list, which
     that shared actor re-reads only every 20 s: asked within that time, it misses a node that has
-    just joined (a grow request then restarts at the old size). refresh_ray_train_view makes it
+    just joined (a grow request then restarts at the old size). refresh_train_node_view makes it
     re-read the nodes at once. Real two-node cluster; everything below runs within the actor's first
     20 s, before its first periodic re-read."""
     import ray
@@ -76,7 +76,7 @@ def test_the_refresh_lets_a_new_worker_group_see_a_node_that_just_joined():
         get_or_create_autoscaling_coordinator,
     )
 
-    from jobs.launch.trainer import refresh_ray_train_view
+    from jobs.launch.ray_internals import refresh_train_node_view
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     ray.init(address=cluster.address, log_to_driver=False)
@@ -93,7 +93,7 @@ def test_the_refresh_lets_a_new_worker_group_see_a_node_that_just_joined():
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         assert cpus_reserved_for_two_workers("stale") == 1  # the new node is not in its list yet
-        refresh_ray_train_view()
+        refresh_train_node_view()
         assert cpus_reserved_for_two_workers("refreshed") == 2
     finally:
         ray.shutdown()

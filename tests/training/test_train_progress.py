@@ -17,7 +17,7 @@ from pipeline.training.duties import progress_line
 from pipeline.training.loop import train
 from run_fixtures import OFF_CLOUD, QUICK_EVAL
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LINE = re.compile(r"^step (\d+)/6  loss -?\d+\.\d{3}  \d+\.\d{2} steps/s  \d+\.\d audio-s/s  ETA \d+m\d\ds  "
                   r"\d+\.\d{2} worker-h  \$\d+\.\d{2}$", re.MULTILINE)
 

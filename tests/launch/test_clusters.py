@@ -9,7 +9,7 @@ import pytest
 import ray.autoscaler
 import yaml
 
-CLUSTERS = Path(__file__).resolve().parent.parent / "jobs" / "clusters"
+CLUSTERS = Path(__file__).resolve().parents[2] / "jobs" / "clusters"
 
 
 @pytest.mark.parametrize("name", ["aws-spot.yaml", "gcp-spot.yaml"])

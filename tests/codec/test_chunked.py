@@ -22,7 +22,7 @@ from pipeline.codec.inference import load_trained
 from pipeline.codec.model import conv_reach
 from run_fixtures import make_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

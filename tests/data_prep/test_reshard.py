@@ -267,7 +267,7 @@ def test_killed_reshard_reruns_to_the_same_result(s3_source, s3_bucket):
     killed = s3_bucket + "/killed"
     store = open_store(killed)
     proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "reshard", s3_source, killed, *opts],
-                            cwd=Path(__file__).resolve().parent.parent, start_new_session=True,
+                            cwd=Path(__file__).resolve().parents[2], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60

@@ -24,7 +24,7 @@ from pipeline.config import PrepConfig
 from pipeline.storage.shards import encode_sample, load_index, read_samples
 from pipeline.storage.store import open_store
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 QUICK = PrepConfig(workers=2, val_fraction=0, test_fraction=0, shard_max_samples=50)
 
 
