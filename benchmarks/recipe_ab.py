@@ -66,7 +66,7 @@ def recipe_config(items: list[str], data: str, run_dir: Path, steps: int = 1000,
         f"data.url={data}", f"run.dir={run_dir}", "train.workers=0", "tracking.enabled=false",
         "train.eval_split=val", f"train.steps={steps}", f"train.eval_every={steps}",
         f"train.checkpoint_every={steps}", "cost.usd_per_hour=1.0", f"budget.max_usd={minutes / 60 * 1.5}",
-        "preempt.aws_endpoint=''", "preempt.gcp_endpoint=''", "train.progress_seconds=120"])
+        "preempt.endpoints.aws=''", "preempt.endpoints.gcp=''", "preempt.endpoints.azure=''", "train.progress_seconds=120"])
 
 
 def seconds_per_step(cfg, at_steps: list[int]) -> list[float]:

@@ -132,7 +132,7 @@ def run_with_notice(dataset: str, run_dir: Path, steps: int) -> dict:
     with SpotDrill(str(run_dir), at_step=INTERRUPT_AT, poll_seconds=0.05) as drill:
         t = time.monotonic()
         result = train_on_ray(ray_config(dataset, run_dir, f"train.steps={steps}", "train.checkpoint_every=10",
-                                         f"preempt.aws_endpoint={drill.url}", "preempt.poll_seconds=0.1"))
+                                         f"preempt.endpoints.aws={drill.url}", "preempt.poll_seconds=0.1"))
         wall = time.monotonic() - t
     error = None
     if drill.fired_at is None:

@@ -417,14 +417,18 @@ class TrainConfig:
         _check(self.resize_check_s > 0, "train.resize_check_s", "must be > 0")
 
 
+DEFAULT_ENDPOINTS = {"aws": "auto", "gcp": "auto", "azure": "auto"}
+"""The clouds pipeline/cloud/ knows (its PROVIDERS), each metadata endpoint auto by default."""
+
+
 @dataclass(frozen=True)
 class PreemptConfig:
     enabled: bool = True
     """Watch for spot preemption notices and SIGTERM on every worker."""
-    aws_endpoint: str = "auto"
-    """AWS instance metadata URL; auto = http://169.254.169.254 only when running on EC2; '' = off."""
-    gcp_endpoint: str = "auto"
-    """GCP metadata URL; auto = http://metadata.google.internal only when running on GCE; '' = off."""
+    endpoints: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ENDPOINTS))
+    """Metadata URL per cloud (aws, gcp, azure: pipeline/cloud/): auto = the cloud's own metadata address,
+    only when this machine's DMI data says it runs there; '' = off; a URL = that one (a fake in tests).
+    A cloud left out stays auto."""
     poll_seconds: float = 5.0
     """How often the metadata endpoints are polled."""
     rebalance_is_notice: bool = True
@@ -439,6 +443,11 @@ class PreemptConfig:
 
     def __post_init__(self):
         _check(self.ray_notice_every >= 0, "preempt.ray_notice_every", "must be >= 0 (0 = off)")
+        unknown = sorted(set(self.endpoints) - set(DEFAULT_ENDPOINTS))
+        _check(not unknown, "preempt.endpoints", f"unknown cloud {', '.join(unknown)} (one of {', '.join(DEFAULT_ENDPOINTS)})")
+        for name, url in self.endpoints.items():
+            _check(isinstance(url, str), f"preempt.endpoints.{name}", f"must be auto, '' or a URL, got {url!r}")
+        object.__setattr__(self, "endpoints", {**DEFAULT_ENDPOINTS, **self.endpoints})
 
 
 @dataclass(frozen=True)
@@ -453,7 +462,7 @@ class RunConfig:
 class CostConfig:
     instance_type: str = ""
     """Instance type the workers run on (e.g. g5.xlarge), priced from cost.prices; '' = read it from
-    the cloud's metadata (preempt.aws_endpoint / gcp_endpoint) when running on AWS or GCP, else a
+    the cloud's metadata (preempt.endpoints) when running on AWS, GCP or Azure, else a
     local machine that costs $0 unless cost.usd_per_hour is set."""
     region: str = ""
     """Region of the price; '' = from the metadata, else the first region the table lists."""

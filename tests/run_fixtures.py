@@ -17,7 +17,7 @@ from audio_fixtures import tone
 from pipeline.config import Config, ModelConfig, to_dict
 from pipeline.runs.rundir import RunDir
 
-OFF_CLOUD = ["preempt.aws_endpoint=''", "preempt.gcp_endpoint=''"]
+OFF_CLOUD = ["preempt.endpoints.aws=''", "preempt.endpoints.gcp=''", "preempt.endpoints.azure=''"]
 """No cloud metadata endpoints: the run is on a local machine (free) and gets no preemption notice."""
 
 QUICK_EVAL = ["train.eval_clips=1", "train.eval_seconds=0.2", "train.eval_split=train"]

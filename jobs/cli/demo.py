@@ -85,7 +85,7 @@ def demo_train(cfg, items: list[str], dataset: Path, prepped: Path, run_dir: Pat
         run_training(load_cli_config(items))
         return None
     with SpotDrill(str(run_dir), at_step=at) as drill:
-        run_training(load_cli_config(items + [f"preempt.aws_endpoint={drill.url}", "preempt.poll_seconds=0.5"]))
+        run_training(load_cli_config(items + [f"preempt.endpoints.aws={drill.url}", "preempt.poll_seconds=0.5"]))
     return drill
 
 

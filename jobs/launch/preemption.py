@@ -6,16 +6,15 @@
         save a checkpoint, report it, exit
 
 Sources, each optional:
-- AWS IMDSv2: PUT /latest/api/token, then GET /latest/meta-data/spot/instance-action (404 until
-  a reclaim is scheduled) and /latest/meta-data/events/recommendations/rebalance;
-- GCP: GET /computeMetadata/v1/instance/preempted (with Metadata-Flavor: Google) -> TRUE;
+- each cloud's metadata (pipeline/cloud/: AWS spot instance-action and rebalance, GCP
+  instance/preempted, Azure Scheduled Events' Preempt), for the clouds whose endpoint resolves;
 - SIGTERM to the worker process (what most schedulers send before a kill). Ray Train runs the
   training function in a thread, where Python refuses `signal.signal`; the handler is then
   installed by the worker actor's own main thread (its `execute` method), and only records the
   time: the loop saves and exits at the next step instead of Ray's default of exiting at once.
-Endpoints come from config, resolved by pipeline/cloud/metadata.py (which also owns the IMDSv2 token
-exchange); "auto" enables a cloud only when this machine's DMI data says it runs there, so a laptop
-or CI box never sends a request to a metadata address. The watcher only sets a flag: the training
+Endpoints come from config (preempt.endpoints), resolved by pipeline/cloud; "auto" enables a cloud
+only when this machine's DMI data says it runs there, so a laptop or CI box never sends a request to
+a metadata address. The watcher only sets a flag: the training
 loop acts on it at the next step boundary, on all ranks together.
 """
 
@@ -25,10 +24,9 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.error
 from dataclasses import dataclass
 
-from pipeline.cloud.metadata import GCP_HEADERS, aws_headers, metadata_endpoints, metadata_get
+from pipeline.cloud import metadata_endpoints, preemption_notice
 from pipeline.config import PreemptConfig
 
 
@@ -71,7 +69,7 @@ def catch_sigterm() -> bool:
 @dataclass
 class Notice:
     source: str
-    """aws-spot, aws-rebalance, gcp or sigterm."""
+    """aws-spot, aws-rebalance, gcp, azure or sigterm."""
     detail: str
     time: float
 
@@ -79,8 +77,7 @@ class Notice:
 class PreemptionWatcher:
     def __init__(self, cfg: PreemptConfig, sigterm: SigtermClock = SIGTERM):
         self.cfg, self.sigterm = cfg, sigterm
-        urls = metadata_endpoints(cfg)
-        self.aws, self.gcp = urls.aws, urls.gcp
+        self.urls = metadata_endpoints(cfg.endpoints)
         self.notice: Notice | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -89,7 +86,7 @@ class PreemptionWatcher:
         if not self.cfg.enabled:
             return self
         catch_sigterm()  # where it cannot (no main thread, no Ray actor) metadata notices still work
-        if self.aws or self.gcp:
+        if self.urls:
             self._thread = threading.Thread(target=self._run, daemon=True, name="preemption-watcher")
             self._thread.start()
         return self
@@ -112,33 +109,9 @@ class PreemptionWatcher:
 
     def _run(self) -> None:
         while not self._stop.is_set() and self.notice is None:
-            for source, check in (("aws", self._check_aws), ("gcp", self._check_gcp)):
-                try:
-                    found = check()
-                except (urllib.error.URLError, OSError, ValueError):
-                    found = None  # metadata hiccups are not notices
-                if found:
-                    self._set(*found)
+            if found := preemption_notice(self.urls, self.cfg.rebalance_is_notice):
+                self._set(found.source, found.detail)
             self._stop.wait(self.cfg.poll_seconds)
-
-    def _check_aws(self) -> tuple[str, str] | None:
-        if not self.aws:
-            return None
-        headers = aws_headers(self.aws)
-        action = metadata_get(f"{self.aws}/latest/meta-data/spot/instance-action", headers=headers)
-        if action:
-            return "aws-spot", action
-        if self.cfg.rebalance_is_notice:
-            rebalance = metadata_get(f"{self.aws}/latest/meta-data/events/recommendations/rebalance", headers=headers)
-            if rebalance:
-                return "aws-rebalance", rebalance
-        return None
-
-    def _check_gcp(self) -> tuple[str, str] | None:
-        if not self.gcp:
-            return None
-        body = metadata_get(f"{self.gcp}/computeMetadata/v1/instance/preempted", headers=GCP_HEADERS)
-        return ("gcp", "instance/preempted is TRUE") if body.strip().upper() == "TRUE" else None
 
 
 def drain_this_node(detail: str) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.cloud.metadata import InstanceInfo, this_instance
+from pipeline.cloud import InstanceInfo, this_instance
 from pipeline.config import CONFIG_DIR, Config, ConfigError
 from pipeline.runs.rundir import RUN_END_BY_EVENT, RunDir
 from pipeline.storage.store import StoreError, open_store
@@ -69,7 +69,7 @@ def worker_price(cfg: Config, instance: InstanceInfo | None = None) -> Price:
     if c.instance_type:
         kind, region, spot, origin = c.instance_type, c.region, bool(c.spot), "cost.instance_type"
     else:
-        instance = instance or this_instance(cfg)
+        instance = instance or this_instance(cfg.preempt.endpoints)
         if instance is None:
             return Price(0.0, "local machine (set cost.usd_per_hour to bill it)")
         kind, region, origin = instance.instance_type, c.region or instance.region, f"{instance.cloud} metadata"

@@ -86,7 +86,7 @@ def test_spot_notice_checkpoints_at_next_step_and_resumes_there(ray_local, datas
     run = tmp_path / "spot"
     with SpotDrill(str(run), at_step=5, poll_seconds=0.05) as drill:  # a fake IMDSv2 on 127.0.0.1
         result = train_on_ray(config(dataset, run, "train.steps=40", "train.checkpoint_every=1000",
-                                     f"preempt.aws_endpoint={drill.url}", "preempt.poll_seconds=0.1"))
+                                     f"preempt.endpoints.aws={drill.url}", "preempt.poll_seconds=0.1"))
     assert result.status == "finished" and result.step == 40
     log = RunDir(str(run)).events.read()
     stop = next(e for e in log if e["event"] == "preempted")["step"]

@@ -17,7 +17,7 @@ import pytest
 from audio_fixtures import make_dataset
 from jobs.cli import main
 from jobs.launch.trainer import train_on_ray
-from jobs.launch.spot_drill import MetadataServer
+from pipeline.cloud.fake import MetadataServer
 from pipeline.runs.checkpoints import Checkpoints
 from pipeline.config import ConfigError, load_config
 from pipeline.runs.cost import CostTracker, summarize_run, worker_price
@@ -70,10 +70,10 @@ def test_price_per_worker_hour_from_override_table_metadata_or_local():
     with pytest.raises(ConfigError, match="cost.instance_type: x9.huge"):
         worker_price(cfg_of("cost.instance_type=x9.huge"))
     meta = FakeMetadata()
-    aws = worker_price(cfg_of(f"preempt.aws_endpoint={meta.url}", "train.use_gpu=true"))
+    aws = worker_price(cfg_of(f"preempt.endpoints.aws={meta.url}", "train.use_gpu=true"))
     assert (aws.instance_type, aws.region, aws.spot) == ("g5.xlarge", "eu-west-1", True)
     assert aws.usd_per_worker_hour == pytest.approx(0.50)
-    gcp = worker_price(cfg_of(f"preempt.gcp_endpoint={meta.url}", "train.use_gpu=true"))
+    gcp = worker_price(cfg_of(f"preempt.endpoints.gcp={meta.url}", "train.use_gpu=true"))
     assert (gcp.instance_type, gcp.region, gcp.spot) == ("a2-highgpu-1g", "us-central1", False)
     assert gcp.usd_per_worker_hour == pytest.approx(3.67)
 
