@@ -36,7 +36,7 @@ from urllib.parse import urlparse
 
 from jobs.launch import credentials
 from jobs.launch.ray_internals import enable_token_auth
-from pipeline.config import Config, to_yaml
+from pipeline.config import Config, TrainConfig, to_yaml
 from pipeline.errors import TelucodecError
 from pipeline.storage.store import is_remote
 
@@ -187,15 +187,15 @@ def submit(address: str, cfg: Config, *, run: str = "", runs_root: str = "runs",
         package = credentials.stage(client, env_secrets)  # its URI only: the values never reach the job spec
         entry = f"python -m jobs.launch.entry {f'--credentials {package} ' if package else ''}{JOB_CONFIG}"
         metadata = {"telucodec_run": run, "run_dir": run_dir, "forwarded": ",".join(sorted(env_secrets)),
-                    "workers": target_workers(cfg)}
+                    "workers": target_workers(cfg.train)}
         submit_when_ready(client, entrypoint=entry, submission_id=job_id, runtime_env=runtime_env, metadata=metadata)
     return Submission(job_id, run, run_dir, f"{address.rstrip('/')}/#/jobs/{job_id}",
                       wandb_url(cfg, run_id, env_secrets, forward), resumed, sorted(env_secrets))
 
 
-def target_workers(cfg: Config) -> str:
+def target_workers(train: TrainConfig) -> str:
     """"8", or "4-8" for an elastic run."""
-    low, high = cfg.train.min_workers, cfg.train.workers
+    low, high = train.min_workers, train.workers
     return f"{low}-{high}" if 0 < low < high else str(high)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from jobs.launch import credentials
 from jobs.launch.ray_internals import available_per_node, quiet_train_report_log, refresh_train_node_view
-from pipeline.config import Config, ConfigError, from_dict, to_dict, with_absolute_paths
+from pipeline.config import Config, ConfigError, TrainConfig, from_dict, to_dict, with_absolute_paths
 from pipeline.runs.rundir import RUN_ENDS, RunDir, cancel_on_sigterm
 from pipeline.storage.store import is_remote
 from pipeline.training.loop import RunContext, TrainResult
@@ -101,7 +101,7 @@ def train_worker(config: dict) -> None:
     ray.train.report({"step": result.step})
 
 
-def init_ray(cfg: Config) -> bool:
+def init_ray(train: TrainConfig) -> bool:
     """Join the cluster in RAY_ADDRESS, or start a local Ray sized for this run; True if this call
     connected (so the caller shuts it down again), False if Ray was already up."""
     import ray
@@ -111,7 +111,7 @@ def init_ray(cfg: Config) -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
-        cpus = max(os.cpu_count() or 1, cfg.train.workers * cfg.train.cpus_per_worker + 1)
+        cpus = max(os.cpu_count() or 1, train.workers * train.cpus_per_worker + 1)
         ray.init(address="local", num_cpus=cpus, include_dashboard=True, log_to_driver=True)
     return True
 
@@ -156,7 +156,7 @@ def train_on_ray(cfg: Config) -> TrainResult:
     # A wrong dataset URL or a split too small for the ranks fails here, in one line, not in every
     # worker (where Ray would retry it train.max_failures times).
     crop_loader(cfg, rank=0, world=max(cfg.train.workers, 1))
-    started = init_ray(cfg)
+    started = init_ray(cfg.train)
     try:
         with cancel_on_sigterm(cfg.run.dir):
             return fit_until_done(cfg)
@@ -181,7 +181,7 @@ def fit_until_done(cfg: Config) -> TrainResult:
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={"cfg": to_dict(cfg), "keeper": credentials.keeper()},
-            scaling_config=ScalingConfig(num_workers=worker_range(cfg), use_gpu=cfg.train.use_gpu,
+            scaling_config=ScalingConfig(num_workers=worker_range(cfg.train), use_gpu=cfg.train.use_gpu,
                                          resources_per_worker=resources,
                                          # Ray's own growing (a kill: the steps since the newest
                                          # checkpoint are redone) is the fallback of CapacityWatch's
@@ -292,11 +292,11 @@ def free_workers(available: dict[str, dict[str, float]], per_worker: dict[str, f
     return sum(int(min(node.get(k, 0.0) // v for k, v in needs.items())) for node in available.values())
 
 
-def worker_range(cfg: Config) -> int | tuple[int, int]:
+def worker_range(train: TrainConfig) -> int | tuple[int, int]:
     """Ray Train's num_workers: train.workers, or (train.min_workers, train.workers) when elastic."""
-    if 0 < cfg.train.min_workers < cfg.train.workers:
-        return cfg.train.min_workers, cfg.train.workers
-    return cfg.train.workers
+    if 0 < train.min_workers < train.workers:
+        return train.min_workers, train.workers
+    return train.workers
 
 
 def final_status(run: RunDir) -> tuple[str, int]:

@@ -9,7 +9,7 @@ import time
 
 from pipeline.codec.losses import adversarial_active
 from pipeline.codec.metrics import SCORERS, scorer
-from pipeline.config import Config
+from pipeline.config import Config, TrainConfig
 from pipeline.evaluation.clips import load_eval_clips
 from pipeline.evaluation.scorer import evaluate_model
 from pipeline.runs.cost import CostTotals, CostTracker
@@ -92,7 +92,7 @@ class MainProcessDuties(RankDuties):
         self.cost.begin(saved.get("cost"), step, wandb_run_id=self.tracker.run_id)
         if saved.get("world") not in (None, self.workers):
             self.resized(saved["world"], step)
-        if problem := best_metric_problem(self.cfg):
+        if problem := best_metric_problem(self.cfg.train):
             self.warn(problem, {"event": "warning", "step": step, "message": problem})
 
     def resized(self, before: int, step: int) -> None:
@@ -180,10 +180,10 @@ class MainProcessDuties(RankDuties):
         self.cost.close(RUN_ENDS[status].event, step)
 
 
-def best_metric_problem(cfg: Config) -> str | None:
+def best_metric_problem(train: TrainConfig) -> str | None:
     """Why evaluation cannot measure train.best_metric here (a perceptual score whose optional
     package is missing), or None. The run goes on, keeping no best checkpoint."""
-    name = cfg.train.best_metric
+    name = train.best_metric
     if name not in SCORERS:
         return None
     _, missing = scorer(name)

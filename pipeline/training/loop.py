@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pipeline.config import Config
+from pipeline.config import Config, TrainConfig
 from pipeline.runs.checkpoints import Checkpoints
 from pipeline.runs.rundir import RUN_ENDS, RunDir, RunEnd
 from pipeline.training.duties import MainProcessDuties, RankDuties
@@ -85,7 +85,7 @@ def train_loop(state: State, accel, cfg: Config, ctx: RunContext, duties: RankDu
             state.step += 1
             n_log += 1
             if state.nonfinite_in_row >= cfg.train.max_nonfinite:
-                rolled_back = rollback(state, accel, ckpts, cfg, duties)
+                rolled_back = rollback(state, accel, ckpts, cfg.train, duties)
                 break
             log_due = state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps
             if log_due or time.monotonic() - t_print >= cfg.train.progress_seconds:
@@ -141,15 +141,15 @@ def agree_each(accel, *flags: bool) -> list[bool]:
     return [bool(v > 0) for v in accel.reduce(t, reduction="sum").tolist()]
 
 
-def rollback(state: State, accel, ckpts: Checkpoints, cfg: Config, duties: RankDuties) -> bool:
+def rollback(state: State, accel, ckpts: Checkpoints, train: TrainConfig, duties: RankDuties) -> bool:
     """K non-finite steps in a row: reload the last checkpoint and lower the learning rate."""
     latest = ckpts.latest_step()
-    bad_step, scale = state.step, state.lr_scale * cfg.train.rollback_lr_factor
+    bad_step, scale = state.step, state.lr_scale * train.rollback_lr_factor
     if latest is not None:
         duties.rolled_back(load_checkpoint(state, accel, ckpts, latest))
     state.lr_scale, state.rollbacks = scale, state.rollbacks + 1
     state.nonfinite_in_row = 0
-    message = (f"{cfg.train.max_nonfinite} non-finite steps in a row at step {bad_step}: rolled back to "
+    message = (f"{train.max_nonfinite} non-finite steps in a row at step {bad_step}: rolled back to "
                f"{'step ' + str(latest) if latest is not None else 'the start'} with LR x{scale:g}")
     duties.warn(message, {"event": "rollback", "step": bad_step, "to_step": latest, "lr_scale": scale,
                           "message": message})

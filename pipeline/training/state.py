@@ -19,7 +19,7 @@ import torch
 
 from pipeline.codec.discriminator import Discriminator
 from pipeline.codec.model import Codec
-from pipeline.config import BEST_METRICS, Config, to_dict
+from pipeline.config import BEST_METRICS, Config, ModelConfig, TrainConfig, to_dict
 from pipeline.runs.checkpoints import Checkpoints
 from pipeline.training.loader import rank_rows
 
@@ -55,7 +55,7 @@ def make_accelerator(cfg: Config):
     # No buffer broadcast: the quantizer all-reduces its EMA statistics itself, and DDP would copy
     # ~8 MB of codebooks from rank 0 every forward. Only v1's per-batch quantizer dropout leaves
     # weights without a gradient (the skipped levels' projections).
-    ddp = DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=unused_parameters(cfg))
+    ddp = DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=unused_parameters(cfg.model))
     # torch 2.13 deprecates broadcast_buffers for forward_sync_buffers, which Accelerate cannot pass
     # yet; its False still means what we want (no sync at all: ranks start from the same weights or
     # checkpoint), so each worker group's start need not print a FutureWarning per rank.
@@ -72,9 +72,9 @@ def make_accelerator(cfg: Config):
     return accel
 
 
-def unused_parameters(cfg: Config) -> bool:
+def unused_parameters(model: ModelConfig) -> bool:
     """Whether a step can leave codec weights without a gradient (DDP must then look for them)."""
-    return cfg.model.quantizer_dropout > 0 and cfg.model.quantizer_dropout_per == "batch"
+    return model.quantizer_dropout > 0 and model.quantizer_dropout_per == "batch"
 
 
 def build_state(cfg: Config, accel) -> State:
@@ -105,11 +105,11 @@ def compile_parts(model: Codec, disc: Discriminator | None, **options) -> None:
         sub.compile(**options)
 
 
-def global_rows(accel, cfg: Config, rows: int) -> tuple[int, int]:
+def global_rows(accel, train: TrainConfig, rows: int) -> tuple[int, int]:
     """(first row of this rank's batch in the global batch, rows in the global batch)."""
     if accel.num_processes == 1:
         return 0, rows
-    return rank_rows(cfg.train.batch_size, accel.num_processes, accel.process_index).start, cfg.train.batch_size
+    return rank_rows(train.batch_size, accel.num_processes, accel.process_index).start, train.batch_size
 
 
 def unwrap(accel, module):

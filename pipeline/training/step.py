@@ -15,14 +15,14 @@ import torch
 
 from pipeline.codec.losses import adversarial_active, discriminator_loss, generator_loss
 from pipeline.codec.quantizer import StepDraws, all_reduce_sum_
-from pipeline.config import Config
+from pipeline.config import Config, TrainConfig
 from pipeline.training.state import State, global_rows, unwrap
 
 
-def lr_factor(cfg: Config, step: int) -> float:
+def lr_factor(train: TrainConfig, step: int) -> float:
     """The schedule, as a fraction of train.lr: linear warm-up, then cosine decay to
     train.min_lr_ratio. A pure function of the step, so a checkpoint needs no scheduler state."""
-    warm, total, floor = cfg.train.warmup_steps, max(cfg.train.steps, 1), cfg.train.min_lr_ratio
+    warm, total, floor = train.warmup_steps, max(train.steps, 1), train.min_lr_ratio
     if step < warm:
         return (step + 1) / warm
     progress = min(1.0, (step - warm) / max(1, total - warm))
@@ -31,7 +31,7 @@ def lr_factor(cfg: Config, step: int) -> float:
 
 def set_lr(state: State, cfg: Config) -> None:
     """Both optimizers' learning rate for state.step: train.lr x the schedule x the rollback scale."""
-    lr = cfg.train.lr * lr_factor(cfg, state.step) * state.lr_scale
+    lr = cfg.train.lr * lr_factor(cfg.train, state.step) * state.lr_scale
     for opt in (state.opt_g, state.opt_d):
         if opt is not None:
             for group in opt.param_groups:
@@ -51,9 +51,9 @@ def train_step(state: State, batch: torch.Tensor, accel, cfg: Config) -> dict:
     model, codec = state.model, accel.unwrap_model(state.model)
     quantizer = codec.quantizer
     # The step's random draws over the global batch: the same choices on any number of ranks.
-    offset, total = global_rows(accel, cfg, batch.shape[0])
+    offset, total = global_rows(accel, cfg.train, batch.shape[0])
     draws = StepDraws.for_step(cfg.train.seed, state.step, offset, total)
-    parts = micro_batches(batch.shape[0], micro_rows(cfg))
+    parts = micro_batches(batch.shape[0], micro_rows(cfg.train))
     # Ranks may hold one row more than others (a global batch over any number of ranks): weighting
     # each row by its share of the global batch makes DDP's average of gradients the global mean.
     rows_weight = accel.num_processes / cfg.train.batch_size if accel.num_processes > 1 else 1 / batch.shape[0]
@@ -129,10 +129,10 @@ def discriminator_step(state: State, accel, cfg: Config, batch: torch.Tensor, pa
     return kept, terms
 
 
-def micro_rows(cfg: Config) -> int:
+def micro_rows(train: TrainConfig) -> int:
     """Most rows one pass through the model takes: train.micro_batch, or the rows a worker holds
     at train.workers."""
-    return cfg.train.micro_batch or -(-cfg.train.batch_size // max(cfg.train.workers, 1))
+    return train.micro_batch or -(-train.batch_size // max(train.workers, 1))
 
 
 def micro_batches(rows: int, most: int) -> list[slice]:

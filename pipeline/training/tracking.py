@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.storage.audio import log_spectrogram
-from pipeline.config import Config, to_dict
+from pipeline.config import Config, RunConfig, to_dict
 from pipeline.errors import TelucodecError
 from pipeline.runs.rundir import cache_dir
 from pipeline.storage.store import LocalStore, open_store
@@ -75,7 +75,7 @@ class WandbTracker(Tracker):
         offline = not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE")
         run_id = run_id or cfg.tracking.run_id or uuid.uuid4().hex[:12]
         self.run = wandb.init(project=cfg.tracking.project, entity=cfg.tracking.entity or None,
-                              name=run_name(cfg), id=run_id, resume="allow",
+                              name=run_name(cfg.run), id=run_id, resume="allow",
                               dir=str(folder), mode="offline" if offline else None,
                               config=redact_secrets(to_dict(cfg)),
                               settings=wandb.Settings(console="off", silent=True))
@@ -164,8 +164,8 @@ def sync_run(run: str, project: str = "", entity: str = "", dry_run: bool = Fals
     return segments
 
 
-def run_name(cfg: Config) -> str:
-    return cfg.run.name or cfg.run.dir.rstrip("/").rsplit("/", 1)[-1]
+def run_name(run: RunConfig) -> str:
+    return run.name or run.dir.rstrip("/").rsplit("/", 1)[-1]
 
 
 def redact_secrets(obj, secrets: list[str] | None = None):

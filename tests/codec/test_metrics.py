@@ -102,12 +102,12 @@ def test_a_missing_scorer_package_is_a_reason_not_a_crash(monkeypatch):
     from pipeline.training.duties import best_metric_problem
 
     cfg = load_config(["base", "tiny"], [])
-    assert cfg.train.best_metric == "pesq" and best_metric_problem(cfg) is None  # installed here
+    assert cfg.train.best_metric == "pesq" and best_metric_problem(cfg.train) is None  # installed here
     monkeypatch.setitem(sys.modules, "pesq", None)  # `import pesq` now raises ImportError
     monkeypatch.setitem(sys.modules, "pystoi", None)
     ref = _speech_like()
     (p,), (s,) = pesq_wb(ref, ref, SR), stoi(ref, ref, SR)
     assert p.value is None and "pesq is not installed" in p.reason
     assert s.value is None and "pystoi is not installed" in s.reason
-    assert "no best checkpoint is kept" in best_metric_problem(cfg)
-    assert best_metric_problem(load_config(["base", "tiny"], ["train.best_metric=mel_distance"])) is None
+    assert "no best checkpoint is kept" in best_metric_problem(cfg.train)
+    assert best_metric_problem(load_config(["base", "tiny"], ["train.best_metric=mel_distance"]).train) is None

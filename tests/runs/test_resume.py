@@ -82,11 +82,11 @@ def test_a_forced_lr_is_what_the_optimizer_uses_and_what_the_checkpoint_records(
     assert "changed on resume: train.lr 0.003 -> 0.5 (forced)" in check_resume(cfg, "force")
     assert train(cfg).step == 4
     lrs = {r["step"]: r["lr"] for r in RunDir(str(run)).metrics.read() if "lr" in r}
-    assert lrs[3] == pytest.approx(0.5 * lr_factor(cfg, 2)) and lrs[4] == pytest.approx(0.5 * lr_factor(cfg, 3))
+    assert lrs[3] == pytest.approx(0.5 * lr_factor(cfg.train, 2)) and lrs[4] == pytest.approx(0.5 * lr_factor(cfg.train, 3))
     ckpts = Checkpoints(str(run))
     assert ckpts.load(ckpts.latest_step(), "train")["config"]["train"]["lr"] == 0.5
     assert ckpts.load(ckpts.latest_step(), "optim")["opt_g"]["param_groups"][0]["lr"] == pytest.approx(
-        0.5 * lr_factor(cfg, 3))
+        0.5 * lr_factor(cfg.train, 3))
 
 
 def test_a_model_change_is_refused_even_with_force(run_of):
