@@ -16,7 +16,7 @@ elastic training saves when a node is lost.
     is past that step again;
 (c) per-rank steps/s and total samples/s with 1 vs 2 Ray workers at the same global batch;
 (d) one node loss, elastic vs fixed size, side by side: on a fresh two-node Ray cluster per case
-    (ray.cluster_utils.Cluster, a head and a second node of 1 CPU each, as tests/test_elastic.py)
+    (ray.cluster_utils.Cluster, a head and a second node of 1 CPU each, as tests/launch/test_elastic.py)
     the same 2-worker run, once with train.min_workers=2 (fixed size: Ray waits for a replacement
     of the same size) and once with train.min_workers=1 (elastic: it shrinks to 1 worker and grows
     back, train.resize_check_s=2). At about step --lose-at the second node's raylet is killed with
@@ -188,7 +188,7 @@ def scaling_run(dataset: str, run_dir: Path, workers: int, global_batch: int, se
 # ------------------------------------------------------------------------------ (d) elastic vs fixed
 FAST_FAILURE_DETECTION = {"health_check_period_ms": 500, "health_check_failure_threshold": 3,
                           "health_check_initial_delay_ms": 0}
-"""As tests/test_elastic.py: a dead node is noticed in ~1.5 s instead of ~15 s."""
+"""As tests/launch/test_elastic.py: a dead node is noticed in ~1.5 s instead of ~15 s."""
 
 NODE_LOSS_CASES = {"fixed size (min_workers=2)": ["train.min_workers=2"],
                    "elastic (min_workers=1)": ["train.min_workers=1", "train.resize_check_s=2"]}
@@ -196,7 +196,7 @@ NODE_LOSS_CASES = {"fixed size (min_workers=2)": ["train.min_workers=2"],
 
 
 def node_loss_run(cfg, lose_at: int, return_after: float, timeout: float) -> dict:
-    """A fresh two-node cluster (head + one node, 1 CPU each, as tests/test_elastic.py), a 2-worker
+    """A fresh two-node cluster (head + one node, 1 CPU each, as tests/launch/test_elastic.py), a 2-worker
     run on it; once step `lose_at` is logged the second node's raylet is killed, and a new 1-CPU node
     joins `return_after` seconds later (spot capacity coming back) unless the run has ended by then."""
     import ray

@@ -128,7 +128,7 @@ class ModelConfig:
     wide at the top (96 here)."""
     activation: str = "snake"
     """Nonlinearity of the encoder and decoder: snake (x + sin^2(a x)/a with a learned per channel;
-    a periodic bias that suits pitched audio, as in BigVGAN and DAC) or elu (v1)."""
+    a periodic bias that suits pitched audio, as in BigVGAN and DAC) or elu (v1.yaml)."""
     latent_dim: int = 128
     """Channels of the encoder output (the vectors that are quantised)."""
     strides: tuple[int, ...] = (2, 4, 5, 8)
@@ -154,11 +154,11 @@ class ModelConfig:
     """sample: that share of each batch's clips draws its own level count; every level still runs
     and updates its codebook every step, and the dropped levels are masked out of those clips'
     sum and commitment (DAC). batch: one draw for the whole batch on all ranks, so the full stack
-    trains on only part of the steps and skipped levels miss their EMA updates (v1)."""
+    trains on only part of the steps and skipped levels miss their EMA updates (v1.yaml)."""
     quantizer_gradient: str = "sum"
     """How the encoder's gradient passes the residual VQ. sum: every level quantises a detached
     residual and one straight-through step carries the sum of levels back to the latent, so each
-    level's commitment reaches the encoder (audiocraft's fix of EnCodec issue 25). chained (v1):
+    level's commitment reaches the encoder (audiocraft's fix of EnCodec issue 25). chained (v1.yaml):
     levels chain straight-through outputs, which leaves every residual after the first with no
     gradient: only level 1's commitment trains the encoder."""
     ema_decay: float = 0.99
@@ -180,7 +180,7 @@ class ModelConfig:
     disc_stft_bands: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
     """Band edges, as fractions of the STFT's bins, that split each STFT discriminator into one
     conv stack per band (multi-band, as in DAC: high bands are judged on their own instead of under
-    the loud low ones); (0, 1) is one stack over all bins (v1)."""
+    the loud low ones); (0, 1) is one stack over all bins (v1.yaml)."""
 
     def __post_init__(self):
         _check(self.sample_rate >= 1000, "model.sample_rate", "must be at least 1000 Hz")
@@ -260,13 +260,13 @@ class LossConfig:
     as in EnCodec/audiocraft)."""
     adv_reduction: str = "sum"
     """How adv and feat combine their parts: sum over sub-discriminators (adv) and over every
-    feature map (feat), like mel over its scales, so the weights mean what DAC's mean; mean (v1)
+    feature map (feat), like mel over its scales, so the weights mean what DAC's mean; mean (v1.yaml)
     makes both 5-25x weaker than those weights intend."""
     stft_windows: tuple[int, ...] = (512, 1024, 2048)
     """FFT sizes of the multi-resolution STFT loss (hop is a quarter of each)."""
     mel_windows: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048)
     """FFT sizes of the multi-scale mel loss (hop is a quarter of each). The short ones (2-8 ms at
-    16 kHz) see transients that long windows smear (DAC 16 kHz's choice; v1 had 256-2048)."""
+    16 kHz) see transients that long windows smear (DAC 16 kHz's choice; v1.yaml has 256-2048)."""
     mel_bins: tuple[int, ...] = (5, 10, 20, 40, 80, 160, 320)
     """Mel bands at each of mel_windows."""
     mel_floor: float = 1e-5
@@ -319,7 +319,7 @@ class TrainConfig:
     """Cosine decay ends at this fraction of the peak learning rate."""
     grad_clip: float = 1000.0
     """Codec gradient norm clip: a guard against spikes, not a normaliser (the codec's gradient norm
-    is ~1e4 at the start; v1's 1.0 rescaled every step). DAC clips at 1e3."""
+    is ~1e4 at the start; v1.yaml's 1.0 rescaled every step). DAC clips at 1e3."""
     disc_grad_clip: float = 10.0
     """Discriminator gradient norm clip (DAC: 10)."""
     grad_accum: int = 1
@@ -360,7 +360,7 @@ class TrainConfig:
     """Keep the newest this many checkpoints (plus the best by train.best_metric)."""
     best_metric: str = "pesq"
     """Val metric that picks the `best` checkpoint: pesq (PESQ-WB), stoi, mel_distance (lower is
-    better), si_sdr or snr (v1; adversarial training trades SNR away on purpose, so it would keep an
+    better), si_sdr or snr (v1.yaml; adversarial training trades SNR away on purpose, so it would keep an
     early, muffled checkpoint)."""
     max_nonfinite: int = 5
     """This many non-finite steps in a row roll back to the last checkpoint."""

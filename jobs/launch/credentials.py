@@ -4,30 +4,9 @@
     names = claim(uri)                                 # the job's driver (jobs/launch/entry.py)
     receive(keeper())                                  # each Ray Train worker (jobs/launch/trainer.py)
 
-Trust model: a Ray cluster is one trust domain. Anyone who can submit a job to it can run code as
-the Ray user on every node, and so can read any job's memory. What this module guarantees is
-narrower and checkable: a forwarded value never appears in the job's runtime_env, metadata or
-entrypoint (which `ray job list` and the dashboard show), in logs, checkpoints, configs or ledgers,
-and nothing holding it is left on disk or in the cluster's package store after the job starts.
-The recommended set-up is cluster-side credentials (instance profiles, a W&B key on the nodes):
-then nothing is forwarded at all.
-
-Why not Ray's own means: Ray has no secret channel for jobs (ray-project/ray#39502 and #28276 are
-open; the `secret_env_vars` PR #40549 was closed unmerged). runtime_env `env_vars` are shown in
-job details and the dashboard; a file in the working dir travels in the working-dir package,
-which stays in the GCS store (another job can name its URI) and unpacked on every node.
-
-The channel:
-1. `stage` puts the values as one small package in the head's GCS store under a random name, with
-   the same dashboard API a working_dir upload uses, and pins it: a pinned package nobody refers to
-   is deleted by Ray after RAY_RUNTIME_ENV_TEMPORARY_REFERENCE_EXPIRATION_S (600 s by default), so
-   a submission that fails, or a job whose driver never starts, leaves nothing behind.
-2. `claim` (the job's driver) reads the package and deletes it at once; the values become the
-   driver's environment variables (never written anywhere).
-3. A `Keeper` actor (anonymous: only its handle, passed to the trainer, reaches it) holds them in
-   memory for the job's life; each Ray Train worker asks it at start (`receive`), so workers that
-   Ray restarts or starts on new nodes get them too, and processes they start inherit them.
-   The actor's values arrive by a method call, not as creation arguments (which the GCS keeps).
+A forwarded value never appears in the job's runtime_env, metadata, entrypoint, logs, checkpoints
+or ledgers, and nothing holding it is left on disk or in the package store after the job starts
+(docs/design.md, "The credential path": the trust model and the channel).
 """
 
 from __future__ import annotations

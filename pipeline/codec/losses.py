@@ -78,7 +78,7 @@ def mel_loss(ref: torch.Tensor, est: torch.Tensor, sample_rate: int,
 # Adversarial terms on DiscriminatorOutput-like objects (lists of logits / feature maps).
 
 def _reduce(losses: list[torch.Tensor], reduction: str) -> torch.Tensor:
-    """Sum (DAC: each part weighs as much as the weight says) or mean (v1) of scalar parts."""
+    """Sum (DAC: each part weighs as much as the weight says) or mean (v1.yaml) of scalar parts."""
     stacked = torch.stack(losses)
     return stacked.sum() if reduction == "sum" else stacked.mean()
 
@@ -112,7 +112,7 @@ def adversarial_discriminator_loss(real_logits: list[torch.Tensor], fake_logits:
 def feature_matching_loss(real_features: list[list[torch.Tensor]],
                           fake_features: list[list[torch.Tensor]], reduction: str = "sum") -> torch.Tensor:
     """L1 between real (detached) and fake hidden activations, over every layer of every
-    sub-discriminator (summed, or v1's mean)."""
+    sub-discriminator (summed, or v1.yaml's mean)."""
     losses = [F.l1_loss(fake, real.detach())
               for real_maps, fake_maps in zip(real_features, fake_features)
               for real, fake in zip(real_maps, fake_maps)]

@@ -8,7 +8,7 @@
 
 Blocks compose as ResidualUnit -> EncoderBlock -> Encoder and DecoderBlock -> Decoder (after
 descript-audio-codec). Strides (2, 4, 5, 8) give a hop of 320 samples: 50 frames/s at 16 kHz, and
-with 8 codebooks of 1024 entries, 4 kbps. The nonlinearity is Snake (model.activation; elu is v1's).
+with 8 codebooks of 1024 entries, 4 kbps. The nonlinearity is Snake (model.activation; elu is v1.yaml's).
 The decoder mirrors the encoder unless model.decoder_channels widens it, and ends in a plain conv:
 no tanh unless model.final_tanh, so level errors show in the losses instead of being squashed away.
 """

@@ -13,16 +13,9 @@ and every random choice is taken from rank 0, so all ranks keep identical codebo
 must therefore run the quantizer's training-mode forward the same number of times; evaluate in
 eval mode.
 
-Every random choice of a training step (quantizer dropout, the vectors k-means starts from and
-dead codes are re-seeded with) is drawn from `StepDraws`: generators seeded by the step and the
-choice's purpose, over the rows of the *global* batch, of which each rank takes its own. So a step
-makes the same choices on 1, 2 or 8 ranks, and a run resized between steps (elastic training) goes
-on as if it never was.
-
-A training step may pass its rows through the model in several micro-batches (a worker holding more
-rows than fit in memory accumulates gradients): `ResidualVQ.start_step` holds the codebook updates,
-each forward records its assignments, and `finish_step` applies them all at once, as one forward
-over every row would have.
+Every random choice of a step is drawn from `StepDraws` over the global batch's rows, so a step
+makes the same choices on any number of ranks (docs/design.md, "Elastic determinism"). Micro-batches:
+`start_step` holds the codebook updates, `finish_step` applies them once for all rows.
 """
 
 from __future__ import annotations
@@ -301,7 +294,7 @@ class VectorQuantizer(nn.Module):
         """The held forwards' codebook update, as one forward over all their `rows` rows would have
         made it (`draws`: the step's, for this rank's first row)."""
         pending, self.pending = self.pending or [], None
-        if not pending:  # the level did not run this step (v1's per-batch dropout)
+        if not pending:  # the level did not run this step (v1.yaml's per-batch dropout)
             self.reseeded = 0
             return
         self._update_ema(pending)
@@ -392,7 +385,7 @@ class QuantizerLevel(nn.Module):
 
         Without `straight_through` the result depends on the weights of project_out only, not on
         `residual` (the caller passes the latent's gradient on); with it, the identity passes back
-        to `residual` through the codebook space (v1's chained levels).
+        to `residual` through the codebook space (v1.yaml's chained levels).
         """
         projected = self.project_in(residual)
         out = self.vq(projected, draws)

@@ -133,13 +133,9 @@ class Staged:
 
 
 WRITE_PIECE = 256 * 1024
-"""The most one write() hands the kernel at a time. On this project's build machines (a VM, Linux
-6.18, ext4) 25 MB written to a new file in one call took 100-200 ms where 256 KiB-1 MiB pieces
-took 6-7 ms (2 MiB pieces were slow too), and a 100 MB checkpoint part 0.7-1 s against 25 ms. The
-likely cause: the guest hands free 2 MiB blocks back to its host (virtio-balloon free page
-reporting, page_reporting_order 9), a write of 2 MiB or more is given whole 2 MiB page-cache folios
-from those blocks, and the host faults each page back in. Elsewhere the pieces cost nothing; they
-also keep what is hashed on its way out in cache for the write that follows."""
+"""The most one write() hands the kernel at a time: one large write into new page-cache pages can
+be 10-30x slower on some VMs (BENCHMARKS.md, Reshard: "Large writes"); the pieces also keep what is hashed on
+its way out in cache for the write that follows."""
 
 
 def write_pieces(f: BinaryIO, data: bytes | memoryview, before: Callable[[memoryview], object] | None = None

@@ -7,22 +7,7 @@ batch at every step whatever the number of ranks or workers.
         ...
 
 The order is a pure function of the index, the recipe and the epoch, never of the world or the
-workers. Each epoch permutes the split's samples over all shards and deals them to `batch_size`
-streams, longest first (ties in the permuted order), each to the stream with the fewest crops so
-far; a stream then takes its samples in the permuted order. A stream cuts each sample into
-non-overlapping crops (from a random offset per sample) and shuffles the crops of `shuffle_samples`
-consecutive samples together. Row i of the global batch at step s is stream i's s-th crop of the
-epoch: a batch draws from `batch_size` samples from all over the dataset. Since the deal sees the
-same sequence of lengths every epoch, every epoch's streams hold the same numbers of crops, and
-`steps_per_epoch` is the smallest of them, exactly (dealing in the permuted order instead would
-leave a stream up to a whole long sample's crops short: a split of 10-second samples and 1-second
-crops would lose ten steps an epoch, and a small one all of them).
-
-Rank r of w takes a contiguous block of rows (block sizes differ by at most one), reads only the
-samples of its streams (one ranged read each, at the byte range index.json records) and splits its
-streams over its worker processes, which decode and cut them. Resuming at step s, on any number of
-ranks or workers, yields the rows an uninterrupted run would have seen: each stream skips to crop s
-without reading the samples before it.
+workers (docs/design.md, "Elastic determinism").
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def make_accelerator(cfg: Config):
     from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 
     # Denormal floats (ELU's exp of large negatives, near-silent early outputs) are ~100x slower on
-    # x86 CPUs: v1's tiny codec measured 0.2-17 s per step with them, 0.17 s flushed to zero.
+    # x86 CPUs: v1.yaml's tiny codec measured 0.2-17 s per step with them, 0.17 s flushed to zero.
     torch.set_flush_denormal(True)
     if cfg.train.use_gpu and torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True  # fixed crop shapes: the autotuned kernels are reused
@@ -53,7 +53,7 @@ def make_accelerator(cfg: Config):
         precision = "bf16" if torch.cuda.is_available() and cfg.train.use_gpu else "no"
     # Our loader already gives each rank its own batches; nothing may re-dispatch them from rank 0.
     # No buffer broadcast: the quantizer all-reduces its EMA statistics itself, and DDP would copy
-    # ~8 MB of codebooks from rank 0 every forward. Only v1's per-batch quantizer dropout leaves
+    # ~8 MB of codebooks from rank 0 every forward. Only v1.yaml's per-batch quantizer dropout leaves
     # weights without a gradient (the skipped levels' projections).
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=unused_parameters(cfg.model))
     # torch 2.13 deprecates broadcast_buffers for forward_sync_buffers, which Accelerate cannot pass

@@ -1,7 +1,7 @@
 """The command line's grammar and manners: configs by name from any folder, one grammar for every
 command, honest exit codes, --version, a closed pipe, and an explicit resume.
 
-    .venv/bin/pytest tests/test_cli.py -q
+    .venv/bin/pytest tests/cli/test_cli.py -q
 """
 
 import json

@@ -3,7 +3,7 @@ any input rate and channel count comes back as it went in, the output extension 
 version-1 files still decode, folders are coded as mirrored trees, "-" reads stdin and writes
 stdout with the bytes the files get, and bad input is one line and exit 2.
 
-    .venv/bin/pytest tests/test_codec_cli.py -q
+    .venv/bin/pytest tests/cli/test_codec_cli.py -q
 """
 
 import struct

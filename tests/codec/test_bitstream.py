@@ -1,7 +1,7 @@
 """The bitstream file format: round trips, exact sizes, version 1 still read, and clear errors on
 bad input.
 
-    .venv/bin/pytest tests/test_bitstream.py -q
+    .venv/bin/pytest tests/codec/test_bitstream.py -q
 """
 
 import struct

@@ -2,7 +2,7 @@
 audio (no seam), the Python API returns inference tensors, and a 10-minute file codes in bounded
 memory.
 
-    .venv/bin/pytest tests/test_chunked.py -q            # -m "not slow" skips the 10-minute file
+    .venv/bin/pytest tests/codec/test_chunked.py -q            # -m "not slow" skips the 10-minute file
 """
 
 import os

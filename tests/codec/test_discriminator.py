@@ -1,7 +1,7 @@
 """The discriminators: multi-band STFT stacks joined along frequency, gradients into every band,
 v1's single-band layout by config, narrow bands, config wiring.
 
-    .venv/bin/pytest tests/test_discriminator.py -q
+    .venv/bin/pytest tests/codec/test_discriminator.py -q
 """
 
 import pytest

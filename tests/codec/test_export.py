@@ -1,7 +1,7 @@
 """`telucodec export`: an inference-only model folder with the checkpoint's fingerprint, its
 provenance and a model card; encode/decode/eval take it with --model and need nothing else.
 
-    .venv/bin/pytest tests/test_export.py -q
+    .venv/bin/pytest tests/codec/test_export.py -q
 """
 
 import hashlib

@@ -1,7 +1,7 @@
 """Codec losses and discriminators: finite values and gradients on edge signals, weights as data,
 fp32 spectral terms under autocast, loss config defaults.
 
-    .venv/bin/pytest tests/test_losses.py -q
+    .venv/bin/pytest tests/codec/test_losses.py -q
 """
 
 import dataclasses

@@ -1,7 +1,7 @@
 """Evaluation metrics: known values (6.02 dB for half amplitude), scale invariance, batch and numpy
 handling, and PESQ / STOI reporting why a clip could not be scored.
 
-    .venv/bin/pytest tests/test_metrics.py -q
+    .venv/bin/pytest tests/codec/test_metrics.py -q
 """
 
 import math

@@ -1,7 +1,7 @@
 """The codec model: shapes, encode/decode consistency, Snake or ELU, a wider decoder, no tanh by
 default, bitrate, config checks.
 
-    .venv/bin/pytest tests/test_model.py -q
+    .venv/bin/pytest tests/codec/test_model.py -q
 """
 
 import dataclasses

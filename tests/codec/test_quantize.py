@@ -2,7 +2,7 @@
 replacement, gradients through the residual levels, quantizer dropout (per clip and per batch), and
 identical codebooks across ranks under torch.distributed.
 
-    .venv/bin/pytest tests/test_quantize.py -q
+    .venv/bin/pytest tests/codec/test_quantize.py -q
 """
 
 import copy

@@ -2,7 +2,7 @@
 aligned to it and score like themselves on a speech-like signal; eval writes eval.json and PNGs
 labelled with each clip's scores, and with --save-audio every codec's decoded clips.
 
-    .venv/bin/pytest tests/test_evaluation.py -q
+    .venv/bin/pytest tests/evaluation/test_evaluation.py -q
 """
 
 import json
@@ -197,8 +197,8 @@ def test_save_audio_writes_every_codec_row_beside_the_input(eval_inputs, tmp_pat
 
 def test_spectrogram_panels_are_labelled_with_the_clips_kbps_pesq_and_stoi():
     def result(name, pesq, stoi_value, payload):
-        clips = [ClipMetrics(0.0, 0.0, 0.0, Score(None, "x"), Score(None, "x"), 1, 1.0),
-                 ClipMetrics(0.0, 0.0, 0.0, Score(pesq, "" if pesq else "too short"), Score(stoi_value), payload, 0.5)]
+        clips = [ClipMetrics(0.0, 0.0, 1.0, 0.0, Score(None, "x"), Score(None, "x"), 1, 1.0),
+                 ClipMetrics(0.0, 0.0, 1.0, 0.0, Score(pesq, "" if pesq else "too short"), Score(stoi_value), payload, 0.5)]
         score = CodecScore(name, None, None, None, None, None, None)
         return CodecResult(score, [np.zeros(4, np.float32), np.full(4, len(name), np.float32)], clips)
 

@@ -6,7 +6,7 @@ grows back to two when a node returns (checkpointing first: no step redone). Eve
 same samples as an uninterrupted two-worker run and logs its losses: the global batch, its samples
 and every random draw do not depend on the number of workers, and one worker runs the two workers'
 rows as two micro-batches whose gradients and codebook statistics add up as the all-reduce adds
-the two workers' (tests/test_world_invariance.py checks that without Ray).
+the two workers' (tests/training/test_world_invariance.py checks that without Ray).
 """
 
 import threading
@@ -15,7 +15,7 @@ from collections import Counter
 import pytest
 
 from audio_fixtures import make_dataset
-from jobs.launch import trainer as ray_train
+from jobs.launch import trainer
 from jobs.launch.trainer import train_on_ray
 from pipeline.config import load_config
 from pipeline.runs.rundir import RunDir
@@ -76,7 +76,7 @@ def test_a_lost_node_shrinks_the_run_and_a_returning_one_grows_it_with_the_same_
     # capacity watch's: at 10 x resize_check_s it could fire first (then there is no "regrowing"
     # checkpoint and steps are redone) or while the regrowing group ends (one CI run: the larger group
     # started inside the same fit, no "restarted" event). Both are Ray's behaviour, not ours.
-    monkeypatch.setattr(ray_train, "RAY_GROW_FALLBACK", 1000)
+    monkeypatch.setattr(trainer, "RAY_GROW_FALLBACK", 1000)
     steps = "train.steps=160"  # enough steps on 1 worker for Ray to see the node return
     reference = tmp_path / "ref"
     assert train_on_ray(config(dataset, reference, steps)).status == "finished"

@@ -7,7 +7,7 @@ The count is taken on CPU by wrapping the Tensor methods that turn a tensor into
 Reads from inside torch.optim are left out: they are the optimizers' per-parameter step counters,
 which live on the host even when training on a GPU (not a device read there).
 
-    .venv/bin/pytest tests/test_host_syncs.py -q
+    .venv/bin/pytest tests/training/test_host_syncs.py -q
 """
 
 import sys

@@ -1,7 +1,7 @@
 """Training talks: rank 0 prints a progress line every train.log_every steps, and at the next step
 whenever train.progress_seconds passed without one; metrics.jsonl keeps the log_every cadence.
 
-    .venv/bin/pytest tests/test_train_progress.py -q
+    .venv/bin/pytest tests/training/test_train_progress.py -q
 """
 
 import re

@@ -3,7 +3,7 @@ gradient clips, no weight decay sneaking into the discriminator, a schedule with
 the best checkpoint by a perceptual metric, a health guard that lets the GAN stage trade SNR, and
 train.compile's parts tracing whole.
 
-    .venv/bin/pytest tests/test_train_recipe.py -q
+    .venv/bin/pytest tests/training/test_train_recipe.py -q
 """
 
 import warnings
