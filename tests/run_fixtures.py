@@ -1,6 +1,6 @@
 """Tiny training runs and the local S3 server they can use, shared by the tests and benchmarks/
 (which put tests/ on sys.path); the audio and datasets they train on are in audio_fixtures.py, the
-fake cloud metadata server in jobs/launch/spot_drill.py (the demo's drill uses it too).
+fake cloud metadata server in pipeline/cloud/fake.py (the demo's drill uses it too).
 
     from run_fixtures import TINY, wait_for
     load_config(["configs/base.yaml"], [f"data.url={url}", f"run.dir={run}", *TINY, "train.steps=6"])

@@ -44,9 +44,17 @@ def run_on(world: int, args: list[str]) -> None:
     mp.start_processes(_rank, args=(world, free_port(), args), nprocs=world, start_method="spawn")
 
 
+def step_rows(run_dir) -> list[dict]:
+    """metrics.jsonl's step records (not the evals'), in the order they were logged."""
+    return [r for r in map(json.loads, open(run_dir / "metrics.jsonl")) if "loss/total" in r]
+
+
 def losses(run_dir) -> dict[int, float]:
-    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
-    return {r["step"]: r["loss/total"] for r in rows if "loss/total" in r}
+    return {r["step"]: r["loss/total"] for r in step_rows(run_dir)}
+
+
+def events(run_dir) -> list[dict]:
+    return [json.loads(line) for line in open(run_dir / "events.jsonl")]
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +65,15 @@ def dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def one_rank(dataset, tmp_path_factory):
+def one_rank_run(dataset, tmp_path_factory):
     run = tmp_path_factory.mktemp("one") / "run"
     run_on(1, [*BASE, f"data.url={dataset}", f"run.dir={run}", "train.steps=6"])
-    return losses(run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def one_rank(one_rank_run):
+    return losses(one_rank_run)
 
 
 def close(a: dict, b: dict, steps) -> bool:
@@ -79,13 +92,23 @@ def test_three_ranks_with_uneven_rows_log_the_losses_of_one(dataset, one_rank, t
 
 
 @pytest.mark.slow
-def test_a_run_checkpointed_on_two_ranks_resumes_on_three_as_if_on_one(dataset, one_rank, tmp_path):
+def test_a_run_checkpointed_on_two_ranks_resumes_on_three_as_if_on_one(dataset, one_rank_run, tmp_path):
+    """Exact: the resume itself (a `resumed` event at step 3, no step run twice or skipped) and the
+    batch at every step (its mean square, the same samples in the same order). Close: the losses,
+    to float precision, as sums reduced over another number of ranks are."""
     run = tmp_path / "resized"
     args = [*BASE, f"data.url={dataset}", f"run.dir={run}", "train.checkpoint_every=3"]
     run_on(2, [*args, "train.steps=3"])
     run_on(3, [*args, "train.steps=6"])
-    resized = losses(run)
-    assert close(one_rank, resized, range(1, 7)), (one_rank, resized)
+    starts = [(e["event"], e["step"]) for e in events(run) if e["event"] in ("start", "resumed")]
+    assert starts == [("start", 0), ("resumed", 3)]
+    assert [r["step"] for r in step_rows(run)] == [1, 2, 3, 4, 5, 6]  # each step logged once
+    square = {r["step"]: r["data/mean_square"] for r in step_rows(run)}
+    expected = {r["step"]: r["data/mean_square"] for r in step_rows(one_rank_run)}
+    assert square == pytest.approx(expected, rel=1e-6) and len(set(expected.values())) == 6
+    one, resized = losses(one_rank_run), losses(run)
+    assert resized[4] == pytest.approx(one[4], rel=1e-5)  # the first step after the resize
+    assert close(one, resized, range(1, 7)), (one, resized)
 
 
 @pytest.mark.slow
