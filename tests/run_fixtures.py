@@ -109,3 +109,64 @@ class MotoS3:
             else:
                 os.environ[k] = v
         self.server.stop()
+
+
+class CountingProxy:
+    """A plain HTTP proxy on 127.0.0.1 in front of an S3 endpoint that counts what really passes:
+    requests by method and the bytes of GET answers. Point AWS_ENDPOINT_URL at `url`.
+
+        with CountingProxy(os.environ["AWS_ENDPOINT_URL"]) as proxy:   # proxy.requests["GET"], proxy.get_bytes
+    """
+
+    def __init__(self, upstream: str):
+        import collections
+        import http.client
+        import http.server
+        import threading
+        from urllib.parse import urlparse
+
+        target = urlparse(upstream)
+        self.requests: collections.Counter = collections.Counter()
+        self.get_bytes = 0
+        lock, proxy = threading.Lock(), self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def forward(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                conn.request(self.command, self.path, body=body,
+                             headers={k: v for k, v in self.headers.items() if k.lower() != "connection"})
+                answer = conn.getresponse()
+                data = answer.read()
+                conn.close()
+                with lock:
+                    proxy.requests[self.command] += 1
+                    proxy.get_bytes += len(data) if self.command == "GET" else 0
+                self.send_response(answer.status)
+                for k, v in answer.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", answer.getheader("Content-Length", "0") if self.command == "HEAD"
+                                 else str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = forward
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True, name="counting-proxy").start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> "CountingProxy":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -2,12 +2,14 @@
 resumable to the exact step, mixed across shards, each rank reading only what it decodes."""
 
 import json
+import os
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 
+from run_fixtures import CountingProxy
 from audio_fixtures import make_dataset
 from pipeline.evaluation.clips import load_eval_clips
 from pipeline.training.loader import CropLoader, CropRecipe, DataError, rank_rows
@@ -81,20 +83,28 @@ def test_resume_with_worker_processes_is_bit_exact(tmp_path):
         resumed.close()
 
 
-def test_each_rank_reads_about_what_it_decodes(tmp_path):
-    make_dataset(str(tmp_path), [10, 10, 10, 10], seconds=1.0)
-    index = load_index(str(tmp_path))
+def test_each_rank_reads_from_the_store_about_what_it_decodes(s3_bucket, monkeypatch):
+    """Bytes counted where they cross the wire (a proxy in front of the S3 server), not in the
+    loader's own buffers: a store that fetched whole shards for each sample would fail here."""
+    url = f"{s3_bucket}/ds"
+    make_dataset(url, [10, 10, 10, 10], seconds=1.0)
+    index = load_index(url)
     flac_total = sum(r.flac_size for s in index.shards for r in s.sample_ranges)
     recipe = CropRecipe(batch_size=4, crop=2000, seed=0, shuffle_samples=1)
     reads = []
-    for r in range(2):
-        loader = CropLoader(str(tmp_path), "train", recipe, rank=r, world=2)
-        it = loader.batches(0)
-        for _ in range(loader.steps_per_epoch):
-            next(it)
-        it.close()
-        assert 0 < loader.bytes_read <= 1.25 * loader.bytes_decoded
-        reads.append(loader.bytes_read)
+    with CountingProxy(os.environ["AWS_ENDPOINT_URL"]) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        for r in range(2):
+            loader = CropLoader(url, "train", recipe, rank=r, world=2)
+            before, gets = proxy.get_bytes, proxy.requests["GET"]
+            it = loader.batches(0)
+            for _ in range(loader.steps_per_epoch):
+                next(it)
+            it.close()
+            read = proxy.get_bytes - before
+            assert 0 < read <= 1.25 * loader.bytes_decoded
+            assert proxy.requests["GET"] - gets <= 20  # one ranged read a sample of this rank's half
+            reads.append(read)
     # the two ranks split the dataset: neither reads much more than half of it in an epoch
     assert max(reads) < 0.7 * flac_total and sum(reads) <= 1.1 * flac_total
 
