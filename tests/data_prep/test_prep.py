@@ -126,12 +126,16 @@ def test_different_dataset_is_refused_unless_overwrite(corpus, tmp_path):
 
 
 def test_kill_and_rerun_completes_without_loss_or_duplicates(tmp_path):
+    """A prep killed mid-run (bad files already rejected before the kill), then run again: the same
+    shards, rejects.jsonl and index.json (less its creation time) as an uninterrupted run, verified."""
     manifest = write_manifest_corpus(tmp_path / "corpus", n_files=80, n_speakers=8, seconds=4.0)
+    bad = write_bad_files(tmp_path / "bad")
+    sources = [str(tmp_path / "bad"), str(manifest)]
     cfg_args = ["prep.shard_max_samples=2", "prep.workers=1"]
     reference = tmp_path / "ref"
-    assert main(["prep", str(manifest), "--out", str(reference), *cfg_args]) == 0
+    assert main(["prep", *sources, "--out", str(reference), *cfg_args]) == 0
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "jobs.cli", "prep", str(manifest), "--out", str(out), *cfg_args]
+    cmd = [sys.executable, "-m", "jobs.cli", "prep", *sources, "--out", str(out), *cfg_args]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (out / "_prep" / "train-000002.json").exists():
@@ -143,13 +147,23 @@ def test_kill_and_rerun_completes_without_loss_or_duplicates(tmp_path):
     assert not (out / "index.json").exists()  # an interrupted prep is not a dataset
     with pytest.raises(DatasetError, match="not a dataset"):
         load_index(str(out))
+    carried = [r for f in (out / "_prep").glob("*.json") for r in json.loads(f.read_text()).get("rejects", [])]
+    assert carried, "no reject was recorded before the kill: the test would not exercise carrying them"
     # a record write killed between naming its file and renaming it leaves a hidden temporary (rare;
     # the likely cause of this test's one CI failure, `_prep` left behind); the rerun clears it too
     (out / "_prep" / ".train-000099.json.tmp-0123456789ab").write_text("{")
-    summary = run_prep([str(manifest)], str(out), PrepConfig(shard_max_samples=2, workers=1), progress=False)
+    summary = run_prep(sources, str(out), PrepConfig(shard_max_samples=2, workers=1), progress=False)
     assert summary.resumed_shards >= 3
     assert [(s.name, s.digest) for s in load_index(str(out)).shards] == \
            [(s.name, s.digest) for s in load_index(str(reference)).shards]
+    assert (out / "rejects.jsonl").read_bytes() == (reference / "rejects.jsonl").read_bytes()
+    assert {Path(json.loads(line)["path"]).name for line in (out / "rejects.jsonl").open()} == set(bad)
+
+    def index_less_created(folder):
+        index = json.loads((folder / "index.json").read_text())
+        return {k: v for k, v in index.items() if k != "created"}
+    assert index_less_created(out) == index_less_created(reference)
+    assert verify_dataset(str(out)) == []
     assert not (out / "_prep").exists(), sorted(p.name for p in (out / "_prep").iterdir())
 
 
