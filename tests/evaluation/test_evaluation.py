@@ -127,6 +127,7 @@ def test_prefix_decoding_equals_eval_forward_at_every_level(eval_inputs):
     codec, _, _ = load_codec(eval_inputs[0])
     x = speech_like(0.5, 16000)
     per_level = telucodec_outputs(codec, [x])
+    assert len(per_level) == codec.cfg.n_codebooks >= 2 and all(len(outputs) == 1 for outputs in per_level)
     with torch.no_grad():
         for n, outputs in enumerate(per_level, start=1):
             expected = codec(torch.from_numpy(x)[None, None], n_quantizers=n).audio[0, 0].numpy()
