@@ -105,11 +105,13 @@ class PrepConfig:
 
     def __post_init__(self):
         _check(self.sample_rate >= 1000, "prep.sample_rate", "must be at least 1000 Hz")
+        _check(self.max_seconds > 0, "prep.max_seconds", "must be > 0")
         _check(0 < self.min_seconds <= self.max_seconds, "prep.min_seconds",
                "must be > 0 and <= prep.max_seconds")
-        _check(0 <= self.val_fraction and 0 <= self.test_fraction
-               and self.val_fraction + self.test_fraction < 1, "prep.val_fraction",
-               "val and test fractions must be >= 0 and sum to less than 1")
+        _check(0 <= self.val_fraction, "prep.val_fraction", "must be >= 0")
+        _check(0 <= self.test_fraction, "prep.test_fraction", "must be >= 0")
+        _check(self.val_fraction + self.test_fraction < 1, "prep.val_fraction",
+               "prep.val_fraction + prep.test_fraction must be less than 1")
         _check(self.shard_max_samples >= 1, "prep.shard_max_samples", "must be >= 1")
         _check(self.shard_max_mb > 0, "prep.shard_max_mb", "must be > 0")
         _check(self.workers >= 0, "prep.workers", "must be >= 0")
@@ -185,6 +187,8 @@ class ModelConfig:
     def __post_init__(self):
         _check(self.sample_rate >= 1000, "model.sample_rate", "must be at least 1000 Hz")
         _check(self.channels >= 1, "model.channels", "must be >= 1")
+        _check(self.decoder_channels is None or self.decoder_channels >= 1, "model.decoder_channels",
+               "must be >= 1 or null (= model.channels)")
         _check(self.latent_dim >= 1, "model.latent_dim", "must be >= 1")
         _check(len(self.strides) >= 1 and all(s >= 1 for s in self.strides), "model.strides",
                "must be a non-empty list of positive integers")
@@ -402,13 +406,24 @@ class TrainConfig:
         _check(self.segment_seconds > 0, "train.segment_seconds", "must be > 0")
         _check(self.mixed_precision in ("auto", "no", "bf16", "fp16"), "train.mixed_precision",
                "must be auto, no, bf16 or fp16")
-        _check(self.log_every >= 1 and self.eval_every >= 1 and self.checkpoint_every >= 1,
-               "train.log_every", "log_every, eval_every and checkpoint_every must be >= 1")
+        for key in ("log_every", "eval_every", "checkpoint_every", "eval_clips", "keep_checkpoints", "cpus_per_worker"):
+            _check(getattr(self, key) >= 1, f"train.{key}", "must be >= 1")
+        _check(self.lr > 0, "train.lr", "must be > 0")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas",
+               "must be two numbers in [0, 1), e.g. [0.8, 0.99]")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _check(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
+        _check(self.eval_seconds > 0, "train.eval_seconds", "must be > 0")
+        _check(self.checkpoint_minutes > 0, "train.checkpoint_minutes", "must be > 0")
+        _check(0 < self.rollback_lr_factor <= 1, "train.rollback_lr_factor", "must be in (0, 1]")
+        _check(self.max_failures >= 0, "train.max_failures", "must be >= 0")
+        _check(self.seed >= 0, "train.seed", "must be >= 0")
         _check(self.progress_seconds >= 0, "train.progress_seconds", "must be >= 0")
         _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
         _check(self.micro_batch >= 0, "train.micro_batch", "must be >= 0 (0: the rows of a worker at train.workers)")
-        _check(self.grad_clip > 0 and self.disc_grad_clip > 0, "train.grad_clip",
-               "grad_clip and disc_grad_clip must be > 0")
+        _check(self.grad_clip > 0, "train.grad_clip", "must be > 0")
+        _check(self.disc_grad_clip > 0, "train.disc_grad_clip", "must be > 0")
         _check(self.best_metric in BEST_METRICS, "train.best_metric",
                f"must be one of {', '.join(BEST_METRICS)}")
         _check(self.max_nonfinite >= 1, "train.max_nonfinite", "must be >= 1")
@@ -443,6 +458,7 @@ class PreemptConfig:
 
     def __post_init__(self):
         _check(self.ray_notice_every >= 0, "preempt.ray_notice_every", "must be >= 0 (0 = off)")
+        _check(self.poll_seconds > 0, "preempt.poll_seconds", "must be > 0")
         unknown = sorted(set(self.endpoints) - set(DEFAULT_ENDPOINTS))
         _check(not unknown, "preempt.endpoints", f"unknown cloud {', '.join(unknown)} (one of {', '.join(DEFAULT_ENDPOINTS)})")
         for name, url in self.endpoints.items():

@@ -57,3 +57,37 @@ def test_frozen():
     cfg = Config()
     with pytest.raises(Exception):
         cfg.prep.sample_rate = 1
+
+
+NEGATIVE_IS_VALID = {"data.loudness_db", "prep.silence_db", "prep.loudness_db", "data.workers"}
+"""Numeric keys where a negative value means something (dB levels; -1 loader workers = automatic)."""
+
+
+def numeric_keys():
+    import dataclasses
+    import typing
+
+    from pipeline.config import Config
+
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(typing.get_type_hints(Config)[section.name]):
+            hint = typing.get_type_hints(typing.get_type_hints(Config)[section.name])[f.name]
+            if hint in (int, float, typing.Optional[int], typing.Optional[float]):
+                yield f"{section.name}.{f.name}"
+
+
+@pytest.mark.parametrize("key", sorted(set(numeric_keys()) - NEGATIVE_IS_VALID))
+def test_every_numeric_key_refuses_a_negative_value_naming_itself(key):
+    """A sweep over the config: -5 is out of range for every count, interval, rate and weight."""
+    with pytest.raises(ConfigError) as refused:
+        load_config(["base"], [f"{key}=-5"])
+    assert str(refused.value).startswith(f"{key}:"), str(refused.value)
+
+
+@pytest.mark.parametrize("override, key", [("train.lr=0", "train.lr"), ("train.betas=[2, 3]", "train.betas"),
+                                           ("train.betas=[0.9]", "train.betas"), ("train.eval_every=0", "train.eval_every"),
+                                           ("train.min_lr_ratio=2", "train.min_lr_ratio"),
+                                           ("train.rollback_lr_factor=0", "train.rollback_lr_factor")])
+def test_out_of_range_training_settings_name_their_own_key(override, key):
+    with pytest.raises(ConfigError, match=f"^{key}:"):
+        load_config(["base", "tiny"], [override])
