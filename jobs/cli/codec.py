@@ -23,8 +23,8 @@ def register(sub) -> None:
 def add_model_args(s) -> None:
     """--checkpoint or --model, exactly one."""
     group = s.add_mutually_exclusive_group(required=True)
-    group.add_argument("--checkpoint", metavar="CK", help="run dir (its latest checkpoint) or a "
-                       "checkpoints/step_NNNNNNNN dir")
+    group.add_argument("--checkpoint", metavar="CK", help="run dir (its best checkpoint, else its "
+                       "latest) or a checkpoints/step_NNNNNNNN dir")
     group.add_argument("--model", metavar="DIR", help="model folder made by `telucodec export`")
 
 

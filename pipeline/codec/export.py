@@ -77,7 +77,7 @@ def export_model(source: str, out_dir: str, force: bool = False) -> Exported:
     if existing and not force:
         raise ExportError(f"{out_dir} is not empty ({len(existing)} files): choose a new folder, or "
                           "overwrite with --force")
-    ref = resolve_checkpoint(source, prefer_best=True)
+    ref = resolve_checkpoint(source)
     trained = from_checkpoint(ref, f"{ref.run_url}/checkpoints/step_{ref.step:08d}")
     train_config = ref.checkpoints.load(ref.step, "train")["config"]
     prov = provenance(ref, train_config, trained.fingerprint)

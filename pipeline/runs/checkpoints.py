@@ -152,14 +152,18 @@ class CheckpointRef:
     """Why this step: 'named' (a step dir was given), 'best' or 'latest'."""
 
 
-def resolve_checkpoint(url: str, prefer_best: bool = False) -> CheckpointRef:
-    """A run dir (its latest whole checkpoint, or with prefer_best its best one when that is whole)
-    or a checkpoints/step_NNNNNNNN dir -> CheckpointRef."""
+RUN_FOLDER_RULE = "a run folder means its best checkpoint (by train.best_metric), else its latest"
+"""The one rule every command and the Python API follow (resolve_checkpoint)."""
+
+
+def resolve_checkpoint(url: str) -> CheckpointRef:
+    """A checkpoints/step_NNNNNNNN dir, or a run dir: its best whole checkpoint, else its latest
+    (RUN_FOLDER_RULE) -> CheckpointRef."""
     url = str(url).rstrip("/")
     m = _STEP_DIR.match(url)
     run_url = m["run"] if m else url
     ckpts = Checkpoints(run_url)
-    best = (ckpts.best() or {}).get("step") if prefer_best and not m else None
+    best = (ckpts.best() or {}).get("step") if not m else None
     if m:
         step, chosen_as = int(m["step"]), "named"
     elif best is not None and ckpts.is_whole(best):

@@ -18,7 +18,8 @@ from jobs.cli import main
 from pipeline.runs.checkpoints import Checkpoints
 from pipeline.config import Config, DataConfig, RunConfig
 from pipeline.codec.export import find_licence, load_export
-from pipeline.codec.inference import load_trained
+from pipeline.codec.inference import load_codec, load_trained
+from pipeline.runs.checkpoints import resolve_checkpoint
 from pipeline.runs.rundir import RunDir
 from run_fixtures import TINY_CODEC, make_checkpoint
 
@@ -57,6 +58,20 @@ def test_export_writes_weights_config_provenance_and_a_model_card(run, tmp_path,
     assert f"`{fingerprint[:16]}`" in card and index_sha in card and "licence of the data: unknown" in card
     assert "| 1 | 0.20 |" in card and "| 4 | 0.80 |" in card  # 50 frames/s x 4 bits per codebook
     assert "| SNR (dB) | 3.500 |" in card and "| PESQ-WB | 1.750 |" in card
+
+
+def test_a_run_folder_means_one_checkpoint_everywhere(run, tmp_path):
+    """Its best (step 7 here, not the latest 9) for load_trained, load_codec, encode's --checkpoint
+    and export alike; a run that marked no best means its latest."""
+    assert load_trained(checkpoint=str(run)).step == 7 and load_codec(str(run))[2] == 7
+    sf.write(tmp_path / "in.wav", tone(0.3, 16000), 16000)
+    assert main(["encode", str(tmp_path / "in.wav"), str(tmp_path / "in.tcq"), "--checkpoint", str(run)]) == 0
+    assert main(["export", str(run), str(tmp_path / "model")]) == 0
+    assert main(["decode", str(tmp_path / "in.tcq"), str(tmp_path / "out.wav"), "--model", str(tmp_path / "model")]) == 0
+    no_best = tmp_path / "no-best"
+    shutil.copytree(run, no_best)
+    (no_best / "checkpoints" / "best.json").unlink()
+    assert load_trained(checkpoint=str(no_best)).step == 9 and resolve_checkpoint(str(no_best)).chosen_as == "latest"
 
 
 def test_a_checkpoints_tcq_decodes_with_its_export_after_the_run_is_gone(run, tmp_path, capsys):
