@@ -33,7 +33,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import soundfile as sf
 
-from pipeline.storage.audio import AudioError, clip_to_unit_range, open_audio, resample_blocks
+from pipeline.storage.audio import AUDIO_EXTENSIONS, AudioError, clip_to_unit_range, open_audio, resample_blocks
 from pipeline.codec.bitstream import BitstreamError, read_bitstream, write_bitstream
 from pipeline.codec.chunked import decode_stream, encode_stream
 from pipeline.errors import TelucodecError
@@ -128,9 +128,24 @@ class ClippedBlocks:
             yield block
 
 
+def check_bitstream_target(source: str | Path, target: str | Path) -> None:
+    """An encode's output must not be its input, a folder or a name that says audio (AudioError)."""
+    if is_stdio(target):
+        return
+    out = Path(target)
+    if out.is_dir():
+        raise AudioError(f"{target} is a folder: name the .tcq file (e.g. {out / Path(str(source)).with_suffix('.tcq').name}),"
+                         " or give a folder as the input too to encode every file in it")
+    if out.suffix.lower() in AUDIO_EXTENSIONS:
+        raise AudioError(f"{target}: encode writes a .tcq bitstream, not audio; name it {out.with_suffix('.tcq')}")
+    if not is_stdio(source) and out.exists() and out.resolve() == Path(source).resolve():
+        raise AudioError(f"{target} is the input itself: name another output")
+
+
 def encode_file(trained: TrainedCodec, source: str | Path, target: str | Path, n_q: int | None = None,
                 force: bool = False) -> CodingResult:
     """Audio file -> .tcq file (version 2) with n_q codebooks (all by default); "-" is stdin or stdout."""
+    check_bitstream_target(source, target)
     check_target(target, force)
     n_q = trained.cfg.n_codebooks if n_q is None else n_q
     with named(input_name(source)), local_input(source) as path, open_audio(path) as stream:

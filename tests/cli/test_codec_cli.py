@@ -108,6 +108,23 @@ def test_existing_outputs_are_refused_without_force(checkpoint, good_tcq, tmp_pa
     assert sf.info(str(wav)).frames == 8000 and not list(tmp_path.glob(".*tmp*"))
 
 
+def test_encode_never_writes_over_its_input_or_to_an_audio_name(checkpoint, tmp_path, capsys):
+    sf.write(tmp_path / "same.wav", tone(0.3, 16000), 16000)
+    before = (tmp_path / "same.wav").read_bytes()
+    for target in ("same.wav", "out.wav", "out.FLAC"):
+        err = run_error(["encode", str(tmp_path / "same.wav"), str(tmp_path / target), "--checkpoint", checkpoint,
+                         "--force"], capsys)
+        assert "encode writes a .tcq bitstream, not audio" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "same.tcq").write_bytes(b"x")
+    err = run_error(["encode", str(tmp_path / "same.tcq"), str(tmp_path / "same.tcq"), "--checkpoint", checkpoint,
+                     "--force"], capsys)
+    assert "is the input itself" in err and (tmp_path / "same.tcq").read_bytes() == b"x"
+    (tmp_path / "out").mkdir()
+    err = run_error(["encode", str(tmp_path / "same.wav"), str(tmp_path / "out"), "--checkpoint", checkpoint], capsys)
+    assert "is a folder: name the .tcq file (e.g. " in err and "same.tcq" in err
+    assert (tmp_path / "same.wav").read_bytes() == before and not (tmp_path / "out.wav").exists()
+
+
 def v1_file(path: Path, codes: np.ndarray, n_samples: int) -> None:
     """A version-1 .tcq exactly as telucodec 0.1 wrote it: 20-byte header, then the packed codes."""
     header = struct.pack("<4sBIHBII", b"TCQ1", 1, 16000, codes.shape[0], 4, codes.shape[1], n_samples)
