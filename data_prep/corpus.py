@@ -162,7 +162,7 @@ def synthesize_corpus(out_dir: Path, minutes: float = 3.0, seed: int = 0,
     """Write at least `minutes` of Telugu TTS speech and its manifest under `out_dir`, with every
     engine that works (the others are listed in the summary's `broken`)."""
     if minutes <= 0:
-        raise ValueError(f"minutes must be positive, got {minutes}")
+        raise CorpusError(f"minutes must be > 0, got {minutes:g}")
     sentences = load_sentences()
     voices, broken = working_voices(available_voices(), sentences[0])
     if not voices:

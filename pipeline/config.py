@@ -598,10 +598,28 @@ def _deep_merge(into: dict, new: dict) -> None:
             into[k] = v
 
 
+RENAMED_KEYS = {"preempt.aws_endpoint": "preempt.endpoints.aws", "preempt.gcp_endpoint": "preempt.endpoints.gcp"}
+"""Keys of older configs (checkpoints, YAML files) and where their values live now."""
+
+
+def renamed(data: dict, prefix: str = "") -> dict:
+    """`data` (the section at `prefix`) with RENAMED_KEYS moved to their new places."""
+    moved = {old[len(prefix):]: new[len(prefix):] for old, new in RENAMED_KEYS.items() if old.startswith(prefix)}
+    if not any(key in data for key in moved):
+        return data
+    data = dict(data)
+    for old, new in moved.items():
+        if old in data:
+            section, _, leaf = new.rpartition(".")
+            data[section] = {**(data.get(section) or {}), leaf: data.pop(old)}
+    return data
+
+
 def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     """Build dataclass `cls` from plain data, checking every key and type."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    data = renamed(data, prefix)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:

@@ -91,3 +91,16 @@ def test_every_numeric_key_refuses_a_negative_value_naming_itself(key):
 def test_out_of_range_training_settings_name_their_own_key(override, key):
     with pytest.raises(ConfigError, match=f"^{key}:"):
         load_config(["base", "tiny"], [override])
+
+
+def test_a_config_written_before_preempt_endpoints_still_loads():
+    """Checkpoints and YAML files name preempt.aws_endpoint / gcp_endpoint; they now live under
+    preempt.endpoints, and the old names still load (checkpoints of older runs resume and export)."""
+    from pipeline.config import from_dict
+
+    old = to_dict(load_config(["base", "tiny"]))
+    old["preempt"] = {k: v for k, v in old["preempt"].items() if k != "endpoints"}
+    old["preempt"].update(aws_endpoint="http://127.0.0.1:9", gcp_endpoint="")
+    cfg = from_dict(Config, old)
+    assert cfg.preempt.endpoints == {"aws": "http://127.0.0.1:9", "gcp": "", "azure": "auto"}
+    assert load_config(["base"], ["preempt.gcp_endpoint=''"]).preempt.endpoints["gcp"] == ""

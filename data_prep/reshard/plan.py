@@ -69,8 +69,10 @@ class ReshardOptions:
                 raise ReshardError(f"{name} must be > 0 (got {value})")
         if self.sample_rate is not None and self.sample_rate < 1000:
             raise ReshardError(f"sample_rate must be at least 1000 Hz (got {self.sample_rate})")
-        if self.ranks < 1 or self.workers < 0 or self.io_threads < 1 or self.spill_gb <= 0:
-            raise ReshardError("ranks and io_threads must be >= 1, workers >= 0, spill_gb > 0")
+        for name, ok, rule in (("ranks", self.ranks >= 1, ">= 1"), ("io_threads", self.io_threads >= 1, ">= 1"),
+                               ("workers", self.workers >= 0, ">= 0"), ("spill_gb", self.spill_gb > 0, "> 0")):
+            if not ok:
+                raise ReshardError(f"--{name.replace('_', '-')} must be {rule} (got {getattr(self, name)})")
         if self.seed < 0:
             raise ReshardError(f"seed must be >= 0 (got {self.seed})")
 

@@ -56,6 +56,8 @@ def cost(args) -> int:
     urls = args.runs or find_runs("runs")
     if not urls:
         raise UsageError("no runs under ./runs: give RUN_URL (a run dir or s3:// URL)")
+    for url in args.runs:
+        require_store(url)
     summaries = [summarize_run(u) for u in urls]
     if args.json:
         data = [s.to_dict() for s in summaries]
@@ -95,6 +97,8 @@ def require_store(url: str) -> None:
     """UsageError when there is nothing at `url`: a missing folder, or an S3 prefix with no objects."""
     from pipeline.storage.store import is_remote, open_store
 
+    if not is_remote(url) and Path(url).is_file():
+        raise UsageError(f"{url} is a file: give a run folder (or a folder of runs)")
     if not (open_store(url).list() if is_remote(url) else Path(url).is_dir()):
         raise UsageError(f"{url}: no such folder" if not is_remote(url) else f"{url}: nothing stored there")
 

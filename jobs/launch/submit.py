@@ -237,9 +237,15 @@ def project_dependencies(project: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------- jobs
+def dashboard_url(address: str) -> str:
+    """HOST:PORT as the http:// URL Ray's job client wants (a URL is kept as it is)."""
+    return address if "://" in address else f"http://{address}"
+
+
 def job_client(address: str):
     from ray.job_submission import JobSubmissionClient
 
+    address = dashboard_url(address)
     enable_token_auth()
     for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):
         logging.getLogger(name).setLevel(logging.WARNING)  # not the per-upload INFO lines (these set INFO themselves)
@@ -254,6 +260,7 @@ def job_client(address: str):
 def check_answers(address: str, timeout_s: float = 5.0) -> None:
     """A SubmitError within timeout_s when nothing answers HTTP at address: Ray's client has no
     timeout, so a firewalled port or a hung head would otherwise hang every command."""
+    address = dashboard_url(address)
     try:
         with urllib.request.urlopen(f"{address.rstrip('/')}/api/version", timeout=timeout_s):
             return
