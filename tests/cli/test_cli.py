@@ -105,3 +105,20 @@ def test_train_names_the_harmless_changes_it_accepts_on_resume(trained_run, caps
     assert main(["train", *words, "train.steps=3"]) == 0
     out = capsys.readouterr().out
     assert "changed on resume: train.steps 2 -> 3" in out and "finished at step 3" in out
+
+
+@pytest.mark.parametrize("words, says", [
+    (["demo", "--minutes", "-1"], "minutes must be > 0"),
+    (["cost", "TYPO"], "TYPO: no such folder"),
+    (["cost", "FILE"], "FILE is a file: give a run folder"),
+    (["reshard", "a", "b", "--ranks", "0"], "--ranks must be >= 1 (got 0)"),
+    (["reshard", "a", "b", "--spill-gb", "0"], "--spill-gb must be > 0 (got 0.0)"),
+    (["jobs", "ls", "--address", "127.0.0.1:9"], "its port 9 reachable"),
+])
+def test_a_mistake_is_one_line_naming_it_and_leaves_nothing_behind(words, says, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "FILE").write_text("")
+    assert main(words) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]
