@@ -40,7 +40,7 @@ examples:
   telucodec encode speech.wav speech.tcq --model models/tiny
   telucodec cost runs/tiny
   telucodec cluster up --local
-  telucodec submit --local tiny data.url=demo_out/data-r2 train.steps=50
+  telucodec submit --local tiny data.url=demo_out/data-r2 train.eval_url=demo_out/data train.eval_split=test train.steps=50
   telucodec jobs status te-20261124-101500-1a2b-3c4d5e
   telucodec config show gpu prep.sample_rate=24000
 

@@ -98,7 +98,7 @@ def register_submit(sub) -> None:
                        "cluster with its own credentials). Prints `job: ID`, "
                        "the dashboard URL and the W&B run URL.",
                        epilog="examples:\n"
-                       "  telucodec submit --local configs/tiny.yaml data.url=demo_out/data-r2 train.steps=50\n"
+                       "  telucodec submit --local configs/tiny.yaml data.url=demo_out/data-r2 train.eval_url=demo_out/data train.eval_split=test train.steps=50\n"
                        "  telucodec submit --address http://HEAD:8265 --runs s3://b/runs configs/gpu.yaml \\\n"
                        "      data.url=s3://b/te-r8 train.workers=8\n"
                        "  telucodec submit --address http://HEAD:8265 --runs s3://b/runs --run te-20261124-101500-1a2b "

@@ -103,22 +103,40 @@ def require_store(url: str) -> None:
         raise UsageError(f"{url}: no such folder" if not is_remote(url) else f"{url}: nothing stored there")
 
 
-def cost_table(summaries, title: str) -> Table:
-    """One row per run (RunCost), and a total row when there are several."""
+def cost_table(summaries, title: str, width: int | None = None) -> Table:
+    """One row per run (RunCost), and a total row when there are several. Run names never wrap:
+    where the terminal (`width`) is too narrow, columns that are all zero go first, then $/dB,
+    best SNR and restarts (`telucodec cost --json` has every figure)."""
     from rich import box
 
+    rows = [[s.name, s.status, s.totals.gpu_hours, s.totals.worker_hours, s.totals.usd, s.totals.restarts,
+             s.totals.wasted_gpu_hours, s.totals.wasted_worker_hours, s.best_snr, s.usd_per_db] for s in summaries]
+    if len(rows) > 1:
+        rows.append(["total", ""] + [sum(r[i] for r in rows) for i in range(2, 8)] + [None, None])
+    header = ["run", "status", "GPU\nhours", "worker\nhours", "$", "restarts", "wasted\nGPU-h", "wasted\nworker-h",
+              "best val\nSNR dB", "$/dB"]
+
+    def text(i: int, v) -> str:
+        if i < 2:
+            return v
+        if i == 5:
+            return str(v)
+        return cell(v, 2) if i == 8 else ("-" if v is None else amount(v))
+
+    cells = [[text(i, v) for i, v in enumerate(r)] for r in rows]
+    widths = [max([len(line) for line in header[i].split("\n")] + [len(c[i]) for c in cells]) for i in range(len(header))]
+    keep = list(range(len(header)))
+    all_zero = [i for i in (2, 6, 3, 7) if all(not r[i] for r in rows)]
+    for i in [*all_zero, 9, 8, 5, 6, 2]:
+        if sum(widths[k] for k in keep) + 3 * len(keep) <= (width or console.width):
+            break
+        if i in keep:
+            keep.remove(i)
     table = Table(title=title, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
-    for col in ("run", "status", "GPU\nhours", "worker\nhours", "$", "restarts", "wasted\nGPU-h", "best val\nSNR dB",
-                "$/dB"):
-        table.add_column(col, justify="left" if col in ("run", "status") else "right", overflow="fold")
-    for s in summaries:
-        t = s.totals
-        table.add_row(s.name, s.status, amount(t.gpu_hours), amount(t.worker_hours), amount(t.usd),
-                      str(t.restarts), amount(t.wasted_gpu_hours), cell(s.best_snr, 2),
-                      "-" if s.usd_per_db is None else amount(s.usd_per_db))
-    if len(summaries) > 1:
-        totals = [sum(getattr(s.totals, k) for s in summaries)
-                  for k in ("gpu_hours", "worker_hours", "usd", "restarts", "wasted_gpu_hours")]
-        table.add_section()
-        table.add_row("total", "", *(amount(v) for v in totals[:3]), str(totals[3]), amount(totals[4]), "", "")
+    for i in keep:
+        table.add_column(header[i], justify="left" if i < 2 else "right", no_wrap=True)
+    for n, c in enumerate(cells):
+        if len(rows) > 1 and n == len(rows) - 1:
+            table.add_section()
+        table.add_row(*(c[i] for i in keep))
     return table

@@ -22,6 +22,7 @@ from pathlib import Path
 from jobs.launch import credentials
 from jobs.launch.ray_internals import available_per_node, quiet_train_report_log, refresh_train_node_view
 from pipeline.config import Config, ConfigError, TrainConfig, from_dict, to_dict, with_absolute_paths
+from pipeline.errors import TelucodecError
 from pipeline.runs.rundir import RUN_ENDS, RunDir, cancel_on_sigterm
 from pipeline.storage.store import is_remote
 from pipeline.training.loop import RunContext, TrainResult
@@ -68,6 +69,10 @@ class RayRunContext(RunContext):
                       f"checkpointing at this step", flush=True)
         return self.watcher.poll() is not None or self.ray_notice is not None
 
+    def crashed(self, step: int, error: BaseException) -> None:
+        lines = str(error).strip().splitlines()
+        RunDir(self.cfg.run.dir).record_crash(step, f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": "))
+
     def after_checkpoint(self, step: int, metrics: dict, checkpoints) -> None:
         import ray.train
 
@@ -94,6 +99,13 @@ def train_worker(config: dict) -> None:
     torch.set_num_threads(max(1, cfg.train.cpus_per_worker))
     quiet_train_report_log()
     from pipeline.training.loop import train
+
+    run = RunDir(cfg.run.dir)
+    if (repeat := run.repeated_crash()) is not None:  # a restart would only fail the same way again
+        if ray.train.get_context().get_world_rank() == 0:
+            run.events.append({"event": "failed", "step": repeat["step"], "error": repeat["error"]})
+            run.flush()
+        return
 
     ctx = RayRunContext(cfg)
     result = train(cfg, ctx=ctx)
@@ -130,6 +142,11 @@ def train_job(cfg: Config, resume: str = "auto", say=print) -> TrainResult:
 
     if not cfg.data.url:
         raise ConfigError("no dataset: give data.url=URL (a folder or s3:// prefix made by `telucodec prep`)")
+    from pipeline.evaluation.clips import require_split
+    from pipeline.storage.shards import load_index
+
+    eval_url = cfg.train.eval_url or cfg.data.url
+    require_split(load_index(eval_url), eval_url, cfg.train.eval_split)  # before any worker starts
     for line in check_resume(cfg, resume):
         say(line)
     say(f"run {cfg.run.dir}: {cfg.model.n_codebooks} codebooks x {cfg.model.codebook_size} -> "
@@ -177,6 +194,7 @@ def fit_until_done(cfg: Config) -> TrainResult:
     storage_path, name = storage_for(cfg.run.dir)
     resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}
     watch = CapacityWatch(cfg, resources)
+    RunDir(cfg.run.dir).clear_crashes()  # a new driver: an earlier job's crashes (before a fix) do not count
     while True:
         trainer = TorchTrainer(
             train_worker,
@@ -192,10 +210,17 @@ def fit_until_done(cfg: Config) -> TrainResult:
                                  # quiet_train_report_log() on the worker as well.
                                  logging_config=LoggingConfig(log_level="WARNING")),
         )
-        with watch:
-            trainer.fit()
+        try:
+            with watch:
+                trainer.fit()
+        except Exception:  # Ray gave up (train.max_failures): say why in one line if it was one error twice
+            if (repeat := RunDir(cfg.run.dir).repeated_crash()) is not None:
+                raise TrainingFailed(failed_message(repeat)) from None
+            raise
         run = RunDir(cfg.run.dir)  # fresh: the workers wrote to the run's logs meanwhile
         status, step = final_status(run)
+        if status == "failed":
+            raise TrainingFailed(failed_message(run.repeated_crash() or {"step": step, "error": "?"}))
         reason = RUN_ENDS[status].restart_reason
         if reason and step < cfg.train.steps:  # cancelled and budget are final
             print(f"run stopped at step {step} ({reason}): restarting the worker group", flush=True)
@@ -297,6 +322,15 @@ def worker_range(train: TrainConfig) -> int | tuple[int, int]:
     if 0 < train.min_workers < train.workers:
         return train.min_workers, train.workers
     return train.workers
+
+
+class TrainingFailed(TelucodecError, RuntimeError):
+    """Two worker groups in a row failed at the same step with the same error; printed as one line."""
+
+
+def failed_message(crash: dict) -> str:
+    return (f"training failed at step {crash['step']} with the same error in two worker groups in a row "
+            f"(not retried again): {crash['error']}")
 
 
 def final_status(run: RunDir) -> tuple[str, int]:

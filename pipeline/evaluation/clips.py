@@ -9,11 +9,19 @@ from pipeline.storage.shards import DatasetError, iter_tar, load_index, sample_f
 from pipeline.storage.store import open_store
 
 
+def require_split(index, url: str, split: str) -> None:
+    """DatasetError naming the splits there are when `split` has no samples at `url`."""
+    if not index.split_shards(split):
+        raise DatasetError(f"{url}: no {split!r} split to evaluate on (it has: {', '.join(index.splits) or 'none'}); "
+                           f"set train.eval_split to one of those, or train.eval_url to a dataset with a {split} split")
+
+
 def load_eval_clips(url: str, split: str, n_clips: int, seconds: float, sample_rate: int) -> list[tuple[str, np.ndarray]]:
     """The first `n_clips` samples of a split (in shard order), each cut to `seconds`, at `sample_rate`:
-    [(key, [T])]. DatasetError when the split has none."""
+    [(key, [T])]. DatasetError when the split has none (require_split)."""
     store = open_store(url)
     index = load_index(store)
+    require_split(index, url, split)
     max_samples = int(round(seconds * index.sample_rate))
     clips = []
     for info in index.split_shards(split):
@@ -24,7 +32,4 @@ def load_eval_clips(url: str, split: str, n_clips: int, seconds: float, sample_r
                     break
         if len(clips) == n_clips:
             break
-    if not clips:
-        have = ", ".join(index.splits) or "none"
-        raise DatasetError(f"{url}: split {split!r} has no samples to evaluate (splits with samples: {have})")
     return [(key, resample(audio, index.sample_rate, sample_rate)) for key, audio in clips]

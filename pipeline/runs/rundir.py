@@ -79,6 +79,8 @@ class JsonlLog:
 
 CANCEL_REQUEST = "control/cancel.json"
 GROW_REQUEST = "control/grow.json"
+CRASHES = "control/crashes/"
+"""Rank 0's record of each worker group that crashed: step and error (RunDir.record_crash)."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,8 @@ RUN_ENDS = {end.status: end for end in (
     RunEnd("budget", "budget", "budget reached ({reason}): checkpoint at step {step} saved, exiting", for_good=True),
     RunEnd("cancelled", "cancelled", "run cancelled: checkpoint at step {step} saved, exiting", for_good=True),
     RunEnd("crashed", "crashed", in_events=False),
+    RunEnd("failed", "failed", "the same error at step {step} in two worker groups in a row, not retried: {error}",
+           for_good=True),
 )}
 """Every way a worker group ends, by status: the one table of run ends."""
 RUN_END_BY_EVENT = {end.event: end for end in RUN_ENDS.values()}
@@ -153,6 +157,24 @@ class RunDir:
     def clear_grow_request(self) -> None:
         if self.store.exists(GROW_REQUEST):
             self.store.delete(GROW_REQUEST)
+
+    def record_crash(self, step: int, error: str) -> None:
+        """Rank 0's worker group ended with `error` at `step` (one record per group)."""
+        self.store.put_text(f"{CRASHES}{time.time():.6f}.json", json.dumps({"time": time.time(), "step": step,
+                                                                             "error": error}))
+
+    def repeated_crash(self) -> dict | None:
+        """The newest crash record when the group before it crashed at the same step with the same
+        error (a deterministic failure that a restart only repeats), else None."""
+        keys = sorted(o.key for o in self.store.list(CRASHES))[-2:]
+        records = [json.loads(self.store.get_text(key)) for key in keys]
+        if len(records) == 2 and (records[0]["step"], records[0]["error"]) == (records[1]["step"], records[1]["error"]):
+            return records[1]
+        return None
+
+    def clear_crashes(self) -> None:
+        """A new driver starts: crashes of an earlier job (before a fix) must not end it."""
+        self.store.delete_prefix(CRASHES)
 
     def clear_cancel_request(self) -> None:
         """A new driver starts: an old job's cancel request must not end it."""

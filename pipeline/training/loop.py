@@ -40,6 +40,9 @@ class RunContext:
     def after_checkpoint(self, step: int, metrics: dict, checkpoints: Checkpoints) -> None:
         """Called on every rank after each checkpoint (Ray reports it here)."""
 
+    def crashed(self, step: int, error: BaseException) -> None:
+        """Called on rank 0 when training raised (a launcher that restarts records it)."""
+
 
 @dataclass
 class TrainResult:
@@ -61,9 +64,11 @@ def train(cfg: Config, ctx: RunContext | None = None, accel=None) -> TrainResult
     duties.begin(state.step, saved)
     try:
         result = train_loop(state, accel, cfg, ctx, duties, ckpts)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(Exception):  # the ledger's last line; the original error is what matters
             duties.close("crashed", state.step)
+            if accel.is_main_process and isinstance(error, Exception):
+                ctx.crashed(state.step, error)
         raise
     duties.close(result.status, result.step)
     return result

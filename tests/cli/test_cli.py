@@ -122,3 +122,15 @@ def test_a_mistake_is_one_line_naming_it_and_leaves_nothing_behind(words, says, 
     err = capsys.readouterr().err.strip()
     assert says in err and len(err.splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]
+
+
+def test_a_dataset_without_the_eval_split_is_refused_before_training(tmp_path, capsys):
+    """The demo's train-only reshard as data.url, eval on its (missing) val split: one line naming
+    train.eval_split and train.eval_url and the splits there are, before any step (no run dir)."""
+    make_dataset(str(tmp_path / "train-only"), [4], sr=16000, seconds=0.3)
+    run = tmp_path / "run"
+    assert main(["train", "tiny", f"data.url={tmp_path / 'train-only'}", f"run.dir={run}", "train.workers=0",
+                 *OFF_CLOUD]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no 'val' split to evaluate on (it has: train)" in err and "train.eval_url" in err
+    assert len(err.splitlines()) == 1 and not run.exists()

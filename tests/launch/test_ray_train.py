@@ -132,3 +132,26 @@ def test_driver_rerun_resumes_and_new_name_starts_fresh(ray_local, dataset, tmp_
     train_on_ray(config(dataset, fresh, "train.steps=2", "train.checkpoint_every=2"))
     assert [e["event"] for e in RunDir(str(fresh)).events.read()][0] == "start"
     assert Checkpoints(str(fresh)).steps() == [2]
+
+
+def test_the_same_error_twice_fails_the_run_in_one_line_after_one_restart(ray_local, tmp_path):
+    """Every sample's FLAC bytes damaged after the index was written: every worker group fails at
+    the same step with the same DataError. Ray restarts the group once; the second identical crash
+    ends the run with that error in one line, instead of using up train.max_failures."""
+    from jobs.launch.trainer import TrainingFailed
+    from pipeline.storage.shards import load_index
+
+    url = str(tmp_path / "ds")
+    make_dataset(url, [6, 6], sr=16000, seconds=0.3)
+    for shard in load_index(url).shards:
+        with open(tmp_path / "ds" / shard.name, "r+b") as f:
+            for r in shard.sample_ranges:
+                f.seek(r.flac_offset)
+                f.write(b"XXXX")
+    run = tmp_path / "run"
+    with pytest.raises(TrainingFailed, match=r"same error in two worker groups in a row .*DataError: .*no FLAC sample"):
+        train_on_ray(config(url, run, "train.steps=6", "train.max_failures=5"))
+    events = RunDir(str(run)).events.read()
+    assert [e["event"] for e in events].count("failed") == 1
+    crashes = sorted((run / "control" / "crashes").glob("*.json"))
+    assert len(crashes) == 2  # the first group and its one restart: max_failures (5) was not used up

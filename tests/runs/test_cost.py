@@ -192,3 +192,15 @@ def test_budget_stops_all_ranks_with_a_usable_checkpoint_and_no_restart(ray_loca
     ckpts = Checkpoints(str(run))
     assert ckpts.has_part(step, "rank1")  # both ranks stopped at the same step and saved
     assert ckpts.load(step, "train")["extra"]["cost"]["usd"] >= 12  # the totals live in the checkpoint
+
+
+def test_the_cost_table_shows_wasted_worker_hours_and_never_wraps_a_run_name(tmp_path, capsys):
+    name = "te-4k-g5-spot-2026-12-06-seed1"  # 30 characters: an 80-column table makes room for it
+    log = RunDir(str(tmp_path / name)).log("ledger.jsonl")
+    log.append({"time": time.time() - 60, "event": "start", "step": 0, "worker_hours": 0.0, "usd": 0.0})
+    log.append({"time": time.time(), "event": "finished", "step": 9, "worker_hours": 1.5, "gpu_hours": 0.0,
+                "usd": 0.0, "restarts": 1, "wasted_worker_hours": 0.25})
+    assert main(["runs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "wasted" in out and "worker-h" in out and "0.2500" in out
+    assert any(name in line for line in out.splitlines()), out  # on one line, whole
