@@ -366,6 +366,10 @@ class TrainConfig:
     """Val metric that picks the `best` checkpoint: pesq (PESQ-WB), stoi, mel_distance (lower is
     better), si_sdr or snr (v1.yaml; adversarial training trades SNR away on purpose, so it would keep an
     early, muffled checkpoint)."""
+    health_alarm_step: int = 1000
+    """Health problems at evals (collapsing output range, negative SNR) are warnings, W&B alerts and
+    ledger lines from this step on; before it they are notes in the log and events.jsonl (a young
+    codec passes through those states)."""
     max_nonfinite: int = 5
     """This many non-finite steps in a row roll back to the last checkpoint."""
     rollback_lr_factor: float = 0.5
@@ -418,6 +422,7 @@ class TrainConfig:
         _check(self.checkpoint_minutes > 0, "train.checkpoint_minutes", "must be > 0")
         _check(0 < self.rollback_lr_factor <= 1, "train.rollback_lr_factor", "must be in (0, 1]")
         _check(self.max_failures >= 0, "train.max_failures", "must be >= 0")
+        _check(self.health_alarm_step >= 0, "train.health_alarm_step", "must be >= 0")
         _check(self.seed >= 0, "train.seed", "must be >= 0")
         _check(self.progress_seconds >= 0, "train.progress_seconds", "must be >= 0")
         _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")

@@ -78,6 +78,7 @@ RESUME_RULES: dict[str, str] = {
     "train.keep_checkpoints": HARMLESS,
     "train.best_metric": HARMLESS,  # the next eval that beats best.json's metric takes its place
     "train.max_nonfinite": HARMLESS,
+    "train.health_alarm_step": HARMLESS,
     "train.rollback_lr_factor": HARMLESS,  # the rollbacks so far stay in the checkpoint's lr_scale
     # Another world size resumes exactly: weights and optimizer load on every rank, the global batch
     # at each step is the same on any number of ranks (each takes a block of its rows), and so is

@@ -17,6 +17,7 @@ evals), after first downloading what an earlier process left, so a resumed run k
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import os
@@ -31,6 +32,11 @@ from pipeline.storage.store import LocalStore, Store, StoreError, open_store
 
 def cache_dir() -> Path:
     return Path(os.environ.get("TELUCODEC_CACHE", Path.home() / ".cache" / "telucodec"))
+
+
+def local_time(epoch: float) -> str:
+    """An epoch time as local ISO 8601 with its offset, to the second: 2026-12-06T10:15:02+05:30."""
+    return datetime.datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
 
 
 class JsonlLog:
@@ -56,8 +62,11 @@ class JsonlLog:
         self._synced = True
 
     def append(self, record: dict) -> None:
+        """One JSON line; `time` (epoch seconds, for tools) defaults to now, `at` is the same moment as a
+        local ISO time (for people)."""
         self._sync_down()
-        record = {"time": round(time.time(), 3), **record}
+        when = record.get("time", round(time.time(), 3))
+        record = {"time": when, "at": local_time(when), **{k: v for k, v in record.items() if k != "time"}}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False, default=float) + "\n")
 

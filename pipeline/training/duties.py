@@ -132,8 +132,14 @@ class MainProcessDuties(RankDuties):
               f"range ratio {ev['val/range_ratio']:.2f}, mel distance {ev['val/mel_distance']:.3f}{perceptual}",
               flush=True)
         for problem in health_problems(ev, step, self.cfg):
-            self.warn(f"step {step}: {problem}", {"event": "health", "step": step, "problem": problem,
-                                                  "val/snr": ev["val/snr"], "val/range_ratio": ev["val/range_ratio"]})
+            record = {"event": "health", "step": step, "problem": problem, "val/snr": ev["val/snr"],
+                      "val/range_ratio": ev["val/range_ratio"]}
+            if step < self.cfg.train.health_alarm_step:  # a young codec passes through these states
+                print(f"note: step {step}: {problem} (usual this early; an alarm from step "
+                      f"{self.cfg.train.health_alarm_step} on)", flush=True)
+                self.run.events.append({**record, "alarm": False})
+            else:
+                self.warn(f"step {step}: {problem}", record)
         return ev
 
     def warn(self, text: str, record: dict) -> None:

@@ -61,3 +61,19 @@ def test_progress_line_format_on_gpu():
     spent = CostTotals(worker_hours=0.53, gpu_hours=0.53, usd=1.62)
     assert progress_line(1200, 20000, metrics, spent, gpu=True) == (
         "step 1200/20000  loss 3.412  2.41 steps/s  77.1 audio-s/s  ETA 2h10m  0.53 GPU-h  $1.62")
+
+
+@pytest.mark.parametrize("alarm_step, alarmed", [(1000, False), (0, True)])
+def test_a_health_problem_before_health_alarm_step_is_a_note_not_an_alarm(dataset, tmp_path, capsys, alarm_step,
+                                                                         alarmed):
+    """A codec two steps old has a collapsed output range: a note (events.jsonl, alarm false; no
+    WARNING, no ledger line) until train.health_alarm_step, a WARNING from there on."""
+    run = tmp_path / "run"
+    train_tiny(dataset, run, "train.steps=2", "train.warmup_steps=1", "train.eval_every=2",
+               f"train.health_alarm_step={alarm_step}", "loss.weights={mel: 1.0, snr: 0.0, level: 0.0}")
+    out = capsys.readouterr().out
+    health = [e for e in RunDir(str(run)).events.read() if e["event"] == "health"]
+    ledger = [r for r in RunDir(str(run)).log("ledger.jsonl").read() if r["event"] == "health"]
+    assert health, "no health problem at step 2: the test shows nothing"
+    assert ("WARNING step 2:" in out) == alarmed and ("note: step 2:" in out) == (not alarmed)
+    assert all(e.get("alarm", True) == alarmed for e in health) and bool(ledger) == alarmed
