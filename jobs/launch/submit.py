@@ -173,6 +173,8 @@ def submit(address: str, cfg: Config, *, run: str = "", runs_root: str = "runs",
     run_id = prior_id or "".join(c if c.isalnum() or c in "-_" else "-" for c in run)
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=run_dir, name=run),
                               tracking=dataclasses.replace(cfg.tracking, run_id=run_id))
+    check_reachable(run_dir, "the run dir", strict=forward)  # before anything is uploaded or submitted
+    check_reachable(cfg.data.url, "data.url", strict=forward, dataset=True)
     env_secrets = secrets_from_env() if forward else {}
     env_vars = {k: os.environ[k] for k in PLAIN_VARS if os.environ.get(k)}
     env_vars.update({"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S), "PYTHONUNBUFFERED": "1"})
@@ -211,6 +213,26 @@ def submit_when_ready(client, wait_s: float = 60.0, **job) -> None:
             if "No available agent" not in str(e) or time.time() > deadline:
                 raise
         time.sleep(1.0)
+
+
+def check_reachable(url: str, what: str, strict: bool, dataset: bool = False) -> None:
+    """SubmitError when an s3:// URL the job needs is not there: a bucket that does not exist always;
+    with `strict` (the job uses this machine's credentials) also a store it cannot read, or a
+    dataset without index.json. Without `strict` the cluster's own credentials may reach what this
+    machine cannot, so only the missing bucket is certain."""
+    from pipeline.storage.shards import load_index
+    from pipeline.storage.store import open_store
+
+    if not is_remote(url):
+        return
+    try:
+        open_store(url).list("index.json")  # a missing bucket shows here, whatever the credentials
+        if dataset:
+            load_index(url)
+    except Exception as e:  # noqa: BLE001 - the store's, botocore's or the index's own one-line reasons
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if strict or "no such bucket" in reason.lower() or "NoSuchBucket" in reason:
+            raise SubmitError(f"{what} {url} is not reachable from here ({reason}); nothing was submitted") from None
 
 
 def earlier_run(run_dir: str) -> tuple[bool, str | None]:

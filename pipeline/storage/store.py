@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import mmap
 import os
 import shutil
@@ -476,6 +477,9 @@ def s3_client():
     import boto3
     from botocore.config import Config
 
+    # "Found credentials in environment variables" at INFO, from every process that makes a client:
+    # a job log would carry it once per worker.
+    logging.getLogger("botocore.credentials").setLevel(logging.WARNING)
     # Checksums only when required: boto3's newer default (trailing CRC checksums on every PUT)
     # is refused by several S3-compatible stores (R2, GCS interop, older MinIO).
     config = Config(retries={"mode": "standard", "max_attempts": 8},
