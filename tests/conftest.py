@@ -1,9 +1,22 @@
-"""Shared fixtures: a real S3-compatible server (moto's, run_fixtures.MotoS3) on 127.0.0.1."""
+"""Shared fixtures: a real S3-compatible server (moto's, run_fixtures.MotoS3) on 127.0.0.1; and the
+one rule for running the suite on two processes (`make test`: pytest-xdist, --dist loadgroup)."""
 
 import os
 import uuid
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent
+ONE_AT_A_TIME = ("launch/", "training/test_tracking.py", "runs/test_cost.py", "cli/test_demo.py", "test_gpu_check.py")
+"""Tests that start Ray (test_submit's `ray stop` ends every Ray process on the machine) or time
+themselves against a budget: one xdist worker runs them in turn while the other runs the rest."""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if Path(item.path).resolve().relative_to(ROOT).as_posix().startswith(ONE_AT_A_TIME):
+            item.add_marker(pytest.mark.xdist_group("one-at-a-time"))
 
 # Tests never talk to W&B's servers: every run they start is an offline run.
 os.environ.setdefault("WANDB_MODE", "offline")
