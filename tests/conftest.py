@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent
-ONE_AT_A_TIME = ("launch/", "training/test_tracking.py", "runs/test_cost.py", "cli/test_demo.py", "test_gpu_check.py")
-"""Tests that start Ray (test_submit's `ray stop` ends every Ray process on the machine) or time
-themselves against a budget: one xdist worker runs them in turn while the other runs the rest."""
+ONE_AT_A_TIME = ("launch/", "training/test_tracking.py", "runs/test_cost.py", "cli/test_demo.py")
+"""Tests that start Ray (test_submit's `ray stop` ends every Ray process on the machine): one xdist
+worker runs them in turn while the other runs the rest."""
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if Path(item.path).resolve().relative_to(ROOT).as_posix().startswith(ONE_AT_A_TIME):

@@ -71,7 +71,8 @@ class RayRunContext(RunContext):
 
     def crashed(self, step: int, error: BaseException) -> None:
         lines = str(error).strip().splitlines()
-        RunDir(self.cfg.run.dir).record_crash(step, f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": "))
+        RunDir(self.cfg.run.dir).record_crash(self.rank, step,
+                                              f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": "))
 
     def after_checkpoint(self, step: int, metrics: dict, checkpoints) -> None:
         import ray.train
@@ -145,10 +146,10 @@ def train_job(cfg: Config, resume: str = "auto", say=print) -> TrainResult:
     from pipeline.evaluation.clips import require_split
     from pipeline.storage.shards import load_index
 
-    eval_url = cfg.train.eval_url or cfg.data.url
-    require_split(load_index(eval_url), eval_url, cfg.train.eval_split)  # before any worker starts
     for line in check_resume(cfg, resume):
         say(line)
+    eval_url = cfg.train.eval_url or cfg.data.url
+    require_split(load_index(eval_url), eval_url, cfg.train.eval_split)  # before any worker starts
     say(f"run {cfg.run.dir}: {cfg.model.n_codebooks} codebooks x {cfg.model.codebook_size} -> "
         f"{cfg.model.bitrate() / 1000:.2f} kbps at {cfg.model.sample_rate} Hz, "
         f"{cfg.train.steps} steps, {max(cfg.train.workers, 1)} worker(s)")

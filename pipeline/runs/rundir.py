@@ -89,7 +89,7 @@ class JsonlLog:
 CANCEL_REQUEST = "control/cancel.json"
 GROW_REQUEST = "control/grow.json"
 CRASHES = "control/crashes/"
-"""Rank 0's record of each worker group that crashed: step and error (RunDir.record_crash)."""
+"""Each rank's record of each crash: step and error (RunDir.record_crash), under rankN/."""
 
 
 @dataclass(frozen=True)
@@ -167,18 +167,21 @@ class RunDir:
         if self.store.exists(GROW_REQUEST):
             self.store.delete(GROW_REQUEST)
 
-    def record_crash(self, step: int, error: str) -> None:
-        """Rank 0's worker group ended with `error` at `step` (one record per group)."""
-        self.store.put_text(f"{CRASHES}{time.time():.6f}.json", json.dumps({"time": time.time(), "step": step,
-                                                                             "error": error}))
+    def record_crash(self, rank: int, step: int, error: str) -> None:
+        """Rank `rank`'s training ended with `error` at `step` (a rank crashes at most once per group)."""
+        self.store.put_text(f"{CRASHES}rank{rank}/{time.time():.6f}.json",
+                            json.dumps({"time": time.time(), "rank": rank, "step": step, "error": error}))
 
     def repeated_crash(self) -> dict | None:
-        """The newest crash record when the group before it crashed at the same step with the same
-        error (a deterministic failure that a restart only repeats), else None."""
-        keys = sorted(o.key for o in self.store.list(CRASHES))[-2:]
-        records = [json.loads(self.store.get_text(key)) for key in keys]
-        if len(records) == 2 and (records[0]["step"], records[0]["error"]) == (records[1]["step"], records[1]["error"]):
-            return records[1]
+        """A rank's newest crash record when its crash before (in an earlier worker group) was at the
+        same step with the same error: a deterministic failure that a restart only repeats. None else."""
+        by_rank: dict[str, list[str]] = {}
+        for o in self.store.list(CRASHES):
+            by_rank.setdefault(o.key.rsplit("/", 1)[0], []).append(o.key)
+        for keys in by_rank.values():
+            records = [json.loads(self.store.get_text(key)) for key in sorted(keys)[-2:]]
+            if len(records) == 2 and (records[0]["step"], records[0]["error"]) == (records[1]["step"], records[1]["error"]):
+                return records[1]
         return None
 
     def clear_crashes(self) -> None:

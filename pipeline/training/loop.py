@@ -41,7 +41,7 @@ class RunContext:
         """Called on every rank after each checkpoint (Ray reports it here)."""
 
     def crashed(self, step: int, error: BaseException) -> None:
-        """Called on rank 0 when training raised (a launcher that restarts records it)."""
+        """Called on the rank whose training raised (a launcher that restarts records it)."""
 
 
 @dataclass
@@ -67,7 +67,7 @@ def train(cfg: Config, ctx: RunContext | None = None, accel=None) -> TrainResult
     except BaseException as error:
         with contextlib.suppress(Exception):  # the ledger's last line; the original error is what matters
             duties.close("crashed", state.step)
-            if accel.is_main_process and isinstance(error, Exception):
+            if isinstance(error, Exception):
                 ctx.crashed(state.step, error)
         raise
     duties.close(result.status, result.step)

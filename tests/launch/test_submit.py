@@ -225,7 +225,7 @@ def test_submitted_job_reads_s3_with_forwarded_credentials_and_leaves_no_trace(h
     wait_for(lambda: state_word(client.get_job_status(snoop)) in ("SUCCEEDED", "FAILED", "STOPPED"))
     snooped = client.get_job_logs(snoop)
     assert "files copied" in snooped and "package: None" in snooped, snooped
-    assert (copy / "pipeline" / "train.py").is_file()  # the first job's project, as a second job sees it
+    assert (copy / "pipeline" / "training" / "loop.py").is_file()  # the first job's project, as a second job sees it
     assert values_found_under(str(copy), (FAKE_KEY, FAKE_SECRET)) == []
 
     # Nothing on disk under Ray's dirs, nothing in the cluster's package store, holds a value.

@@ -76,6 +76,7 @@ def killed_run(tmp_path_factory):
         cfg = load_config(["configs/base.yaml"], [f"data.url={data}", f"run.dir={run}", *TINY, "train.steps=14",
                                                   "train.checkpoint_every=4", "train.eval_every=5",
                                                   "cost.usd_per_hour=3.6", "cost.heartbeat_seconds=1",
+                                                  "train.health_alarm_step=0",  # health problems are alerts
                                                   "train.debug_worker_records=true"])
         began = time.time()
         result = train_on_ray(cfg)
