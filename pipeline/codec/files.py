@@ -112,7 +112,11 @@ def named(path: str | Path):
     try:
         yield
     except AudioError as e:
-        raise AudioError(f"{path}: {e}") from None
+        hint = ""
+        if path == "stdin" and "header promises" in str(e):
+            hint = ("; a WAV streamed into a pipe (by sox, ffmpeg, ...) carries a placeholder length: "
+                    "pipe FLAC instead (sox IN.wav -t flac - | telucodec encode - OUT.tcq ...) or give the file")
+        raise AudioError(f"{path}: {e}{hint}") from None
 
 
 class ClippedBlocks:

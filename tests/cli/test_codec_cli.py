@@ -261,6 +261,16 @@ def test_bad_stdin_is_one_line_and_leaves_stdout_empty(checkpoint):
     assert err.startswith("telucodec: error: stdin: cannot decode") and "\n" not in err
 
 
+def test_a_wav_streamed_with_a_placeholder_length_gets_the_hint_to_pipe_flac(checkpoint):
+    """What `sox in.wav -t wav - | telucodec encode - ...` sends: a header promising 0x7ffff000 bytes."""
+    pcm = (tone(0.5, 16000) * 32767).astype("<i2").tobytes()
+    header = (b"RIFF" + struct.pack("<I", 0x7ffff024) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
+              + b"data" + struct.pack("<I", 0x7ffff000))
+    done = telucodec_piped(["encode", "-", "-", "--checkpoint", checkpoint], header + pcm)
+    err = done.stderr.decode().strip()
+    assert done.returncode == 2 and "header promises" in err and "pipe FLAC instead" in err and "\n" not in err
+
+
 def test_format_is_for_folders_and_stdout_and_a_folder_needs_an_output_folder(checkpoint, good_tcq, tmp_path,
                                                                               capsys):
     err = run_error(["decode", str(good_tcq), str(tmp_path / "o.wav"), "--format", "flac", "--checkpoint",
