@@ -3,8 +3,6 @@ dataset in a bucket that does not exist, and (when the job would use this machin
 prefix that holds no dataset. The address answers nothing, so reaching the cluster would fail
 differently: these errors prove the check ran first."""
 
-import pytest
-
 from audio_fixtures import make_dataset
 from jobs.cli import main
 from run_fixtures import OFF_CLOUD
