@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent
-ONE_AT_A_TIME = ("launch/", "training/test_tracking.py", "runs/test_cost.py", "cli/test_demo.py")
-"""Tests that start Ray (test_submit's `ray stop` ends every Ray process on the machine): one xdist
-worker runs them in turn while the other runs the rest."""
+SHARED_HEAD = ("launch/test_submit.py",)
+"""Tests that share one local Ray head (a module fixture): one xdist worker runs them in turn; every
+other test goes to whichever worker is free (each Ray test starts and stops a Ray instance of its own)."""
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if Path(item.path).resolve().relative_to(ROOT).as_posix().startswith(ONE_AT_A_TIME):
-            item.add_marker(pytest.mark.xdist_group("one-at-a-time"))
+        if Path(item.path).resolve().relative_to(ROOT).as_posix().startswith(SHARED_HEAD):
+            item.add_marker(pytest.mark.xdist_group("shared-head"))
 
 # Tests never talk to W&B's servers: every run they start is an offline run.
 os.environ.setdefault("WANDB_MODE", "offline")

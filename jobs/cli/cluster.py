@@ -242,8 +242,9 @@ def jobs_stop(args) -> int:
 def register_cluster(sub) -> None:
     s = sub.add_parser("cluster", help="start or stop a local Ray head (for users without a cluster)",
                        description="`up --local` starts a Ray head on 127.0.0.1 with its dashboard on port 8265 "
-                       "(TELUCODEC_LOCAL_RAY_PORT), or reuses the one there; `down --local` runs `ray stop`, "
-                       "which ends every Ray process this user started on this machine. For cloud clusters "
+                       "(TELUCODEC_LOCAL_RAY_PORT), or reuses the one there; `down --local` stops the head "
+                       "`up` started (other Ray work of yours lives on; a head started by hand gets `ray stop`). "
+                       "For cloud clusters "
                        "use `ray up jobs/clusters/aws-spot.yaml`.",
                        epilog="examples:\n  telucodec cluster up --local\n  telucodec cluster down --local",
                        formatter_class=FORMATTER)
@@ -264,7 +265,6 @@ def cluster(args) -> int:
         console.print(f"{'started' if started else 'reusing'} local Ray head: dashboard {address}", highlight=False)
         console.print("submit with: telucodec submit --local CONFIG.yaml data.url=...", highlight=False)
     else:
-        local_head_down()
-        console.print(f"stopped the local Ray head ({local_address()}) and other Ray processes of this user",
-                      highlight=False)
+        what = local_head_down()
+        console.print(f"stopped the local Ray head ({local_address()}): {what}", highlight=False)
     return 0

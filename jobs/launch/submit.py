@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -438,10 +440,16 @@ def local_head_up(cpus: int | None = None, timeout_s: float = 90.0) -> tuple[str
     cmd = [ray_command(), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(free_port()),
            "--dashboard-host", "127.0.0.1", "--dashboard-port", port, "--include-dashboard", "true",
            "--num-cpus", str(cpus), "--disable-usage-stats"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["?"]
+    # A session of its own: every process of this head (and of its workers) shares one process group,
+    # which `cluster down --local` ends without touching other Ray instances of this user.
+    starter = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    out, err = starter.communicate()
+    if starter.returncode != 0:
+        last = (err.strip() or out.strip()).splitlines()[-1:] or ["?"]
         raise SubmitError(f"`ray start --head` failed: {last[0]}")
+    head_record(port).parent.mkdir(parents=True, exist_ok=True)
+    head_record(port).write_text(json.dumps({"pgid": starter.pid}))
     deadline = time.time() + timeout_s
     while not dashboard_up(address):
         if time.time() > deadline:
@@ -451,11 +459,50 @@ def local_head_up(cpus: int | None = None, timeout_s: float = 90.0) -> tuple[str
     return address, True
 
 
-def local_head_down() -> None:
-    """`ray stop`: ends the Ray processes this user started on this machine with `ray start`."""
+def head_record(port: str) -> Path:
+    """Where `cluster up --local` notes the process group of the head it started on this dashboard port."""
+    return Path(tempfile.gettempdir()) / "telucodec" / f"local-head-{port}.json"
+
+
+def local_head_down(grace_s: float = 5.0) -> str:
+    """Stop the local head: the process group `local_head_up` started (other Ray instances of this user
+    live on), or, for a head started by hand, `ray stop` (every Ray process of this user). Says which."""
+    record = head_record(local_address().rsplit(":", 1)[1])
+    pgid = json.loads(record.read_text())["pgid"] if record.exists() else None
+    if pgid is not None and group_alive(pgid):
+        os.killpg(pgid, signal.SIGTERM)
+        deadline = time.time() + grace_s
+        while group_alive(pgid) and time.time() < deadline:
+            time.sleep(0.2)
+        if group_alive(pgid):  # the GCS and the raylet take their time over SIGTERM, as under `ray stop`
+            os.killpg(pgid, signal.SIGKILL)
+            while group_alive(pgid) and time.time() < deadline + grace_s:
+                time.sleep(0.2)
+        record.unlink(missing_ok=True)
+        return "the head it started"
+    record.unlink(missing_ok=True)
     done = subprocess.run([ray_command(), "stop"], capture_output=True, text=True)
     if done.returncode != 0:
         raise SubmitError(f"`ray stop` failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+    return "every Ray process of this user (`ray stop`)"
+
+
+def group_alive(pgid: int) -> bool:
+    """Some process of the group still runs (zombies, which a container's init may never reap, aside)."""
+    if not Path("/proc/self/stat").exists():  # macOS: no /proc; a zombie counts there
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue  # the process ended while read
+        if int(group) == pgid and state != "Z":
+            return True
+    return False
 
 
 def free_port() -> int:

@@ -371,3 +371,29 @@ def test_sigterm_to_an_in_process_run_cancels_it_with_a_checkpoint_and_no_bill_f
     assert main(["train", *args, f"train.steps={events[-1]['step'] + 1}"]) == 0
     resumed = next(r for r in RunDir(str(run)).log("ledger.jsonl").read() if r["event"] in ("resumed", "restarted"))
     assert resumed["event"] == "resumed" and resumed["gap_s"] == 0 and resumed["restarts"] == 0
+
+
+def test_cluster_down_stops_only_the_head_up_started(tmp_path, monkeypatch, capsys):
+    """Other Ray work of the same user (here a local instance in this process) lives on."""
+    import ray
+
+    from jobs.launch.submit import dashboard_up, free_port, group_alive, head_record
+
+    port = str(free_port())
+    monkeypatch.setenv("TELUCODEC_LOCAL_RAY_PORT", port)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        assert main(["cluster", "up", "--local", "--cpus", "1"]) == 0
+        pgid = json.loads(head_record(port).read_text())["pgid"]
+        assert main(["cluster", "down", "--local"]) == 0
+        assert "the head it started" in capsys.readouterr().out
+        assert not dashboard_up(f"http://127.0.0.1:{port}") and not head_record(port).exists()
+        assert not group_alive(pgid)  # every process of the head is gone
+
+        @ray.remote
+        def alive() -> int:
+            return 7
+
+        assert ray.get(alive.remote(), timeout=60) == 7
+    finally:
+        ray.shutdown()
