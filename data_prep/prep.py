@@ -18,6 +18,7 @@ shard whose hash still matches and carries on from there; `index.json` is writte
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import tempfile
@@ -26,15 +27,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from data_prep.dataset_job import DatasetJob, DatasetProgress, RunRecords, claim_destination, ordered_map
-from data_prep.prep_file import FileJob, ItemResult, process_item, worker_died
-from data_prep.sources import SourceError, SourceItem, file_identity, printable, scan_sources
+from data_prep.prep_file import FileJob, ItemResult, process_job, worker_died
+from data_prep.sources import SourceError, SourceItem, batch_key, file_identity, printable, scan_sources
 from pipeline.config import PrepConfig, to_dict
 from pipeline.errors import TelucodecError
 from pipeline.storage.shards import (SPLITS, DatasetIndex, ShardInfo, ShardWriter, load_index, parse_shard_name,
                              shard_matches, write_index)
-from pipeline.storage.store import Store, open_store
+from pipeline.storage.store import Store, is_remote, open_store
 
 REJECTS_NAME = "rejects.jsonl"
+BATCH_ITEMS = 32
+"""Most items of one container (parquet row group, tar.gz) one worker takes in one job."""
 
 
 class PrepError(TelucodecError, RuntimeError):
@@ -82,10 +85,11 @@ class PrepSummary:
 
 
 def run_prep(sources: list[str], out_url: str, cfg: PrepConfig, fmt: str = "auto",
-             overwrite: bool = False, progress: bool = True, allow_outside: bool = False) -> PrepSummary:
+             overwrite: bool = False, progress: bool = True, allow_outside: bool = False,
+             columns: dict[str, str] | None = None) -> PrepSummary:
     """Prep `sources` into a dataset at `out_url`; resumes an interrupted run of the same command."""
     try:
-        scan = scan_sources(sources, fmt, allow_outside)
+        scan = scan_sources(sources, fmt, allow_outside, columns)
     except SourceError as e:
         raise PrepError(str(e)) from None
     if not scan.items and not scan.rejects:
@@ -99,18 +103,35 @@ def run_prep(sources: list[str], out_url: str, cfg: PrepConfig, fmt: str = "auto
 
     state = {split: resume_split(records, split) for split in plan}
     resumed = sum(len(s.shards) for s in state.values())
-    todo = [(split, pos, item) for split, items in plan.items()
-            for pos, item in enumerate(items) if pos >= state[split].cursor[0]]
+    # In source order, each split's items still in their order: a container's items stay side by
+    # side for one worker to read together, and each split's shards come out as they always do.
+    todo = sorted(((split, pos, item) for split, items in plan.items()
+                   for pos, item in enumerate(items) if pos >= state[split].cursor[0]), key=lambda t: t[2].name)
     spill = tempfile.TemporaryDirectory(prefix="telucodec-prep-")  # long files' segments, worker -> here
     with PrepProgress(len(todo), enabled=progress) as bar, spill:
-        jobs = [FileJob(item, cfg, spill.name) for _, _, item in todo]
+        batches = batched(todo)
+        jobs = [FileJob(tuple(item for _, _, item in batch), cfg, spill.name) for batch in batches]
         writers: dict[str, ShardWriter] = {}
-        with closing(ordered_map(process_item, jobs, cfg.workers, on_death=worker_died)) as results:
-            for (split, pos, item), result in zip(todo, results):
-                add_item_result(records, cfg, split, pos, item, result, state[split], writers, bar)
+        with closing(ordered_map(process_job, jobs, cfg.workers, on_death=worker_died)) as results:
+            for batch, batch_results in zip(batches, results):
+                for (split, pos, item), result in zip(batch, batch_results):
+                    add_item_result(records, cfg, split, pos, item, result, state[split], writers, bar)
         for split, writer in writers.items():
             close_shard(records, writer, state[split], bar)
     return finish(records, state, scan.rejects, cfg, sources, resumed)
+
+
+def batched(todo: list[tuple[str, int, SourceItem]]) -> list[list[tuple[str, int, SourceItem]]]:
+    """Consecutive items of one container (same `batch_key`) together, at most BATCH_ITEMS; every
+    other item alone."""
+    batches: list[list] = []
+    for entry in todo:
+        key = batch_key(entry[2])
+        if key is not None and batches and len(batches[-1]) < BATCH_ITEMS and batch_key(batches[-1][0][2]) == key:
+            batches[-1].append(entry)
+        else:
+            batches.append([entry])
+    return batches
 
 
 def plan_splits(items: list[SourceItem], cfg: PrepConfig) -> dict[str, list[SourceItem]]:
@@ -118,7 +139,8 @@ def plan_splits(items: list[SourceItem], cfg: PrepConfig) -> dict[str, list[Sour
 
     Within each population (files with a speaker, files without) groups are ranked by a hash of
     their name; the first share goes to test, the next to val. A population of at least three
-    groups gives each held-out split at least one.
+    groups gives each held-out split at least one. With prep.keep_source_splits an item whose
+    corpus names its split (SOURCE_SPLITS) stays in it.
     """
     def group(item: SourceItem) -> str:
         return f"speaker:{item.speaker}" if item.speaker else f"path:{item.name}"
@@ -133,16 +155,27 @@ def plan_splits(items: list[SourceItem], cfg: PrepConfig) -> dict[str, list[Sour
             split_of[g] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
     plan: dict[str, list[SourceItem]] = {s: [] for s in SPLITS}
     for item in items:
-        plan[split_of[group(item)]].append(item)
+        kept = SOURCE_SPLITS.get(item.source_split) if cfg.keep_source_splits else None
+        plan[kept or split_of[group(item)]].append(item)
     return {s: v for s, v in plan.items() if v}
+
+
+SOURCE_SPLITS = {"train": "train", "valid": "val", "validation": "val", "dev": "val", "test": "test",
+                 "test_known": "test", "test_unknown": "test"}
+"""A corpus's own split names -> ours."""
+ADDED_KEYS = {"keep_source_splits": False}
+"""Config keys added since datasets were first fingerprinted: at these values they are left out, so an
+older unfinished prep of the same sources still resumes."""
 
 
 def prep_fingerprint(plan: dict[str, list[SourceItem]], cfg: PrepConfig) -> str:
     """Same sources and same config -> same fingerprint. A source is its name and its file's size,
     mtime and sampled content (`file_identity`): a file edited in place, even to the same size,
     makes another dataset, not a resume of the old one."""
-    desc = {"config": to_dict(cfg) | {"workers": None},
-            "items": {s: [(i.name, *file_identity(i.path)) for i in items] for s, items in plan.items()}}
+    identity = functools.lru_cache(maxsize=64)(file_identity)  # a container's rows share its file
+    config = {k: v for k, v in to_dict(cfg).items() if k not in ADDED_KEYS or v != ADDED_KEYS[k]}
+    desc = {"config": config | {"workers": None},
+            "items": {s: [(i.name, *(i.identity or identity(i.path))) for i in items] for s, items in plan.items()}}
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
 
 
@@ -219,7 +252,7 @@ def finish(records: RunRecords, state: dict[str, SplitProgress], scan_rejects: l
     if not shards:
         raise PrepError(f"nothing usable: all {len(rejects)} file(s) were rejected "
                         f"(see {store.join(REJECTS_NAME)})")
-    lineage = {"fingerprint": records.fingerprint, "sources": [printable(str(Path(s).absolute())) for s in sources],
+    lineage = {"fingerprint": records.fingerprint, "sources": [s if is_remote(s) else printable(str(Path(s).absolute())) for s in sources],
                "files_ok": sum(s.files_ok for s in state.values()),
                "clipped_files": {k: s.clipped_files for k, s in state.items()},
                "clipped_samples": sum(s.clipped_samples for s in state.values()), "rejects": len(rejects)}

@@ -1,9 +1,12 @@
 """The per-file half of `telucodec prep`, run in its worker processes: one source file -> its
 encoded segments, or a reject saying why.
 
-    result = process_item(FileJob(item, cfg, spill_dir))     # in a worker
-    for sample in result.samples: ...                         # in the parent, in order
-    result.samples.discard()
+    results = process_job(FileJob((item,), cfg, spill_dir))  # in a worker: one ItemResult per item
+    for sample in results[0].samples: ...                     # in the parent, in order
+    results[0].samples.discard()
+
+A job is one file, or the items one container holds side by side (a parquet row group, a tar.gz
+archive): those are read in one pass (`data_prep.sources.read_items`), not once per item.
 
 Memory stays bounded whatever the file's length. The file is decoded block by block to mono,
 resampled as a stream (the same samples as resampling it whole), measured as it passes (length,
@@ -25,7 +28,7 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from data_prep.sources import SourceItem, printable
+from data_prep.sources import SourceItem, printable, read_items
 from pipeline.storage.audio import (AudioError, LevelMeter, clip_to_unit_range, loud_span, open_audio, resample_blocks,
                             segment_bounds, silence_frame)
 from pipeline.config import PrepConfig
@@ -39,8 +42,9 @@ SPILL_BYTES = 16 << 20
 
 @dataclass(frozen=True)
 class FileJob:
-    """One source file to prep, and where its encoded segments may spill."""
-    item: SourceItem
+    """Source items to prep in one worker (one file, or the rows or members of one container), and
+    where their encoded segments may spill."""
+    items: tuple[SourceItem, ...]
     cfg: PrepConfig
     spill_dir: str | None = None
     """The run's folder for segments too many to send back in memory; None keeps them in memory."""
@@ -110,38 +114,65 @@ class ParkedAudio:
 
 
 def rejected(item: SourceItem, reason: str) -> ItemResult:
-    return ItemResult(reject={"path": printable(item.path), "reason": printable(reason)})
+    return ItemResult(reject={"path": item.where, "reason": printable(reason)})
 
 
-def worker_died(job: FileJob, how: str) -> ItemResult:
-    """The result of a file whose worker process died on it, alone, too (ordered_map's on_death)."""
-    return rejected(job.item, f"worker died: {how}")
+def worker_died(job: FileJob, how: str) -> list[ItemResult]:
+    """The results of a job whose worker process died on it, alone, too (ordered_map's on_death):
+    a single file is the culprit; a container's items are run again one per process, so only the
+    item that kills its worker is rejected."""
+    if len(job.items) == 1:
+        return [rejected(job.items[0], f"worker died: {how}")]
+    from data_prep.dataset_job import ordered_map
+
+    singles = [FileJob((item,), job.cfg, job.spill_dir) for item in job.items]
+    return [results[0] for results in ordered_map(process_job, singles, 1, on_death=worker_died)]
 
 
-def process_item(job: FileJob) -> ItemResult:
-    """One source file -> its encoded segments, or a reject with the reason. Never raises."""
+def process_job(job: FileJob) -> list[ItemResult]:
+    """Each item of the job -> its encoded segments, or a reject with the reason; in the job's
+    order. Never raises."""
+    results: dict[str, ItemResult] = {}
+    spill_limit = SPILL_BYTES // len(job.items)  # what a job sends back in memory stays bounded
+    try:
+        for item, audio, name in read_items(list(job.items)):
+            results[item.name] = (rejected(item, name) if audio is None
+                                  else process_item(item, audio, name, job, spill_limit))
+    except Exception as e:  # the container itself failed mid-way: the rest are rejects, the run goes on
+        reason = f"could not process ({type(e).__name__}: {e})"
+        for item in job.items:
+            results.setdefault(item.name, rejected(item, reason))
+    return [results.get(item.name) or rejected(item, "not read") for item in job.items]
+
+
+def process_item(item: SourceItem, audio: str | BinaryIO, name: str, job: FileJob,
+                 spill_limit: int = SPILL_BYTES) -> ItemResult:
+    """One item's audio (a local path or an open file, which is closed here) -> its result."""
     try:
         with tempfile.SpooledTemporaryFile(PARK_BYTES) as data:
-            return _process(job, park(job.item.path, job.cfg.sample_rate, data))
+            return _process(item, job, park(audio, name, job.cfg.sample_rate, data), spill_limit)
     except AudioError as e:
-        return rejected(job.item, str(e))
+        return rejected(item, str(e))
     except Exception as e:  # a bad file must never stop the run
-        return rejected(job.item, f"could not process ({type(e).__name__}: {e})")
+        return rejected(item, f"could not process ({type(e).__name__}: {e})")
+    finally:
+        if not isinstance(audio, str):
+            audio.close()
 
 
-def park(path: str, sample_rate: int, data: BinaryIO) -> ParkedAudio:
+def park(audio: str | BinaryIO, name: str, sample_rate: int, data: BinaryIO) -> ParkedAudio:
     """Stream the file through decoding, mono and resampling into `data`, measuring as it goes."""
     meter = LevelMeter(silence_frame(sample_rate))
-    with open_audio(path) as stream:
+    with open_audio(audio, name) as stream:
         for block in resample_blocks(stream.blocks(), stream.sample_rate, sample_rate):
             meter.add(block)
             data.write(block.astype(np.float32, copy=False).tobytes())
         return ParkedAudio(data, meter, stream.sample_rate, stream.peak)
 
 
-def _process(job: FileJob, audio: ParkedAudio) -> ItemResult:
+def _process(item: SourceItem, job: FileJob, audio: ParkedAudio, spill_limit: int) -> ItemResult:
     """Trim, cut, scale, clip and encode the parked audio, one segment at a time."""
-    item, cfg, sr = job.item, job.cfg, job.cfg.sample_rate
+    cfg, sr = job.cfg, job.cfg.sample_rate
     start, end = loud_span(audio.meter, cfg.silence_db) if cfg.trim_silence else (0, audio.meter.length)
     spans = [(start + a, start + b) for a, b in segment_bounds(end - start, sr, cfg.max_seconds, cfg.min_seconds)]
     if not spans:
@@ -149,7 +180,7 @@ def _process(job: FileJob, audio: ParkedAudio) -> ItemResult:
                               f"({(end - start) / sr:.2f} s after trimming silence)")
     gain = 1.0 if cfg.loudness_db is None else audio.meter.gain_to(cfg.loudness_db)
     stem = f"{safe_key(Path(item.name).stem)[:40]}_{hashlib.sha1(item.name.encode()).hexdigest()[:10]}"
-    result = ItemResult(samples=SampleSpool(job.spill_dir), source_peak=audio.source_peak)
+    result = ItemResult(samples=SampleSpool(job.spill_dir, spill_limit), source_peak=audio.source_peak)
     for i, (a, b) in enumerate(spans):
         audio.data.seek(4 * a)
         seg = np.frombuffer(audio.data.read(4 * (b - a)), np.float32)
@@ -158,5 +189,7 @@ def _process(job: FileJob, audio: ParkedAudio) -> ItemResult:
         meta = {"source": item.name, "speaker": item.speaker, "text": item.text, "segment": i,
                 "segments": len(spans), "source_peak": round(audio.source_peak, 6), "clipped_samples": clipped,
                 "source_sample_rate": audio.source_rate}
+        if item.source_split:
+            meta["source_split"] = item.source_split
         result.samples.add(encode_sample(f"{stem}_{i:03d}", seg, sr, meta))
     return result

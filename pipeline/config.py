@@ -102,6 +102,10 @@ class PrepConfig:
     """A shard is closed once it holds this many megabytes (10^6 bytes)."""
     workers: int = 0
     """Decode/encode processes; 0 means one per CPU core."""
+    keep_source_splits: bool = False
+    """Keep the corpus's own train/dev/test split where its layout names one (parquet file names,
+    Kathbath and FLEURS folders), instead of splitting by speaker; the split is kept as metadata
+    (`source_split`) either way."""
 
     def __post_init__(self):
         _check(self.sample_rate >= 1000, "prep.sample_rate", "must be at least 1000 Hz")

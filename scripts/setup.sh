@@ -112,7 +112,7 @@ echo "setup: installing $TORCH_SPEC and telucodec into .venv (first run takes a 
 # shellcheck disable=SC2086
 .venv/bin/python -m pip install -q $TORCH_SPEC 2>&1 | grep -v -i "warning" || true
 .venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v -i "warning" || true
-.venv/bin/python -c "import torch, ray, webdataset, wandb, accelerate, boto3, moto, soundfile, soxr, xdist" \
+.venv/bin/python -c "import torch, ray, webdataset, wandb, accelerate, boto3, moto, soundfile, soxr, xdist, av, pyarrow" \
   || { echo "setup: the virtualenv is incomplete (see pip's output above)"; exit 1; }
 rm -f .venv/.telucodec-setup-*
 touch "$stamp"

@@ -60,7 +60,7 @@ def write_manifest_corpus(root: Path, n_files: int = 12, n_speakers: int = 6, sr
 
 
 def write_bad_files(folder: Path, sr: int = 16000) -> dict[str, str]:
-    """Corrupt, truncated, empty, NaN and unsupported files; returns name -> expected reason word."""
+    """Corrupt, truncated, empty, NaN files and an m4a cut after its first box; returns name -> expected reason word."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "empty.wav").write_bytes(b"")
     (folder / "corrupt.flac").write_bytes(b"fLaC" + bytes(range(256)) * 8)
@@ -75,7 +75,7 @@ def write_bad_files(folder: Path, sr: int = 16000) -> dict[str, str]:
     sf.write(folder / "zero_frames.wav", np.zeros(0, np.float32), sr)
     (folder / "voice.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A ")
     return {"empty.wav": "zero-length", "corrupt.flac": "cannot decode", "truncated.wav": "truncated",
-            "nan.wav": "NaN", "zero_frames.wav": "empty", "voice.m4a": "unsupported"}
+            "nan.wav": "NaN", "zero_frames.wav": "empty", "voice.m4a": "cannot decode"}
 
 
 def make_dataset(url: str, shard_sizes: list[int], sr: int = 8000, seconds: float | list[float] = 0.5) -> None:

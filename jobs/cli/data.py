@@ -61,11 +61,21 @@ def register_prep(sub) -> None:
                        "Re-running the same command after an interruption completes the dataset. "
                        "Words ending in .yaml (or a shipped config name) and key=value words are config; "
                        "every other word is a source.",
-                       epilog="sources: a folder (wav, flac, ogg, mp3; recursive), a manifest "
-                       "(.tsv/.csv/.jsonl with a path column), an OpenSLR SLR66 folder (line_index.tsv) "
-                       "or a Common Voice folder (validated.tsv + clips/).\n\nexamples:\n"
+                       epilog="sources (local paths or s3:// URLs alike; --format picks one, else detected):\n"
+                       "  folder       every audio file below it (wav flac ogg opus mp3 aiff m4a aac mp4 webm)\n"
+                       "  manifest     a .tsv/.csv/.jsonl with a path column (+ text, speaker)\n"
+                       "  openslr      an OpenSLR SLR66 folder (line_index.tsv)\n"
+                       "  commonvoice  a Common Voice folder (validated.tsv + clips/)\n"
+                       "  kathbath     Kathbath's m4a release, one language (train/ valid/ test_known/ ...)\n"
+                       "  fleurs       FLEURS's release, one language (train.tsv ... + audio/train.tar.gz ...)\n"
+                       "  parquet      a .parquet file or a folder of them (Hugging Face hub shards:\n"
+                       "               IndicVoices, Kathbath, FLEURS, Shrutilipi, IndicTTS); --columns names\n"
+                       "               the audio, text and speaker columns where the defaults do not fit\n\n"
+                       "examples:\n"
                        "  telucodec prep corpus/ --out runs/data\n"
                        "  telucodec prep te_in_female/ te_in_male/ --out s3://bucket/te --format openslr\n"
+                       "  telucodec prep s3://bucket/indicvoices-te/ --out s3://bucket/te\n"
+                       "  telucodec prep shards/ --out data/te --columns text=sentence,speaker=client_id\n"
                        "  telucodec prep cv-te/ --out s3://bucket/cv configs/base.yaml prep.workers=8",
                        formatter_class=FORMATTER)
     s.add_argument("words", nargs="+", metavar="SRC|CONFIG|key=value")
@@ -77,19 +87,28 @@ def register_prep(sub) -> None:
     s.add_argument("--overwrite", action="store_true", help="replace a different dataset at --out")
     s.add_argument("--allow-outside", action="store_true",
                    help="let manifests name files outside their own folder (absolute or ../ paths)")
+    s.add_argument("--columns", default="", metavar="ROLE=COL,...",
+                   help="parquet columns for audio, text and speaker (default: the hub's usual names)")
     s.set_defaults(func=prep)
 
 
 def prep(args) -> int:
     from data_prep.prep import run_prep
+    from data_prep.sources import SourceError
+    from data_prep.sources.parquet import parse_columns
 
     sources = [w for w in args.words if not (is_override(w) or is_config_word(w))]
     items = [w for w in args.words if w not in sources] + args.config_items
     if not sources:
-        raise UsageError("no source: give a folder, a manifest, an OpenSLR or a Common Voice folder")
+        raise UsageError("no source: give a folder, a manifest, a parquet file or one of the layouts "
+                         "`telucodec prep --help` lists (paths or s3:// URLs)")
     cfg = load_cli_config(items)
+    try:
+        columns = parse_columns(args.columns)
+    except SourceError as e:
+        raise UsageError(str(e)) from None
     summary = run_prep(sources, args.out, cfg.prep, fmt=args.format, overwrite=args.overwrite,
-                       allow_outside=args.allow_outside)
+                       allow_outside=args.allow_outside, columns=columns)
     print_prep_summary(summary)
     return 0 if summary.samples else 1
 

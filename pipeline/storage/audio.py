@@ -1,15 +1,17 @@
 """Audio I/O and the small signal steps every stage shares: decode, mono, resample, clip, trim, cut.
 
-soundfile decodes (wav, flac, ogg/opus, mp3 through libsndfile), soxr resamples. Everything here
-works on mono float32 numpy arrays of shape [T]. A long file need not fit in memory: `open_audio`
-decodes it block by block, `resample_blocks` resamples the blocks as they come (the very samples
-`resample` gives on the whole), and `LevelMeter`, `loud_span` and `segment_bounds` decide trimming
-and cutting from running measurements, exactly as `trim_silence` and `cut_segments` do on a whole
-array.
+soundfile (libsndfile) decodes wav, flac, ogg/opus, mp3 and aiff; PyAV (FFmpeg, bundled in its
+wheels) decodes what libsndfile cannot: m4a/aac/mp4, webm, and anything soundfile refuses. soxr
+resamples. Everything here works on mono float32 numpy arrays of shape [T]. A long file need not fit
+in memory: `open_audio` decodes it block by block, `resample_blocks` resamples the blocks as they
+come (the very samples `resample` gives on the whole), and `LevelMeter`, `loud_span` and
+`segment_bounds` decide trimming and cutting from running measurements, exactly as `trim_silence`
+and `cut_segments` do on a whole array.
 
     with open_audio(path) as stream:                               # AudioError: the reason
         for block in resample_blocks(stream.blocks(), stream.sample_rate, 16000):
             ...                                                    # mono float32 [n]
+    open_audio(fileobj, name="x.m4a")                              # any seekable binary file
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -51,12 +53,15 @@ class DecodedAudio:
 class AudioStream:
     """An open audio file decoded block by block to mono float32, checked as it goes: NaN/Inf
     samples, decoder errors, no frames at all, and fewer frames than the header states (a cut-off
-    FLAC or MP3) are AudioErrors."""
+    FLAC, MP3 or m4a) are AudioErrors."""
 
-    def __init__(self, file: sf.SoundFile):
+    def __init__(self, file: sf.SoundFile | None, sample_rate: int = 0, channels: int = 0,
+                 declared_frames: int | None = None):
         self.file = file
-        self.sample_rate, self.channels = file.samplerate, file.channels
-        self.declared_frames = file.frames if 0 <= file.frames < UNKNOWN_FRAMES else None
+        if file is not None:
+            sample_rate, channels = file.samplerate, file.channels
+            declared_frames = file.frames if 0 <= file.frames < UNKNOWN_FRAMES else None
+        self.sample_rate, self.channels, self.declared_frames = sample_rate, channels, declared_frames
         self.frames = 0
         """Frames decoded so far."""
         self.peak = 0.0
@@ -77,12 +82,15 @@ class AudioStream:
             raise AudioError(shortfall)
 
     def _read(self, frames: int) -> np.ndarray:
+        """Up to `frames` frames [n, channels]; none at the end."""
         try:
             return self.file.read(frames, dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-            shortfall = self._shortfall() if self.frames else None
-            raise AudioError(f"{shortfall} ({_first_line(e)})" if shortfall
-                             else f"cannot decode ({_first_line(e)})") from None
+            raise self._decode_error(e) from None
+
+    def _decode_error(self, e: Exception) -> AudioError:
+        shortfall = self._shortfall() if self.frames else None
+        return AudioError(f"{shortfall} ({_first_line(e)})" if shortfall else f"cannot decode ({_first_line(e)})")
 
     def _shortfall(self) -> str | None:
         """"truncated: ..." when fewer frames were decoded than the header states."""
@@ -101,33 +109,109 @@ class AudioStream:
         self.close()
 
 
-def open_audio(path: str | Path) -> AudioStream:
-    """Open a file for block decoding, after the cheap checks: it exists, holds bytes, and its
-    container is not visibly cut off (`pipeline.storage.containers`)."""
-    path = Path(path)
+class FFmpegStream(AudioStream):
+    """The same stream decoded by FFmpeg through PyAV: m4a/aac/mp4, webm and whatever libsndfile
+    cannot read. The declared length is the container's duration for the audio stream."""
+
+    def __init__(self, source: bytes | BinaryIO):
+        import av
+
+        source = os.fsdecode(source) if isinstance(source, bytes) else source
+        try:
+            self.container = av.open(source, mode="r", metadata_errors="ignore")
+        except (av.FFmpegError, ValueError, OSError) as e:
+            raise AudioError(f"cannot decode ({_av_reason(e)})") from None
+        if not self.container.streams.audio:
+            self.container.close()
+            raise AudioError("no audio stream in the file")
+        self.stream = self.container.streams.audio[0]
+        rate = self.stream.codec_context.sample_rate or self.stream.sample_rate
+        if not rate:
+            self.container.close()
+            raise AudioError("cannot decode (the audio stream has no sample rate)")
+        declared = None
+        if self.stream.duration and self.stream.time_base:
+            declared = int(round(float(self.stream.duration * self.stream.time_base) * rate))
+        super().__init__(None, rate, self.stream.codec_context.channels, declared)
+        self._frames = self._decoded()
+        self._held = np.zeros((0, max(1, self.channels)), np.float32)
+
+    def _decoded(self) -> Iterator[np.ndarray]:
+        import av
+
+        resampler = av.AudioResampler(format="fltp")  # planar float32, the stream's own layout and rate
+        try:
+            for frame in self.container.decode(self.stream):
+                for out in resampler.resample(frame):
+                    yield out.to_ndarray().T
+        except av.FFmpegError as e:
+            raise self._decode_error(RuntimeError(_av_reason(e))) from None
+
+    def _read(self, frames: int) -> np.ndarray:
+        parts, have = [self._held], len(self._held)
+        while have < frames and (more := next(self._frames, None)) is not None:
+            parts.append(more.astype(np.float32, copy=False))
+            have += len(more)
+        block = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        self._held = block[frames:]
+        return block[:frames]
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def open_audio(source: str | Path | BinaryIO, name: str = "") -> AudioStream:
+    """Open a file (a path, or a seekable binary file object named `name`) for block decoding, after
+    the cheap checks: it holds bytes, and its container is not visibly cut off
+    (`pipeline.storage.containers`). soundfile decodes what it can; FFMPEG_EXTENSIONS, and anything
+    libsndfile does not recognise, go to FFmpeg."""
+    if not isinstance(source, (str, Path)):
+        return _open_stream(source, source, name)
+    path = Path(source)
     try:
-        size = path.stat().st_size
+        with open(path, "rb") as f:  # bytes, not str, for libsndfile: it encodes a str path strictly
+            return _open_stream(f, os.fsencode(path), path.name)
     except FileNotFoundError:
         raise AudioError("file not found") from None
-    if size == 0:
+    except IsADirectoryError:
+        raise AudioError("a folder, not a file") from None
+
+
+def _open_stream(f: BinaryIO, source: bytes | BinaryIO, name: str) -> AudioStream:
+    """The checks on `f`, then a decoder on `source` (the same file: its path, or `f` itself)."""
+    if f.seek(0, 2) == 0:
         raise AudioError("zero-length file")
-    if reason := truncation(path):
+    f.seek(0)
+    if reason := truncation(f):
         raise AudioError(reason)
-    try:  # bytes, not str: soundfile encodes a str path strictly, failing on non-UTF-8 names
-        return AudioStream(sf.SoundFile(os.fsencode(path)))
+    if Path(name).suffix.lower() in FFMPEG_EXTENSIONS:
+        return FFmpegStream(source)
+    try:
+        return AudioStream(sf.SoundFile(source))
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        raise AudioError(f"cannot decode ({_first_line(e)})") from None
+        if "recogni" not in str(e).lower():  # "Format not recognised": FFmpeg may know it
+            raise AudioError(f"cannot decode ({_first_line(e)})") from None
+    if not isinstance(source, bytes):
+        source.seek(0)
+    return FFmpegStream(source)
 
 
-def load_audio(path: str | Path) -> DecodedAudio:
-    """Decode any soundfile-readable file whole to mono float32; AudioError for unusable files."""
-    with open_audio(path) as stream:
+def load_audio(source: str | Path | BinaryIO, name: str = "") -> DecodedAudio:
+    """Decode any file `open_audio` takes whole to mono float32; AudioError for unusable files."""
+    with open_audio(source, name) as stream:
         audio = np.concatenate(list(stream.blocks()))
         return DecodedAudio(audio, stream.sample_rate, stream.channels)
 
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
+FFMPEG_EXTENSIONS = (".m4a", ".aac", ".mp4", ".webm", ".weba", ".mka", ".wma", ".amr", ".3gp")
+"""Decoded by FFmpeg (PyAV) rather than libsndfile."""
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif") + FFMPEG_EXTENSIONS
 """File extensions read as audio when a folder is walked (prep's sources, `encode` of a folder)."""
+
+
+def _av_reason(e: Exception) -> str:
+    """FFmpeg's words for an error, without the file name it appends."""
+    return getattr(e, "strerror", None) or _first_line(e)
 
 
 def _first_line(e: Exception) -> str:

@@ -1,6 +1,7 @@
 """Is the whole file there? Cheap structural checks for containers libsndfile reads too kindly.
 
-    reason = truncation(path)      # "truncated ..." for a cut-off WAV, AIFF or Ogg file, else None
+    reason = truncation(f)         # "truncated ..." for a cut-off WAV, AIFF or Ogg file, else None
+                                   # (f: the file, open for binary reading and seekable)
 
 libsndfile quietly decodes whatever a cut-off file still holds, so a half-finished download would
 pass as shorter audio. What each format lets us check, and where it is checked:
@@ -15,54 +16,54 @@ pass as shorter audio. What each format lets us check, and where it is checked:
 from __future__ import annotations
 
 import struct
-from pathlib import Path
+from typing import BinaryIO
 
 OGG_TAIL_BYTES = 1 << 16
 """How far back from the end to look for the last Ogg page (a page is at most 65,307 bytes)."""
 
 
-def truncation(path: Path) -> str | None:
+def truncation(f: BinaryIO) -> str | None:
     """Why the file's container shows it was cut off, in a few words; None if it looks whole (or
-    is of a format checked elsewhere)."""
-    with open(path, "rb") as f:
-        head = f.read(12)
-    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-        return _data_chunk_truncation(path, "<4sI", b"data")
-    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
-        return _data_chunk_truncation(path, ">4sI", b"SSND")
-    if head[:4] == b"OggS":
-        return _ogg_truncation(path)
-    return None
+    is of a format checked elsewhere). Leaves `f` at its start."""
+    size = f.seek(0, 2)
+    f.seek(0)
+    head = f.read(12)
+    try:
+        if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+            return _data_chunk_truncation(f, size, "<4sI", b"data")
+        if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+            return _data_chunk_truncation(f, size, ">4sI", b"SSND")
+        if head[:4] == b"OggS":
+            return _ogg_truncation(f, size)
+        return None
+    finally:
+        f.seek(0)
 
 
-def _data_chunk_truncation(path: Path, layout: str, data_id: bytes) -> str | None:
+def _data_chunk_truncation(f: BinaryIO, size: int, layout: str, data_id: bytes) -> str | None:
     """Walk the chunks of a RIFF (little-endian) or IFF (big-endian) file to its audio chunk and
     check the file holds all the bytes that chunk's header promises."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        pos = 12
-        while pos + 8 <= size:
-            f.seek(pos)
-            chunk_id, chunk_size = struct.unpack(layout, f.read(8))
-            if chunk_id == data_id:
-                if chunk_size != 0xFFFFFFFF and pos + 8 + chunk_size > size:
-                    return (f"truncated (header promises {chunk_size} bytes of audio, "
-                            f"file holds {size - pos - 8})")
-                return None
-            pos += 8 + chunk_size + (chunk_size & 1)
+    pos = 12
+    while pos + 8 <= size:
+        f.seek(pos)
+        chunk_id, chunk_size = struct.unpack(layout, f.read(8))
+        if chunk_id == data_id:
+            if chunk_size != 0xFFFFFFFF and pos + 8 + chunk_size > size:
+                return (f"truncated (header promises {chunk_size} bytes of audio, "
+                        f"file holds {size - pos - 8})")
+            return None
+        pos += 8 + chunk_size + (chunk_size & 1)
     return None
 
 
-def _ogg_truncation(path: Path) -> str | None:
+def _ogg_truncation(f: BinaryIO, size: int) -> str | None:
     """The file's last bytes must be one whole Ogg page with the end-of-stream flag.
 
     The last "OggS" in the tail may be a chance match inside the last page's data, so every
     match is tried from the end until one parses as a page ending exactly at the end of the file.
     """
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        f.seek(max(0, size - OGG_TAIL_BYTES))
-        tail = f.read()
+    f.seek(max(0, size - OGG_TAIL_BYTES))
+    tail = f.read()
     at = tail.rfind(b"OggS")
     while at >= 0:
         end = _ogg_page_end(tail, at)

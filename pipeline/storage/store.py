@@ -42,6 +42,8 @@ class ObjectInfo:
     """Key relative to the store's root, '/'-separated."""
     size: int
     """Size in bytes."""
+    etag: str = ""
+    """The store's version tag (S3's ETag); empty where the store has none (a local folder)."""
 
 
 class Store:
@@ -78,6 +80,14 @@ class Store:
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         """`length` bytes of `key` from byte `start` (fewer only at the end of the object)."""
+        raise NotImplementedError
+
+    def open_seekable(self, key: str, size: int | None = None) -> BinaryIO:
+        """The object as a seekable binary file (`size`, if known, saves a request)."""
+        return self.open(key)
+
+    def head(self, key: str) -> ObjectInfo:
+        """Size (and version tag) of one object; StoreError if there is none."""
         raise NotImplementedError
 
     def put(self, key: str, data: bytes) -> None:
@@ -223,6 +233,12 @@ class LocalStore(Store):
     def open(self, key: str) -> BinaryIO:
         try:
             return open(self._path(key), "rb")
+        except FileNotFoundError:
+            raise StoreError(f"{self.join(key)}: no such object") from None
+
+    def head(self, key: str) -> ObjectInfo:
+        try:
+            return ObjectInfo(key, self._path(key).stat().st_size)
         except FileNotFoundError:
             raise StoreError(f"{self.join(key)}: no such object") from None
 
@@ -398,12 +414,30 @@ class S3Store(Store):
         try:
             for page in pages:
                 for obj in page.get("Contents", []):
-                    out.append(ObjectInfo(obj["Key"][len(root):], obj["Size"]))
+                    out.append(ObjectInfo(obj["Key"][len(root):], obj["Size"], obj.get("ETag", "").strip('"')))
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") == "NoSuchBucket":
                 raise StoreError(f"{self.url}: no such bucket") from None
             raise
         return out
+
+    def open_seekable(self, key: str, size: int | None = None) -> BinaryIO:
+        """The object as a seekable file: each buffer refill is one ranged GET (for decoders and
+        parquet readers that jump about; `open` streams front to back in one GET)."""
+        if size is None:
+            size = self.head(key).size
+        return io.BufferedReader(_RangedReader(self, key, size), buffer_size=RANGED_BUFFER)
+
+    def head(self, key: str) -> ObjectInfo:
+        from botocore.exceptions import ClientError
+
+        try:
+            meta = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise StoreError(f"{self.join(key)}: no such object") from None
+            raise
+        return ObjectInfo(key, meta["ContentLength"], meta.get("ETag", "").strip('"'))
 
     def open(self, key: str) -> BinaryIO:
         return io.BufferedReader(_ResumingS3Reader(self.client, self.bucket, self._key(key), self.join(key)),
@@ -548,6 +582,39 @@ class _ResumingS3Reader(io.RawIOBase):
         if not self.closed and hasattr(self, "body"):
             self.body.close()
         super().close()
+
+
+RANGED_BUFFER = 1 << 20
+"""Bytes one ranged GET of a seekable remote file fetches (a refill of its buffer)."""
+
+
+class _RangedReader(io.RawIOBase):
+    """A remote object read through ranged GETs at any offset: what `open_seekable` buffers."""
+
+    def __init__(self, store: Store, key: str, size: int):
+        self.store, self.key, self.size, self.pos = store, key, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = max(0, {0: 0, 1: self.pos, 2: self.size}[whence] + offset)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self.size - self.pos)
+        if n <= 0:
+            return 0
+        data = self.store.get_range(self.key, self.pos, n)
+        buffer[:len(data)] = data
+        self.pos += len(data)
+        return len(data)
 
 
 def iter_chunks(stream: BinaryIO, size: int = 1024 * 1024) -> Iterator[bytes]:

@@ -15,7 +15,7 @@ import soundfile as sf
 from audio_fixtures import tone, write_long_audio
 from data_prep.dataset_job import ordered_map
 from data_prep.prep import PrepError, run_prep
-from data_prep.prep_file import FileJob, SampleSpool, process_item
+from data_prep.prep_file import FileJob, SampleSpool, process_job
 from data_prep.sources import SourceItem
 from fault_fixtures import KillWhoeverOpens, cut_in_half, double_or_die
 from jobs.cli import main
@@ -166,7 +166,7 @@ def test_a_long_file_gives_the_segments_the_whole_array_would(tmp_path):
     """Streaming changes nothing: a 5-minute file (19 MB resampled, so parked on disk) gives the
     segments that resampling, trimming and cutting the whole array give."""
     path = write_long_audio(tmp_path / "five.wav", 300, sr=22050, channels=2, block_seconds=7.3, subtype="PCM_16")
-    result = process_item(FileJob(SourceItem(str(path), "x/five.wav"), PrepConfig(), str(tmp_path)))
+    result = process_job(FileJob((SourceItem(str(path), "x/five.wav"),), PrepConfig(), str(tmp_path)))[0]
     assert result.reject is None
     whole = load_audio(path)
     expected = cut_segments(trim_silence(resample(whole.audio, 22050, 16000), 16000, -40.0), 16000, 10, 1)

@@ -12,14 +12,14 @@ def _wav(path, seconds=1.0):
     sf.write(path, tone(seconds, 16000), 16000)
 
 
-def test_folder_recursive_with_unsupported(tmp_path):
+def test_folder_recursive_takes_every_audio_extension(tmp_path):
     _wav(tmp_path / "f" / "a.wav")
     _wav(tmp_path / "f" / "deep" / "b.WAV")
     (tmp_path / "f" / "notes.txt").write_text("ignored")
-    (tmp_path / "f" / "c.m4a").write_bytes(b"x")
+    (tmp_path / "f" / "c.m4a").write_bytes(b"x")  # FFmpeg's to decode (or reject) in a worker
     scan = scan_sources([str(tmp_path / "f")])
-    assert [i.name for i in scan.items] == ["f/a.wav", "f/deep/b.WAV"]
-    assert [r["reason"].split()[0] for r in scan.rejects] == ["unsupported"]
+    assert [i.name for i in scan.items] == ["f/a.wav", "f/c.m4a", "f/deep/b.WAV"]
+    assert scan.rejects == []
 
 
 def test_manifest_tsv_csv_jsonl(tmp_path):

@@ -1,0 +1,219 @@
+"""Real corpora in: IndicVoices and FLEURS hub parquet, FLEURS's tsv + tar.gz and Kathbath's m4a
+release, each from a local folder and from S3 (moto), with the bad inputs a user meets."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import pytest
+
+from corpus_layouts import (indicvoices_row, indicvoices_schema, upload, write_fleurs, write_fleurs_parquet,
+                            write_indicvoices, write_kathbath, write_parquet)
+from data_prep.prep import PrepError, run_prep
+from data_prep.sources import SourceError, detect_format, scan_sources
+from jobs.cli import main
+from pipeline.config import PrepConfig
+from pipeline.storage.shards import load_index, read_samples
+from pipeline.storage.store import open_store
+
+CFG = PrepConfig(workers=2, min_seconds=0.5, val_fraction=0.2, test_fraction=0.2)
+LAYOUTS = {"indicvoices": (write_indicvoices, "parquet", 12), "fleurs-hub": (write_fleurs_parquet, "parquet", 6),
+           "fleurs": (write_fleurs, "fleurs", 8), "kathbath": (write_kathbath, "kathbath", 8)}
+
+
+def samples_meta(url: str) -> dict[str, dict]:
+    """source name -> (its first segment's) metadata and seconds, over every split at `url`."""
+    out = {}
+    for split in load_index(url).splits:
+        for sample in read_samples(url, split):
+            out.setdefault(sample.meta["source"], sample.meta | {"seconds": sample.seconds, "split": split})
+    return out
+
+
+def shard_bytes(url: str) -> dict[str, bytes]:
+    store = open_store(url)
+    return {s.name: store.get(s.name) for s in load_index(url).shards}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_each_layout_from_a_folder_and_from_s3_gives_the_same_shards(layout, tmp_path, s3_bucket):
+    write, kind, n_items = LAYOUTS[layout]
+    folder = write(tmp_path / "src")
+    assert detect_format(folder) == kind
+    local = run_prep([str(folder)], str(tmp_path / "out"), CFG, progress=False)
+    assert local.files_ok == n_items and local.rejects == []
+
+    meta = samples_meta(str(tmp_path / "out"))
+    scan = scan_sources([str(folder)])
+    assert len(meta) == n_items == len(scan.items)
+    for item in scan.items:  # text, speaker and the corpus's split arrive in every sample
+        m = meta[item.name]
+        assert (m["text"], m["speaker"], m.get("source_split", "")) == (item.text, item.speaker, item.source_split)
+        assert item.text and item.source_split and 1.2 < m["seconds"] < 1.6
+    if layout == "indicvoices":
+        assert {m["speaker"] for m in meta.values()} >= {"spk0", "val0"}
+    if layout == "kathbath":
+        assert {m["speaker"] for m in meta.values()} == {"590", "591", "592"}  # from UID-SPEAKER-GENDER.m4a
+
+    remote = upload(folder, f"{s3_bucket}/corpus/{folder.name}")
+    assert detect_format(remote) == kind
+    from_s3 = run_prep([remote], f"{s3_bucket}/te", CFG, progress=False)
+    assert from_s3.files_ok == n_items
+    assert shard_bytes(f"{s3_bucket}/te") == shard_bytes(str(tmp_path / "out"))
+    assert samples_meta(f"{s3_bucket}/te") == meta
+    assert load_index(f"{s3_bucket}/te").lineage["sources"] == [remote]
+
+
+def test_cli_preps_a_bucket_of_hub_parquet_shards_to_s3(tmp_path, s3_bucket, capsys):
+    """The issue's own command: `telucodec prep s3://BUCKET/indicvoices-te/ --out s3://BUCKET/te`."""
+    upload(write_indicvoices(tmp_path), f"{s3_bucket}/indicvoices-te")
+    assert main(["prep", f"{s3_bucket}/indicvoices-te/", "--out", f"{s3_bucket}/te", "prep.min_seconds=0.5"]) == 0
+    out = capsys.readouterr().out
+    assert f"prep -> {s3_bucket}/te" in out and "file(s) rejected" not in out
+    assert load_index(f"{s3_bucket}/te").lineage["files_ok"] == 12
+
+
+def test_keep_source_splits_keeps_the_corpus_split(tmp_path):
+    folder = write_kathbath(tmp_path)
+    cfg = PrepConfig(workers=1, min_seconds=0.5, keep_source_splits=True)
+    summary = run_prep([str(folder)], str(tmp_path / "out"), cfg, progress=False)
+    assert {s: t["samples"] for s, t in summary.splits.items()} == {"train": 4, "val": 2, "test": 2}
+    split_of = {"train": "train", "valid": "val", "test_known": "test"}
+    assert all(split_of[m["source_split"]] == m["split"] for m in samples_meta(str(tmp_path / "out")).values())
+
+
+def test_named_columns_and_a_parquet_without_the_audio_column(tmp_path, capsys):
+    import pyarrow as pa
+
+    rows = [{"clip": r["audio_filepath"], "sentence": r["text"], "client_id": r["speaker_id"]}
+            for r in (indicvoices_row(i, f"s{i % 3}") for i in range(4))]
+    schema = pa.schema([("clip", indicvoices_schema().field("audio_filepath").type), ("sentence", pa.string()),
+                        ("client_id", pa.string())])
+    path = write_parquet(tmp_path / "cv" / "train-00000-of-00001.parquet", rows, schema)
+    with pytest.raises(SourceError, match=r"no audio column .* it has: clip, sentence, client_id"):
+        scan_sources([str(path)])
+    assert main(["prep", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "it has: clip, sentence, client_id" in err and "Traceback" not in err
+    assert main(["prep", str(path), "--out", str(tmp_path / "out"), "--columns", "audio=clip,text=sentence,speaker=client_id",
+                 "prep.min_seconds=0.5"]) == 0
+    meta = samples_meta(str(tmp_path / "out"))
+    assert sorted((m["text"], m["speaker"]) for m in meta.values()) == [(f"వాక్యం {i}", f"s{i % 3}") for i in range(4)]
+    assert main(["prep", str(path), "--out", str(tmp_path / "o2"), "--columns", "audio=nope"]) == 2
+    assert "no column 'nope' (for audio)" in capsys.readouterr().err
+    assert main(["prep", str(path), "--out", str(tmp_path / "o2"), "--columns", "sound=clip"]) == 2
+    assert "expected ROLE=COLUMN pairs" in capsys.readouterr().err
+
+
+def test_bad_rows_truncated_parquet_and_truncated_tar_are_rejects_and_the_run_goes_on(tmp_path):
+    lang = write_indicvoices(tmp_path / "iv", rows_per_shard=(4,), valid_rows=0)
+    (lang / "valid-00000-of-00001.parquet").unlink()
+    rows = [indicvoices_row(i, "x") for i in range(3)]
+    rows[1]["audio_filepath"] = {"bytes": b"RIFF\x00\x00not audio at all", "path": "broken.wav"}
+    rows[2]["audio_filepath"] = {"bytes": None, "path": "not-beside-it.flac"}
+    write_parquet(lang / "extra-00000-of-00001.parquet", rows, indicvoices_schema(), row_group_size=1)
+    whole = (lang / "train-00000-of-00001.parquet").read_bytes()
+    (lang / "cut-00000-of-00001.parquet").write_bytes(whole[: len(whole) // 2])
+    fleurs = write_fleurs(tmp_path / "fl", splits=(("train", 4),))
+    archive = fleurs / "audio" / "train.tar.gz"
+    archive.write_bytes(archive.read_bytes()[:-3000])  # the last member(s) cut off
+
+    summary = run_prep([str(lang), str(fleurs)], str(tmp_path / "out"), CFG, progress=False)
+    reasons = {r["path"]: r["reason"] for r in summary.rejects}
+    extra = str(lang / "extra-00000-of-00001.parquet")
+    assert "cannot decode" in reasons[f"{extra} (row 1)"]
+    assert "not beside the parquet" in reasons[f"{extra} (row 2)"]
+    assert "not a readable parquet file" in reasons[str(lang / "cut-00000-of-00001.parquet")]
+    cut_members = [r for p, r in reasons.items() if p.startswith(str(archive))]
+    assert cut_members and all("truncated?" in r for r in cut_members)
+    assert summary.files_ok == 4 + 1 + 4 - len(cut_members)  # every whole row and member made it
+
+
+def test_a_killed_prep_of_a_parquet_source_resumes_byte_identical(tmp_path):
+    lang = write_indicvoices(tmp_path / "src", rows_per_shard=(12, 12), valid_rows=4, speakers=6, row_group_size=3)
+    args = ["prep.shard_max_samples=2", "prep.workers=1", "prep.min_seconds=0.5"]
+    reference, out = tmp_path / "ref", tmp_path / "killed"
+    assert main(["prep", str(lang), "--out", str(reference), *args]) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "prep", str(lang), "--out", str(out), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "_prep" / "train-000002.json").exists():
+        assert proc.poll() is None, "prep finished before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "index.json").exists()
+    summary = run_prep([str(lang)], str(out), PrepConfig(shard_max_samples=2, workers=1, min_seconds=0.5),
+                       progress=False)
+    assert summary.resumed_shards >= 3
+    assert shard_bytes(str(out)) == shard_bytes(str(reference))
+    assert (out / "rejects.jsonl").read_bytes() == (reference / "rejects.jsonl").read_bytes()
+
+
+def test_a_worker_reads_a_parquet_row_group_in_bounded_memory(tmp_path):
+    """One row group of 64 rows x ~1.9 MB of FLAC (120 MB): the worker's peak memory grows by a few
+    rows, not by the row group."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    big = [indicvoices_row(i, "s", x=(0.3 * rng.standard_normal(16000 * 60)).astype(np.float32)) for i in range(2)]
+    rows = [big[i % 2] | {"text": f"row {i}"} for i in range(64)]
+    path = write_parquet(tmp_path / "big" / "train-00000-of-00001.parquet", rows, indicvoices_schema(),
+                         row_group_size=64)
+    row_bytes = max(len(b["audio_filepath"]["bytes"]) for b in big)
+    everything = sum(len(r["audio_filepath"]["bytes"]) for r in rows)
+    assert everything > 100e6
+    probe = f"""
+import resource, sys
+from data_prep.sources import scan_sources, read_items
+items = scan_sources([{str(path)!r}]).items
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+n = 0
+for item, audio, name in read_items(items):
+    n += len(audio.read()); audio.close()
+grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(n, grew * 1024)
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    total, grew = map(int, done.stdout.split())
+    assert total == everything
+    assert grew < 12 * row_bytes, f"peak grew {grew / 1e6:.0f} MB reading a {everything / 1e6:.0f} MB row group"
+
+
+def test_an_s3_source_with_a_wrong_endpoint_or_no_credentials_fails_fast_in_one_line(tmp_path, s3_bucket,
+                                                                                    monkeypatch, capsys):
+    upload(write_kathbath(tmp_path, splits=(("train", 1),)), f"{s3_bucket}/kb")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    started = time.monotonic()
+    assert main(["prep", f"{s3_bucket}/kb", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the S3 endpoint" in err and len(err.strip().splitlines()) == 1
+    assert time.monotonic() - started < 60
+    monkeypatch.undo()
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    assert main(["prep", f"{s3_bucket}/kb", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "no AWS credentials found" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_manifest_on_s3_resolves_paths_against_its_own_url(tmp_path, s3_bucket):
+    from audio_fixtures import write_manifest_corpus
+
+    manifest = write_manifest_corpus(tmp_path / "c", n_files=4, n_speakers=2, seconds=1.0)
+    remote = upload(tmp_path / "c", f"{s3_bucket}/c")
+    (tmp_path / "c" / "escape.tsv").write_text("path\ttext\tspeaker\n../other/x.wav\thi\ts\n")
+    upload(tmp_path / "c", f"{s3_bucket}/c")
+    scan = scan_sources([f"{remote}/manifest.tsv"])
+    assert [i.path for i in scan.items] == [f"{remote}/wavs/spk{i % 2}/utt{i:03d}.wav" for i in (0, 2, 1, 3)] or \
+        sorted(i.path for i in scan.items) == sorted(f"{remote}/wavs/spk{i % 2}/utt{i:03d}.wav" for i in range(4))
+    assert all(len(i.identity) == 2 for i in scan.items)  # size and ETag from the listing
+    escaped = scan_sources([f"{remote}/escape.tsv"])
+    assert not escaped.items and "outside the manifest's folder" in escaped.rejects[0]["reason"]
+    with pytest.raises(PrepError, match="no such file"):
+        run_prep([f"{remote}/missing.tsv"], str(tmp_path / "o"), CFG, progress=False)
