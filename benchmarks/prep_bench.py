@@ -7,7 +7,11 @@ Measures audio seconds per wall second per core for
      trim, tar or upload), in a pool of the same size;
   2. `run_prep` to a local folder;
   3. `run_prep` to a local S3 server (moto on 127.0.0.1, started here);
-and prints the ratios prep / ceiling. Sources are 22.05 kHz WAV files (as espeak-ng writes).
+  4. `run_prep` of the same files as hub parquet shards (an Audio struct column, row groups of 100),
+     to a local folder;
+  5. `run_prep` of the same folder read from that S3 server (ranged GETs), to a local folder;
+and prints the ratios prep / ceiling, then the peak memory of one prep worker on a parquet whose
+single row group holds ~200 MB of audio. Sources are 22.05 kHz WAV files (as espeak-ng writes).
 """
 
 from __future__ import annotations
@@ -30,7 +34,56 @@ from data_prep.sources import scan_sources  # noqa: E402
 from pipeline.storage.audio import cut_segments, load_audio, resample  # noqa: E402
 from pipeline.config import PrepConfig  # noqa: E402
 from pipeline.storage.shards import encode_sample  # noqa: E402
+from corpus_layouts import upload, write_parquet  # noqa: E402
 from run_fixtures import MotoS3  # noqa: E402
+
+PEAK_PROBE = """
+import resource, sys
+from data_prep.prep_file import FileJob, process_job
+from data_prep.sources import scan_sources
+from pipeline.config import PrepConfig
+items = scan_sources([sys.argv[1]]).items
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for start in range(0, len(items), 32):  # as prep batches a row group's items
+    for result in process_job(FileJob(tuple(items[start:start + 32]), PrepConfig(), None)):
+        assert result.reject is None, result.reject
+print(before * 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def as_parquet(items, folder: Path, rows_per_group: int = 100) -> Path:
+    """The files as hub parquet shards of 400 rows (Audio struct of bytes + path, text, speaker_id)."""
+    import pyarrow as pa
+
+    schema = pa.schema([("audio", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+                        ("text", pa.string()), ("speaker_id", pa.string())])
+    rows = [{"audio": {"bytes": Path(i.path).read_bytes(), "path": Path(i.path).name}, "text": i.text,
+             "speaker_id": i.speaker} for i in items]
+    for k, start in enumerate(range(0, len(rows), 400)):
+        write_parquet(folder / f"train-{k:05d}-of-99999.parquet", rows[start:start + 400], schema, rows_per_group)
+    return folder
+
+
+def worker_peak(tmp: Path) -> tuple[float, float, float]:
+    """(MB of audio in the row group, a worker's peak memory in MB before and after prepping it)."""
+    import subprocess
+
+    import numpy as np
+    import pyarrow as pa
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    clip = tmp / "minute.flac"
+    sf.write(clip, (0.3 * rng.standard_normal(16000 * 60)).astype(np.float32), 16000)
+    data = clip.read_bytes()
+    rows = [{"audio": {"bytes": data, "path": f"{i}.flac"}, "text": "", "speaker_id": "s"} for i in range(110)]
+    schema = pa.schema([("audio", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+                        ("text", pa.string()), ("speaker_id", pa.string())])
+    path = write_parquet(tmp / "big" / "train-00000-of-00001.parquet", rows, schema, row_group_size=len(rows))
+    done = subprocess.run([sys.executable, "-c", PEAK_PROBE, str(path)], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    before, after = map(int, done.stdout.split())
+    return len(data) * len(rows) / 1e6, before / 1e6, after / 1e6
 
 
 def encode_only(job):
@@ -69,15 +122,31 @@ def main() -> None:
         t = time.perf_counter()
         run_prep([str(manifest)], "s3://bench/te", cfg, progress=False)
         s3_rate = audio_s / (time.perf_counter() - t) / args.workers
+
+        shards = as_parquet(items, tmp / "parquet")
+        t = time.perf_counter()
+        from_parquet = run_prep([str(shards)], str(tmp / "out-parquet"), cfg, progress=False)
+        parquet_rate = audio_s / (time.perf_counter() - t) / args.workers
+        assert from_parquet.samples == summary.samples, (from_parquet.samples, summary.samples)
+
+        remote = upload(tmp / "src", "s3://bench/src")
+        t = time.perf_counter()
+        from_s3 = run_prep([f"{remote}/manifest.tsv"], str(tmp / "out-from-s3"), cfg, progress=False)
+        from_s3_rate = audio_s / (time.perf_counter() - t) / args.workers
+        assert from_s3.samples == summary.samples
         s3.__exit__()
+        group_mb, start_mb, peak_mb = worker_peak(tmp)
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}; workers: {args.workers}")
     print(f"audio: {audio_s / 60:.1f} min in {len(items)} files -> {summary.samples} samples")
     print(f"{'stage':32} {'audio s / wall s / core':>24} {'ratio to ceiling':>18}")
     for name, value in [("FLAC encode only (ceiling)", ceiling), ("prep -> local folder", local),
-                        ("prep -> S3 (moto, 127.0.0.1)", s3_rate)]:
+                        ("prep -> S3 (moto, 127.0.0.1)", s3_rate), ("prep parquet -> local folder", parquet_rate),
+                        ("prep S3 source -> local folder", from_s3_rate)]:
         print(f"{name:32} {value:24.1f} {value / ceiling:18.2f}")
+    print(f"one worker on a {group_mb:.0f} MB parquet row group: peak memory {peak_mb:.0f} MB "
+          f"({start_mb:.0f} MB before the first row)")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ from pipeline.storage.store import StoreError, is_remote
 
 FORMATS = ("folder", "manifest", "openslr", "commonvoice", "kathbath", "fleurs", "parquet")
 SPOOL_BYTES = 16 << 20
-"""A tar.gz member is held in memory up to this size, on local disk past it."""
+"""A tar.gz member or parquet row is held in memory up to this size, on local disk past it."""
+WHOLE_GET_BYTES = 16 << 20
+"""A remote file up to this size is fetched in one GET; a larger one is read by ranged GETs."""
 
 __all__ = ["FORMATS", "SourceError", "SourceItem", "SourceScan", "batch_key", "detect_format", "file_identity",
            "item_identity", "printable", "read_items", "scan_sources"]
@@ -119,9 +121,19 @@ def read_items(items: list[SourceItem]) -> Iterator[tuple[SourceItem, str | Bina
                 yield item, item.path, PurePosixPath(item.name).name
                 continue
             try:
-                yield item, open_location(item.path), PurePosixPath(item.path).name
+                yield item, _remote_file(item), PurePosixPath(item.path).name
             except (StoreError, OSError) as e:
                 yield item, None, f"cannot read ({e})"
+
+
+def _remote_file(item: SourceItem) -> BinaryIO:
+    """A remote file, seekable: fetched whole in one GET when small (most speech files: a decoder's
+    seeks would each cost a request), else read by ranged GETs."""
+    size = item.identity[0] if item.identity else None
+    if size is not None and size <= WHOLE_GET_BYTES:
+        with open_location(item.path, size) as f:
+            return _spooled(f.read())
+    return open_location(item.path, size)
 
 
 def _spooled(data: bytes) -> BinaryIO:

@@ -211,10 +211,11 @@ def _bucket(url: str) -> Store:
     return open_store(url)
 
 
-def open_location(path: str) -> BinaryIO:
-    """A SourceItem's `path`, opened seekable: a local file, or an object read by ranged GETs."""
+def open_location(path: str, size: int | None = None) -> BinaryIO:
+    """A SourceItem's `path`, opened seekable: a local file, or an object read by ranged GETs (`size`,
+    when known, saves a HEAD request)."""
     if is_remote(path):
         scheme, rest = path.split("://", 1)
         bucket, _, key = rest.partition("/")
-        return _bucket(f"{scheme}://{bucket}").open_seekable(key)
+        return _bucket(f"{scheme}://{bucket}").open_seekable(key, size)
     return open(path, "rb")

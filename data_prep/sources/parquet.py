@@ -20,6 +20,7 @@ import io
 from typing import BinaryIO, Iterator
 
 from data_prep.sources.base import SourceError, SourceItem, SourceScan, Tree, open_location, printable
+from pipeline.storage.store import StoreError
 
 COLUMN_DEFAULTS = {
     "audio": ("audio", "audio_filepath", "audio_file"),
@@ -118,7 +119,7 @@ def read_rows(path: str, items: list[SourceItem]) -> Iterator[tuple[SourceItem, 
     column = items[0].member.split(":", 3)[3]
     wanted = {int(item.member.split(":")[2]): item for item in items}
     last = max(wanted)
-    with open_location(path) as f:
+    with open_location(path, items[0].identity[0] if items[0].identity else None) as f:
         pf = open_parquet(f, printable(path))
         row = 0
         try:
@@ -159,6 +160,6 @@ def audio_value(value, parquet_path: str) -> tuple[bytes | None, str]:
         try:
             with open_location(target) as f:
                 return f.read(), value["path"]
-        except Exception:
+        except (OSError, StoreError):
             return None, f"no audio bytes in the row, and its path {value['path']} is not beside the parquet"
     return None, "the row's audio is empty"
