@@ -37,17 +37,22 @@ from pipeline.storage.shards import encode_sample  # noqa: E402
 from corpus_layouts import upload, write_parquet  # noqa: E402
 from run_fixtures import MotoS3  # noqa: E402
 
-PEAK_PROBE = """
-import resource, sys
+PEAK_PROBE = r"""
+import re, sys
+def peak():  # VmHWM: this process's own high-water mark (ru_maxrss would carry the forking parent's)
+    return int(re.search(r"VmHWM:\s*(\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
 from data_prep.prep_file import FileJob, process_job
 from data_prep.sources import scan_sources
 from pipeline.config import PrepConfig
+import tempfile
 items = scan_sources([sys.argv[1]]).items
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-for start in range(0, len(items), 32):  # as prep batches a row group's items
-    for result in process_job(FileJob(tuple(items[start:start + 32]), PrepConfig(), None)):
-        assert result.reject is None, result.reject
-print(before * 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+before = peak()
+with tempfile.TemporaryDirectory() as spill:  # as prep runs it: results past their share spill to disk
+    for start in range(0, len(items), 32):  # and prep's largest batch of a row group's items
+        for result in process_job(FileJob(tuple(items[start:start + 32]), PrepConfig(), spill)):
+            assert result.reject is None, result.reject
+            result.samples.discard()
+print(before, peak())
 """
 
 

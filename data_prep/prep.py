@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import tempfile
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
@@ -109,7 +110,7 @@ def run_prep(sources: list[str], out_url: str, cfg: PrepConfig, fmt: str = "auto
                    for pos, item in enumerate(items) if pos >= state[split].cursor[0]), key=lambda t: t[2].name)
     spill = tempfile.TemporaryDirectory(prefix="telucodec-prep-")  # long files' segments, worker -> here
     with PrepProgress(len(todo), enabled=progress) as bar, spill:
-        batches = batched(todo)
+        batches = batched(todo, max(1, min(BATCH_ITEMS, len(todo) // (4 * (cfg.workers or os.cpu_count() or 1)))))
         jobs = [FileJob(tuple(item for _, _, item in batch), cfg, spill.name) for batch in batches]
         writers: dict[str, ShardWriter] = {}
         with closing(ordered_map(process_job, jobs, cfg.workers, on_death=worker_died)) as results:
@@ -121,13 +122,13 @@ def run_prep(sources: list[str], out_url: str, cfg: PrepConfig, fmt: str = "auto
     return finish(records, state, scan.rejects, cfg, sources, resumed)
 
 
-def batched(todo: list[tuple[str, int, SourceItem]]) -> list[list[tuple[str, int, SourceItem]]]:
-    """Consecutive items of one container (same `batch_key`) together, at most BATCH_ITEMS; every
-    other item alone."""
+def batched(todo: list[tuple[str, int, SourceItem]], size: int) -> list[list[tuple[str, int, SourceItem]]]:
+    """Consecutive items of one container (same `batch_key`) together, at most `size` (fewer than
+    BATCH_ITEMS when the work is small: every worker gets some); every other item alone."""
     batches: list[list] = []
     for entry in todo:
         key = batch_key(entry[2])
-        if key is not None and batches and len(batches[-1]) < BATCH_ITEMS and batch_key(batches[-1][0][2]) == key:
+        if key is not None and batches and len(batches[-1]) < size and batch_key(batches[-1][0][2]) == key:
             batches[-1].append(entry)
         else:
             batches.append([entry])

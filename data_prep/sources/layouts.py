@@ -23,11 +23,11 @@ import io
 import json
 import posixpath
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from data_prep.sources.base import LocalTree, SourceError, SourceItem, SourceScan, StoreTree, Tree, printable
 from pipeline.storage.audio import AUDIO_EXTENSIONS
-from pipeline.storage.store import StoreError, is_remote, open_store
+from pipeline.storage.store import is_remote, open_store
 
 MANIFEST_EXTS = {".tsv", ".csv", ".jsonl"}
 KATHBATH_SPLITS = ("train", "valid", "test_known", "test_unknown")
@@ -216,10 +216,3 @@ def split_in_path(rel: str) -> str:
     found = SPLIT_WORD.findall(rel.lower())
     return found[-1] if found else ""
 
-
-def check_readable(tree: Tree) -> None:
-    """List the tree now, so a wrong bucket, endpoint or missing credentials fail before any work."""
-    try:
-        tree.files()
-    except StoreError as e:
-        raise SourceError(str(e)) from None
