@@ -83,43 +83,79 @@ class PrepSummary:
     rejects_url: str
     resumed_shards: int = 0
     already_complete: bool = False
+    nodes: dict = field(default_factory=dict)
+    """Ray prep: each node's share of the audio it encoded (node id -> fraction)."""
 
 
 def run_prep(sources: list[str], out_url: str, cfg: PrepConfig, fmt: str = "auto",
              overwrite: bool = False, progress: bool = True, allow_outside: bool = False,
-             columns: dict[str, str] | None = None) -> PrepSummary:
-    """Prep `sources` into a dataset at `out_url`; resumes an interrupted run of the same command."""
+             columns: dict[str, str] | None = None, ray_address: str | None = None) -> PrepSummary:
+    """Prep `sources` into a dataset at `out_url`; resumes an interrupted run of the same command.
+    With `ray_address` ("auto", "local" or host:port) the work fans out over that Ray cluster
+    (`data_prep.cluster`); the dataset is the same, byte for byte."""
+    cluster = None
+    if ray_address is not None:
+        from data_prep.cluster import RayPrep
+
+        cluster = RayPrep(ray_address, cfg, progress)
     try:
         scan = scan_sources(sources, fmt, allow_outside, columns)
     except SourceError as e:
         raise PrepError(str(e)) from None
     if not scan.items and not scan.rejects:
         raise PrepError(f"no audio files found in {', '.join(sources)}")
+    if cluster:
+        cluster.check_sources(sources)
     plan = plan_splits(scan.items, cfg)
-    fingerprint = prep_fingerprint(plan, cfg)
+    fingerprint = prep_fingerprint(plan, cfg, cluster.identities(scan.items) if cluster else None)
     store = open_store(out_url)
     records = RunRecords(store, PREP, fingerprint)
     if claim_destination(records, overwrite) == "done":
         return summary_from_index(store, load_index(store))
 
-    state = {split: resume_split(records, split) for split in plan}
+    verified = cluster.verify_recorded(records) if cluster else None
+    state = {split: resume_split(records, split, verified) for split in plan}
     resumed = sum(len(s.shards) for s in state.values())
     # In source order, each split's items still in their order: a container's items stay side by
     # side for one worker to read together, and each split's shards come out as they always do.
     todo = sorted(((split, pos, item) for split, items in plan.items()
                    for pos, item in enumerate(items) if pos >= state[split].cursor[0]), key=lambda t: t[2].name)
     spill = tempfile.TemporaryDirectory(prefix="telucodec-prep-")  # long files' segments, worker -> here
-    with PrepProgress(len(todo), enabled=progress) as bar, spill:
-        batches = batched(todo, max(1, min(BATCH_ITEMS, len(todo) // (4 * (cfg.workers or os.cpu_count() or 1)))))
-        jobs = [FileJob(tuple(item for _, _, item in batch), cfg, spill.name) for batch in batches]
-        writers: dict[str, ShardWriter] = {}
-        with closing(ordered_map(process_job, jobs, cfg.workers, on_death=worker_died)) as results:
+    with PrepProgress(len(todo), enabled=progress and cluster is None) as bar, spill:
+        workers = cluster.cpus if cluster else (cfg.workers or os.cpu_count() or 1)
+        batches = batched(todo, max(1, min(BATCH_ITEMS, len(todo) // (4 * workers))))
+        jobs = [FileJob(tuple(item for _, _, item in batch), cfg, None if cluster else spill.name) for batch in batches]
+        sink = cluster.sink(records, bar) if cluster else LocalSink(records, bar)
+        results = cluster.results(jobs) if cluster else ordered_map(process_job, jobs, cfg.workers, on_death=worker_died)
+        with closing(results) as results:
             for batch, batch_results in zip(batches, results):
                 for (split, pos, item), result in zip(batch, batch_results):
-                    add_item_result(records, cfg, split, pos, item, result, state[split], writers, bar)
-        for split, writer in writers.items():
-            close_shard(records, writer, state[split], bar)
-    return finish(records, state, scan.rejects, cfg, sources, resumed)
+                    add_item_result(sink, cfg, split, pos, item, result, state[split], bar)
+        sink.close_all(state)
+    summary = finish(records, state, scan.rejects, cfg, sources, resumed)
+    if cluster:
+        summary.nodes = cluster.node_shares()
+    return summary
+
+
+class LocalSink:
+    """Shards written here, one at a time, each recorded as it lands."""
+
+    def __init__(self, records: RunRecords, bar: "PrepProgress"):
+        self.records, self.bar = records, bar
+        self.open: dict[str, ShardWriter] = {}
+
+    def writer(self, split: str, n: int) -> ShardWriter:
+        if split not in self.open:
+            self.open[split] = ShardWriter(self.records.store, split, n)
+        return self.open[split]
+
+    def close(self, split: str, state: "SplitProgress") -> None:
+        close_shard(self.records, self.open.pop(split), state, self.bar)
+
+    def close_all(self, state: dict[str, "SplitProgress"]) -> None:
+        for split in list(self.open):
+            self.close(split, state[split])
 
 
 def batched(todo: list[tuple[str, int, SourceItem]], size: int) -> list[list[tuple[str, int, SourceItem]]]:
@@ -169,25 +205,31 @@ ADDED_KEYS = {"keep_source_splits": False}
 older unfinished prep of the same sources still resumes."""
 
 
-def prep_fingerprint(plan: dict[str, list[SourceItem]], cfg: PrepConfig) -> str:
+def prep_fingerprint(plan: dict[str, list[SourceItem]], cfg: PrepConfig, identities: dict | None = None) -> str:
     """Same sources and same config -> same fingerprint. A source is its name and its file's size,
     mtime and sampled content (`file_identity`): a file edited in place, even to the same size,
     makes another dataset, not a resume of the old one."""
     identity = functools.lru_cache(maxsize=64)(file_identity)  # a container's rows share its file
+    if identities is not None:  # read in parallel elsewhere (data_prep.cluster)
+        identity = identities.__getitem__
     config = {k: v for k, v in to_dict(cfg).items() if k not in ADDED_KEYS or v != ADDED_KEYS[k]}
     desc = {"config": config | {"workers": None},
             "items": {s: [(i.name, *(i.identity or identity(i.path))) for i in items] for s, items in plan.items()}}
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
 
 
-def resume_split(records: RunRecords, split: str) -> SplitProgress:
-    """Progress of `split` from its records, keeping only shards whose digest still matches."""
+def resume_split(records: RunRecords, split: str, verified: dict[str, bool] | None = None) -> SplitProgress:
+    """Progress of `split` from its records, keeping only shards whose digest still matches
+    (`verified`: shard name -> match, where they were checked in parallel)."""
     state = SplitProgress()
     names = records.names(f"{split}-")
     for n, name in enumerate(names):
         rec = records.get(name)
         info = ShardInfo.from_record(rec["shard"])
-        if name != f"{split}-{n:06d}.json" or not shard_matches(records.store, info):
+        matches = verified[info.name] if verified is not None and info.name in verified else None
+        if matches is None:
+            matches = shard_matches(records.store, info)
+        if name != f"{split}-{n:06d}.json" or not matches:
             for stale in names[n:]:
                 records.delete(stale)
             break
@@ -199,16 +241,15 @@ def resume_split(records: RunRecords, split: str) -> SplitProgress:
     return state
 
 
-def add_item_result(records: RunRecords, cfg: PrepConfig, split: str, pos: int, item: SourceItem,
-                    result: ItemResult, state: SplitProgress, writers: dict, bar: "PrepProgress") -> None:
-    """Append one file's segments to its split's open shard, closing shards as they fill."""
+def add_item_result(sink, cfg: PrepConfig, split: str, pos: int, item: SourceItem,
+                    result: ItemResult, state: SplitProgress, bar: "PrepProgress") -> None:
+    """Append one file's segments to its split's open shard, closing shards as they fill (`sink`: a
+    LocalSink, or data_prep.cluster's, whose shards are written by tasks)."""
     skip = state.cursor[1] if pos == state.cursor[0] else 0
     for seg, sample in enumerate(result.samples):  # read back from the worker's spill file if it has one
         if seg < skip:
             continue  # written before an interruption
-        writer = writers.get(split)
-        if writer is None:
-            writer = writers[split] = ShardWriter(records.store, split, len(state.shards))
+        writer = sink.writer(split, len(state.shards))
         writer.add(sample)
         bar.audio(sample.seconds)
         last = seg == len(result.samples) - 1
@@ -216,7 +257,7 @@ def add_item_result(records: RunRecords, cfg: PrepConfig, split: str, pos: int, 
             _count_file(state, result)
         state.cursor = (pos + 1, 0) if last else (pos, seg + 1)
         if writer.samples >= cfg.shard_max_samples or writer.nbytes >= cfg.shard_max_mb * 1e6:
-            close_shard(records, writers.pop(split), state, bar)
+            sink.close(split, state)
     if not result.samples:
         _count_file(state, result)
         state.cursor = (pos + 1, 0)

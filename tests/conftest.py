@@ -8,16 +8,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent
-SHARED_HEAD = ("launch/test_submit.py",)
-"""Tests that share one local Ray head (a module fixture): one xdist worker runs them in turn; every
-other test goes to whichever worker is free (each Ray test starts and stops a Ray instance of its own)."""
+SHARED_CLUSTER = ("launch/test_submit.py", "data_prep/test_prep_on_ray.py")
+"""Modules whose tests share one Ray cluster (a module fixture): one xdist worker runs each module's
+tests in turn; every other test goes to whichever worker is free (each Ray test starts and stops a
+Ray instance of its own)."""
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if Path(item.path).resolve().relative_to(ROOT).as_posix().startswith(SHARED_HEAD):
-            item.add_marker(pytest.mark.xdist_group("shared-head"))
+        module = Path(item.path).resolve().relative_to(ROOT).as_posix()
+        if module in SHARED_CLUSTER:
+            item.add_marker(pytest.mark.xdist_group(module))
 
 # Tests never talk to W&B's servers: every run they start is an offline run.
 os.environ.setdefault("WANDB_MODE", "offline")

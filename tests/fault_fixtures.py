@@ -36,12 +36,13 @@ def cut_in_half(path: Path) -> Path:
 
 
 class KillWhoeverOpens:
-    """A thread that SIGKILLs every child process of this one that has `path` open, until the
-    context ends: a file that makes its worker die, every time, without any hook in the code under
-    test. `kills` counts the processes it killed."""
+    """A thread that SIGKILLs every child process of this one (every descendant, with `descendants`:
+    Ray's workers are its raylets' children) that has `path` open, until the context ends: a file
+    that makes its worker die, every time, without any hook in the code under test. `kills` counts
+    the processes it killed."""
 
-    def __init__(self, path: Path, every: float = 0.002):
-        self.path, self.every = os.path.realpath(path), every
+    def __init__(self, path: Path, every: float = 0.002, descendants: bool = False):
+        self.path, self.every, self.descendants = os.path.realpath(path), every, descendants
         self.kills = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -56,7 +57,7 @@ class KillWhoeverOpens:
 
     def _watch(self) -> None:
         while not self._stop.is_set():
-            for pid in _children(os.getpid()):
+            for pid in (_descendants if self.descendants else _children)(os.getpid()):
                 if self.path in _open_files(pid):
                     try:
                         os.kill(pid, signal.SIGKILL)
@@ -74,6 +75,15 @@ def _children(parent: int) -> list[int]:
         except OSError:
             pass
     return pids
+
+
+def _descendants(parent: int) -> list[int]:
+    found, todo = [], [parent]
+    while todo:
+        kids = _children(todo.pop())
+        found += kids
+        todo += kids
+    return found
 
 
 def _open_files(pid: int) -> set[str]:

@@ -89,6 +89,9 @@ def register_prep(sub) -> None:
                    help="let manifests name files outside their own folder (absolute or ../ paths)")
     s.add_argument("--columns", default="", metavar="ROLE=COL,...",
                    help="parquet columns for audio, text and speaker (default: the hub's usual names)")
+    s.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                   help="fan out over a Ray cluster (this machine's, or HOST:PORT): the same dataset, byte for "
+                        "byte; the default in a job `telucodec submit prep` started")
     s.set_defaults(func=prep)
 
 
@@ -108,7 +111,7 @@ def prep(args) -> int:
     except SourceError as e:
         raise UsageError(str(e)) from None
     summary = run_prep(sources, args.out, cfg.prep, fmt=args.format, overwrite=args.overwrite,
-                       allow_outside=args.allow_outside, columns=columns)
+                       allow_outside=args.allow_outside, columns=columns, ray_address=args.ray)
     print_prep_summary(summary)
     return 0 if summary.samples else 1
 
@@ -125,6 +128,10 @@ def print_prep_summary(summary) -> None:
     console.print(table)
     if summary.resumed_shards:
         console.print(f"resumed: {summary.resumed_shards} verified shards kept from an earlier run")
+    if summary.nodes:
+        from data_prep.cluster import node_names
+
+        console.print(f"nodes: {len(summary.nodes)} ({node_names(summary.nodes)} of the audio)", highlight=False)
     if summary.rejects:
         console.print(f"[yellow]{len(summary.rejects)} file(s) rejected[/] (listed in {summary.rejects_url}):")
         for r in summary.rejects[:20]:
