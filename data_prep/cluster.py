@@ -19,6 +19,7 @@ killed (or a stopped job) resumes like a killed one-machine prep: the same comma
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
@@ -82,10 +83,21 @@ class PlannedShard:
 
 
 # ------------------------------------------------------------------------------------- tasks
-def encode_job(job: FileJob) -> tuple[list[dict], list[list[EncodedSample]]]:
+def take_credentials(keeper) -> None:
+    """Credentials a submitted job was given (held by its Keeper actor, jobs/launch/credentials.py)
+    into this worker's environment, before anything reads the store: a Ray worker does not inherit
+    what the driver set after the cluster started."""
+    if keeper is not None:
+        import ray
+
+        os.environ.update(ray.get(keeper.get.remote()))
+
+
+def encode_job(keeper, job: FileJob) -> tuple[list[dict], list[list[EncodedSample]]]:
     """A job's items -> (per item: its tallies and the sizes of its samples; its encoded samples)."""
     import ray
 
+    take_credentials(keeper)
     node = ray.get_runtime_context().get_node_id()
     summaries, payload = [], []
     for result in process_job(job):
@@ -96,20 +108,23 @@ def encode_job(job: FileJob) -> tuple[list[dict], list[list[EncodedSample]]]:
     return summaries, payload
 
 
-def write_shard(url: str, split: str, n: int, parts: list[tuple[int, int, int]], *payloads) -> ShardInfo:
+def write_shard(keeper, url: str, split: str, n: int, parts: list[tuple[int, int, int]], *payloads) -> ShardInfo:
     """Write shard `n` of `split` from (payload, item, sample) positions into `payloads` (Ray hands
     them over resolved)."""
+    take_credentials(keeper)
     with ShardWriter(open_store(url), split, n) as writer:
         for p, item, index in parts:
             writer.add(payloads[p][item][index])
     return writer.info
 
 
-def identities(paths: list[str]) -> list[tuple]:
+def identities(keeper, paths: list[str]) -> list[tuple]:
+    take_credentials(keeper)
     return [file_identity(p) for p in paths]
 
 
-def verify(url: str, records: list[dict]) -> list[bool]:
+def verify(keeper, url: str, records: list[dict]) -> list[bool]:
+    take_credentials(keeper)
     store = open_store(url)
     return [shard_matches(store, ShardInfo.from_record(r)) for r in records]
 
@@ -118,7 +133,7 @@ def verify(url: str, records: list[dict]) -> list[bool]:
 class RayPrep:
     """The Ray side of one `run_prep`: tasks out, results back in order, shards written by tasks."""
 
-    def __init__(self, address: str, cfg: PrepConfig, progress: bool = True):
+    def __init__(self, address: str, cfg: PrepConfig, progress: bool = True, keeper=None):
         import ray
 
         if not ray.is_initialized():
@@ -127,7 +142,7 @@ class RayPrep:
             except ConnectionError as e:
                 raise ClusterError(f"no Ray cluster at {address!r} ({str(e).splitlines()[0]}): start one "
                                    "(`ray start --head`), or give its address with --ray HOST:PORT") from None
-        self.ray, self.cfg, self.progress = ray, cfg, progress
+        self.ray, self.cfg, self.progress, self.keeper = ray, cfg, progress, keeper
         self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.seconds_by_node: Counter = Counter()
         self.encode = ray.remote(encode_job).options(num_returns=2, max_retries=RETRIES, num_cpus=1)
@@ -150,7 +165,7 @@ class RayPrep:
         paths = sorted({i.path for i in items if not i.identity})
         chunks = [paths[i:i + 500] for i in range(0, len(paths), 500)]
         task = self.ray.remote(identities).options(max_retries=RETRIES)
-        found = self.ray.get([task.remote(c) for c in chunks])
+        found = self.ray.get([task.remote(self.keeper, c) for c in chunks])
         return {p: tuple(ident) for chunk, got in zip(chunks, found) for p, ident in zip(chunk, got)}
 
     def verify_recorded(self, records) -> dict[str, bool]:
@@ -158,7 +173,7 @@ class RayPrep:
         recs = [records.get(name)["shard"] for name in records.names() if name != records.job.start_record]
         task = self.ray.remote(verify).options(max_retries=RETRIES)
         chunks = [recs[i:i + 8] for i in range(0, len(recs), 8)]
-        found = self.ray.get([task.remote(records.store.url, c) for c in chunks])
+        found = self.ray.get([task.remote(self.keeper, records.store.url, c) for c in chunks])
         return {r["name"]: ok for chunk, oks in zip(chunks, found) for r, ok in zip(chunk, oks)}
 
     def results(self, jobs: list[FileJob]) -> Iterator[list[ItemResult]]:
@@ -168,7 +183,7 @@ class RayPrep:
         done_files, total, last_said = 0, sum(len(j.items) for j in jobs), 0.0
         while True:
             while len(window) < 4 * self.cpus and (job := next(pending, None)) is not None:
-                window.append((job, *self.encode.remote(job)))
+                window.append((job, *self.encode.remote(self.keeper, job)))
             if not window:
                 return
             job, summary_ref, payload_ref = window.popleft()
@@ -190,7 +205,7 @@ class RayPrep:
             if len(job.items) == 1:  # its worker died on every try: this file kills its worker
                 return [rejected(job.items[0], f"worker died: {how} on {RETRIES + 1} tries")]
             singles = [FileJob((item,), job.cfg, None) for item in job.items]
-            return [self._collect(single, *self.encode_alone.remote(single))[0] for single in singles]
+            return [self._collect(single, *self.encode_alone.remote(self.keeper, single))[0] for single in singles]
         out = []
         for i, s in enumerate(summaries):
             result = ItemResult(samples=Stubs(Stub(key, seconds, nbytes, payload_ref, i, k)
@@ -229,7 +244,7 @@ class RaySink:
         payloads = list(dict.fromkeys(s.payload for s in shard.stubs))
         where = {ref: p for p, ref in enumerate(payloads)}
         parts = [(where[s.payload], s.item, s.index) for s in shard.stubs]
-        ref = self.cluster.write.remote(self.records.store.url, split, shard.n, parts, *payloads)
+        ref = self.cluster.write.remote(self.cluster.keeper, self.records.store.url, split, shard.n, parts, *payloads)
         record = {"cursor": list(state.cursor), "rejects": list(state.rejects), "files_ok": state.files_ok,
                   "clipped_files": state.clipped_files, "clipped_samples": state.clipped_samples}
         state.shards.append(None)  # its ShardInfo once it lands

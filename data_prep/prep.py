@@ -89,15 +89,16 @@ class PrepSummary:
 
 def run_prep(sources: list[str], out_url: str, cfg: PrepConfig, fmt: str = "auto",
              overwrite: bool = False, progress: bool = True, allow_outside: bool = False,
-             columns: dict[str, str] | None = None, ray_address: str | None = None) -> PrepSummary:
+             columns: dict[str, str] | None = None, ray_address: str | None = None, keeper=None) -> PrepSummary:
     """Prep `sources` into a dataset at `out_url`; resumes an interrupted run of the same command.
     With `ray_address` ("auto", "local" or host:port) the work fans out over that Ray cluster
-    (`data_prep.cluster`); the dataset is the same, byte for byte."""
+    (`data_prep.cluster`; `keeper`: a submitted job's credentials for its tasks); the dataset is the
+    same, byte for byte."""
     cluster = None
     if ray_address is not None:
         from data_prep.cluster import RayPrep
 
-        cluster = RayPrep(ray_address, cfg, progress)
+        cluster = RayPrep(ray_address, cfg, progress, keeper)
     try:
         scan = scan_sources(sources, fmt, allow_outside, columns)
     except SourceError as e:

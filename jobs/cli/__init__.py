@@ -69,8 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command line's words -> the command's arguments (argparse's own errors exit 2)."""
     parser = build_parser()
+    argv, stage, stage_words = cluster.split_stage(argv)  # `submit ... prep|reshard WORDS`
     args, extra = parser.parse_known_args(argv)
     if extra:  # positional words after options (argparse stops at the first option): collect them
         target = next((t for t in ("items", "words") if hasattr(args, t)), None)
@@ -78,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         if bad or target is None:
             parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
         setattr(args, target, list(getattr(args, target)) + extra)
+    if stage:
+        args.stage, args.stage_args = stage, parse([stage, *stage_words])
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(list(sys.argv[1:] if argv is None else argv))
     try:
         return args.func(args)
     except TelucodecError as e:  # a user's mistake: one line, no traceback

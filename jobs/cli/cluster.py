@@ -89,15 +89,21 @@ def server_cause(text: str) -> str:
 
 # ---------------------------------------------------------------- submit
 def register_submit(sub) -> None:
-    s = sub.add_parser("submit", help="submit a training run to a Ray cluster (from a laptop)",
+    s = sub.add_parser("submit", help="submit training, prep or reshard to a Ray cluster (from a laptop)",
+                       usage="telucodec submit [--address URL | --local] [options] [train] CONFIG... [key=value...]\n"
+                             "       telucodec submit [--address URL | --local] [options] prep SRC... --out URL ...\n"
+                             "       telucodec submit [--address URL | --local] [options] reshard SRC_URL DST_URL ...",
                        description="Resolve and check the config here, stage the project (less .git, .venv, "
-                       "data, runs and caches; size-checked before upload) and submit `telucodec train` as a "
-                       "Ray job. This machine's WANDB_API_KEY and AWS credentials (variables or profile) are "
+                       "data, runs and caches; size-checked before upload) and submit `telucodec train` (or, "
+                       "after the word prep or reshard, that command with its own words, fanned out over "
+                       "the cluster) as a Ray job. This machine's WANDB_API_KEY and AWS credentials (variables or profile) are "
                        "forwarded to the job's driver and every training worker in memory only: never in the "
                        "working dir, runtime_env, metadata or logs, and never printed (--no-forward for a "
                        "cluster with its own credentials). Prints `job: ID`, "
                        "the dashboard URL and the W&B run URL.",
                        epilog="examples:\n"
+                       "  telucodec submit --address http://HEAD:8265 prep s3://b/indicvoices-te/ --out s3://b/te\n"
+                       "  telucodec submit --address http://HEAD:8265 reshard s3://b/te s3://b/te-r8 --ranks 8\n"
                        "  telucodec submit --local configs/tiny.yaml data.url=demo_out/data-r2 train.eval_url=demo_out/data train.eval_split=test train.steps=50\n"
                        "  telucodec submit --address http://HEAD:8265 --runs s3://b/runs configs/gpu.yaml \\\n"
                        "      data.url=s3://b/te-r8 train.workers=8\n"
@@ -117,10 +123,72 @@ def register_submit(sub) -> None:
     s.set_defaults(func=submit)
 
 
+SUBMITTED_STAGES = ("prep", "reshard", "train")
+VALUED_OPTIONS = ("--address", "--run", "--runs", "--max-upload-mb", "--config")
+
+
+def split_stage(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
+    """`submit [OPTIONS] prep|reshard WORDS...` -> (the submit part, the stage, its own words);
+    `submit [OPTIONS] train CONFIG...` is today's `submit [OPTIONS] CONFIG...`."""
+    if argv[:1] != ["submit"]:
+        return argv, None, []
+    for i in range(1, len(argv)):
+        if argv[i] in SUBMITTED_STAGES and argv[i - 1] not in VALUED_OPTIONS:
+            if argv[i] == "train":
+                return argv[:i] + argv[i + 1:], None, []
+            return argv[:i], argv[i], argv[i + 1:]
+    return argv, None, []
+
+
+def absolute(url: str) -> str:
+    from pathlib import Path
+
+    from pipeline.storage.store import is_remote
+
+    return url if is_remote(url) or url.startswith("file://") else str(Path(url).expanduser().absolute())
+
+
+@ray_head_errors
+def submit_stage(args) -> int:
+    """`telucodec submit prep ...` / `submit reshard ...`: the stage's own words, checked here, as a job."""
+    import dataclasses
+
+    from jobs.cli.data import prep_call, reshard_options
+    from jobs.launch.submit import submit_stage as submit_job
+    from pipeline.config import to_dict
+
+    if args.items:
+        raise UsageError(f"`submit {args.stage}` takes the stage's own words after it; "
+                         f"put {' '.join(args.items)} after `{args.stage}`")
+    stage = args.stage_args
+    if args.stage == "prep":
+        call = prep_call(stage)
+        spec = {"sources": [absolute(s) for s in call["sources"]], "out": absolute(call["out"]),
+                "prep": to_dict(call["cfg"]), "fmt": call["fmt"], "overwrite": call["overwrite"],
+                "allow_outside": call["allow_outside"], "columns": call["columns"]}
+    else:
+        opts = reshard_options(stage)
+        spec = {"src": absolute(stage.src), "out": absolute(stage.dst), "options": dataclasses.asdict(opts)}
+    address = cluster_address(args)
+    sub = submit_job(address, args.stage, spec, max_upload_mb=args.max_upload_mb, pip=args.pip,
+                     forward=not args.no_forward)
+    print(f"job: {sub.job_id}")
+    console.print(f"forwarded: {', '.join(sub.forwarded) or 'no credentials (the cluster uses its own)'}"
+                  f"{' (values not shown)' if sub.forwarded else ''}", highlight=False)
+    console.print(f"{args.stage}:      -> {spec['out']}", highlight=False)
+    console.print(f"dashboard: {sub.dashboard_url}", highlight=False)
+    console.print(f"next:      telucodec jobs logs {sub.job_id} --follow{' --local' if args.local else ''}"
+                  f"   |   jobs status {sub.job_id}   |   jobs stop {sub.job_id}", highlight=False)
+    return 0
+
+
 @ray_head_errors
 def submit(args) -> int:
     from jobs.launch.submit import submit
     from pipeline.config import with_absolute_paths
+
+    if getattr(args, "stage", None):
+        return submit_stage(args)
 
     cfg = load_cli_config(args.items)  # checked here: a typo fails before any upload
     if not cfg.data.url:

@@ -97,6 +97,15 @@ def register_prep(sub) -> None:
 
 def prep(args) -> int:
     from data_prep.prep import run_prep
+
+    call = prep_call(args)
+    summary = run_prep(call.pop("sources"), call.pop("out"), call.pop("cfg"), **call, ray_address=args.ray)
+    print_prep_summary(summary)
+    return 0 if summary.samples else 1
+
+
+def prep_call(args) -> dict:
+    """`prep`'s words -> run_prep's arguments (checked: a typo fails here, before any work)."""
     from data_prep.sources import SourceError
     from data_prep.sources.parquet import parse_columns
 
@@ -110,10 +119,8 @@ def prep(args) -> int:
         columns = parse_columns(args.columns)
     except SourceError as e:
         raise UsageError(str(e)) from None
-    summary = run_prep(sources, args.out, cfg.prep, fmt=args.format, overwrite=args.overwrite,
-                       allow_outside=args.allow_outside, columns=columns, ray_address=args.ray)
-    print_prep_summary(summary)
-    return 0 if summary.samples else 1
+    return {"sources": sources, "out": args.out, "cfg": cfg.prep, "fmt": args.format, "overwrite": args.overwrite,
+            "allow_outside": args.allow_outside, "columns": columns}
 
 
 def print_prep_summary(summary) -> None:
@@ -270,17 +277,22 @@ def register_reshard(sub) -> None:
     s.set_defaults(func=reshard)
 
 
-def reshard(args) -> int:
-    from data_prep.reshard import ReshardOptions, reshard as run_reshard
-    from pipeline.storage.shards import load_index
+def reshard_options(args):
+    from data_prep.reshard import ReshardOptions
 
-    opts = ReshardOptions(samples_per_shard=args.samples_per_shard, shard_mb=args.shard_mb, shards=args.shards,
+    return ReshardOptions(samples_per_shard=args.samples_per_shard, shard_mb=args.shard_mb, shards=args.shards,
                           ranks=args.ranks, shuffle=args.shuffle, seed=args.seed,
                           splits=tuple(s for s in (args.splits or "").split(",") if s),
                           segment_seconds=args.segment_seconds, sample_rate=args.sample_rate,
                           overwrite=args.overwrite, workers=args.workers, io_threads=args.io_threads,
                           spill_gb=args.spill_gb, tmp_dir=args.tmp_dir)
-    summary = run_reshard(args.src, args.dst, opts)
+
+
+def reshard(args) -> int:
+    from data_prep.reshard import reshard as run_reshard
+    from pipeline.storage.shards import load_index
+
+    summary = run_reshard(args.src, args.dst, reshard_options(args))
     if summary.noop:
         console.print(f"nothing to do: {summary.dst_url} already holds this reshard of {summary.src_url}")
         return 0

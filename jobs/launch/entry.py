@@ -1,12 +1,15 @@
-"""A submitted job's entry point on the cluster: claim the forwarded credentials, then train.
+"""A submitted job's entry point on the cluster: claim the forwarded credentials, then train (or
+prep, or reshard).
 
     python -m jobs.launch.entry [--credentials gcs://_telucodec_secrets_….zip] .telucodec_job.yaml
+    python -m jobs.launch.entry [--credentials ...] .telucodec_stage.json       # prep or reshard
 
 `telucodec submit` stages the resolved config in the job's working dir and, when it forwards
 credentials, names their package in the GCS store (jobs/launch/credentials.py). This driver claims
 them (reading and deleting the package), so they become its environment variables and, through the
 job's Keeper actor, every Ray Train worker's. Only their names are printed. Then it trains with a
-plain call (`run_job`), the same `train_job` that `telucodec train` runs.
+plain call (`run_job`), the same `train_job` that `telucodec train` runs; a prep is `run_prep`
+fanned out over the job's cluster, its tasks given the credentials through the same Keeper.
 """
 
 from __future__ import annotations
@@ -40,11 +43,42 @@ def main(argv: list[str]) -> int:
 
 
 def run_job(config_file: str):
-    """Train with the staged config (the shipped base under it, as `telucodec train` layers it)."""
+    """Train with the staged config (the shipped base under it, as `telucodec train` layers it), or
+    run the staged prep or reshard."""
+    if config_file.endswith(".json"):
+        return run_stage(config_file)
     from jobs.launch.trainer import train_job
     from pipeline.config import CONFIG_DIR, load_config
 
     return train_job(load_config([CONFIG_DIR / "base.yaml", config_file]), "auto", say=lambda line: print(line, flush=True))
+
+
+def run_stage(spec_file: str) -> None:
+    """A submitted prep (on every node of the job's cluster) or reshard (on the job's driver)."""
+    import json
+    from pathlib import Path
+
+    from jobs.launch import credentials
+
+    spec = json.loads(Path(spec_file).read_text(encoding="utf-8"))
+    if spec["stage"] == "prep":
+        from data_prep.prep import run_prep
+        from pipeline.config import PrepConfig
+
+        summary = run_prep(spec["sources"], spec["out"], PrepConfig(**spec["prep"]), fmt=spec["fmt"],
+                           overwrite=spec["overwrite"], allow_outside=spec["allow_outside"], columns=spec["columns"],
+                           ray_address=os.environ.get("RAY_ADDRESS", "auto"), keeper=credentials.keeper())
+        for split, t in summary.splits.items():
+            print(f"{split}: {t['shards']} shards, {t['samples']} samples, {t['seconds'] / 3600:.3f} h", flush=True)
+        print(f"prep -> {summary.url}: {summary.files_ok} files, {len(summary.rejects)} rejected "
+              f"({summary.rejects_url}); nodes: "
+              + ", ".join(f"{node[:8]} {share:.0%}" for node, share in summary.nodes.items()), flush=True)
+    else:
+        from data_prep.reshard import ReshardOptions, reshard
+
+        options = spec["options"] | {"splits": tuple(spec["options"]["splits"])}
+        done = reshard(spec["src"], spec["out"], ReshardOptions(**options), progress=False)
+        print(f"reshard -> {done.dst_url}: {done.written_shards} shards written, {done.kept_shards} kept", flush=True)
 
 
 def claim_credentials(uri: str) -> list[str]:

@@ -51,6 +51,8 @@ PLAIN_VARS = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "WANDB_ENT
               "WANDB_MODE", "WANDB_BASE_URL")
 """Forwarded in the runtime_env (visible in Ray's job details): nothing secret."""
 JOB_CONFIG = ".telucodec_job.yaml"
+STAGE_JOB = ".telucodec_stage.json"
+"""A submitted prep or reshard: the call's arguments (jobs/launch/entry.py makes the call)."""
 STOP_GRACE_S = 120
 """Seconds Ray waits after SIGTERM before it kills a stopped job's driver: time for the final checkpoint."""
 
@@ -117,13 +119,13 @@ def check_upload_size(root: Path, files: list[Path], max_mb: float) -> int:
     return total
 
 
-def stage_working_dir(root: Path, files: list[Path], dest: Path, cfg: Config) -> None:
-    """Copy the project's files and the resolved config into dest."""
+def stage_working_dir(root: Path, files: list[Path], dest: Path, job_file: str, text: str) -> None:
+    """Copy the project's files into dest, and the job's resolved spec as `job_file`."""
     for f in files:
         target = dest / f.relative_to(root)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(f, target)
-    (dest / JOB_CONFIG).write_text(to_yaml(cfg), encoding="utf-8")
+    (dest / job_file).write_text(text, encoding="utf-8")
 
 
 def secrets_from_env() -> dict[str, str]:
@@ -178,23 +180,53 @@ def submit(address: str, cfg: Config, *, run: str = "", runs_root: str = "runs",
     check_reachable(run_dir, "the run dir", strict=forward)  # before anything is uploaded or submitted
     check_reachable(cfg.data.url, "data.url", strict=forward, dataset=True)
     env_secrets = secrets_from_env() if forward else {}
+    job_id = f"{run}-{secrets.token_hex(3)}"
+    launch(address, project, files, job_id, JOB_CONFIG, to_yaml(cfg), env_secrets, pip,
+           {"telucodec_run": run, "run_dir": run_dir, "workers": target_workers(cfg.train)})
+    return Submission(job_id, run, run_dir, f"{address.rstrip('/')}/#/jobs/{job_id}",
+                      wandb_url(cfg, run_id, env_secrets, forward), resumed, sorted(env_secrets))
+
+
+def submit_stage(address: str, stage: str, spec: dict, *, project: Path = PROJECT_ROOT, max_upload_mb: float = 100.0,
+                 pip: bool = False, forward: bool = True) -> Submission:
+    """Stage, size-check and submit `prep` or `reshard` as a Ray job: `spec` holds the call's
+    arguments (local paths absolute: the job runs elsewhere), which the job's entry point makes with
+    a plain call, fanned out over the cluster (data_prep.cluster)."""
+    files = project_files(project)
+    check_upload_size(project, files, max_upload_mb)
+    for what, url in stage_urls(stage, spec):
+        check_reachable(url, what, strict=forward)
+    env_secrets = secrets_from_env() if forward else {}
+    name = f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    job_id = f"{name}-{secrets.token_hex(3)}"
+    launch(address, project, files, job_id, STAGE_JOB, json.dumps({"stage": stage, **spec}, indent=1), env_secrets,
+           pip, {"telucodec_run": name, "stage": stage, "out": spec["out"]})
+    return Submission(job_id, name, "", f"{address.rstrip('/')}/#/jobs/{job_id}", "", False, sorted(env_secrets))
+
+
+def stage_urls(stage: str, spec: dict) -> list[tuple[str, str]]:
+    """(what, URL) a stage reads and writes, for the reachability check before anything is uploaded."""
+    sources = spec["sources"] if stage == "prep" else [spec["src"]]
+    return [("the source", src) for src in sources] + [("the destination", spec["out"])]
+
+
+def launch(address: str, project: Path, files: list[Path], job_id: str, job_file: str, job_text: str,
+           env_secrets: dict[str, str], pip: bool, metadata: dict) -> None:
+    """Stage the working dir (the project and the job's spec), hand the credentials to the cluster
+    and submit `python -m jobs.launch.entry` on the spec."""
     env_vars = {k: os.environ[k] for k in PLAIN_VARS if os.environ.get(k)}
     env_vars.update({"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S), "PYTHONUNBUFFERED": "1"})
     client = job_client(address)
-    job_id = f"{run}-{secrets.token_hex(3)}"
     with tempfile.TemporaryDirectory(prefix="telucodec-job-") as tmp:
         staged = Path(tmp) / "project"
-        stage_working_dir(project, files, staged, cfg)
+        stage_working_dir(project, files, staged, job_file, job_text)
         runtime_env: dict = {"working_dir": str(staged), "env_vars": env_vars}
         if pip:
             runtime_env["pip"] = project_dependencies(project)
         package = credentials.stage(client, env_secrets)  # its URI only: the values never reach the job spec
-        entry = f"python -m jobs.launch.entry {f'--credentials {package} ' if package else ''}{JOB_CONFIG}"
-        metadata = {"telucodec_run": run, "run_dir": run_dir, "forwarded": ",".join(sorted(env_secrets)),
-                    "workers": target_workers(cfg.train)}
-        submit_when_ready(client, entrypoint=entry, submission_id=job_id, runtime_env=runtime_env, metadata=metadata)
-    return Submission(job_id, run, run_dir, f"{address.rstrip('/')}/#/jobs/{job_id}",
-                      wandb_url(cfg, run_id, env_secrets, forward), resumed, sorted(env_secrets))
+        entry = f"python -m jobs.launch.entry {f'--credentials {package} ' if package else ''}{job_file}"
+        submit_when_ready(client, entrypoint=entry, submission_id=job_id, runtime_env=runtime_env,
+                          metadata={**metadata, "forwarded": ",".join(sorted(env_secrets))})
 
 
 def target_workers(train: TrainConfig) -> str:

@@ -233,6 +233,36 @@ def test_submitted_job_reads_s3_with_forwarded_credentials_and_leaves_no_trace(h
     assert values_in_package_store(head, (FAKE_KEY, FAKE_SECRET)) == []
 
 
+@pytest.mark.slow
+def test_a_submitted_prep_job_fans_out_and_reads_and_writes_s3_with_forwarded_credentials(head, s3_bucket, tmp_path,
+                                                                                         capsys, planted_secrets):
+    """`submit prep` on a head with no credentials of its own: the job's Ray tasks read the source from
+    S3 and write the shards there with what the laptop forwarded, and make the dataset prep makes here."""
+    from corpus_layouts import upload, write_kathbath
+    from pipeline.storage.shards import load_index
+    from pipeline.storage.store import open_store
+
+    folder = write_kathbath(tmp_path / "kb")
+    source = upload(folder, f"{s3_bucket}/corpus/{folder.name}")  # same folder name: same sample keys
+    assert main(["prep", str(folder), "--out", str(tmp_path / "here"), "prep.min_seconds=0.5"]) == 0
+    capsys.readouterr()
+    assert main(["submit", "--address", head, "prep", source, "--out", f"{s3_bucket}/te", "prep.min_seconds=0.5"]) == 0
+    out = capsys.readouterr().out
+    job = job_id_of(out)
+    assert "forwarded: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, WANDB_API_KEY (values not shown)" in out
+    wait_for(lambda: status_word(head, job, capsys) in ("SUCCEEDED", "FAILED", "STOPPED"))
+    assert main(["jobs", "logs", job, "--address", head]) == 0
+    logs = capsys.readouterr().out
+    assert status_word(head, job, capsys) == "SUCCEEDED", logs[-3000:]
+    assert "prep on Ray: 1 node(s), 3 CPUs" in logs and f"prep -> {s3_bucket}/te: 8 files, 0 rejected" in logs
+    assert main(["jobs", "ls", "--address", head]) == 0 and job in capsys.readouterr().out
+    here, there = open_store(str(tmp_path / "here")), open_store(f"{s3_bucket}/te")
+    assert [s.name for s in load_index(there).shards] == [s.name for s in load_index(here).shards]
+    for shard in load_index(here).shards:
+        assert there.get(shard.name) == here.get(shard.name)
+    assert FAKE_SECRET not in logs and FAKE_SECRET not in out
+
+
 SNOOP = """
 import shutil, sys, ray
 from ray.experimental.internal_kv import _internal_kv_get
