@@ -8,18 +8,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent
-SHARED_CLUSTER = ("launch/test_submit.py", "data_prep/test_prep_on_ray.py")
-"""Modules whose tests share one Ray cluster (a module fixture): one xdist worker runs each module's
-tests in turn; every other test goes to whichever worker is free (each Ray test starts and stops a
-Ray instance of its own)."""
+RAY_TESTS = ("launch/", "training/test_tracking.py", "runs/test_cost.py", "cli/test_demo.py",
+             "data_prep/test_prep_on_ray.py")
+"""Tests that start Ray clusters and time their faults: one xdist worker runs them in turn while the
+other runs the rest. Two at once on a 2-core machine failed now and then (a resumed job of
+test_submit FAILED while another Ray test ran beside it; alone it passes), so they do not share
+the machine with each other. (`cluster down --local` no longer ends other Ray instances: that is
+not why.)"""
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        module = Path(item.path).resolve().relative_to(ROOT).as_posix()
-        if module in SHARED_CLUSTER:
-            item.add_marker(pytest.mark.xdist_group(module))
+        if Path(item.path).resolve().relative_to(ROOT).as_posix().startswith(RAY_TESTS):
+            item.add_marker(pytest.mark.xdist_group("ray"))
 
 # Tests never talk to W&B's servers: every run they start is an offline run.
 os.environ.setdefault("WANDB_MODE", "offline")

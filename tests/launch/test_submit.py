@@ -373,7 +373,9 @@ def test_stopped_job_is_stopped_with_a_final_checkpoint(head, dataset, tmp_path,
     assert "resuming" in again
     job2 = job_id_of(again)
     wait_for(lambda: status_word(head, job2, capsys) in ("SUCCEEDED", "FAILED", "STOPPED"))
-    assert status_word(head, job2, capsys) == "SUCCEEDED"
+    assert main(["jobs", "logs", job2, "--address", head]) == 0
+    logs = capsys.readouterr().out
+    assert status_word(head, job2, capsys) == "SUCCEEDED", logs[-4000:]
     kinds = [e["event"] for e in run.events.read() if e["event"] != "health"]  # val SNR warnings of a toy run
     assert kinds[-3:] == ["cancelled", "resumed", "finished"]
 
