@@ -145,6 +145,7 @@ class RayPrep:
         self.ray, self.cfg, self.progress, self.keeper = ray, cfg, progress, keeper
         self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.seconds_by_node: Counter = Counter()
+        self.shards_landed = 0
         self.encode = ray.remote(encode_job).options(num_returns=2, max_retries=RETRIES, num_cpus=1)
         self.encode_alone = ray.remote(encode_job).options(num_returns=2, max_retries=1, num_cpus=1)
         self.write = ray.remote(write_shard).options(max_retries=RETRIES, num_cpus=0.5)
@@ -192,7 +193,7 @@ class RayPrep:
             if time.monotonic() - last_said > 10:
                 last_said = time.monotonic()
                 self.say(f"prep: {done_files}/{total} files, {sum(self.seconds_by_node.values()) / 3600:.2f} h audio, "
-                         f"{len(self.seconds_by_node)} node(s) busy so far")
+                         f"{self.shards_landed} shards, {len(self.seconds_by_node)} node(s) at work so far")
             yield results
 
     def _collect(self, job: FileJob, summary_ref, payload_ref) -> list[ItemResult]:
@@ -259,6 +260,7 @@ class RaySink:
         state.shards[n] = info
         self.records.put(f"{split}-{n:06d}.json", {"shard": asdict(info), **record})
         self.bar.shard_done()
+        self.cluster.shards_landed += 1
 
     def close_all(self, state) -> None:
         for split in list(self.open):

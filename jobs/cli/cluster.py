@@ -163,19 +163,22 @@ def submit_stage(args) -> int:
     stage = args.stage_args
     if args.stage == "prep":
         call = prep_call(stage)
+        cfg = call["cfg"]
         spec = {"sources": [absolute(s) for s in call["sources"]], "out": absolute(call["out"]),
-                "prep": to_dict(call["cfg"]), "fmt": call["fmt"], "overwrite": call["overwrite"],
-                "allow_outside": call["allow_outside"], "columns": call["columns"]}
+                "fmt": call["fmt"], "overwrite": call["overwrite"], "allow_outside": call["allow_outside"],
+                "columns": call["columns"]}
     else:
-        opts = reshard_options(stage)
-        spec = {"src": absolute(stage.src), "out": absolute(stage.dst), "options": dataclasses.asdict(opts)}
+        cfg = load_cli_config([])
+        spec = {"src": absolute(stage.src), "out": absolute(stage.dst),
+                "options": dataclasses.asdict(reshard_options(stage))}
+    spec["config"] = to_dict(cfg)  # prep's settings, and the cost section that prices the job's nodes
     address = cluster_address(args)
-    sub = submit_job(address, args.stage, spec, max_upload_mb=args.max_upload_mb, pip=args.pip,
+    sub = submit_job(address, args.stage, spec, runs_root=args.runs, max_upload_mb=args.max_upload_mb, pip=args.pip,
                      forward=not args.no_forward)
     print(f"job: {sub.job_id}")
     console.print(f"forwarded: {', '.join(sub.forwarded) or 'no credentials (the cluster uses its own)'}"
                   f"{' (values not shown)' if sub.forwarded else ''}", highlight=False)
-    console.print(f"{args.stage}:      -> {spec['out']}", highlight=False)
+    console.print(f"{args.stage}:      -> {spec['out']}  (cost ledger: {sub.run_dir})", highlight=False)
     console.print(f"dashboard: {sub.dashboard_url}", highlight=False)
     console.print(f"next:      telucodec jobs logs {sub.job_id} --follow{' --local' if args.local else ''}"
                   f"   |   jobs status {sub.job_id}   |   jobs stop {sub.job_id}", highlight=False)

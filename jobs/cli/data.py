@@ -99,13 +99,14 @@ def prep(args) -> int:
     from data_prep.prep import run_prep
 
     call = prep_call(args)
-    summary = run_prep(call.pop("sources"), call.pop("out"), call.pop("cfg"), **call, ray_address=args.ray)
+    summary = run_prep(call.pop("sources"), call.pop("out"), call.pop("cfg").prep, **call, ray_address=args.ray)
     print_prep_summary(summary)
     return 0 if summary.samples else 1
 
 
 def prep_call(args) -> dict:
-    """`prep`'s words -> run_prep's arguments (checked: a typo fails here, before any work)."""
+    """`prep`'s words -> run_prep's arguments, the whole config as `cfg` (checked: a typo fails here,
+    before any work)."""
     from data_prep.sources import SourceError
     from data_prep.sources.parquet import parse_columns
 
@@ -119,7 +120,7 @@ def prep_call(args) -> dict:
         columns = parse_columns(args.columns)
     except SourceError as e:
         raise UsageError(str(e)) from None
-    return {"sources": sources, "out": args.out, "cfg": cfg.prep, "fmt": args.format, "overwrite": args.overwrite,
+    return {"sources": sources, "out": args.out, "cfg": cfg, "fmt": args.format, "overwrite": args.overwrite,
             "allow_outside": args.allow_outside, "columns": columns}
 
 

@@ -56,18 +56,42 @@ def run_job(config_file: str):
 def run_stage(spec_file: str) -> None:
     """A submitted prep (on every node of the job's cluster) or reshard (on the job's driver)."""
     import json
+    import time
     from pathlib import Path
+
+    import ray
 
     from jobs.launch import credentials
 
+    from pipeline.config import Config, from_dict
+    from pipeline.runs.cost import CostTracker, worker_price
+    from pipeline.runs.rundir import RunDir
+
     spec = json.loads(Path(spec_file).read_text(encoding="utf-8"))
+    cfg = from_dict(Config, spec["config"])
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=True)
+    nodes = sum(1 for n in ray.nodes() if n["Alive"])
+    # A worker is a node here: its hours priced as a whole instance (cost.instance_type or the cloud's).
+    ledger = CostTracker(cfg, RunDir(spec["run_dir"]), workers=nodes, started=time.time(),
+                         price=worker_price(cfg, per_node=True))
+    ledger.begin(None, 0, stage=spec["stage"], nodes=nodes)
+    try:
+        run_stage_call(spec, cfg, credentials.keeper())
+    except BaseException as e:
+        ledger.close("crashed", 0, error=f"{type(e).__name__}: {e}"[:300])
+        raise
+    totals = ledger.close("finished", 0)
+    print(f"cost: {totals['worker_hours']:.4f} node-hours, ${totals['usd']:.4f} (ledger {spec['run_dir']})", flush=True)
+
+
+def run_stage_call(spec: dict, cfg, keeper) -> None:
     if spec["stage"] == "prep":
         from data_prep.prep import run_prep
-        from pipeline.config import PrepConfig
 
-        summary = run_prep(spec["sources"], spec["out"], PrepConfig(**spec["prep"]), fmt=spec["fmt"],
+        summary = run_prep(spec["sources"], spec["out"], cfg.prep, fmt=spec["fmt"],
                            overwrite=spec["overwrite"], allow_outside=spec["allow_outside"], columns=spec["columns"],
-                           ray_address=os.environ.get("RAY_ADDRESS", "auto"), keeper=credentials.keeper())
+                           ray_address=os.environ.get("RAY_ADDRESS", "auto"), keeper=keeper)
         for split, t in summary.splits.items():
             print(f"{split}: {t['shards']} shards, {t['samples']} samples, {t['seconds'] / 3600:.3f} h", flush=True)
         print(f"prep -> {summary.url}: {summary.files_ok} files, {len(summary.rejects)} rejected "

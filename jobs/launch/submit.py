@@ -187,21 +187,25 @@ def submit(address: str, cfg: Config, *, run: str = "", runs_root: str = "runs",
                       wandb_url(cfg, run_id, env_secrets, forward), resumed, sorted(env_secrets))
 
 
-def submit_stage(address: str, stage: str, spec: dict, *, project: Path = PROJECT_ROOT, max_upload_mb: float = 100.0,
-                 pip: bool = False, forward: bool = True) -> Submission:
+def submit_stage(address: str, stage: str, spec: dict, *, runs_root: str = "runs", project: Path = PROJECT_ROOT,
+                 max_upload_mb: float = 100.0, pip: bool = False, forward: bool = True) -> Submission:
     """Stage, size-check and submit `prep` or `reshard` as a Ray job: `spec` holds the call's
-    arguments (local paths absolute: the job runs elsewhere), which the job's entry point makes with
-    a plain call, fanned out over the cluster (data_prep.cluster)."""
+    arguments (local paths absolute: the job runs elsewhere) and the resolved config, which the
+    job's entry point runs with a plain call, prep fanned out over the cluster (data_prep.cluster).
+    The job's node-hours go to a cost ledger in RUNS/NAME, as a training run's do."""
     files = project_files(project)
     check_upload_size(project, files, max_upload_mb)
     for what, url in stage_urls(stage, spec):
         check_reachable(url, what, strict=forward)
-    env_secrets = secrets_from_env() if forward else {}
     name = f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    run_dir = f"{runs_root.rstrip('/')}/{name}"
+    run_dir = run_dir if is_remote(run_dir) else str(Path(run_dir).absolute())
+    check_reachable(run_dir, "the runs folder", strict=forward)
+    env_secrets = secrets_from_env() if forward else {}
     job_id = f"{name}-{secrets.token_hex(3)}"
-    launch(address, project, files, job_id, STAGE_JOB, json.dumps({"stage": stage, **spec}, indent=1), env_secrets,
-           pip, {"telucodec_run": name, "stage": stage, "out": spec["out"]})
-    return Submission(job_id, name, "", f"{address.rstrip('/')}/#/jobs/{job_id}", "", False, sorted(env_secrets))
+    launch(address, project, files, job_id, STAGE_JOB, json.dumps({"stage": stage, "run_dir": run_dir, **spec}),
+           env_secrets, pip, {"telucodec_run": name, "run_dir": run_dir, "stage": stage, "out": spec["out"]})
+    return Submission(job_id, name, run_dir, f"{address.rstrip('/')}/#/jobs/{job_id}", "", False, sorted(env_secrets))
 
 
 def stage_urls(stage: str, spec: dict) -> list[tuple[str, str]]:

@@ -60,9 +60,10 @@ def load_prices(path: str = "") -> dict:
     return table
 
 
-def worker_price(cfg: Config, instance: InstanceInfo | None = None) -> Price:
+def worker_price(cfg: Config, instance: InstanceInfo | None = None, per_node: bool = False) -> Price:
     """Dollars per worker-hour: cost.usd_per_hour, else the table's price for the instance type
-    (from config, else from the cloud's metadata), else $0 for a local machine."""
+    (from config, else from the cloud's metadata), else $0 for a local machine. `per_node`: a
+    worker is a whole instance (a prep or reshard job's nodes)."""
     c = cfg.cost
     if c.usd_per_hour is not None:
         return Price(c.usd_per_hour, "cost.usd_per_hour", c.instance_type, c.region, bool(c.spot))
@@ -86,7 +87,7 @@ def worker_price(cfg: Config, instance: InstanceInfo | None = None) -> Price:
     priced = region if region in regions else next(iter(regions))
     note = "" if priced == region else f", {priced} price: no {region or 'region'} in the table"
     cpus = max(1, cfg.train.cpus_per_worker)
-    per_instance = entry["gpus"] if cfg.train.use_gpu else max(1, entry["vcpus"] // cpus)
+    per_instance = 1 if per_node else entry["gpus"] if cfg.train.use_gpu else max(1, entry["vcpus"] // cpus)
     usd = regions[priced]["spot" if spot else "on_demand"]
     return Price(usd / per_instance, f"{kind} {'spot' if spot else 'on-demand'} ${usd:g}/h / {per_instance} "
                  f"workers (configs/prices.yaml, approximate; from {origin}{note})", kind, priced, spot)

@@ -246,7 +246,8 @@ def test_a_submitted_prep_job_fans_out_and_reads_and_writes_s3_with_forwarded_cr
     source = upload(folder, f"{s3_bucket}/corpus/{folder.name}")  # same folder name: same sample keys
     assert main(["prep", str(folder), "--out", str(tmp_path / "here"), "prep.min_seconds=0.5"]) == 0
     capsys.readouterr()
-    assert main(["submit", "--address", head, "prep", source, "--out", f"{s3_bucket}/te", "prep.min_seconds=0.5"]) == 0
+    assert main(["submit", "--address", head, "--runs", str(tmp_path / "runs"), "prep", source, "--out",
+                 f"{s3_bucket}/te", "prep.min_seconds=0.5", "cost.usd_per_hour=0.9"]) == 0
     out = capsys.readouterr().out
     job = job_id_of(out)
     assert "forwarded: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, WANDB_API_KEY (values not shown)" in out
@@ -261,6 +262,15 @@ def test_a_submitted_prep_job_fans_out_and_reads_and_writes_s3_with_forwarded_cr
     for shard in load_index(here).shards:
         assert there.get(shard.name) == here.get(shard.name)
     assert FAKE_SECRET not in logs and FAKE_SECRET not in out
+
+    (run_dir,) = (tmp_path / "runs").iterdir()  # the job's node-hours, priced, in a ledger as a run's are
+    ledger = RunDir(str(run_dir)).log("ledger.jsonl").read()
+    assert ledger[0]["event"] == "start" and ledger[0]["stage"] == "prep" and ledger[0]["nodes"] == 1
+    assert ledger[-1]["event"] == "finished" and ledger[-1]["usd"] > 0
+    assert abs(ledger[-1]["usd"] - 0.9 * ledger[-1]["worker_hours"]) < 1e-6  # one node at $0.9 an hour
+    assert f"cost: {ledger[-1]['worker_hours']:.4f} node-hours" in logs
+    assert main(["cost", str(run_dir)]) == 0
+    assert "finished" in capsys.readouterr().out
 
 
 SNOOP = """
