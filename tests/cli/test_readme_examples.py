@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.cli import build_parser, main
+from jobs.cli import build_parser, main, parse
 from jobs.cli.common import load_cli_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,10 +68,14 @@ def test_the_docs_show_examples_of_every_command():
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_each_example_parses_and_its_config_resolves(example):
     words = words_of(example)
-    args, extra = build_parser().parse_known_args(words)
-    assert not [w for w in extra if w.startswith("-")], f"{example}: unknown options {extra}"
-    items = list(getattr(args, "items", []) or []) + [w for w in extra if "=" in w or w.endswith(".yaml")]
-    if hasattr(args, "items") and args.command in ("train", "submit", "config", "demo"):
+    try:
+        args = parse(words)  # the command line's own parsing: an unknown option exits 2
+    except SystemExit as e:
+        pytest.fail(f"{example}: does not parse (exit {e.code})")
+    items = list(getattr(args, "items", []) or [])
+    if getattr(args, "stage", None) == "prep":
+        items = [*args.stage_args.words, *args.stage_args.config_items]
+    if items and args.command in ("train", "submit", "config", "demo", "prep"):
         load_cli_config([w for w in items if "=" in w or w.endswith(".yaml") or w in ("base", "tiny", "gpu", "v1")])
 
 
