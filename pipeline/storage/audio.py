@@ -140,12 +140,18 @@ class FFmpegStream(AudioStream):
         import av
 
         resampler = av.AudioResampler(format="fltp")  # planar float32, the stream's own layout and rate
+        decoded = 0
         try:
             for frame in self.container.decode(self.stream):
                 for out in resampler.resample(frame):
+                    decoded += out.samples
                     yield out.to_ndarray().T
-        except av.FFmpegError as e:
-            raise self._decode_error(RuntimeError(_av_reason(e))) from None
+        except av.FFmpegError as e:  # a cut file often ends in a decoder error: say how far it got
+            declared = self.declared_frames
+            if declared is not None and decoded + TRUNCATION_TOLERANCE < declared:
+                raise AudioError(f"truncated: header says {declared} frames, decoded {decoded} "
+                                 f"({_av_reason(e)})") from None
+            raise AudioError(f"cannot decode ({_av_reason(e)})") from None
 
     def _read(self, frames: int) -> np.ndarray:
         parts, have = [self._held], len(self._held)

@@ -57,3 +57,27 @@ def test_cut_segments_equal_parts_and_min():
 def test_normalize_rms():
     y = normalize_rms(tone(1.0, 16000, peak=0.1), -20.0)
     assert abs(20 * np.log10(np.sqrt(np.mean(y.astype(np.float64) ** 2))) + 20) < 0.01
+
+
+def test_m4a_decodes_through_ffmpeg_and_a_cut_one_is_truncated_not_shorter(tmp_path):
+    """AAC in MP4 with its index first (`faststart`, as streaming services write it): cut in half,
+    the index still promises every frame, and the decoder's error is reported as a truncation."""
+    import av
+
+    x = tone(6.0, 16000)
+    path = tmp_path / "speech.m4a"
+    with av.open(str(path), "w", format="mp4", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("aac", rate=16000)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(x[None, :], format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = 16000, 0
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    whole = load_audio(path)
+    assert whole.sample_rate == 16000 and abs(len(whole.audio) - len(x)) <= 2048  # AAC's priming frames
+    best = max(np.corrcoef(whole.audio[lag:lag + 32000], x[:32000])[0, 1] for lag in range(0, 2049, 8))
+    assert best > 0.9  # the same signal, behind the encoder's delay
+    data = path.read_bytes()
+    (tmp_path / "cut.m4a").write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioError, match=r"truncated: header says 96000 frames, decoded \d+"):
+        load_audio(tmp_path / "cut.m4a")
