@@ -71,7 +71,8 @@ def test_prep_on_three_nodes_is_the_one_machine_dataset_byte_for_byte(cluster, c
 def test_a_file_that_kills_its_worker_on_every_node_is_a_reject(cluster, tmp_path):
     src = tmp_path / "src"
     write_manifest_corpus(src, n_files=6, n_speakers=3, seconds=1.5)
-    poison = write_long_audio(src / "poison.wav", 600, sr=44100, channels=1, subtype="PCM_16")  # long: caught open
+    # long (~3 s of decoding): the killer, scanning every Ray process's open files, catches it open however loaded
+    poison = write_long_audio(src / "poison.wav", 1800, sr=44100, channels=1, subtype="PCM_16")
     with KillWhoeverOpens(poison, descendants=True) as killer:
         summary = run_prep([str(src)], str(tmp_path / "out"), CFG, progress=False, ray_address=cluster[0].address)
     assert killer.kills >= 2
