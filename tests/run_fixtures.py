@@ -113,7 +113,8 @@ class MotoS3:
 
 class CountingProxy:
     """A plain HTTP proxy on 127.0.0.1 in front of an S3 endpoint that counts what really passes:
-    requests by method and the bytes of GET answers. Point AWS_ENDPOINT_URL at `url`.
+    requests by method, the bytes of GET answers, and the distinct (path, Range) GETs (a client's
+    retry of the same read is one). Point AWS_ENDPOINT_URL at `url`.
 
         with CountingProxy(os.environ["AWS_ENDPOINT_URL"]) as proxy:   # proxy.requests["GET"], proxy.get_bytes
     """
@@ -128,6 +129,7 @@ class CountingProxy:
         target = urlparse(upstream)
         self.requests: collections.Counter = collections.Counter()
         self.get_bytes = 0
+        self.get_ranges: set[tuple[str, str | None]] = set()
         lock, proxy = threading.Lock(), self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -145,6 +147,8 @@ class CountingProxy:
                 with lock:
                     proxy.requests[self.command] += 1
                     proxy.get_bytes += len(data) if self.command == "GET" else 0
+                    if self.command == "GET":
+                        proxy.get_ranges.add((self.path, self.headers.get("Range")))
                 self.send_response(answer.status)
                 for k, v in answer.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):

@@ -96,14 +96,15 @@ def test_each_rank_reads_from_the_store_about_what_it_decodes(s3_bucket, monkeyp
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         for r in range(2):
             loader = CropLoader(url, "train", recipe, rank=r, world=2)
-            before, gets = proxy.get_bytes, proxy.requests["GET"]
+            before, ranges = proxy.get_bytes, len(proxy.get_ranges)
             it = loader.batches(0)
             for _ in range(loader.steps_per_epoch):
                 next(it)
             it.close()
             read = proxy.get_bytes - before
             assert 0 < read <= 1.25 * loader.bytes_decoded
-            assert proxy.requests["GET"] - gets <= 20  # one ranged read a sample of this rank's half
+            # one ranged read a sample of this rank's half (a retried read, under load, is the same one)
+            assert len(proxy.get_ranges) - ranges <= 20
             reads.append(read)
     # the two ranks split the dataset: neither reads much more than half of it in an epoch
     assert max(reads) < 0.7 * flac_total and sum(reads) <= 1.1 * flac_total
