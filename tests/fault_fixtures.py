@@ -27,6 +27,17 @@ def double_or_die(job):
     return 2 * n
 
 
+def sigkill_once_exists(proc, path: Path, timeout: float = 180.0) -> None:
+    """SIGKILL `proc` (a Popen) as soon as `path` exists; fails if it ends first or never gets there."""
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"it finished before it could be killed ({path.name} never appeared)"
+        assert time.time() < deadline, f"{path} did not appear within {timeout:.0f} s"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def cut_in_half(path: Path) -> Path:
     """Write the first half of `path`'s bytes beside it as half-NAME; returns the new path."""
     data = path.read_bytes()

@@ -1,15 +1,15 @@
 """Real corpora in: IndicVoices and FLEURS hub parquet, FLEURS's tsv + tar.gz and Kathbath's m4a
 release, each from a local folder and from S3 (moto), with the bad inputs a user meets."""
 
-import os
-import signal
 import subprocess
 import sys
 import time
+
 import pytest
 
 from corpus_layouts import (indicvoices_row, indicvoices_schema, upload, write_fleurs, write_fleurs_parquet,
                             write_indicvoices, write_kathbath, write_parquet)
+from fault_fixtures import sigkill_once_exists
 from data_prep.prep import PrepError, run_prep
 from data_prep.sources import SourceError, detect_format, scan_sources
 from jobs.cli import main
@@ -137,13 +137,7 @@ def test_a_killed_prep_of_a_parquet_source_resumes_byte_identical(tmp_path):
     assert main(["prep", str(lang), "--out", str(reference), *args]) == 0
     proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "prep", str(lang), "--out", str(out), *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (out / "_prep" / "train-000002.json").exists():
-        assert proc.poll() is None, "prep finished before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    sigkill_once_exists(proc, out / "_prep" / "train-000002.json", timeout=120)
     assert not (out / "index.json").exists()
     summary = run_prep([str(lang)], str(out), PrepConfig(shard_max_samples=2, workers=1, min_seconds=0.5),
                        progress=False)

@@ -2,11 +2,8 @@
 
 import io
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +14,7 @@ import webdataset as wds
 from audio_fixtures import write_bad_files, write_manifest_corpus
 from data_prep.corpus import synthesize_corpus
 from data_prep.prep import PrepError, run_prep
+from fault_fixtures import sigkill_once_exists
 from jobs.cli import main
 from pipeline.config import PrepConfig
 from pipeline.storage.shards import DatasetError, load_index, read_samples, verify_dataset
@@ -137,13 +135,7 @@ def test_kill_and_rerun_completes_without_loss_or_duplicates(tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "jobs.cli", "prep", *sources, "--out", str(out), *cfg_args]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (out / "_prep" / "train-000002.json").exists():
-        assert proc.poll() is None, "prep finished before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    sigkill_once_exists(proc, out / "_prep" / "train-000002.json", timeout=120)
     assert not (out / "index.json").exists()  # an interrupted prep is not a dataset
     with pytest.raises(DatasetError, match="not a dataset"):
         load_index(str(out))

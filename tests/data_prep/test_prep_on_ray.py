@@ -3,8 +3,6 @@ each): the very dataset one machine makes, byte for byte, through a file that ki
 driver killed mid-run and a node lost mid-run."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -15,7 +13,7 @@ import pytest
 
 from audio_fixtures import write_bad_files, write_long_audio, write_manifest_corpus
 from data_prep.prep import run_prep
-from fault_fixtures import KillWhoeverOpens
+from fault_fixtures import KillWhoeverOpens, sigkill_once_exists
 from pipeline.config import PrepConfig
 
 pytestmark = pytest.mark.slow
@@ -86,13 +84,7 @@ def test_a_killed_driver_reruns_to_the_same_dataset_reusing_its_shards(cluster, 
     out = tmp_path / "killed"
     driver = subprocess.Popen([sys.executable, "-m", "jobs.cli", "prep", *sources, "--out", str(out), *ARGS,
                                "--ray", cluster[0].address], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while not (out / "_prep" / "train-000003.json").exists():
-        assert driver.poll() is None, "prep finished before its driver could be killed"
-        assert time.time() < deadline
-        time.sleep(0.01)
-    os.kill(driver.pid, signal.SIGKILL)
-    driver.wait()
+    sigkill_once_exists(driver, out / "_prep" / "train-000003.json", timeout=180)
     assert not (out / "index.json").exists()
     summary = run_prep(sources, str(out), CFG, progress=False, ray_address=cluster[0].address)
     assert summary.resumed_shards >= 4  # finished work reused, not redone
