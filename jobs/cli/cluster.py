@@ -175,14 +175,19 @@ def submit_stage(args) -> int:
     address = cluster_address(args)
     sub = submit_job(address, args.stage, spec, runs_root=args.runs, max_upload_mb=args.max_upload_mb, pip=args.pip,
                      forward=not args.no_forward)
+    print_submission(sub, args, f"{args.stage}:      -> {spec['out']}  (cost ledger: {sub.run_dir})")
+    return 0
+
+
+def print_submission(sub, args, *lines: str) -> None:
+    """What `submit` prints: the job id first (scripts read it), then the job's own lines."""
     print(f"job: {sub.job_id}")
     console.print(f"forwarded: {', '.join(sub.forwarded) or 'no credentials (the cluster uses its own)'}"
                   f"{' (values not shown)' if sub.forwarded else ''}", highlight=False)
-    console.print(f"{args.stage}:      -> {spec['out']}  (cost ledger: {sub.run_dir})", highlight=False)
-    console.print(f"dashboard: {sub.dashboard_url}", highlight=False)
-    console.print(f"next:      telucodec jobs logs {sub.job_id} --follow{' --local' if args.local else ''}"
-                  f"   |   jobs status {sub.job_id}   |   jobs stop {sub.job_id}", highlight=False)
-    return 0
+    for line in (*lines, f"dashboard: {sub.dashboard_url}"):
+        console.print(line, highlight=False)
+    console.print(f"next:      telucodec jobs status {sub.job_id}{' --local' if args.local else ''}"
+                  f"   |   jobs logs {sub.job_id} --follow   |   jobs stop {sub.job_id}", highlight=False)
 
 
 @ray_head_errors
@@ -211,14 +216,8 @@ def submit(args) -> int:
     sub = submit(address, cfg, run=args.run or "", runs_root=args.runs, run_dir_given=run_dir_given,
                  max_upload_mb=args.max_upload_mb, pip=args.pip,
                  forward=not args.no_forward)
-    print(f"job: {sub.job_id}")
-    console.print(f"forwarded: {', '.join(sub.forwarded) or 'no credentials (the cluster uses its own)'}"
-                  f"{' (values not shown)' if sub.forwarded else ''}", highlight=False)
-    console.print(f"run:       {sub.run}  ({'resuming' if sub.resumed else 'new'}, {sub.run_dir})", highlight=False)
-    console.print(f"dashboard: {sub.dashboard_url}", highlight=False)
-    console.print(f"W&B:       {sub.wandb_url}", highlight=False)
-    console.print(f"next:      telucodec jobs status {sub.job_id}{' --local' if args.local else ''}"
-                  f"   |   jobs logs {sub.job_id} --follow   |   jobs stop {sub.job_id}", highlight=False)
+    print_submission(sub, args, f"run:       {sub.run}  ({'resuming' if sub.resumed else 'new'}, {sub.run_dir})",
+                     f"W&B:       {sub.wandb_url}")
     return 0
 
 
