@@ -1,5 +1,5 @@
-"""Prep on one machine against prep on a Ray cluster of 1 and of 2 nodes with the same total cores,
-side by side in one run.
+"""Prep and reshard on one machine against the same on a Ray cluster of 1 and of 2 nodes with the
+same total cores, side by side in one run.
 
     .venv/bin/python benchmarks/prep_ray_bench.py [--minutes 30] [--cores 2]
 
@@ -27,9 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from audio_fixtures import write_manifest_corpus  # noqa: E402
 from data_prep.prep import run_prep  # noqa: E402
 from pipeline.config import PrepConfig  # noqa: E402
+from pipeline.storage.shards import load_index  # noqa: E402
 
 
 def digest(folder: Path) -> str:
+    """Of a dataset's shards and rejects (index.json names its own path)."""
     h = hashlib.sha256()
     for p in sorted(folder.iterdir()):
         if p.suffix in (".tar", ".jsonl"):
@@ -37,7 +39,29 @@ def digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def on_cluster(node_cpus: list[int], sources: list[str], out: Path, cfg: PrepConfig) -> tuple[float, dict]:
+RESHARDS = {"reshard re-pack, shuffled": dict(shard_mb=16, shuffle=True),
+            "reshard re-cut 4 s, 8 kHz": dict(segment_seconds=4.0, sample_rate=8000, shuffle=True)}
+"""The reshards timed, of the prepped dataset: bytes moved as they are, and decoded, resampled and
+encoded again."""
+
+
+def run_jobs(tmp: Path, tag: str, sources: list[str], cfg: PrepConfig, cores: int, address: str | None) -> dict:
+    """Prep, then each of RESHARDS of its dataset: job -> (wall s, load average before, digest, node shares)."""
+    from data_prep.reshard import ReshardOptions, reshard
+
+    out, rows = tmp / tag, {}
+    load, started = os.getloadavg()[0], time.perf_counter()
+    summary = run_prep(sources, str(out / "prep"), cfg, progress=False, ray_address=address)
+    rows["prep"] = (time.perf_counter() - started, load, digest(out / "prep"), summary.nodes)
+    for job, options in RESHARDS.items():
+        load, started = os.getloadavg()[0], time.perf_counter()
+        done = reshard(str(out / "prep"), str(out / job), ReshardOptions(workers=cores, **options), progress=False,
+                       ray_address=address)
+        rows[job] = (time.perf_counter() - started, load, digest(out / job), done.nodes)
+    return rows
+
+
+def on_cluster(node_cpus: list[int], *args) -> dict:
     import ray
     from ray.cluster_utils import Cluster
 
@@ -47,9 +71,7 @@ def on_cluster(node_cpus: list[int], sources: list[str], out: Path, cfg: PrepCon
     try:
         ray.init(address=cluster.address, log_to_driver=False)
         cluster.wait_for_nodes()
-        started = time.perf_counter()
-        summary = run_prep(sources, str(out), cfg, progress=False, ray_address=cluster.address)
-        return time.perf_counter() - started, summary.nodes
+        return run_jobs(*args, cluster.address)
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -61,39 +83,37 @@ def main() -> None:
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 2, help="cores in every setup")
     args = ap.parse_args()
     cfg = PrepConfig(workers=args.cores, shard_max_mb=16)
+    setups = {"one machine (process pool)": None, "Ray, 1 node": [args.cores], f"Ray, {args.cores} nodes": [1] * args.cores}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         manifest = write_manifest_corpus(tmp / "src", n_files=int(args.minutes * 60 / 8), n_speakers=20, seconds=8.0)
         sources = [str(manifest)]
-        rows = []
-        load = os.getloadavg()[0]
-        started = time.perf_counter()
-        summary = run_prep(sources, str(tmp / "one"), cfg, progress=False)
-        rows.append(("one machine (process pool)", time.perf_counter() - started, load, None))
-        audio_s = sum(t["seconds"] for t in summary.splits.values())
-        shard_bytes = sum(p.stat().st_size for p in (tmp / "one").glob("*.tar"))
-        reference = digest(tmp / "one")
-        for name, cpus in (("Ray, 1 node", [args.cores]), (f"Ray, {args.cores} nodes", [1] * args.cores)):
-            load = os.getloadavg()[0]
-            out = tmp / name.replace(" ", "_").replace(",", "")
-            took, nodes = on_cluster(cpus, sources, out, cfg)
-            rows.append((name, took, load, (digest(out) == reference, nodes)))
+        results = {}
+        for n, (name, cpus) in enumerate(setups.items()):
+            call = (tmp, f"setup{n}", sources, cfg, args.cores)
+            results[name] = run_jobs(*call, None) if cpus is None else on_cluster(cpus, *call)
+        audio_s = sum(t["seconds"] for t in load_index(str(tmp / "setup0" / "prep")).splits.values())
+        shard_bytes = sum(p.stat().st_size for p in (tmp / "setup0" / "prep").glob("*.tar"))
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}; {args.cores} cores in every setup")
-    print(f"audio: {audio_s / 60:.1f} min, {summary.samples} samples, {shard_bytes / 1e6:.1f} MB of shards")
-    print(f"{'setup':28} {'wall s':>8} {'audio s/s/core':>15} {'load avg before':>16}  same dataset  node shares")
-    rates = {}
-    for name, took, load, extra in rows:
-        rates[name] = audio_s / took / args.cores
-        same, nodes = ("", {}) if extra is None else ("yes" if extra[0] else "NO", extra[1])
-        shares = " ".join(f"{share:.0%}" for share in nodes.values())
-        print(f"{name:28} {took:8.1f} {rates[name]:15.1f} {load:16.2f}  {same or 'reference':12}  {shares}")
-    one, many = rates["Ray, 1 node"], rates[f"Ray, {args.cores} nodes"]
-    print(f"scaling efficiency 1 -> {args.cores} nodes (same cores): {many / one:.2f}; "
-          f"Ray 1 node / one machine: {one / rates['one machine (process pool)']:.2f}")
-    print(f"beyond the one-machine path: ~{shard_bytes / 1e6:.1f} MB through Ray's object store (each encoded "
-          f"sample once); the store writes and reads nothing more")
+    print(f"audio: {audio_s / 60:.1f} min, {shard_bytes / 1e6:.1f} MB of shards")
+    one_machine, one_node, many = setups
+    for job in results[one_machine]:
+        print(f"\n{job}")
+        print(f"  {'setup':28} {'wall s':>8} {'audio s/s/core':>15} {'load avg before':>16}  same output  node shares")
+        rates = {}
+        for name, rows in results.items():
+            took, load, dig, nodes = rows[job]
+            rates[name] = audio_s / took / args.cores
+            same = "reference" if name == one_machine else "yes" if dig == results[one_machine][job][2] else "NO"
+            shares = " ".join(f"{share:.0%}" for share in nodes.values())
+            print(f"  {name:28} {took:8.1f} {rates[name]:15.1f} {load:16.2f}  {same:11}  {shares}")
+        print(f"  scaling efficiency 1 -> {args.cores} nodes (same cores): {rates[many] / rates[one_node]:.2f}; "
+              f"Ray 1 node / one machine: {rates[one_node] / rates[one_machine]:.2f}")
+    print(f"\nbeyond the one-machine path: prep sends each encoded sample once through Ray's object store "
+          f"(~{shard_bytes / 1e6:.1f} MB), a reshard each routed sample once (about its output's size); the "
+          "stores write and read nothing more")
 
 
 if __name__ == "__main__":

@@ -82,6 +82,19 @@ class PlannedShard:
         self.nbytes += stub.nbytes
 
 
+def connect(address: str):
+    """Ray, joined to the cluster at `address` ("auto", "local" or HOST:PORT) unless already joined."""
+    import ray
+
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except ConnectionError as e:
+            raise ClusterError(f"no Ray cluster at {address!r} ({str(e).splitlines()[0]}): start one "
+                               "(`ray start --head`), or give its address with --ray HOST:PORT") from None
+    return ray
+
+
 # ------------------------------------------------------------------------------------- tasks
 def take_credentials(keeper) -> None:
     """Credentials a submitted job was given (held by its Keeper actor, jobs/launch/credentials.py)
@@ -134,14 +147,7 @@ class RayPrep:
     """The Ray side of one `run_prep`: tasks out, results back in order, shards written by tasks."""
 
     def __init__(self, address: str, cfg: PrepConfig, progress: bool = True, keeper=None):
-        import ray
-
-        if not ray.is_initialized():
-            try:
-                ray.init(address=address, log_to_driver=False, configure_logging=False)
-            except ConnectionError as e:
-                raise ClusterError(f"no Ray cluster at {address!r} ({str(e).splitlines()[0]}): start one "
-                                   "(`ray start --head`), or give its address with --ray HOST:PORT") from None
+        ray = connect(address)
         self.ray, self.cfg, self.progress, self.keeper = ray, cfg, progress, keeper
         self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.seconds_by_node: Counter = Counter()

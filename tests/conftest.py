@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent
 RAY_TESTS = ("launch/", "training/test_tracking.py", "runs/test_cost.py", "cli/test_demo.py",
-             "data_prep/test_prep_on_ray.py")
+             "data_prep/test_on_ray.py")
 """Tests that start Ray clusters and time their faults: one xdist worker runs them in turn while the
 other runs the rest. Two at once on a 2-core machine failed now and then (a resumed job of
 test_submit FAILED while another Ray test ran beside it; alone it passes), so they do not share
@@ -25,6 +25,11 @@ def pytest_collection_modifyitems(config, items):
 
 # Tests never talk to W&B's servers: every run they start is an offline run.
 os.environ.setdefault("WANDB_MODE", "offline")
+# Ray runs its workers at nice 15 (its default keeps a head's own processes responsive). Beside the
+# other xdist process at nice 0 they got a few percent of a core: a worker group took 90 s to start
+# instead of 10, and the Ray tests ran 2-3x slower in the suite than alone. Every Ray instance the
+# tests start (clusters, `ray start`, jobs) inherits this.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 
 @pytest.fixture(scope="session")

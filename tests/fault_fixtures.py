@@ -79,8 +79,13 @@ class KillWhoeverOpens:
 
 
 def _children(parent: int) -> list[int]:
+    """The children of `parent` (none once it has gone: Ray's processes come and go as they are read)."""
     pids = []
-    for task in Path(f"/proc/{parent}/task").iterdir():
+    try:
+        tasks = list(Path(f"/proc/{parent}/task").iterdir())
+    except OSError:
+        return pids
+    for task in tasks:
         try:
             pids += [int(p) for p in (task / "children").read_text().split()]
         except OSError:

@@ -204,11 +204,11 @@ def shuffled_positions(n: int, seed: int, split: str) -> np.ndarray:
     return position
 
 
-def waves(plan: SplitPlan, todo: list[int], opts: ReshardOptions) -> Iterator[list[int]]:
+def waves(plan: SplitPlan, todo: list[int], opts: ReshardOptions, machines: int = 1) -> Iterator[list[int]]:
     """Groups of destination shards made in one source pass: all at once in source order; shuffled,
-    as many as fit `spill_gb` of local disk."""
+    as many as fit `spill_gb` of local disk on each of `machines`."""
     per_wave = len(todo)
     if opts.shuffle and plan.n_shards:
-        per_wave = max(1, int(opts.spill_gb * 1e9 // max(1.0, plan.est_bytes / plan.n_shards)))
+        per_wave = max(1, int(machines * opts.spill_gb * 1e9 // max(1.0, plan.est_bytes / plan.n_shards)))
     for i in range(0, len(todo), max(1, per_wave)):
         yield todo[i:i + per_wave]

@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Iterator
 
@@ -67,11 +67,15 @@ class ReshardSummary:
     bytes_written: int = 0
     elapsed_s: float = 0.0
     fingerprint: str = ""
+    nodes: dict[str, float] = field(default_factory=dict)
+    """On Ray: each node's share of the audio routed (node id -> fraction)."""
 
 
-def reshard(src_url: str, dst_url: str, opts: ReshardOptions = ReshardOptions(),
-            progress: bool = True) -> ReshardSummary:
-    """Copy the dataset at `src_url` to `dst_url` in a new shape; the source is never modified."""
+def reshard(src_url: str, dst_url: str, opts: ReshardOptions = ReshardOptions(), progress: bool = True,
+            ray_address: str | None = None, keeper=None) -> ReshardSummary:
+    """Copy the dataset at `src_url` to `dst_url` in a new shape; the source is never modified. With
+    `ray_address` ("auto", "local" or HOST:PORT) the work fans out over that Ray cluster (cluster.py),
+    to the same bytes; `keeper` holds a submitted job's credentials."""
     started = time.monotonic()
     src, dst = open_store(src_url), open_store(dst_url)
     if src.url == dst.url:
@@ -86,7 +90,13 @@ def reshard(src_url: str, dst_url: str, opts: ReshardOptions = ReshardOptions(),
         ledger.clear()  # left over if a run stopped between index.json and this
         return ReshardSummary(src.url, dst.url, load_index(dst).splits, noop=True, fingerprint=fingerprint,
                               elapsed_s=time.monotonic() - started)
-    with _Resharder(src, dst, src_index, opts, ledger, progress) as job:
+    if ray_address is None:
+        job = _Resharder(src, dst, src_index, opts, ledger, progress)
+    else:
+        from data_prep.reshard.cluster import RayResharder
+
+        job = RayResharder(src, dst, src_index, opts, ledger, progress, ray_address, keeper)
+    with job:
         infos = job.run(splits)
     index = DatasetIndex(shards=infos, sample_rate=job.rate_out,
                          config={"reshard": content, "fingerprint": fingerprint},
@@ -98,7 +108,7 @@ def reshard(src_url: str, dst_url: str, opts: ReshardOptions = ReshardOptions(),
     return ReshardSummary(src.url, dst.url, index.splits, written_shards=tally.written, kept_shards=tally.kept,
                           copied_ranges=tally.copied_ranges, bytes_read=tally.bytes_read,
                           bytes_written=sum(i.bytes for i in infos), elapsed_s=time.monotonic() - started,
-                          fingerprint=fingerprint)
+                          fingerprint=fingerprint, nodes=job.node_shares())
 
 
 # ---------------------------------------------------------------- what a run has done
@@ -188,18 +198,22 @@ class RunTally:
     def has_shard(self, name: str) -> bool:
         return name in self.done
 
-    def read(self, info: ShardInfo) -> None:
-        """Source shard `info` went through."""
+    def read(self, info: ShardInfo, ranges: int = 0) -> None:
+        """Source shard `info` went through (on Ray, with `ranges` of its samples copied as byte ranges)."""
         with self.lock:
             self.bytes_read += info.bytes
+            self.copied_ranges += ranges
 
     def placed(self, sample: EncodedSample | RawSample) -> None:
         """An output item went to its destination shard (called by the router thread only)."""
         self.copied_ranges += isinstance(sample, RawSample)
         self.progress.advance(1, sample.seconds)
 
-    def shard_written(self, info: ShardInfo, digest: int) -> None:
-        """Destination shard `info`, of keys digest `digest`, is in the store: record it."""
+    def shard_written(self, info: ShardInfo, digest: int, placed: bool = False) -> None:
+        """Destination shard `info`, of keys digest `digest`, is in the store: record it (and, if
+        `placed`, count its samples as placed: on Ray, where nothing is placed here)."""
+        if placed:
+            self.progress.advance(info.samples, info.seconds)
         record = {"name": info.name, "info": asdict(info), "keys_digest": f"{digest:032x}"}
         with self.lock:
             scans, self.unsaved = self.unsaved, []
@@ -265,6 +279,18 @@ def exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def scan_shard(src: Store, info: ShardInfo, rate_out: int, segment_seconds: float | None,
+               tmp_dir: str | None) -> tuple[list[str], list[int]]:
+    """A re-cut's scan of source shard `info`: (its output keys, each sample's output item count)."""
+    with fetch_shard(src, info, tmp_dir) as fetched:
+        counts, keys = [], []
+        for key, parts in iter_tar(fetched.file):
+            counts.append(scan_counts(parts, rate_out, segment_seconds))
+            keys += derived_keys(key, counts[-1], True)
+    check_sample_count(src, info, len(counts))
+    return keys, counts
+
+
 class _Resharder:
     """One reshard run's stores, pools and settings. `run` plans every split, makes the destination shards
     an interrupted run did not finish, wave by wave, checks them and returns them all; `tally` owns what
@@ -279,10 +305,7 @@ class _Resharder:
         self.transform = self.recut or self.resampled
         self.workers = opts.workers or os.cpu_count() or 1
         self.io = ThreadPoolExecutor(opts.io_threads, thread_name_prefix="reshard-io")
-        self.cpu = None
-        if self.transform:  # spawn, not fork: this process already runs boto3 and I/O threads
-            self.cpu = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                           initializer=exit_with_parent, initargs=(os.getpid(),))
+        self._cpu: ProcessPoolExecutor | None = None
         self.tally = RunTally(ledger, progress)
         self.uploads = Uploads(self.io, opts.io_threads)
         self.fetch_ahead = max(2, opts.io_threads // 2)
@@ -295,8 +318,16 @@ class _Resharder:
     def __exit__(self, *_):
         self.tally.stop()
         self.io.shutdown(wait=True, cancel_futures=True)
-        if self.cpu is not None:
-            self.cpu.shutdown(wait=True, cancel_futures=True)
+        if self._cpu is not None:
+            self._cpu.shutdown(wait=True, cancel_futures=True)
+
+    @property
+    def cpu(self) -> ProcessPoolExecutor:
+        """The worker processes that re-cut and resample, started on first use."""
+        if self._cpu is None:  # spawn, not fork: this process already runs boto3 and I/O threads
+            self._cpu = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=exit_with_parent, initargs=(os.getpid(),))
+        return self._cpu
 
     def run(self, splits: list[str]) -> list[ShardInfo]:
         self.tally.resume(self.io)
@@ -304,11 +335,21 @@ class _Resharder:
         self.tally.begin(plans, self.keep_finished(plans))
         for plan in plans:
             todo = [j for j in range(plan.n_shards) if not self.tally.has_shard(shard_name(plan.split, j))]
-            for wave in waves(plan, todo, self.opts):
-                _Wave(self, plan, set(wave)).run()
+            for wave in waves(plan, todo, self.opts, self.spill_scale):
+                self.make(plan, set(wave))
         for plan in plans:
             check_split(plan, self.tally.done, self.tally.scans, self.rate_out, self.resampled)
         return self.tally.shards(plans)
+
+    spill_scale = 1
+    """Machines whose local disks a shuffled wave spills to."""
+
+    def node_shares(self) -> dict[str, float]:
+        return {}
+
+    def make(self, plan: SplitPlan, shards: set[int]) -> None:
+        """Make destination `shards` of `plan` in one source pass."""
+        _Wave(self, plan, shards).run()
 
     def plan(self, split: str) -> SplitPlan:
         sources = self.src_index.split_shards(split)
@@ -316,19 +357,16 @@ class _Resharder:
         if self.recut:  # segment counts need every sample's length: scan what an earlier run did not
             missing = [s for s in sources if not self.tally.has_scan(s.name)]
             self.tally.scanning(split, len(missing))
-            for _ in prefetched(self.io, self.scan_shard, missing, self.opts.io_threads):
-                pass  # each scan reports to the tally
+            self.scan(missing)
             counts = [np.asarray(self.tally.scans[s.name]["counts"], np.int64) for s in sources]
         return plan_split(split, sources, self.opts, self.rate_out / self.src_index.sample_rate, counts)
 
-    def scan_shard(self, info: ShardInfo) -> None:
-        with fetch_shard(self.src, info, self.opts.tmp_dir) as fetched:
-            counts, keys = [], []
-            for key, parts in iter_tar(fetched.file):
-                counts.append(scan_counts(parts, self.rate_out, self.opts.segment_seconds))
-                keys += derived_keys(key, counts[-1], True)
-        check_sample_count(self.src, info, len(counts))
-        self.tally.scanned(info, keys, counts)
+    def scan(self, infos: list[ShardInfo]) -> None:
+        """Scan source shards `infos` for a re-cut, each reported to the tally."""
+        scan = partial(scan_shard, self.src, rate_out=self.rate_out, segment_seconds=self.opts.segment_seconds,
+                       tmp_dir=self.opts.tmp_dir)
+        for info, (keys, counts) in prefetched(self.io, scan, infos, self.opts.io_threads):
+            self.tally.scanned(info, keys, counts)
 
     def keep_finished(self, plans: list[SplitPlan]) -> dict[str, dict]:
         """Done records of an interrupted run whose shard is still there with the same digest."""

@@ -275,6 +275,9 @@ def register_reshard(sub) -> None:
     s.add_argument("--spill-gb", type=float, default=16.0,
                    help="local disk a shuffle may use per source pass (default 16)")
     s.add_argument("--tmp-dir", metavar="DIR", help="folder for temporary files (default: system temp)")
+    s.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                   help="fan out over a Ray cluster (this machine's, or HOST:PORT): the same shards, byte for "
+                        "byte; the default in a job `telucodec submit reshard` started")
     s.set_defaults(func=reshard)
 
 
@@ -293,7 +296,7 @@ def reshard(args) -> int:
     from data_prep.reshard import reshard as run_reshard
     from pipeline.storage.shards import load_index
 
-    summary = run_reshard(args.src, args.dst, reshard_options(args))
+    summary = run_reshard(args.src, args.dst, reshard_options(args), ray_address=args.ray)
     if summary.noop:
         console.print(f"nothing to do: {summary.dst_url} already holds this reshard of {summary.src_url}")
         return 0
@@ -302,4 +305,8 @@ def reshard(args) -> int:
     kept = f", kept {summary.kept_shards} from an interrupted run" if summary.kept_shards else ""
     console.print(f"wrote {summary.written_shards} shards{kept} in {summary.elapsed_s:.1f} s ({rate:.1f} MB/s); "
                   f"keys and seconds match the source")
+    if summary.nodes:
+        from data_prep.cluster import node_names
+
+        console.print(f"nodes: {len(summary.nodes)} ({node_names(summary.nodes)} of the audio)", highlight=False)
     return 0

@@ -54,7 +54,7 @@ def run_job(config_file: str):
 
 
 def run_stage(spec_file: str) -> None:
-    """A submitted prep (on every node of the job's cluster) or reshard (on the job's driver)."""
+    """A submitted prep or reshard, fanned out over every node of the job's cluster."""
     import json
     import time
     from pathlib import Path
@@ -86,6 +86,8 @@ def run_stage(spec_file: str) -> None:
 
 
 def run_stage_call(spec: dict, cfg, keeper) -> None:
+    from data_prep.cluster import node_names
+
     if spec["stage"] == "prep":
         from data_prep.prep import run_prep
 
@@ -96,13 +98,15 @@ def run_stage_call(spec: dict, cfg, keeper) -> None:
             print(f"{split}: {t['shards']} shards, {t['samples']} samples, {t['seconds'] / 3600:.3f} h", flush=True)
         print(f"prep -> {summary.url}: {summary.files_ok} files, {len(summary.rejects)} rejected "
               f"({summary.rejects_url}); nodes: "
-              + ", ".join(f"{node[:8]} {share:.0%}" for node, share in summary.nodes.items()), flush=True)
+              + node_names(summary.nodes), flush=True)
     else:
         from data_prep.reshard import ReshardOptions, reshard
 
         options = spec["options"] | {"splits": tuple(spec["options"]["splits"])}
-        done = reshard(spec["src"], spec["out"], ReshardOptions(**options), progress=False)
-        print(f"reshard -> {done.dst_url}: {done.written_shards} shards written, {done.kept_shards} kept", flush=True)
+        done = reshard(spec["src"], spec["out"], ReshardOptions(**options), progress=True,
+                       ray_address=os.environ.get("RAY_ADDRESS", "auto"), keeper=keeper)
+        print(f"reshard -> {done.dst_url}: {done.written_shards} shards written, {done.kept_shards} kept; nodes: "
+              + node_names(done.nodes), flush=True)
 
 
 def claim_credentials(uri: str) -> list[str]:

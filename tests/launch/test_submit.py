@@ -234,10 +234,11 @@ def test_submitted_job_reads_s3_with_forwarded_credentials_and_leaves_no_trace(h
 
 
 @pytest.mark.slow
-def test_a_submitted_prep_job_fans_out_and_reads_and_writes_s3_with_forwarded_credentials(head, s3_bucket, tmp_path,
-                                                                                         capsys, planted_secrets):
-    """`submit prep` on a head with no credentials of its own: the job's Ray tasks read the source from
-    S3 and write the shards there with what the laptop forwarded, and make the dataset prep makes here."""
+def test_submitted_prep_and_reshard_jobs_fan_out_and_read_and_write_s3_with_forwarded_credentials(
+        head, s3_bucket, tmp_path, capsys, planted_secrets):
+    """`submit prep`, then `submit reshard`, on a head with no credentials of its own: the jobs' Ray tasks
+    read from S3 and write the shards there with what the laptop forwarded, and make the shards prep
+    and reshard make here."""
     from corpus_layouts import upload, write_kathbath
     from pipeline.storage.shards import load_index
     from pipeline.storage.store import open_store
@@ -271,6 +272,23 @@ def test_a_submitted_prep_job_fans_out_and_reads_and_writes_s3_with_forwarded_cr
     assert f"cost: {ledger[-1]['worker_hours']:.4f} node-hours" in logs
     assert main(["cost", str(run_dir)]) == 0
     assert "finished" in capsys.readouterr().out
+
+    assert main(["reshard", str(tmp_path / "here"), str(tmp_path / "here-r2"), "--shards", "2", "--shuffle"]) == 0
+    capsys.readouterr()
+    assert main(["submit", "--address", head, "--runs", str(tmp_path / "runs"), "reshard", f"{s3_bucket}/te",
+                 f"{s3_bucket}/te-r2", "--shards", "2", "--shuffle"]) == 0
+    job = job_id_of(capsys.readouterr().out)
+    wait_for(lambda: status_word(head, job, capsys) in ("SUCCEEDED", "FAILED", "STOPPED"))
+    assert main(["jobs", "logs", job, "--address", head]) == 0
+    logs = capsys.readouterr().out
+    assert status_word(head, job, capsys) == "SUCCEEDED", logs[-3000:]
+    here, there = open_store(str(tmp_path / "here-r2")), open_store(f"{s3_bucket}/te-r2")
+    written = len(load_index(here).shards)
+    assert "reshard on Ray: 1 node(s), 3 CPUs" in logs and f"reshard -> {there.url}: {written} shards written" in logs
+    assert [s.name for s in load_index(there).shards] == [s.name for s in load_index(here).shards]
+    for shard in load_index(here).shards:
+        assert there.get(shard.name) == here.get(shard.name)
+    assert FAKE_SECRET not in logs
 
 
 SNOOP = """
