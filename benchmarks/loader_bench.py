@@ -13,8 +13,14 @@ in noise, 40 a shard), then measures
      the best of three windows;
   3. what a GPU consumes: audio-seconds per second of the base model at 30% MFU of an H100's dense
      bf16 peak, from FlopCounterMode's count of one base train step (generator, forward + backward).
-`--json` prints {"crops_per_s_per_core", "decode_ceiling_per_core", "gpu_demand_audio_s_per_s", ...};
-crops_per_s_per_core is the lower of the 1- and 2-worker figures.
+  4. block reads: on the index of a 150-hour corpus (sizes only, no audio), one epoch's deal at
+     batch 32 with one-second crops, with a ranged read per sample (before) and per block of
+     data.block_samples (after): distinct shards and speakers per batch, GETs per audio-hour and
+     their dollars per epoch at S3's list price.
+`--json` prints {"crops_per_s_per_core", "decode_ceiling_per_core", "gpu_demand_audio_s_per_s",
+"requests_per_audio_hour_before"/"_after", "usd_requests_per_epoch_150h_before"/"_after",
+"shards_per_batch_...", "speakers_per_batch_...", ...}; crops_per_s_per_core is the lower of the 1-
+and 2-worker figures.
 """
 
 from __future__ import annotations
@@ -109,6 +115,66 @@ def loader_rate(url: str, workers: int, seconds: float, windows: int = 3) -> tup
     return best
 
 
+S3_GET_USD = 0.0004 / 1000
+"""S3 Standard's list price of a GET (us-east-1)."""
+
+
+def corpus_table(hours: float = 150.0, per_shard: int = 1000, speaker_run: int = 50, seed: int = 0):
+    """The index of a prep-shaped corpus (no audio: the deal needs only sizes): 1-10 s samples, 1000 a
+    shard (prep's default), speakers in runs of `speaker_run` consecutive samples (a speaker's files sit
+    together in a corpus's listing); (table, speaker of each sample)."""
+    from pipeline.storage.shards import SampleRange, ShardInfo
+    from pipeline.training.loader import SplitTable
+
+    rng = np.random.default_rng(seed)
+    frames = (rng.uniform(1.0, 10.0, size=int(hours * 3600 / 5.5)) * RATE).astype(np.int64)
+    shards = []
+    for first in range(0, len(frames), per_shard):
+        ranges, at = [], 0
+        for f in frames[first:first + per_shard].tolist():
+            size = f * 2 // 3  # ~FLAC's size of speech: 2/3 of 16-bit
+            ranges.append(SampleRange(at, at + 512, size, at + 512 + size + 1536, f))
+            at = ranges[-1].end
+        shards.append(ShardInfo(f"train-{len(shards):06d}.tar", "train", len(ranges), 0.0, at, "xxh3_128:0", ranges))
+    return SplitTable(DatasetIndex(shards=shards, sample_rate=RATE), "train", "corpus"), np.arange(len(frames)) // speaker_run
+
+
+def epoch_rows(table, recipe: CropRecipe, epoch: int = 0) -> tuple[np.ndarray, int]:
+    """([steps, streams] the sample each row of each batch of `epoch` comes from, the ranged reads the
+    epoch makes): the loader's deal and its shuffles inside each group, without reading audio."""
+    from pipeline.training.loader import StreamSet, steps_per_epoch
+
+    steps = steps_per_epoch(table, recipe)
+    streams = StreamSet("", table, recipe, list(range(recipe.batch_size)), steps)
+    rows, reads = np.empty((steps, recipe.batch_size), np.int64), 0
+    for v, blocks in enumerate(streams.epoch_streams(epoch)):
+        bounds = streams.bounds
+        samples = np.concatenate([np.arange(bounds[b], bounds[b + 1]) for b in blocks.tolist()])
+        crops, k = [], recipe.shuffle_samples
+        for g in range(0, len(samples), k):
+            group = np.repeat(samples[g:g + k], streams.counts[samples[g:g + k]])
+            crops.append(group[np.random.default_rng([recipe.seed, epoch, v, g // k]).permutation(len(group))])
+            if sum(len(c) for c in crops) >= steps:
+                break
+        used = np.concatenate(crops)[:steps]
+        rows[:, v] = used
+        reads += len(np.unique(np.searchsorted(bounds, used, side="right") - 1))  # each block it reached, once
+    return rows, reads
+
+
+def mixing_and_requests(block_samples: int) -> dict:
+    """A 150-hour corpus's epoch at batch 32 with one-second crops: distinct shards and speakers per
+    batch, ranged GETs per audio-hour and their list-price dollars per epoch."""
+    table, speakers = corpus_table()
+    recipe = CropRecipe(BATCH, RATE, seed=0, block_samples=block_samples)
+    rows, reads = epoch_rows(table, recipe)
+    hours = rows.size / 3600  # one-second crops
+    return {"shards_per_batch": round(float(np.mean([len(set(r)) for r in table.shard[rows].tolist()])), 2),
+            "speakers_per_batch": round(float(np.mean([len(set(r)) for r in speakers[rows].tolist()])), 2),
+            "requests_per_audio_hour": round(reads / hours, 1),
+            "usd_requests_per_epoch_150h": round(reads * S3_GET_USD, 4)}
+
+
 def gpu_demand() -> tuple[float, float]:
     """(GFLOP per audio-second of the base model's train step, audio-s/s an H100 at 30% MFU eats)."""
     from pipeline.codec.losses import generator_loss
@@ -144,6 +210,11 @@ def main() -> None:
             total, rates[workers] = loader_rate(url, workers, args.seconds)
             say(f"CropLoader, {workers} worker(s):       {rates[workers]:8.0f} crops/s per core "
                 f"({rates[workers] / ceiling:.2f} of the decode ceiling; {total:.0f} crops/s in all)")
+    blocks = {"before": mixing_and_requests(1), "after": mixing_and_requests(CropRecipe(1, 1, 0).block_samples)}
+    for when, m in blocks.items():
+        say(f"150 h corpus, batch 32, 1 s crops, {when:6} (block_samples {1 if when == 'before' else 32:2}): "
+            f"{m['shards_per_batch']:.1f} shards and {m['speakers_per_batch']:.1f} speakers a batch, "
+            f"{m['requests_per_audio_hour']:,.0f} GETs per audio-hour, ${m['usd_requests_per_epoch_150h']:.3f} of GETs an epoch")
     gflop, demand = gpu_demand()
     per_core = min(rates.values())
     say(f"base model: {gflop:.1f} GFLOP per audio-second (train step, generator); an H100 at "
@@ -151,7 +222,8 @@ def main() -> None:
     result = {"crops_per_s_per_core": round(per_core, 1), "decode_ceiling_per_core": round(ceiling, 1),
               "gpu_demand_audio_s_per_s": round(demand, 1), "crops_per_s_per_core_1_worker": round(rates[1], 1),
               "crops_per_s_per_core_2_workers": round(rates[2], 1), "gflop_per_audio_s": round(gflop, 2),
-              "cores_per_gpu": round(demand / per_core, 1)}
+              "cores_per_gpu": round(demand / per_core, 1),
+              **{f"{key}_{when}": value for when, m in blocks.items() for key, value in m.items()}}
     print(json.dumps(result) if args.json else f"targets: >= 1000 crops/s per core "
           f"({'met' if per_core >= 1000 else 'NOT met'}), >= 0.5 of the decode ceiling "
           f"({'met' if per_core >= 0.5 * ceiling else 'NOT met'})")

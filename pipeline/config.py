@@ -70,10 +70,14 @@ class DataConfig:
     """If set, scale each training sample to this RMS level in dBFS (peak-limited to 1.0)."""
     gain_db: tuple[float, ...] = (0.0, 0.0)
     """A random gain per crop, uniform in [low, high] dB (peak-limited to 1.0); (0, 0) is off."""
+    block_samples: int = 32
+    """Each epoch deals blocks of up to this many consecutive samples of one shard to the batch's
+    streams, each block read with one ranged request (1: a request per sample, ~30x the requests)."""
 
     def __post_init__(self):
         _check(self.workers >= -1, "data.workers", "must be >= 0, or -1 for train.cpus_per_worker - 1")
         _check(self.shuffle_samples >= 1, "data.shuffle_samples", "must be >= 1")
+        _check(self.block_samples >= 1, "data.block_samples", "must be >= 1")
         _check(len(self.gain_db) == 2 and self.gain_db[0] <= self.gain_db[1], "data.gain_db",
                "must be [low, high] with low <= high")
 

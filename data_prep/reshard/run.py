@@ -72,10 +72,10 @@ class ReshardSummary:
 
 
 def reshard(src_url: str, dst_url: str, opts: ReshardOptions = ReshardOptions(), progress: bool = True,
-            ray_address: str | None = None, keeper=None) -> ReshardSummary:
-    """Copy the dataset at `src_url` to `dst_url` in a new shape; the source is never modified. With
-    `ray_address` ("auto", "local" or HOST:PORT) the work fans out over that Ray cluster (cluster.py),
-    to the same bytes; `keeper` holds a submitted job's credentials."""
+            engine=None) -> ReshardSummary:
+    """Copy the dataset at `src_url` to `dst_url` in a new shape; the source is never modified.
+    `engine(src, dst, src_index, opts, ledger, progress)` makes the run (default: this machine's
+    _Resharder; cluster.py's RayResharder fans it out, to the same bytes)."""
     started = time.monotonic()
     src, dst = open_store(src_url), open_store(dst_url)
     if src.url == dst.url:
@@ -90,13 +90,7 @@ def reshard(src_url: str, dst_url: str, opts: ReshardOptions = ReshardOptions(),
         ledger.clear()  # left over if a run stopped between index.json and this
         return ReshardSummary(src.url, dst.url, load_index(dst).splits, noop=True, fingerprint=fingerprint,
                               elapsed_s=time.monotonic() - started)
-    if ray_address is None:
-        job = _Resharder(src, dst, src_index, opts, ledger, progress)
-    else:
-        from data_prep.reshard.cluster import RayResharder
-
-        job = RayResharder(src, dst, src_index, opts, ledger, progress, ray_address, keeper)
-    with job:
+    with (engine or _Resharder)(src, dst, src_index, opts, ledger, progress) as job:
         infos = job.run(splits)
     index = DatasetIndex(shards=infos, sample_rate=job.rate_out,
                          config={"reshard": content, "fingerprint": fingerprint},

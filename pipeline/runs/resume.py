@@ -25,6 +25,7 @@ RESUME_RULES: dict[str, str] = {
     "data.url": FORCEABLE,  # other audio: the data position and the model's fit no longer carry over
     "data.workers": HARMLESS,  # the batches do not depend on how many processes decode them
     "data.shuffle_samples": FORCEABLE,  # another crop order from here on
+    "data.block_samples": FORCEABLE,  # another deal from here on
     "data.loudness_db": FORCEABLE,
     "data.gain_db": FORCEABLE,
     "prep": HARMLESS,  # used by `prep` only; training reads what data.url holds
@@ -125,10 +126,15 @@ def resume_rule(key: str) -> str | None:
     return None
 
 
+PREDATED = {"data.block_samples": 1}
+"""Keys added since a checkpoint may have been saved whose default is not what such a run did:
+the value that behaves as it did (one ranged read per sample)."""
+
+
 def config_changes(saved: dict, cfg: Config) -> list[Change]:
     """Every leaf key whose value differs between a checkpoint's saved config and `cfg`."""
-    # A key the checkpoint predates ran with its default.
-    old = {**_flatten(to_dict(Config())), **_flatten(saved)}
+    # A key the checkpoint predates ran with its default, or as PREDATED says.
+    old = {**_flatten(to_dict(Config())), **PREDATED, **_flatten(saved)}
     return [Change(key, old.get(key), value, resume_rule(key) or NEVER)
             for key, value in _flatten(to_dict(cfg)).items() if old.get(key) != value]
 

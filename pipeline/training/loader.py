@@ -46,6 +46,9 @@ class CropRecipe:
     """Scale each sample to this RMS level in dBFS (peak-limited to 1.0); None leaves levels alone."""
     gain_db: tuple[float, float] = (0.0, 0.0)
     """A random gain per crop, uniform in this range of dB (peak-limited to 1.0)."""
+    block_samples: int = 32
+    """Samples are dealt in blocks of up to this many consecutive samples of one shard, each read
+    with one ranged request (1: a request per sample)."""
 
 
 class SplitTable:
@@ -63,16 +66,40 @@ class SplitTable:
     def __len__(self) -> int:
         return len(self.frames)
 
+    def blocks(self, block_samples: int) -> np.ndarray:
+        """[blocks + 1] the first sample of each block: runs of up to `block_samples` consecutive
+        samples of one shard (a shard's last block may be shorter), in index order."""
+        firsts = np.flatnonzero(np.diff(self.shard, prepend=-1))  # each shard's first sample
+        within = np.arange(len(self.shard)) - np.repeat(firsts, np.diff(np.append(firsts, len(self.shard))))
+        return np.append(np.flatnonzero(within % block_samples == 0), len(self.shard))
+
 
 def crops_per_sample(frames: np.ndarray, crop: int) -> np.ndarray:
     """Non-overlapping crops a sample of `frames` yields (a short one is padded into one)."""
     return np.maximum(1, frames // crop)
 
 
+BLOCKS_PER_STREAM = 16
+"""Blocks shrink (to one sample at least) until each stream is dealt about this many an epoch: the
+deal balances streams to within one block, so an epoch loses at most ~1/16 of its crops."""
+
+
+def block_size(samples: int, recipe: CropRecipe) -> int:
+    """Samples per block: recipe.block_samples, or fewer for a split too small for it."""
+    return max(1, min(recipe.block_samples, samples // (BLOCKS_PER_STREAM * recipe.batch_size)))
+
+
+def block_crops(table: SplitTable, recipe: CropRecipe) -> tuple[np.ndarray, np.ndarray]:
+    """(the first sample of each block and the end, the crops each block yields)."""
+    bounds = table.blocks(block_size(len(table), recipe))
+    counts = crops_per_sample(table.frames, recipe.crop)
+    return bounds, np.add.reduceat(counts, bounds[:-1]) if len(counts) else counts
+
+
 def steps_per_epoch(table: SplitTable, recipe: CropRecipe) -> int:
     """Steps every stream can serve in every epoch: the fewest crops any stream is dealt (the same
     in every epoch, see deal)."""
-    n = crops_per_sample(table.frames, recipe.crop)
+    n = block_crops(table, recipe)[1]
     return int(greedy(np.sort(n)[::-1], recipe.batch_size)[0].min()) if len(n) else 0
 
 
@@ -110,29 +137,37 @@ def rank_rows(batch_size: int, world: int, rank: int) -> range:
 
 
 class SampleReader:
-    """Ranged reads of FLAC samples, a few in flight on threads, and the decode that checks them."""
+    """Ranged reads of blocks of FLAC samples (one request a block: from its first sample's FLAC
+    bytes to its last's), a few in flight on threads, and the decode that checks each sample."""
 
-    def __init__(self, url: str, table: SplitTable, threads: int = 4):
-        self.url, self.table = url, table
+    def __init__(self, url: str, table: SplitTable, bounds: np.ndarray, threads: int = 4):
+        """`bounds`: the first sample of each block, and the end (SplitTable.blocks)."""
+        self.url, self.table, self.bounds = url, table, bounds
         self.store: Store | None = None  # opened in the process that reads (a worker)
         self.pool: ThreadPoolExecutor | None = None
         self.threads = threads
         self.bytes_read = self.bytes_decoded = 0
         self.lock = threading.Lock()
 
-    def fetch(self, samples: np.ndarray) -> list[Future]:
+    def fetch(self, block: int) -> Future:
+        """Block `block`'s bytes, read on a thread: a Future of (its first byte in the shard, the bytes)."""
         if self.store is None:
             self.store = open_store(self.url)
             self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="sample-read")
-        t = self.table
-        return [self.pool.submit(self._read, t.names[t.shard[j]], int(t.offset[j]), int(t.size[j]))
-                for j in samples.tolist()]
+        t, first, last = self.table, int(self.bounds[block]), int(self.bounds[block + 1]) - 1
+        start = int(t.offset[first])
+        return self.pool.submit(self._read, t.names[t.shard[first]], start, int(t.offset[last] + t.size[last]) - start)
 
-    def _read(self, name: str, start: int, length: int) -> bytes:
+    def _read(self, name: str, start: int, length: int) -> tuple[int, bytes]:
         data = self.store.get_range(name, start, length)
         with self.lock:
             self.bytes_read += len(data)
-        return data
+        return start, data
+
+    def sample(self, j: int, block: tuple[int, bytes]) -> bytes:
+        """Sample `j`'s FLAC bytes out of its block's (start, bytes)."""
+        at = int(self.table.offset[j]) - block[0]
+        return block[1][at:at + int(self.table.size[j])]
 
     def decode(self, j: int, data: bytes) -> np.ndarray:
         t = self.table
@@ -162,27 +197,41 @@ def normalise_loudness(audio: np.ndarray, target_db: float) -> np.ndarray:
 
 
 class StreamCrops:
-    """One stream's crops in one epoch: its samples decoded a group of `shuffle_samples` at a time
-    (the next group's bytes read ahead), cut and shuffled inside the group."""
+    """One stream's crops in one epoch: its blocks' samples decoded a group of `shuffle_samples` at a
+    time (a group may span two blocks), cut and shuffled inside the group; each block read once, when
+    the group before the first that needs it is decoded (so a block is read a group ahead)."""
 
-    def __init__(self, reader: SampleReader, recipe: CropRecipe, epoch: int, stream: int, samples: np.ndarray,
+    def __init__(self, reader: SampleReader, recipe: CropRecipe, epoch: int, stream: int, blocks: np.ndarray,
                  counts: np.ndarray):
-        """`counts`: crops per sample of the whole split (crops_per_sample)."""
+        """`blocks`: the stream's blocks, in order; `counts`: crops per sample of the whole split."""
         self.reader, self.recipe, self.epoch, self.stream = reader, recipe, epoch, stream
+        bounds = reader.bounds
+        samples = np.concatenate([np.arange(bounds[b], bounds[b + 1]) for b in blocks.tolist()] or [[]]).astype(np.int64)
+        self.block_of = dict(zip(samples.tolist(), np.repeat(blocks, np.diff(bounds)[blocks]).tolist()))
         k = recipe.shuffle_samples
         self.groups = [samples[i:i + k] for i in range(0, len(samples), k)]
         self.group_start = np.concatenate([[0], np.cumsum([counts[g].sum() for g in self.groups])])
 
     def crops_from(self, start: int) -> Iterator[np.ndarray]:
-        """Crops [crop] from the stream's `start`-th on; groups wholly before it are never read."""
+        """Crops [crop] from the stream's `start`-th on; blocks wholly before it are never read."""
         g = int(np.searchsorted(self.group_start, start, side="right")) - 1
         skip = start - int(self.group_start[g])
-        pending = self.reader.fetch(self.groups[g]) if g < len(self.groups) else []
+        held: dict[int, Future] = {}
+        self.read_for(g, held)
         for g in range(g, len(self.groups)):
-            data = [f.result() for f in pending]
-            pending = self.reader.fetch(self.groups[g + 1]) if g + 1 < len(self.groups) else []
+            data = [self.reader.sample(j, held[self.block_of[j]].result()) for j in self.groups[g].tolist()]
+            self.read_for(g + 1, held)
             yield from self.group_crops(g, data)[skip:]
             skip = 0
+
+    def read_for(self, g: int, held: dict[int, Future]) -> None:
+        """Have group `g`'s blocks read (each once), dropping the blocks it does not need."""
+        needed = [self.block_of[j] for j in self.groups[g].tolist()] if g < len(self.groups) else []
+        for b in [b for b in held if b not in needed]:
+            del held[b]
+        for b in needed:
+            if b not in held:
+                held[b] = self.reader.fetch(b)
 
     def group_crops(self, g: int, data: list[bytes]) -> list[np.ndarray]:
         """The group's crops in their shuffled order: views into the decoded samples (the batch's
@@ -217,9 +266,10 @@ class StreamSet:
         self.steps_per_epoch = steps
         """steps_per_epoch(table, recipe), worked out once by the CropLoader (a pass over the split)."""
         self.counts = crops_per_sample(table.frames, recipe.crop)
+        self.bounds, self.block_counts = block_crops(table, recipe)
 
     def rows(self, start_step: int) -> Iterator[tuple[np.ndarray, int, int]]:
-        reader = SampleReader(self.url, self.table)
+        reader = SampleReader(self.url, self.table, self.bounds)
         epoch, pos = divmod(start_step, self.steps_per_epoch)
         try:
             while True:
@@ -233,8 +283,9 @@ class StreamSet:
             reader.close()
 
     def epoch_streams(self, epoch: int) -> list[np.ndarray]:
-        order = np.random.default_rng([self.recipe.seed, epoch]).permutation(len(self.table))
-        return deal(order, self.counts[order], self.recipe.batch_size)
+        """Each stream's blocks this epoch."""
+        order = np.random.default_rng([self.recipe.seed, epoch]).permutation(len(self.block_counts))
+        return deal(order, self.block_counts[order], self.recipe.batch_size)
 
 
 class _WorkerRows(torch.utils.data.IterableDataset):
@@ -372,6 +423,7 @@ def crop_loader(cfg, rank: int = 0, world: int = 1, pin_memory: bool = False) ->
                         f"{d.url.rstrip('/')}-{cfg.model.sample_rate // 1000}k --sample-rate {cfg.model.sample_rate}` "
                         f"or set model.sample_rate={index.sample_rate}")
     recipe = CropRecipe(cfg.train.batch_size, int(round(cfg.train.segment_seconds * cfg.model.sample_rate)),
-                        cfg.train.seed, d.shuffle_samples, d.loudness_db, tuple(d.gain_db))
+                        cfg.train.seed, d.shuffle_samples, d.loudness_db, tuple(d.gain_db),
+                        block_samples=d.block_samples)
     workers = d.workers if d.workers >= 0 else cfg.train.cpus_per_worker - 1
     return CropLoader(d.url, "train", recipe, rank, world, workers, pin_memory, index=index)
