@@ -116,3 +116,16 @@ def test_a_run_on_s3_is_checked_against_its_checkpoint(s3_bucket):
         == ["changed on resume: train.steps 500 -> 900"]
     with pytest.raises(ResumeError, match=r"model\.n_codebooks 8 -> 4"):
         check_resume(dataclasses.replace(saved, model=dataclasses.replace(saved.model, n_codebooks=4)), "force")
+
+
+def test_a_checkpoint_from_before_block_reads_resumes_only_as_it_read_or_forced():
+    """A saved config without data.block_samples read a sample at a time: resuming it with blocks
+    is another deal from there on, so it is a forceable change, not a silent one."""
+    from pipeline.runs.resume import FORCEABLE, config_changes
+
+    saved = to_dict(Config())
+    del saved["data"]["block_samples"]
+    (change,) = config_changes(saved, Config())
+    assert (change.key, change.old, change.new, change.rule) == ("data.block_samples", 1, 32, FORCEABLE)
+    one = dataclasses.replace(Config(), data=dataclasses.replace(Config().data, block_samples=1))
+    assert config_changes(saved, one) == []
