@@ -114,12 +114,14 @@ class MotoS3:
 class CountingProxy:
     """A plain HTTP proxy on 127.0.0.1 in front of an S3 endpoint that counts what really passes:
     requests by method, the bytes of GET answers, and the distinct (path, Range) GETs (a client's
-    retry of the same read is one). Point AWS_ENDPOINT_URL at `url`.
+    retry of the same read is one). Point AWS_ENDPOINT_URL at `url`. `latency_s` holds every GET's
+    answer back that long (a far store's first byte) and `bytes_per_s` paces each answer's body
+    (a connection's bandwidth); both off by default, and both may be changed while it runs.
 
         with CountingProxy(os.environ["AWS_ENDPOINT_URL"]) as proxy:   # proxy.requests["GET"], proxy.get_bytes
     """
 
-    def __init__(self, upstream: str):
+    def __init__(self, upstream: str, latency_s: float = 0.0, bytes_per_s: float | None = None):
         import collections
         import http.client
         import http.server
@@ -130,6 +132,7 @@ class CountingProxy:
         self.requests: collections.Counter = collections.Counter()
         self.get_bytes = 0
         self.get_ranges: set[tuple[str, str | None]] = set()
+        self.latency_s, self.bytes_per_s = latency_s, bytes_per_s
         lock, proxy = threading.Lock(), self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -155,9 +158,17 @@ class CountingProxy:
                         self.send_header(k, v)
                 self.send_header("Content-Length", answer.getheader("Content-Length", "0") if self.command == "HEAD"
                                  else str(len(data)))
+                latency, rate = (proxy.latency_s, proxy.bytes_per_s) if self.command == "GET" else (0.0, None)
+                time.sleep(latency)
                 self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
+                if self.command == "HEAD":
+                    return
+                piece = max(1, len(data)) if rate is None else 256 * 1024
+                for at in range(0, len(data), piece):
+                    started = time.monotonic()
+                    self.wfile.write(data[at:at + piece])
+                    if rate is not None:
+                        time.sleep(max(0.0, len(data[at:at + piece]) / rate - (time.monotonic() - started)))
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = forward
 

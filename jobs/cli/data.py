@@ -165,8 +165,8 @@ def register_shards(sub) -> None:
     s.add_argument("url", metavar="URL")
     s.set_defaults(func=shards_verify)
     s = shsub.add_parser("upgrade", help="add per-sample byte ranges to an older index (one read of every shard)",
-                         description="Training reads each sample with one ranged read at the byte range "
-                         "index.json records; indexes written by telucodec before 0.2 lack them and "
+                         description="Training reads blocks of samples with one ranged read each, at the byte "
+                         "ranges index.json records; indexes written by telucodec before 0.2 lack them and "
                          "training refuses them. This reads every shard once, checks it against the "
                          "index's digest and rewrites index.json with the ranges. Shards are not touched.",
                          epilog="example: telucodec shards upgrade s3://bucket/te", formatter_class=FORMATTER)

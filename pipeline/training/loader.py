@@ -13,8 +13,10 @@ workers (docs/design.md, "Elastic determinism").
 from __future__ import annotations
 
 import heapq
+import math
 import queue
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
@@ -147,6 +149,8 @@ class SampleReader:
         self.pool: ThreadPoolExecutor | None = None
         self.threads = threads
         self.bytes_read = self.bytes_decoded = 0
+        self.read_seconds = 0.0
+        """A block read's duration, as measured (a moving average): how far ahead streams read."""
         self.lock = threading.Lock()
 
     def fetch(self, block: int) -> Future:
@@ -159,9 +163,12 @@ class SampleReader:
         return self.pool.submit(self._read, t.names[t.shard[first]], start, int(t.offset[last] + t.size[last]) - start)
 
     def _read(self, name: str, start: int, length: int) -> tuple[int, bytes]:
+        started = time.monotonic()
         data = self.store.get_range(name, start, length)
+        took = time.monotonic() - started
         with self.lock:
             self.bytes_read += len(data)
+            self.read_seconds = took if not self.read_seconds else 0.8 * self.read_seconds + 0.2 * took
         return start, data
 
     def sample(self, j: int, block: tuple[int, bytes]) -> bytes:
@@ -196,10 +203,16 @@ def normalise_loudness(audio: np.ndarray, target_db: float) -> np.ndarray:
     return audio * np.float32(min(10 ** (target_db / 20) / rms, 1.0 / peak))
 
 
+AHEAD_GROUPS_MAX = 8
+"""The furthest a stream reads ahead, in groups of samples (its memory: these groups' blocks)."""
+
+
 class StreamCrops:
     """One stream's crops in one epoch: its blocks' samples decoded a group of `shuffle_samples` at a
-    time (a group may span two blocks), cut and shuffled inside the group; each block read once, when
-    the group before the first that needs it is decoded (so a block is read a group ahead)."""
+    time (a group may span two blocks), cut and shuffled inside the group; each block read once, far
+    enough ahead that it is in when its first group is: as many groups ahead as twice a read takes
+    (as measured) over the time the stream takes to use a group once its bytes are in (as
+    measured), plus one."""
 
     def __init__(self, reader: SampleReader, recipe: CropRecipe, epoch: int, stream: int, blocks: np.ndarray,
                  counts: np.ndarray):
@@ -211,27 +224,35 @@ class StreamCrops:
         k = recipe.shuffle_samples
         self.groups = [samples[i:i + k] for i in range(0, len(samples), k)]
         self.group_start = np.concatenate([[0], np.cumsum([counts[g].sum() for g in self.groups])])
+        self.last_group = {self.block_of[j]: g for g, group in enumerate(self.groups) for j in group.tolist()}
+        """Each block's last group (the block can go once that group is decoded)."""
 
     def crops_from(self, start: int) -> Iterator[np.ndarray]:
         """Crops [crop] from the stream's `start`-th on; blocks wholly before it are never read."""
         g = int(np.searchsorted(self.group_start, start, side="right")) - 1
         skip = start - int(self.group_start[g])
         held: dict[int, Future] = {}
-        self.read_for(g, held)
+        self.read_for(g, g + 1, held)
+        pace = 0.0  # the seconds the stream takes to use a group once its bytes are in (moving average)
         for g in range(g, len(self.groups)):
             data = [self.reader.sample(j, held[self.block_of[j]].result()) for j in self.groups[g].tolist()]
-            self.read_for(g + 1, held)
+            ready = time.monotonic()
+            # twice the measured read time ahead (reads vary), in groups at the measured pace
+            ahead = 1 if not pace else min(AHEAD_GROUPS_MAX, 1 + math.ceil(2 * self.reader.read_seconds / pace))
+            self.read_for(g + 1, g + 1 + ahead, held)
             yield from self.group_crops(g, data)[skip:]
             skip = 0
+            used = time.monotonic() - ready
+            pace = used if not pace else 0.8 * pace + 0.2 * used
 
-    def read_for(self, g: int, held: dict[int, Future]) -> None:
-        """Have group `g`'s blocks read (each once), dropping the blocks it does not need."""
-        needed = [self.block_of[j] for j in self.groups[g].tolist()] if g < len(self.groups) else []
-        for b in [b for b in held if b not in needed]:
+    def read_for(self, first: int, end: int, held: dict[int, Future]) -> None:
+        """Have the blocks of groups first..end-1 read (each once), dropping those of groups before `first`."""
+        for b in [b for b in held if self.last_group[b] < first]:
             del held[b]
-        for b in needed:
-            if b not in held:
-                held[b] = self.reader.fetch(b)
+        for group in self.groups[first:end]:
+            for b in (self.block_of[j] for j in group.tolist()):
+                if b not in held:
+                    held[b] = self.reader.fetch(b)
 
     def group_crops(self, g: int, data: list[bytes]) -> list[np.ndarray]:
         """The group's crops in their shuffled order: views into the decoded samples (the batch's
@@ -269,7 +290,8 @@ class StreamSet:
         self.bounds, self.block_counts = block_crops(table, recipe)
 
     def rows(self, start_step: int) -> Iterator[tuple[np.ndarray, int, int]]:
-        reader = SampleReader(self.url, self.table, self.bounds)
+        # a thread per read in flight: each stream has a block or two in flight when reads are slow
+        reader = SampleReader(self.url, self.table, self.bounds, threads=min(64, max(4, 2 * len(self.streams))))
         epoch, pos = divmod(start_step, self.steps_per_epoch)
         try:
             while True:

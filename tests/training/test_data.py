@@ -152,8 +152,17 @@ def test_block_reads_cut_requests_and_keep_batches_mixed(s3_bucket, monkeypatch)
             # ~1.5 KB a sample: ~1% of a real 10 s sample, most of these constant ones)
             assert loader.bytes_read <= 1.25 * loader.bytes_decoded + 2048 * samples
             gets[block] = len(proxy.get_ranges) - ranges
+        # a far store (20 ms to the first byte): streams read further ahead, the same crops
+        proxy.latency_s, before = 0.02, proxy.requests["GET"]
+        loader = CropLoader(url, "train", CropRecipe(batch_size=4, crop=1000, seed=0, block_samples=4))
+        it = loader.batches(0)
+        assert [sample_ids(next(it)[1]) for _ in range(loader.steps_per_epoch)] == epoch
+        it.close()
+        gets["far"] = proxy.requests["GET"] - before
     print("GETs an epoch:", gets, "shards per batch:", mixing)
     assert gets[1] >= samples and gets[4] <= gets[1] / 3.5, gets  # a GET a block of 4, not a sample
+    # reading further ahead reads no block twice: only a few more of the next epoch's, a stream
+    assert gets["far"] <= gets[4] + 4 * 4, gets
     assert mixing[4] >= 0.9 * mixing[1], mixing
 
 
