@@ -149,7 +149,8 @@ class LocalTree(Tree):
 
 
 class StoreTree(Tree):
-    """A prefix of an object store; listed once (LIST requests, a page per 1,000 objects)."""
+    """A prefix of an object store; listed once (LIST requests, a page per 1,000 objects; separate
+    folders' LISTs at once: Store.list_wide)."""
 
     def __init__(self, store: Store):
         self.store, self.url = store, store.url
@@ -158,7 +159,7 @@ class StoreTree(Tree):
     @functools.cached_property
     def listing(self) -> dict:
         try:
-            return {o.key: o for o in self.store.list()}
+            return {o.key: o for o in self.store.list_wide()}
         except StoreError as e:
             raise SourceError(str(e)) from None
 

@@ -75,6 +75,11 @@ class Store:
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         raise NotImplementedError
 
+    def list_wide(self, prefix: str = "", threads: int = 16) -> list[ObjectInfo]:
+        """What `list(prefix)` returns, sorted by key; a remote store sends the LISTs of separate
+        folders at once (a local folder is walked as it is)."""
+        return sorted(self.list(prefix), key=lambda o: o.key)
+
     def open(self, key: str) -> BinaryIO:
         raise NotImplementedError
 
@@ -405,21 +410,50 @@ class S3Store(Store):
             raise
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
-        root = f"{self.prefix}/" if self.prefix else ""
-        out = []
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=root + prefix)
+        return self._list_pages(prefix)[0]
+
+    def _list_pages(self, prefix: str, **delimiter) -> tuple[list[ObjectInfo], list[str]]:
+        """(the objects under `prefix`, the folder prefixes found when a Delimiter is given)."""
         from botocore.exceptions import ClientError
 
+        root = f"{self.prefix}/" if self.prefix else ""
+        objects, folders = [], []
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=root + prefix,
+                                                                       **delimiter)
         try:
             for page in pages:
-                for obj in page.get("Contents", []):
-                    out.append(ObjectInfo(obj["Key"][len(root):], obj["Size"], obj.get("ETag", "").strip('"')))
+                objects += [ObjectInfo(o["Key"][len(root):], o["Size"], o.get("ETag", "").strip('"'))
+                            for o in page.get("Contents", [])]
+                folders += [p["Prefix"][len(root):] for p in page.get("CommonPrefixes", [])]
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") == "NoSuchBucket":
                 raise StoreError(f"{self.url}: no such bucket") from None
             raise
-        return out
+        return objects, folders
+
+    def list_wide(self, prefix: str = "", threads: int = 16) -> list[ObjectInfo]:
+        """`list(prefix)` with the LISTs of separate folders sent at once: folders are opened level by
+        level (a LIST with a delimiter each, up to 3 levels) until there are `threads` of them, then
+        each is listed whole, `threads` at a time. A corpus of millions of files in folders (by
+        speaker, split or date) lists in a fraction of one paginated pass (a page is 1,000 keys)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        out, folders = [], [prefix]
+        with ThreadPoolExecutor(threads, thread_name_prefix="list") as pool:
+            for _ in range(3):
+                if not folders or len(folders) >= threads:
+                    break
+                levels, folders = list(pool.map(self._list_level, folders)), []
+                for objects, subfolders in levels:
+                    out += objects
+                    folders += subfolders
+            for objects in pool.map(self.list, folders):
+                out += objects
+        return sorted(out, key=lambda o: o.key)
+
+    def _list_level(self, folder: str) -> tuple[list[ObjectInfo], list[str]]:
+        """(the objects right under `folder`, its sub-folders' prefixes): a LIST with a delimiter."""
+        return self._list_pages(folder, Delimiter="/")
 
     def open_seekable(self, key: str, size: int | None = None) -> BinaryIO:
         """The object as a seekable file: each buffer refill is one ranged GET (for decoders and

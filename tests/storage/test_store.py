@@ -252,3 +252,26 @@ def test_s3_delete_prefix_deletes_in_batches_and_falls_back_one_by_one(s3_bucket
     calls.clear()
     assert store.delete_prefix("x/") == 4
     assert calls == ["ListObjectsV2"] + ["DeleteObject"] * 4 and store.list() == []
+
+
+def test_a_wide_listing_is_the_listing_with_folders_listed_at_once(store, monkeypatch):
+    """list_wide returns what list returns (sorted), on both stores; on S3 it opens folders with a
+    delimiter and lists them side by side: more LISTs, each over fewer keys, at once."""
+    from run_fixtures import CountingProxy
+
+    keys = ["top.txt", *(f"spk{s:02d}/{d}/utt{u}.flac" for s in range(20) for d in ("a", "b") for u in range(3)),
+            "spk05/notes.txt", "z/deep/er/still/x.flac"]
+    for key in keys:
+        store.put(key, b"x")
+    assert [o.key for o in store.list_wide()] == sorted(o.key for o in store.list()) == sorted(keys)
+    assert [o.key for o in store.list_wide("spk05/")] == sorted(k for k in keys if k.startswith("spk05/"))
+    if isinstance(store, S3Store):
+        listed = sorted((o.key, o.size, o.etag) for o in store.list())
+        with CountingProxy(os.environ["AWS_ENDPOINT_URL"]) as proxy:
+            monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+            wide = open_store(store.url)
+            assert [(o.key, o.size, o.etag) for o in wide.list_wide(threads=8)] == listed
+            assert proxy.requests["GET"] == 1 + 21  # the root's level, then its 21 folders (>= 8) each whole
+            assert [(o.key, o.size, o.etag) for o in wide.list_wide(threads=64)] == listed
+            # three levels opened (1, 21 and 41 folders), then the one folder left below them whole
+            assert proxy.requests["GET"] == 22 + 1 + 21 + 41 + 1
