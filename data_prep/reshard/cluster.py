@@ -33,7 +33,7 @@ from data_prep.reshard.recut import recut_sample
 from data_prep.reshard.run import Ledger, _Resharder, check_sample_count, scan_shard
 from data_prep.reshard.transfer import RawSample, fetch_shard, ranged_samples
 from pipeline.errors import TelucodecError
-from pipeline.storage.shards import EncodedSample, ShardInfo, ShardWriter, encoded_from_parts, iter_tar, shard_name
+from pipeline.storage.shards import EncodedSample, ShardInfo, ShardWriter, encoded_from_parts, iter_tar
 from pipeline.storage.store import Store, open_store
 
 # ------------------------------------------------------------------------------------- tasks
@@ -168,13 +168,11 @@ class RayResharder(_Resharder):
             keys, counts = self.get(ref)
             self.tally.scanned(info, keys, counts)
 
-    def keep_finished(self, plans: list[SplitPlan]) -> dict[str, dict]:
-        planned = {shard_name(p.split, j): p.shard_samples(j) for p in plans for j in range(p.n_shards)}
-        records = [r for name, r in self.tally.recorded.items() if planned.get(name) == r["info"]["samples"]]
+    def intact(self, infos: list[dict]) -> list[bool]:
+        """Re-hashed by tasks, 8 shards each, all at once."""
         task = self.ray.remote(verify).options(max_retries=RETRIES)
-        chunks = [records[i:i + 8] for i in range(0, len(records), 8)]
-        found = [task.remote(self.keeper, self.dst.url, [r["info"] for r in chunk]) for chunk in chunks]
-        return {r["name"]: r for chunk, ref in zip(chunks, found) for r, ok in zip(chunk, self.get(ref)) if ok}
+        refs = [task.remote(self.keeper, self.dst.url, infos[i:i + 8]) for i in range(0, len(infos), 8)]
+        return [ok for ref in refs for ok in self.get(ref)]
 
     def make(self, plan: SplitPlan, shards: set[int]) -> None:
         """Route every source shard the wave needs, in order, with 2 tasks per CPU in flight; write each

@@ -366,8 +366,11 @@ class _Resharder:
         """Done records of an interrupted run whose shard is still there with the same digest."""
         planned = {shard_name(p.split, j): p.shard_samples(j) for p in plans for j in range(p.n_shards)}
         records = [r for name, r in self.tally.recorded.items() if planned.get(name) == r["info"]["samples"]]
-        intact = self.io.map(lambda r: shard_matches(self.dst, ShardInfo.from_record(r["info"])), records)
-        return {r["name"]: r for r, ok in zip(records, intact) if ok}
+        return {r["name"]: r for r, ok in zip(records, self.intact([r["info"] for r in records])) if ok}
+
+    def intact(self, infos: list[dict]) -> list[bool]:
+        """Whether each recorded destination shard (ShardInfo records) is in the store as recorded."""
+        return list(self.io.map(lambda info: shard_matches(self.dst, ShardInfo.from_record(info)), infos))
 
 
 @dataclass
