@@ -142,23 +142,24 @@ def corpus_table(hours: float = 150.0, per_shard: int = 1000, speaker_run: int =
 def epoch_rows(table, recipe: CropRecipe, epoch: int = 0) -> tuple[np.ndarray, int]:
     """([steps, streams] the sample each row of each batch of `epoch` comes from, the ranged reads the
     epoch makes): the loader's deal and its shuffles inside each group, without reading audio."""
-    from pipeline.training.loader import StreamSet, steps_per_epoch
+    from types import SimpleNamespace
+
+    from pipeline.training.loader import StreamCrops, StreamSet, steps_per_epoch
 
     steps = steps_per_epoch(table, recipe)
     streams = StreamSet("", table, recipe, list(range(recipe.batch_size)), steps)
+    reader = SimpleNamespace(bounds=streams.bounds)  # what StreamCrops reads of a reader before any read
     rows, reads = np.empty((steps, recipe.batch_size), np.int64), 0
     for v, blocks in enumerate(streams.epoch_streams(epoch)):
-        bounds = streams.bounds
-        samples = np.concatenate([np.arange(bounds[b], bounds[b + 1]) for b in blocks.tolist()])
-        crops, k = [], recipe.shuffle_samples
-        for g in range(0, len(samples), k):
-            group = np.repeat(samples[g:g + k], streams.counts[samples[g:g + k]])
-            crops.append(group[np.random.default_rng([recipe.seed, epoch, v, g // k]).permutation(len(group))])
+        stream, crops = StreamCrops(reader, recipe, epoch, v, blocks, streams.counts), []
+        for g, group in enumerate(stream.groups):
+            group = np.repeat(group, streams.counts[group])
+            crops.append(group[stream.group_rng(g).permutation(len(group))])  # as group_crops orders them
             if sum(len(c) for c in crops) >= steps:
                 break
         used = np.concatenate(crops)[:steps]
         rows[:, v] = used
-        reads += len(np.unique(np.searchsorted(bounds, used, side="right") - 1))  # each block it reached, once
+        reads += len({stream.block_of[j] for j in used.tolist()})  # each block it reached, once
     return rows, reads
 
 

@@ -245,6 +245,10 @@ class StreamCrops:
             used = time.monotonic() - ready
             pace = used if not pace else 0.8 * pace + 0.2 * used
 
+    def group_rng(self, g: int) -> np.random.Generator:
+        """Group `g`'s draws: the order of its crops, then their gains."""
+        return np.random.default_rng([self.recipe.seed, self.epoch, self.stream, g])
+
     def read_for(self, first: int, end: int, held: dict[int, Future]) -> None:
         """Have the blocks of groups first..end-1 read (each once), dropping those of groups before `first`."""
         for b in [b for b in held if self.last_group[b] < first]:
@@ -268,7 +272,7 @@ class StreamCrops:
                 audio = np.pad(audio, (0, crop - len(audio)))
             start = int(np.random.default_rng([r.seed, self.epoch, j]).integers(0, len(audio) - n * crop + 1))
             crops += list(audio[start:start + n * crop].reshape(n, crop))
-        rng = np.random.default_rng([r.seed, self.epoch, self.stream, g])
+        rng = self.group_rng(g)
         crops = [crops[i] for i in rng.permutation(len(crops))]
         if r.gain_db != (0.0, 0.0):
             gains = 10 ** (rng.uniform(*r.gain_db, size=len(crops)) / 20)
