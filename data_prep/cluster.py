@@ -152,8 +152,11 @@ class RayPrep:
         self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.seconds_by_node: Counter = Counter()
         self.shards_landed = 0
-        self.encode = ray.remote(encode_job).options(num_returns=2, max_retries=RETRIES, num_cpus=1)
-        self.encode_alone = ray.remote(encode_job).options(num_returns=2, max_retries=1, num_cpus=1)
+        # Spread over the nodes: with Ray's default policy a node still starting its first worker
+        # could be passed over for the whole run (seen in CI: 2 of 3 nodes took all the work).
+        encode, spread = ray.remote(encode_job), {"num_returns": 2, "num_cpus": 1, "scheduling_strategy": "SPREAD"}
+        self.encode = encode.options(max_retries=RETRIES, **spread)
+        self.encode_alone = encode.options(max_retries=1, **spread)
         self.write = ray.remote(write_shard).options(max_retries=RETRIES, num_cpus=0.5)
         self.say(f"prep on Ray: {len(ray.nodes())} node(s), {self.cpus} CPUs")
 
