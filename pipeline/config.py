@@ -73,11 +73,20 @@ class DataConfig:
     block_samples: int = 32
     """Each epoch deals blocks of up to this many consecutive samples of one shard to the batch's
     streams, each block read with one ranged request (1: a request per sample, ~30x the requests)."""
+    cache_dir: str = "~/.cache/telucodec/shards"
+    """Where a node keeps the shards it reads from a remote store (s3://), shared by its ranks and
+    loader workers: each shard is fetched once per node and checked against index.json's digest.
+    Put it on the node's local disk (an instance's NVMe, not a network volume)."""
+    cache_gb: float = 50.0
+    """The most the cache holds; the least recently used shards go first. A dataset larger than this
+    has as many of its shards cached as fit (the same ones every epoch) and the rest read block by
+    block from the store. 0 turns the cache off."""
 
     def __post_init__(self):
         _check(self.workers >= -1, "data.workers", "must be >= 0, or -1 for train.cpus_per_worker - 1")
         _check(self.shuffle_samples >= 1, "data.shuffle_samples", "must be >= 1")
         _check(self.block_samples >= 1, "data.block_samples", "must be >= 1")
+        _check(self.cache_gb >= 0, "data.cache_gb", "must be >= 0 (0 turns the cache off)")
         _check(len(self.gain_db) == 2 and self.gain_db[0] <= self.gain_db[1], "data.gain_db",
                "must be [low, high] with low <= high")
 
@@ -508,6 +517,13 @@ class CostConfig:
     max_gap_minutes: float = 30.0
     """The gap between a lost worker group's last ledger line and its replacement is billed (as
     wasted) up to this long; a longer gap means the run was down, not waiting."""
+    store: str = ""
+    """Whose request prices (prices.yaml `storage:`) bill the run's object-store requests: s3, gcs,
+    r2, ...; '' = from AWS_ENDPOINT_URL (storage.googleapis.com is gcs, *.r2.cloudflarestorage.com
+    r2, anything else s3). Only remote stores' requests are counted; a local folder's cost nothing."""
+    egress: bool = False
+    """The nodes read the bucket from outside its region or cloud: the bytes GETs bring are billed at
+    the store's egress_per_gb too (reads inside the region are free)."""
 
     def __post_init__(self):
         _check(self.usd_per_hour is None or self.usd_per_hour >= 0, "cost.usd_per_hour", "must be >= 0 or null")

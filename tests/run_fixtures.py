@@ -129,9 +129,14 @@ class CountingProxy:
         from urllib.parse import urlparse
 
         target = urlparse(upstream)
+        self.upstream = upstream
         self.requests: collections.Counter = collections.Counter()
         self.get_bytes = 0
         self.get_ranges: set[tuple[str, str | None]] = set()
+        self.gets: list[tuple[str, str | None]] = []
+        """Every GET's (path, Range), in order."""
+        self.log: list[tuple[str, str]] = []
+        """Every request's (method, path with its query), in order."""
         self.latency_s, self.bytes_per_s = latency_s, bytes_per_s
         lock, proxy = threading.Lock(), self
 
@@ -152,6 +157,8 @@ class CountingProxy:
                     proxy.get_bytes += len(data) if self.command == "GET" else 0
                     if self.command == "GET":
                         proxy.get_ranges.add((self.path, self.headers.get("Range")))
+                        proxy.gets.append((self.path, self.headers.get("Range")))
+                    proxy.log.append((self.command, self.path))
                 self.send_response(answer.status)
                 for k, v in answer.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -166,7 +173,10 @@ class CountingProxy:
                 piece = max(1, len(data)) if rate is None else 256 * 1024
                 for at in range(0, len(data), piece):
                     started = time.monotonic()
-                    self.wfile.write(data[at:at + piece])
+                    try:
+                        self.wfile.write(data[at:at + piece])
+                    except (BrokenPipeError, ConnectionResetError):  # the client is gone (killed)
+                        return
                     if rate is not None:
                         time.sleep(max(0.0, len(data[at:at + piece]) / rate - (time.monotonic() - started)))
 

@@ -106,28 +106,38 @@ def require_store(url: str) -> None:
 def cost_table(summaries, title: str, width: int | None = None) -> Table:
     """One row per run (RunCost), and a total row when there are several. Run names never wrap:
     where the terminal (`width`) is too narrow, columns that are all zero go first, then $/dB,
-    best SNR and restarts (`telucodec cost --json` has every figure)."""
+    best SNR, requests and restarts (`telucodec cost --json` has every figure)."""
     from rich import box
 
-    rows = [[s.name, s.status, s.totals.gpu_hours, s.totals.worker_hours, s.totals.usd, s.totals.restarts,
-             s.totals.wasted_gpu_hours, s.totals.wasted_worker_hours, s.best_snr, s.usd_per_db] for s in summaries]
+    def requests(t) -> int:
+        return sum(t.storage_requests.values())
+
+    # (header, value of a RunCost, summed in the total row, how it is shown)
+    columns = [("run", lambda s: s.name, False, str), ("status", lambda s: s.status, False, str),
+               ("GPU\nhours", lambda s: s.totals.gpu_hours, True, amount),
+               ("worker\nhours", lambda s: s.totals.worker_hours, True, amount),
+               ("$", lambda s: s.totals.usd, True, amount),
+               ("storage\n$", lambda s: s.totals.storage_usd, True, amount),
+               ("storage\nrequests", lambda s: requests(s.totals), True, lambda v: f"{v:,}"),
+               ("restarts", lambda s: s.totals.restarts, True, str),
+               ("wasted\nGPU-h", lambda s: s.totals.wasted_gpu_hours, True, amount),
+               ("wasted\nworker-h", lambda s: s.totals.wasted_worker_hours, True, amount),
+               ("best val\nSNR dB", lambda s: s.best_snr, False, lambda v: cell(v, 2)),
+               ("$/dB", lambda s: s.usd_per_db, False, lambda v: "-" if v is None else amount(v))]
+    rows = [[value(s) for _, value, _, _ in columns] for s in summaries]
     if len(rows) > 1:
-        rows.append(["total", ""] + [sum(r[i] for r in rows) for i in range(2, 8)] + [None, None])
-    header = ["run", "status", "GPU\nhours", "worker\nhours", "$", "restarts", "wasted\nGPU-h", "wasted\nworker-h",
-              "best val\nSNR dB", "$/dB"]
-
-    def text(i: int, v) -> str:
-        if i < 2:
-            return v
-        if i == 5:
-            return str(v)
-        return cell(v, 2) if i == 8 else ("-" if v is None else amount(v))
-
-    cells = [[text(i, v) for i, v in enumerate(r)] for r in rows]
+        rows.append(["total", ""] + [sum(r[i] for r in rows) if summed else None
+                                     for i, (_, _, summed, _) in enumerate(columns) if i >= 2])
+    header = [h for h, _, _, _ in columns]
+    cells = [[v if i < 2 else shown(v) if v is not None else "-" for i, (v, (_, _, _, shown)) in
+              enumerate(zip(r, columns))] for r in rows]
     widths = [max([len(line) for line in header[i].split("\n")] + [len(c[i]) for c in cells]) for i in range(len(header))]
     keep = list(range(len(header)))
-    all_zero = [i for i in (2, 6, 3, 7) if all(not r[i] for r in rows)]
-    for i in [*all_zero, 9, 8, 5, 6, 2]:
+    named = {h.replace("\n", " "): i for i, h in enumerate(header)}
+    all_zero = [named[h] for h in ("GPU hours", "wasted GPU-h", "worker hours", "wasted worker-h", "storage $",
+                                   "storage requests") if all(not r[named[h]] for r in rows)]
+    for i in [*all_zero, named["$/dB"], named["best val SNR dB"], named["storage requests"], named["restarts"],
+              named["wasted GPU-h"], named["GPU hours"]]:
         if sum(widths[k] for k in keep) + 3 * len(keep) <= (width or console.width):
             break
         if i in keep:

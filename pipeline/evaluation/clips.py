@@ -19,7 +19,7 @@ def require_split(index, url: str, split: str) -> None:
 def load_eval_clips(url: str, split: str, n_clips: int, seconds: float, sample_rate: int) -> list[tuple[str, np.ndarray]]:
     """The first `n_clips` samples of a split (in shard order), each cut to `seconds`, at `sample_rate`:
     [(key, [T])]. DatasetError when the split has none (require_split)."""
-    store = open_store(url)
+    store = open_store(url, "loader")
     index = load_index(store)
     require_split(index, url, split)
     max_samples = int(round(seconds * index.sample_rate))

@@ -53,6 +53,7 @@ class Checkpoints:
     def __init__(self, run_url: str | Store):
         run = open_store(run_url) if isinstance(run_url, str) else run_url
         self.store = run.sub("checkpoints")
+        self.store.purpose = "checkpoints"
 
     def save_part(self, step: int, name: str, obj: Any) -> dict:
         """Write one part (any rank may write its own); returns its manifest entry."""

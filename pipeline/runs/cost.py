@@ -21,18 +21,21 @@ and the gap until the new group started are added to the `wasted_*` totals.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from pipeline.cloud import InstanceInfo, this_instance
 from pipeline.config import CONFIG_DIR, Config, ConfigError
 from pipeline.runs.rundir import RUN_END_BY_EVENT, RunDir
-from pipeline.storage.store import StoreError, open_store
+from pipeline.storage.store import (KINDS, REQUESTS, StoreError, open_store, requests_by_kind,
+                                    requests_by_purpose, tally_from)
 
 PRICES_FILE = CONFIG_DIR / "prices.yaml"
 LEDGER = "ledger.jsonl"
@@ -75,7 +78,7 @@ def worker_price(cfg: Config, instance: InstanceInfo | None = None, per_node: bo
             return Price(0.0, "local machine (set cost.usd_per_hour to bill it)")
         kind, region, origin = instance.instance_type, c.region or instance.region, f"{instance.cloud} metadata"
         spot = instance.spot if c.spot is None else c.spot
-    table = load_prices(c.prices)
+    table = {k: v for k, v in load_prices(c.prices).items() if k != "storage"}
     entry = table.get(kind)
     if entry is None:
         if origin == "cost.instance_type":
@@ -93,6 +96,40 @@ def worker_price(cfg: Config, instance: InstanceInfo | None = None, per_node: bo
                  f"workers (configs/prices.yaml, approximate; from {origin}{note})", kind, priced, spot)
 
 
+@dataclass(frozen=True)
+class StoragePrice:
+    """Dollars per request of each kind (storage.KINDS), and per byte a GET carries out (egress)."""
+    per_request: dict
+    usd_per_get_byte: float
+    source: str
+
+    def usd(self, counts: np.ndarray) -> float:
+        """What a tally array's requests (and, with egress, its GET bytes) cost."""
+        total = sum(counts[:, k, 0].sum() * self.per_request.get(kind, 0.0) for k, kind in enumerate(KINDS))
+        return float(total + counts[:, KINDS.index("GET"), 1].sum() * self.usd_per_get_byte)
+
+
+def storage_price(cfg: Config) -> StoragePrice:
+    """The request prices of the run's object store (cost.store, else guessed from AWS_ENDPOINT_URL)."""
+    table = load_prices(cfg.cost.prices).get("storage") or {}
+    name = cfg.cost.store or store_kind(os.environ.get("AWS_ENDPOINT_URL", ""))
+    entry = table.get(name)
+    if entry is None:
+        raise ConfigError(f"cost.store: {name} has no request prices under storage: in "
+                          f"{cfg.cost.prices or PRICES_FILE} (known: {', '.join(sorted(table)) or 'none'})")
+    per_request = {"GET": entry["get_per_1000"] / 1000, "PUT": entry["put_per_1000"] / 1000,
+                   "LIST": entry["list_per_1000"] / 1000}
+    egress = entry.get("egress_per_gb", 0.0) / 1e9 if cfg.cost.egress else 0.0
+    return StoragePrice(per_request, egress, f"{name} list prices (configs/prices.yaml, approximate"
+                        f"{', with egress' if cfg.cost.egress else ''})")
+
+
+def store_kind(endpoint: str) -> str:
+    """Whose prices an S3 endpoint's requests are billed at."""
+    host = endpoint.lower()
+    return "gcs" if "storage.googleapis.com" in host else "r2" if "r2.cloudflarestorage.com" in host else "s3"
+
+
 _SPENT = ("worker_hours", "gpu_hours", "usd")
 
 
@@ -106,6 +143,17 @@ class CostTotals:
     wasted_gpu_hours: float = 0.0
     wasted_usd: float = 0.0
     restarts: int = 0
+    storage_usd: float = 0.0
+    """What the run's requests to remote stores cost (at `storage_price`); not part of `usd`."""
+    storage_requests: dict = dataclasses.field(default_factory=dict)
+    """{"GET": n, "PUT": n, "LIST": n}: every rank's and loader worker's requests to remote stores."""
+    storage: dict = dataclasses.field(default_factory=dict)
+    """The same by purpose, with bytes: {purpose: {"GET": n, "GET_bytes": n, ...}} (storage.requests_by_purpose)."""
+
+    @property
+    def total_usd(self) -> float:
+        """Instances and storage requests together."""
+        return self.usd + self.storage_usd
 
     def to_dict(self) -> dict:
         return {k: (round(v, 9) if isinstance(v, float) else v) for k, v in dataclasses.asdict(self).items()}
@@ -136,6 +184,9 @@ class CostTracker:
         self.cfg, self.workers, self.started = cfg, workers, started
         self.gpus_per_worker = 1 if cfg.train.use_gpu else 0
         self.price = price or worker_price(cfg)
+        self.storage_price = storage_price(cfg)
+        self.requests = np.zeros_like(REQUESTS.snapshot())
+        """This worker group's requests to remote stores so far (every rank's; see `seen_requests`)."""
         self.ledger = run.log(LEDGER)
         self.base = CostTotals()
         """Totals at `started` (what earlier worker groups spent, and this one's restart gap)."""
@@ -155,7 +206,15 @@ class CostTracker:
         return CostTotals(h, h * self.gpus_per_worker, h * self.price.usd_per_worker_hour)
 
     def totals(self, at: float | None = None) -> CostTotals:
-        return self.base.billed(self.spend((at or time.time()) - self.started))
+        counts = tally_from(self.base.storage) + self.requests
+        return dataclasses.replace(self.base.billed(self.spend((at or time.time()) - self.started)),
+                                   storage_usd=self.storage_price.usd(counts),
+                                   storage_requests=requests_by_kind(counts), storage=requests_by_purpose(counts))
+
+    def seen_requests(self, counts: np.ndarray) -> None:
+        """This worker group's requests to remote stores until now, all ranks together (a tally array)."""
+        with self._lock:
+            self.requests = counts.copy()
 
     def begin(self, saved: dict | None, step: int, **fields) -> dict:
         """Continue from the checkpoint's totals or the ledger's last line (whichever is newer); write
@@ -183,7 +242,8 @@ class CostTracker:
         record = self.record(event, step, **extra, workers=self.workers, gpus_per_worker=self.gpus_per_worker,
                              usd_per_worker_hour=self.price.usd_per_worker_hour, price_source=self.price.source,
                              instance_type=self.price.instance_type, region=self.price.region,
-                             spot=self.price.spot, heartbeat_s=self.cfg.cost.heartbeat_seconds, **fields)
+                             spot=self.price.spot, heartbeat_s=self.cfg.cost.heartbeat_seconds,
+                             storage_price_source=self.storage_price.source, **fields)
         self._thread = threading.Thread(target=self._beat, daemon=True, name="cost-heartbeat")
         self._thread.start()
         return record
@@ -225,13 +285,14 @@ class CostTracker:
         return {"cost/gpu_hours": t.gpu_hours, "cost/worker_hours": t.worker_hours, "cost/usd": t.usd,
                 "cost/usd_per_hour": self.usd_per_hour, "cost/wasted_gpu_hours": t.wasted_gpu_hours,
                 "cost/wasted_worker_hours": t.wasted_worker_hours, "cost/wasted_usd": t.wasted_usd,
-                "cost/restarts": t.restarts}
+                "cost/restarts": t.restarts, "cost/storage_usd": t.storage_usd,
+                **{f"cost/storage_{kind.lower()}": n for kind, n in t.storage_requests.items()}}
 
     def over_budget(self, step: int) -> str | None:
         """Why the run must stop now (budget.max_usd / max_gpu_hours reached), else None."""
         self.step, b, t = step, self.cfg.budget, self.totals()
-        if b.max_usd and t.usd >= b.max_usd:
-            self.budget_reason = f"cost ${t.usd:.4f} reached budget.max_usd ${b.max_usd:g}"
+        if b.max_usd and t.total_usd >= b.max_usd:
+            self.budget_reason = f"cost ${t.total_usd:.4f} reached budget.max_usd ${b.max_usd:g}"
         elif b.max_gpu_hours and t.gpu_hours >= b.max_gpu_hours:
             self.budget_reason = f"{t.gpu_hours:.4f} GPU-hours reached budget.max_gpu_hours {b.max_gpu_hours:g}"
         return self.budget_reason

@@ -26,6 +26,8 @@ RESUME_RULES: dict[str, str] = {
     "data.workers": HARMLESS,  # the batches do not depend on how many processes decode them
     "data.shuffle_samples": FORCEABLE,  # another crop order from here on
     "data.block_samples": FORCEABLE,  # another deal from here on
+    "data.cache_dir": HARMLESS,  # where the same bytes are kept
+    "data.cache_gb": HARMLESS,
     "data.loudness_db": FORCEABLE,
     "data.gain_db": FORCEABLE,
     "prep": HARMLESS,  # used by `prep` only; training reads what data.url holds

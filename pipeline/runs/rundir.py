@@ -128,7 +128,7 @@ RUN_END_BY_EVENT = {end.event: end for end in RUN_ENDS.values()}
 
 class RunDir:
     def __init__(self, url: str | Store):
-        self.store = open_store(url) if isinstance(url, str) else url
+        self.store = open_store(url, "logs") if isinstance(url, str) else url
         self.url = self.store.url
         self.metrics = JsonlLog(self.store, "metrics.jsonl")
         self.events = JsonlLog(self.store, "events.jsonl")

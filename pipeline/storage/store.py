@@ -21,11 +21,14 @@ import mmap
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 from urllib.parse import urlparse
+
+import numpy as np
 
 from pipeline.errors import TelucodecError
 
@@ -46,10 +49,67 @@ class ObjectInfo:
     """The store's version tag (S3's ETag); empty where the store has none (a local folder)."""
 
 
+PURPOSES = ("loader", "checkpoints", "logs", "other")
+"""What a store is opened for (Store.purpose): a run's requests are counted by it."""
+KINDS = ("GET", "PUT", "LIST", "DELETE")
+"""Requests by how object stores bill them: GET (GET, HEAD), PUT (PUT, POST, COPY, multipart
+parts), LIST, DELETE (free)."""
+_KIND_OF = {"GetObject": "GET", "HeadObject": "GET", "HeadBucket": "GET", "ListObjectsV2": "LIST",
+            "ListObjects": "LIST", "ListBuckets": "LIST", "DeleteObject": "DELETE", "DeleteObjects": "DELETE",
+            "AbortMultipartUpload": "DELETE"}
+
+
+class RequestTally:
+    """The requests this process sent to remote stores (every attempt, as billed) and the bytes
+    they carried, by purpose and kind: an array [purpose, kind, (requests, bytes)].
+
+        before = REQUESTS.snapshot(); ...; spent = REQUESTS.snapshot() - before
+    """
+
+    def __init__(self):
+        self.counts = np.zeros((len(PURPOSES), len(KINDS), 2), dtype=np.int64)
+        self.lock = threading.Lock()
+
+    def add(self, purpose: str, kind: str, nbytes: int = 0, requests: int = 1) -> None:
+        with self.lock:
+            self.counts[PURPOSES.index(purpose), KINDS.index(kind)] += (requests, nbytes)
+
+    def snapshot(self) -> np.ndarray:
+        with self.lock:
+            return self.counts.copy()
+
+
+REQUESTS = RequestTally()
+
+
+def requests_by_kind(counts: np.ndarray) -> dict[str, int]:
+    """{"GET": n, "PUT": n, "LIST": n} of a tally array (DELETEs are free and left out)."""
+    return {kind: int(counts[:, k, 0].sum()) for k, kind in enumerate(KINDS) if kind != "DELETE"}
+
+
+def requests_by_purpose(counts: np.ndarray) -> dict[str, dict[str, int]]:
+    """{purpose: {"GET": n, ..., "GET_bytes": n, ...}} of a tally array, purposes with any requests only."""
+    return {purpose: {**{kind: int(counts[p, k, 0]) for k, kind in enumerate(KINDS)},
+                      **{f"{kind}_bytes": int(counts[p, k, 1]) for k, kind in enumerate(KINDS)}}
+            for p, purpose in enumerate(PURPOSES) if counts[p, :, 0].any()}
+
+
+def tally_from(by_purpose: dict | None) -> np.ndarray:
+    """A tally array back from requests_by_purpose's dict (a ledger line's)."""
+    counts = np.zeros((len(PURPOSES), len(KINDS), 2), dtype=np.int64)
+    for purpose, row in (by_purpose or {}).items():
+        if purpose in PURPOSES:
+            for k, kind in enumerate(KINDS):
+                counts[PURPOSES.index(purpose), k] = (row.get(kind, 0), row.get(f"{kind}_bytes", 0))
+    return counts
+
+
 class Store:
     """Common interface; `open_store` picks the implementation from the URL."""
 
     url: str
+    purpose: str = "other"
+    """What the store is used for (a key of PURPOSES): its requests are counted under it in REQUESTS."""
 
     def join(self, key: str) -> str:
         """Full URL of `key`."""
@@ -57,7 +117,7 @@ class Store:
 
     def sub(self, prefix: str) -> "Store":
         """A store rooted at `prefix` below this one."""
-        return open_store(self.join(contained(prefix, self.url)))
+        return open_store(self.join(contained(prefix, self.url)), self.purpose)
 
     def get(self, key: str) -> bytes:
         with self.open(key) as f:
@@ -186,9 +246,14 @@ def contained(key: str, root: str) -> str:
     return key
 
 
-def open_store(url: str | Path) -> Store:
-    """A Store for a plain path, file:// URL or s3://bucket/prefix."""
-    url = str(url)
+def open_store(url: str | Path, purpose: str = "other") -> Store:
+    """A Store for a plain path, file:// URL or s3://bucket/prefix; its requests counted under `purpose`."""
+    store = _open_store(str(url))
+    store.purpose = purpose
+    return store
+
+
+def _open_store(url: str) -> Store:
     parsed = urlparse(url)
     if parsed.scheme == "s3":
         if not parsed.netloc:
@@ -393,6 +458,20 @@ class S3Store(Store):
         self.bucket, self.prefix = bucket, prefix
         self.url = f"s3://{bucket}/{prefix}".rstrip("/")
         self.client = s3_client()
+        self.client.meta.events.register("before-send.s3", self._count_sent)
+        self.client.meta.events.register("after-call.s3.GetObject", self._count_got)
+
+    def _count_sent(self, request, event_name: str, **_) -> None:
+        """Every request as it is sent (retries and multipart parts included), with what it uploads.
+        Returns None: a value would stand in for the response."""
+        operation = event_name.rsplit(".", 1)[-1]
+        kind = _KIND_OF.get(operation, "PUT")
+        nbytes = int(request.headers.get("Content-Length") or 0) if kind == "PUT" else 0
+        REQUESTS.add(self.purpose, kind, nbytes)
+
+    def _count_got(self, parsed: dict, **_) -> None:
+        """The bytes a GET answered with."""
+        REQUESTS.add(self.purpose, "GET", int(parsed.get("ContentLength") or 0), requests=0)
 
     def _key(self, key: str) -> str:
         key = contained(key, self.url)

@@ -56,6 +56,9 @@ class RankDuties:
     def rolled_back(self, saved: dict) -> None:
         """The loop went back to a checkpoint with this extra state."""
 
+    def seen_requests(self, counts) -> None:
+        """The worker group's requests to remote stores so far, all ranks together (storage.REQUESTS's array)."""
+
     def flush(self) -> None:
         """The run's logs to the store (s3 run dirs)."""
 
@@ -163,6 +166,9 @@ class MainProcessDuties(RankDuties):
 
     def checkpoint_extra(self) -> dict:
         return {"cost": self.cost.state(), "wandb_run_id": self.tracker.run_id}
+
+    def seen_requests(self, counts) -> None:
+        self.cost.seen_requests(counts)
 
     def rolled_back(self, saved: dict) -> None:
         if saved.get("cost"):  # the work since then is redone

@@ -12,6 +12,7 @@ workers (docs/design.md, "Elastic determinism").
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import queue
@@ -25,8 +26,9 @@ import numpy as np
 import torch
 
 from pipeline.errors import TelucodecError
-from pipeline.storage.shards import DatasetIndex, decode_flac, load_index
-from pipeline.storage.store import Store, open_store
+from pipeline.storage.cache import ShardCache, admitted
+from pipeline.storage.shards import DatasetIndex, ShardInfo, decode_flac, load_index
+from pipeline.storage.store import REQUESTS, Store, is_remote, open_store
 
 
 class DataError(TelucodecError, RuntimeError):
@@ -62,6 +64,8 @@ class SplitTable:
             raise DataError(f"{where}: index.json has no per-sample byte ranges (written by an older "
                             f"telucodec); add them with one read of every shard: telucodec shards upgrade {where}")
         self.names = [s.name for s in shards]
+        self.shards = [dataclasses.replace(s, sample_ranges=None) for s in shards]
+        """Each shard's size and digest (what a node's cache checks a fetched shard against)."""
         rows = [(i, r.flac_offset, r.flac_size, r.frames) for i, s in enumerate(shards) for r in s.sample_ranges]
         self.shard, self.offset, self.size, self.frames = np.array(rows, dtype=np.int64).reshape(-1, 4).T
 
@@ -142,11 +146,16 @@ class SampleReader:
     """Ranged reads of blocks of FLAC samples (one request a block: from its first sample's FLAC
     bytes to its last's), a few in flight on threads, and the decode that checks each sample."""
 
-    def __init__(self, url: str, table: SplitTable, bounds: np.ndarray, threads: int = 4):
-        """`bounds`: the first sample of each block, and the end (SplitTable.blocks)."""
-        self.url, self.table, self.bounds = url, table, bounds
+    def __init__(self, url: str, table: SplitTable, bounds: np.ndarray, threads: int = 4,
+                 cache: CacheSpec | None = None):
+        """`bounds`: the first sample of each block, and the end (SplitTable.blocks); `cache`: the
+        node's shard cache, for a remote store."""
+        self.url, self.table, self.bounds, self.cache_spec = url, table, bounds, cache
         self.store: Store | None = None  # opened in the process that reads (a worker)
         self.pool: ThreadPoolExecutor | None = None
+        self.cache: ShardCache | None = None
+        self.cached: set[str] = set()
+        """The shards read through the cache (those that fit in it, see cache.admitted)."""
         self.threads = threads
         self.bytes_read = self.bytes_decoded = 0
         self.read_seconds = 0.0
@@ -156,15 +165,24 @@ class SampleReader:
     def fetch(self, block: int) -> Future:
         """Block `block`'s bytes, read on a thread: a Future of (its first byte in the shard, the bytes)."""
         if self.store is None:
-            self.store = open_store(self.url)
-            self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="sample-read")
+            self.open()
         t, first, last = self.table, int(self.bounds[block]), int(self.bounds[block + 1]) - 1
         start = int(t.offset[first])
-        return self.pool.submit(self._read, t.names[t.shard[first]], start, int(t.offset[last] + t.size[last]) - start)
+        return self.pool.submit(self._read, t.shards[t.shard[first]], start, int(t.offset[last] + t.size[last]) - start)
 
-    def _read(self, name: str, start: int, length: int) -> tuple[int, bytes]:
+    def open(self) -> None:
+        self.store = open_store(self.url, "loader")
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="sample-read")
+        if self.cache_spec is not None and is_remote(self.url) and self.cache_spec.gb > 0:
+            self.cache = ShardCache(self.cache_spec.folder, self.cache_spec.gb)
+            self.cached = admitted(self.table.shards, self.cache_spec.gb)
+
+    def _read(self, shard: ShardInfo, start: int, length: int) -> tuple[int, bytes]:
         started = time.monotonic()
-        data = self.store.get_range(name, start, length)
+        if shard.name in self.cached:
+            data = self.cache.get_range(self.store, shard, start, length)
+        else:
+            data = self.store.get_range(shard.name, start, length)
         took = time.monotonic() - started
         with self.lock:
             self.bytes_read += len(data)
@@ -192,6 +210,14 @@ class SampleReader:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """Where a node keeps the shards it reads from a remote store, and how many GB at most
+    (data.cache_dir, data.cache_gb; 0 GB: no cache)."""
+    folder: str
+    gb: float
 
 
 def normalise_loudness(audio: np.ndarray, target_db: float) -> np.ndarray:
@@ -286,8 +312,9 @@ class StreamSet:
     its streams (views into the decoded audio, which is never written to), with the bytes read and
     decoded so far."""
 
-    def __init__(self, url: str, table: SplitTable, recipe: CropRecipe, streams: list[int], steps: int):
-        self.url, self.table, self.recipe, self.streams = url, table, recipe, streams
+    def __init__(self, url: str, table: SplitTable, recipe: CropRecipe, streams: list[int], steps: int,
+                 cache: CacheSpec | None = None):
+        self.url, self.table, self.recipe, self.streams, self.cache = url, table, recipe, streams, cache
         self.steps_per_epoch = steps
         """steps_per_epoch(table, recipe), worked out once by the CropLoader (a pass over the split)."""
         self.counts = crops_per_sample(table.frames, recipe.crop)
@@ -295,7 +322,8 @@ class StreamSet:
 
     def rows(self, start_step: int) -> Iterator[tuple[np.ndarray, int, int]]:
         # a thread per read in flight: each stream has a block or two in flight when reads are slow
-        reader = SampleReader(self.url, self.table, self.bounds, threads=min(64, max(4, 2 * len(self.streams))))
+        reader = SampleReader(self.url, self.table, self.bounds, threads=min(64, max(4, 2 * len(self.streams))),
+                              cache=self.cache)
         epoch, pos = divmod(start_step, self.steps_per_epoch)
         try:
             while True:
@@ -335,19 +363,20 @@ class _WorkerRows(torch.utils.data.IterableDataset):
             for i, (crops, read, decoded) in enumerate(self.sets[k].rows(self.start_step)):
                 slot = i % len(ring)
                 np.stack(crops, out=ring[slot])
-                yield k, slot, read, decoded
+                yield k, slot, read, decoded, REQUESTS.snapshot().tolist()  # this process's requests to the store
         except TelucodecError as e:  # the trainer raises it as it is: one line, not a worker traceback
-            yield k, e, 0, 0
+            yield k, e, 0, 0, REQUESTS.snapshot().tolist()
 
 
 class CropLoader:
     """This rank's rows of the global batch, step by step, from worker processes (or a thread)."""
 
     def __init__(self, url: str, split: str, recipe: CropRecipe, rank: int = 0, world: int = 1,
-                 workers: int = 0, pin_memory: bool = False, index: DatasetIndex | None = None):
-        store = open_store(url)
+                 workers: int = 0, pin_memory: bool = False, index: DatasetIndex | None = None,
+                 cache: CacheSpec | None = None):
+        store = open_store(url, "loader")
         self.table = SplitTable(index or load_index(store), split, store.url)
-        self.url, self.recipe, self.pin_memory = store.url, recipe, pin_memory
+        self.url, self.recipe, self.pin_memory, self.cache = store.url, recipe, pin_memory, cache
         self.rows = rank_rows(recipe.batch_size, world, rank)
         if recipe.batch_size < world:
             raise DataError(f"train.batch_size {recipe.batch_size} is smaller than the {world} ranks: every "
@@ -360,26 +389,30 @@ class CropLoader:
         self.workers = max(0, min(workers, len(self.rows)))
         self.bytes_read = self.bytes_decoded = 0
         """What this rank's readers have read and decoded since batches() started (FLAC bytes)."""
+        self.worker_requests = REQUESTS.snapshot() * 0
+        """The requests this rank's worker processes sent to the store (a tally array, storage.REQUESTS);
+        a loader without workers reads in this process, whose REQUESTS counts them."""
 
     def stream_sets(self) -> list[StreamSet]:
         """One StreamSet per worker (every n-th of this rank's streams), or one for all."""
         n = max(1, self.workers)
-        return [StreamSet(self.url, self.table, self.recipe, list(self.rows)[k::n], self.steps_per_epoch)
+        return [StreamSet(self.url, self.table, self.recipe, list(self.rows)[k::n], self.steps_per_epoch, self.cache)
                 for k in range(n)]
 
     def batches(self, start_step: int = 0, prefetch: int = 4) -> Iterator[tuple[int, torch.Tensor]]:
         """(step, [rows, 1, crop]) forever from `start_step`."""
         sets = self.stream_sets()
         parts = self._worker_parts(sets, start_step, prefetch) if self.workers else \
-            _threaded(sets[0].rows(start_step), prefetch)
+            _threaded(((*row, self.worker_requests * 0) for row in sets[0].rows(start_step)), prefetch)
         n, step = len(sets), start_step
         read, decoded = [0] * n, [0] * n
+        before, requests = self.worker_requests, [self.worker_requests * 0] * n
         try:
             while True:
                 batch = torch.empty((len(self.rows), 1, self.recipe.crop), pin_memory=self.pin_memory)
                 out = batch[:, 0].numpy()  # numpy copies on this thread: torch would wake its thread pool for a memcpy
                 for k in range(n):
-                    rows, read[k], decoded[k] = next(parts)
+                    rows, read[k], decoded[k], requests[k] = next(parts)
                     if isinstance(rows, TelucodecError):
                         raise rows
                     if isinstance(rows, list):
@@ -387,6 +420,7 @@ class CropLoader:
                     else:
                         out[k::n] = rows
                 self.bytes_read, self.bytes_decoded = sum(read), sum(decoded)
+                self.worker_requests = before + sum(requests)
                 yield step, batch
                 step += 1
         finally:
@@ -401,8 +435,8 @@ class CropLoader:
         rings = [ring.numpy() for ring in rows.rings]
         parts = iter(loader)
         try:
-            for k, slot, read, decoded in parts:  # DataLoader takes one item from each worker in turn, in order
-                yield (slot if isinstance(slot, TelucodecError) else rings[k][slot]), read, decoded
+            for k, slot, read, decoded, requests in parts:  # DataLoader takes one item from each worker in turn, in order
+                yield (slot if isinstance(slot, TelucodecError) else rings[k][slot]), read, decoded, np.array(requests)
         finally:
             del parts  # shuts the workers down
 
@@ -442,7 +476,7 @@ def _threaded(items: Iterator, prefetch: int = 4) -> Iterator:
 def crop_loader(cfg, rank: int = 0, world: int = 1, pin_memory: bool = False) -> CropLoader:
     """The training loader a Config describes (`cfg`: pipeline.config.Config)."""
     d = cfg.data
-    index = load_index(d.url)
+    index = load_index(open_store(d.url, "loader"))
     if index.sample_rate != cfg.model.sample_rate:
         raise DataError(f"{d.url}: the dataset is {index.sample_rate} Hz and model.sample_rate is "
                         f"{cfg.model.sample_rate} Hz; resample a copy with `telucodec reshard {d.url} "
@@ -452,4 +486,5 @@ def crop_loader(cfg, rank: int = 0, world: int = 1, pin_memory: bool = False) ->
                         cfg.train.seed, d.shuffle_samples, d.loudness_db, tuple(d.gain_db),
                         block_samples=d.block_samples)
     workers = d.workers if d.workers >= 0 else cfg.train.cpus_per_worker - 1
-    return CropLoader(d.url, "train", recipe, rank, world, workers, pin_memory, index=index)
+    return CropLoader(d.url, "train", recipe, rank, world, workers, pin_memory, index=index,
+                      cache=CacheSpec(d.cache_dir, d.cache_gb))

@@ -15,15 +15,41 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from pipeline.config import Config, TrainConfig
 from pipeline.runs.checkpoints import Checkpoints
 from pipeline.runs.rundir import RUN_ENDS, RunDir, RunEnd
+from pipeline.storage.store import REQUESTS
 from pipeline.training.duties import MainProcessDuties, RankDuties
 from pipeline.training.loader import crop_loader, rank_rows
 from pipeline.training.state import State, build_state, load_checkpoint, make_accelerator, save_checkpoint, unwrap
 from pipeline.training.step import MetricWindow, train_step
+
+
+class RequestMeter:
+    """The worker group's requests to remote stores (storage.REQUESTS: every rank's process and
+    loader workers), summed over the ranks when asked: one all-reduce of what each rank sent
+    since the last time, on every rank at the same step."""
+
+    def __init__(self):
+        self.start = REQUESTS.snapshot()
+        self.loader = None  # its worker processes count their own requests (CropLoader.worker_requests)
+        self.sent = self.total = self.start * 0
+
+    def sync(self, accel) -> np.ndarray:
+        mine = REQUESTS.snapshot() - self.start + (self.loader.worker_requests if self.loader else 0)
+        delta, self.sent = mine - self.sent, mine
+        if accel.num_processes > 1:  # float64: exact to 2^53
+            summed = accel.reduce(torch.from_numpy(delta.astype(np.float64)).to(accel.device), reduction="sum")
+            delta = summed.cpu().numpy().round().astype(np.int64)
+        self.total = self.total + delta
+        return self.total
+
+    def with_mine(self) -> np.ndarray:
+        """The last sum with this rank's requests since then added (no collective: rank 0 at the end)."""
+        return self.total + REQUESTS.snapshot() - self.start + (self.loader.worker_requests if self.loader else 0) - self.sent
 
 
 class RunContext:
@@ -55,6 +81,7 @@ class TrainResult:
 def train(cfg: Config, ctx: RunContext | None = None, accel=None) -> TrainResult:
     """Train until cfg.train.steps (resuming from run.dir); returns the final step and status."""
     ctx = ctx or RunContext()
+    meter = RequestMeter()  # from here: the checkpoint read and the ledger's first lines count too
     accel = accel or make_accelerator(cfg)
     run, ckpts = RunDir(cfg.run.dir), Checkpoints(cfg.run.dir)
     state = build_state(cfg, accel)
@@ -63,21 +90,24 @@ def train(cfg: Config, ctx: RunContext | None = None, accel=None) -> TrainResult
     saved = load_checkpoint(state, accel, ckpts, latest) if latest is not None else None
     duties.begin(state.step, saved)
     try:
-        result = train_loop(state, accel, cfg, ctx, duties, ckpts)
+        result = train_loop(state, accel, cfg, ctx, duties, ckpts, meter)
     except BaseException as error:
         with contextlib.suppress(Exception):  # the ledger's last line; the original error is what matters
             duties.close("crashed", state.step)
             if isinstance(error, Exception):
                 ctx.crashed(state.step, error)
         raise
+    duties.seen_requests(meter.with_mine())  # what rank 0 wrote after the last sum (the run's end records)
     duties.close(result.status, result.step)
     return result
 
 
 def train_loop(state: State, accel, cfg: Config, ctx: RunContext, duties: RankDuties,
-               ckpts: Checkpoints) -> TrainResult:
+               ckpts: Checkpoints, meter: RequestMeter | None = None) -> TrainResult:
     """Steps until cfg.train.steps, a stop notice or the budget, with the once-in-a-while blocks."""
     loader = crop_loader(cfg, accel.process_index, accel.num_processes, pin_memory=accel.device.type == "cuda")
+    meter = meter or RequestMeter()
+    meter.loader = loader
     duties.load_eval_clips()
     last_eval: dict = {}
     last_save, t_log, n_log, t_print = time.monotonic(), time.monotonic(), 0, time.monotonic()
@@ -102,6 +132,7 @@ def train_loop(state: State, accel, cfg: Config, ctx: RunContext, duties: RankDu
                 duties.print_progress(state.step, metrics)
                 t_print = time.monotonic()
             if log_due:
+                duties.seen_requests(meter.sync(accel))
                 duties.log(metrics, state.step)
                 t_log, n_log = time.monotonic(), 0
             done = state.step >= cfg.train.steps
@@ -115,6 +146,7 @@ def train_loop(state: State, accel, cfg: Config, ctx: RunContext, duties: RankDu
             if done or stop or cancel or grow or budget or due or state.step % cfg.train.checkpoint_every == 0:
                 save_checkpoint(state, accel, cfg, ckpts, last_eval, extra=duties.checkpoint_extra())
                 ctx.after_checkpoint(state.step, last_eval, ckpts)
+                duties.seen_requests(meter.sync(accel))  # the checkpoint's own requests: in the ledger's last line
                 last_save = time.monotonic()
                 duties.flush()
             if budget:  # for good: the driver does not restart a budget stop
