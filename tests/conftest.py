@@ -30,6 +30,11 @@ os.environ.setdefault("WANDB_MODE", "offline")
 # instead of 10, and the Ray tests ran 2-3x slower in the suite than alone. Every Ray instance the
 # tests start (clusters, `ray start`, jobs) inherits this.
 os.environ.setdefault("RAY_worker_niceness", "0")
+# One compute thread per process (torch, numpy's BLAS): the two xdist processes, and the Ray
+# workers beside them, each get a core at most. With torch's default (a thread per core) each
+# training test spun two threads on a core the other process was using (test_learning: 226 s
+# alone, 610 s in the suite).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
