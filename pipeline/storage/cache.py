@@ -22,6 +22,7 @@ store.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import threading
@@ -33,6 +34,7 @@ from pipeline.storage.shards import ShardInfo, digest_text, new_hasher
 from pipeline.storage.store import Store, write_pieces
 
 ENTRY, PART, LOCK = ".tar", ".part", ".lock"
+DISK_TROUBLE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
 CHUNK = 1 << 20
 
 
@@ -43,6 +45,7 @@ class ShardCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.fetched = 0
         """Shards this process fetched from the store (the others it read were already here)."""
+        self.warned = False
         self._lock = threading.Lock()
 
     def path(self, info: ShardInfo) -> Path:
@@ -56,9 +59,22 @@ class ShardCache:
             with self._held(self.path(info).with_suffix(LOCK)):
                 data = self._read(info, start, length)  # another process may have fetched it meanwhile
                 if data is None:
-                    self._fetch(store, info)
+                    try:
+                        self._fetch(store, info)
+                    except OSError as e:
+                        if e.errno not in DISK_TROUBLE:
+                            raise
+                        self.disk_trouble(e)
+                        return store.get_range(info.name, start, length)
                     data = self._read(info, start, length)
         return data
+
+    def disk_trouble(self, e: OSError) -> None:
+        """The cache's disk is full or unwritable: said once, and the shard read from the store."""
+        if not self.warned:
+            self.warned = True
+            print(f"WARNING shard cache {self.folder}: {e.strerror}; reading from the store instead (check "
+                  "data.cache_dir and data.cache_gb)", flush=True)
 
     def _read(self, info: ShardInfo, start: int, length: int) -> bytes | None:
         path = self.path(info)

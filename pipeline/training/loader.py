@@ -174,7 +174,11 @@ class SampleReader:
         self.store = open_store(self.url, "loader")
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="sample-read")
         if self.cache_spec is not None and is_remote(self.url) and self.cache_spec.gb > 0:
-            self.cache = ShardCache(self.cache_spec.folder, self.cache_spec.gb)
+            try:
+                self.cache = ShardCache(self.cache_spec.folder, self.cache_spec.gb)
+            except OSError as e:  # no cache is slower, not wrong
+                print(f"WARNING data.cache_dir {self.cache_spec.folder}: {e.strerror}; reading without a cache", flush=True)
+                return
             self.cached = admitted(self.table.shards, self.cache_spec.gb)
 
     def _read(self, shard: ShardInfo, start: int, length: int) -> tuple[int, bytes]:
