@@ -175,7 +175,8 @@ def s3_dataset(s3_bucket):
 def test_submitted_job_reads_s3_with_forwarded_credentials_and_leaves_no_trace(head, s3_dataset, tmp_path, capsys,
                                                                                 planted_secrets, monkeypatch):
     assert main(["submit", "--address", head, "--runs", str(tmp_path / "runs"), *TINY, f"data.url={s3_dataset}",
-                 "train.steps=4", "train.checkpoint_every=2", "train.eval_every=2", "cost.usd_per_hour=1.0"]) == 0
+                 "train.steps=4", "train.checkpoint_every=2", "train.eval_every=2", "cost.usd_per_hour=1.0",
+                 f"data.cache_dir={tmp_path / 'cache'}"]) == 0
     out = capsys.readouterr().out
     job = job_id_of(out)
     assert "forwarded: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, WANDB_API_KEY (values not shown)" in out
@@ -198,6 +199,9 @@ def test_submitted_job_reads_s3_with_forwarded_credentials_and_leaves_no_trace(h
     run_dir = next((tmp_path / "runs").iterdir())
     ledger = RunDir(str(run_dir)).log("ledger.jsonl").read()
     assert ledger[0]["event"] == "start" and ledger[-1]["event"] == "finished" and ledger[-1]["usd"] > 0
+    # both ranks read S3 through the node's cache: every shard fetched whole once, counted in the ledger
+    shards = len(list((tmp_path / "cache").glob("*.tar")))
+    assert shards >= 2 and ledger[-1]["storage"]["loader"]["GET"] >= shards and ledger[-1]["storage_usd"] > 0
     assert Checkpoints(str(run_dir)).latest_step() == 4
 
     assert main(["jobs", "ls", "--address", head]) == 0
