@@ -67,7 +67,7 @@ class RequestTally:
     """
 
     def __init__(self):
-        self.counts = np.zeros((len(PURPOSES), len(KINDS), 2), dtype=np.int64)
+        self.counts = no_requests()
         self.lock = threading.Lock()
 
     def add(self, purpose: str, kind: str, nbytes: int = 0, requests: int = 1) -> None:
@@ -77,6 +77,11 @@ class RequestTally:
     def snapshot(self) -> np.ndarray:
         with self.lock:
             return self.counts.copy()
+
+
+def no_requests() -> np.ndarray:
+    """A tally array of nothing: [purpose, kind, (requests, bytes)] zeros."""
+    return np.zeros((len(PURPOSES), len(KINDS), 2), dtype=np.int64)
 
 
 REQUESTS = RequestTally()
@@ -96,7 +101,7 @@ def requests_by_purpose(counts: np.ndarray) -> dict[str, dict[str, int]]:
 
 def tally_from(by_purpose: dict | None) -> np.ndarray:
     """A tally array back from requests_by_purpose's dict (a ledger line's)."""
-    counts = np.zeros((len(PURPOSES), len(KINDS), 2), dtype=np.int64)
+    counts = no_requests()
     for purpose, row in (by_purpose or {}).items():
         if purpose in PURPOSES:
             for k, kind in enumerate(KINDS):
@@ -617,6 +622,26 @@ class S3Store(Store):
                 raise StoreError(f"s3://{self.bucket}/{error.get('Key')}: not deleted ({error.get('Code')}: "
                                  f"{error.get('Message')}); {len(response['Errors'])} of this batch failed")
         return len(keys)
+
+
+S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+          "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE")
+"""The variables an S3 client takes its endpoint, credentials and region from."""
+
+
+def s3_environment() -> dict[str, str | None]:
+    """This process's S3 variables (None: unset), for a process that must reach the same store:
+    a forkserver's child has the environment the forkserver started with, not this one's now."""
+    return {name: os.environ.get(name) for name in S3_ENV}
+
+
+def take_s3_environment(env: dict[str, str | None]) -> None:
+    """Make this process's S3 variables `env` (s3_environment() of another)."""
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def s3_client():

@@ -28,7 +28,8 @@ import torch
 from pipeline.errors import TelucodecError
 from pipeline.storage.cache import ShardCache, admitted
 from pipeline.storage.shards import DatasetIndex, ShardInfo, decode_flac, load_index
-from pipeline.storage.store import REQUESTS, Store, is_remote, open_store
+from pipeline.storage.store import (REQUESTS, Store, is_remote, no_requests, open_store, s3_environment,
+                                    take_s3_environment)
 
 
 class DataError(TelucodecError, RuntimeError):
@@ -354,14 +355,18 @@ class _WorkerRows(torch.utils.data.IterableDataset):
     mapped again) cost the training process more than the copy out of it, and a fresh shared
     tensor per step more than the decode (mapping and zeroing 2 MB). A slot is reused only after
     the trainer copied it out: a worker holds at most `prefetch` unanswered requests, plus the item
-    being copied, and the ring has two slots more."""
+    being copied, and the ring has two slots more. A worker reads the store with the training
+    process's S3 endpoint and credentials as they were when the loader started (the forkserver it
+    comes from keeps the environment it started with)."""
 
     def __init__(self, sets: list[StreamSet], start_step: int, prefetch: int):
         self.sets, self.start_step = sets, start_step
+        self.s3_env = s3_environment()  # the trainer's store endpoint and credentials, as they are now
         self.rings = [torch.empty((prefetch + 2, len(s.streams), s.recipe.crop)).share_memory_() for s in sets]
 
     def __iter__(self):
         k = torch.utils.data.get_worker_info().id
+        take_s3_environment(self.s3_env)
         ring = self.rings[k].numpy()
         try:
             for i, (crops, read, decoded) in enumerate(self.sets[k].rows(self.start_step)):
@@ -393,7 +398,7 @@ class CropLoader:
         self.workers = max(0, min(workers, len(self.rows)))
         self.bytes_read = self.bytes_decoded = 0
         """What this rank's readers have read and decoded since batches() started (FLAC bytes)."""
-        self.worker_requests = REQUESTS.snapshot() * 0
+        self.worker_requests = no_requests()
         """The requests this rank's worker processes sent to the store (a tally array, storage.REQUESTS);
         a loader without workers reads in this process, whose REQUESTS counts them."""
 
@@ -407,10 +412,10 @@ class CropLoader:
         """(step, [rows, 1, crop]) forever from `start_step`."""
         sets = self.stream_sets()
         parts = self._worker_parts(sets, start_step, prefetch) if self.workers else \
-            _threaded(((*row, self.worker_requests * 0) for row in sets[0].rows(start_step)), prefetch)
+            _threaded(((*row, no_requests()) for row in sets[0].rows(start_step)), prefetch)
         n, step = len(sets), start_step
         read, decoded = [0] * n, [0] * n
-        before, requests = self.worker_requests, [self.worker_requests * 0] * n
+        before, requests = self.worker_requests, [no_requests()] * n
         try:
             while True:
                 batch = torch.empty((len(self.rows), 1, self.recipe.crop), pin_memory=self.pin_memory)
