@@ -43,9 +43,12 @@ from pipeline.errors import TelucodecError
 from pipeline.storage.store import is_remote
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-EXCLUDED_DIRS = {".git", ".venv", "venv", "data", "runs", "demo_out", "__pycache__", ".pytest_cache", ".cache",
-                 "wandb", "node_modules", ".mypy_cache", ".ruff_cache", ".ipynb_checkpoints"}
-"""Never uploaded: version control, environments, datasets, run outputs and caches."""
+EXCLUDED_DIRS = {".git", ".venv", "venv", "__pycache__", ".pytest_cache", ".cache", "node_modules", ".mypy_cache",
+                 ".ruff_cache", ".ipynb_checkpoints"}
+"""Never uploaded, wherever they are: version control, environments and caches."""
+EXCLUDED_TOP_DIRS = {"data", "runs", "demo_out", "wandb"}
+"""Never uploaded from the project's top level: datasets and run outputs (the packages' own
+`pipeline/runs/` and `tests/runs/` are code)."""
 SECRET_VARS = ("WANDB_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 PLAIN_VARS = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "WANDB_ENTITY", "WANDB_PROJECT",
               "WANDB_MODE", "WANDB_BASE_URL")
@@ -77,17 +80,21 @@ class Submission:
 # ------------------------------------------------------------------------------------- packaging
 def project_files(root: Path) -> list[Path]:
     """The files a job needs: in a git work tree what git would keep (tracked, or untracked and not
-    ignored), else everything; never EXCLUDED_DIRS, *.egg-info, .git* files or symlinks."""
+    ignored), else everything; never EXCLUDED_DIRS, EXCLUDED_TOP_DIRS at the top, *.egg-info, .git*
+    files or symlinks."""
     listed = git_files(root)
     if listed is None:
         listed = []
         for folder, dirs, names in os.walk(root):
-            dirs[:] = sorted(d for d in dirs if d not in EXCLUDED_DIRS and not d.endswith(".egg-info"))
+            top = Path(folder) == root
+            dirs[:] = sorted(d for d in dirs if d not in EXCLUDED_DIRS and not d.endswith(".egg-info")
+                             and not (top and d in EXCLUDED_TOP_DIRS))
             listed += [Path(folder) / n for n in sorted(names)]
 
     def kept(path: Path) -> bool:
         parts = path.relative_to(root).parts
         return (not any(d in EXCLUDED_DIRS or d.endswith(".egg-info") for d in parts[:-1])
+                and not (len(parts) > 1 and parts[0] in EXCLUDED_TOP_DIRS)
                 and not parts[-1].startswith(".git") and path.is_file() and not path.is_symlink())
     return [f for f in listed if kept(f)]
 

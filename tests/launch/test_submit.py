@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -64,11 +65,23 @@ def test_oversized_working_dir_is_refused_before_upload(tmp_path):
 
 def test_project_files_leave_out_git_venv_data_runs_and_caches(tmp_path):
     for name in (".git/objects/x", ".venv/bin/python", "data/train-000000.tar", "runs/r1/ledger.jsonl",
-                 "pipeline/__pycache__/m.pyc", "telucodec.egg-info/PKG-INFO", "pipeline/codec/model.py", "configs/base.yaml"):
+                 "pipeline/__pycache__/m.pyc", "telucodec.egg-info/PKG-INFO", "pipeline/codec/model.py", "configs/base.yaml",
+                 "pipeline/runs/cost.py", "tests/data_prep/test_prep.py"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
     kept = sorted(str(p.relative_to(tmp_path)) for p in project_files(tmp_path))
-    assert kept == ["configs/base.yaml", "pipeline/codec/model.py"]
+    # a package's own runs/ is code: only the top level's data/ and runs/ are a dataset and run outputs
+    assert kept == ["configs/base.yaml", "pipeline/codec/model.py", "pipeline/runs/cost.py", "tests/data_prep/test_prep.py"]
+
+
+def test_a_job_gets_every_module_of_this_project():
+    """What a job is staged with holds every module of the packages (their own `runs/` folders were
+    once left out with the top level's run outputs: a cluster without an editable install of this
+    checkout could not import pipeline.runs)."""
+    repo = Path(__file__).resolve().parents[2]
+    staged = {p.relative_to(repo) for p in project_files(repo)}
+    modules = {p.relative_to(repo) for package in ("pipeline", "jobs", "data_prep") for p in (repo / package).rglob("*.py")}
+    assert modules - staged == set()
 
 
 def test_project_files_in_a_git_work_tree_follow_gitignore(tmp_path):
@@ -76,12 +89,13 @@ def test_project_files_in_a_git_work_tree_follow_gitignore(tmp_path):
 
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     (tmp_path / ".gitignore").write_text("*.pt\nscratch/\n")
-    for name in ("pipeline/codec/model.py", "best.pt", "scratch/notes.txt", "new_untracked.py", "runs/r1/ledger.jsonl"):
+    for name in ("pipeline/codec/model.py", "best.pt", "scratch/notes.txt", "new_untracked.py", "runs/r1/ledger.jsonl",
+                 "pipeline/runs/cost.py"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
     subprocess.run(["git", "-C", str(tmp_path), "add", "pipeline/codec/model.py"], check=True)
     kept = sorted(str(p.relative_to(tmp_path)) for p in project_files(tmp_path))
-    assert kept == ["new_untracked.py", "pipeline/codec/model.py"]  # ignored, .git* and runs/ left out
+    assert kept == ["new_untracked.py", "pipeline/codec/model.py", "pipeline/runs/cost.py"]  # ignored, .git* and runs/ left out
 
 
 def test_local_paths_for_a_remote_cluster_are_warned_about(tmp_path, capsys):
