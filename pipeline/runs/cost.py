@@ -34,7 +34,7 @@ import yaml
 from pipeline.cloud import InstanceInfo, this_instance
 from pipeline.config import CONFIG_DIR, Config, ConfigError
 from pipeline.runs.rundir import RUN_END_BY_EVENT, RunDir
-from pipeline.storage.store import (KINDS, REQUESTS, StoreError, open_store, requests_by_kind,
+from pipeline.storage.store import (KINDS, StoreError, no_requests, open_store, requests_by_kind,
                                     requests_by_purpose, tally_from)
 
 PRICES_FILE = CONFIG_DIR / "prices.yaml"
@@ -185,7 +185,7 @@ class CostTracker:
         self.gpus_per_worker = 1 if cfg.train.use_gpu else 0
         self.price = price or worker_price(cfg)
         self.storage_price = storage_price(cfg)
-        self.requests = np.zeros_like(REQUESTS.snapshot())
+        self.requests = no_requests()
         """This worker group's requests to remote stores so far (every rank's; see `seen_requests`)."""
         self.ledger = run.log(LEDGER)
         self.base = CostTotals()

@@ -21,7 +21,7 @@ import torch
 from pipeline.config import Config, TrainConfig
 from pipeline.runs.checkpoints import Checkpoints
 from pipeline.runs.rundir import RUN_ENDS, RunDir, RunEnd
-from pipeline.storage.store import REQUESTS
+from pipeline.storage.store import REQUESTS, no_requests
 from pipeline.training.duties import MainProcessDuties, RankDuties
 from pipeline.training.loader import crop_loader, rank_rows
 from pipeline.training.state import State, build_state, load_checkpoint, make_accelerator, save_checkpoint, unwrap
@@ -36,7 +36,7 @@ class RequestMeter:
     def __init__(self):
         self.start = REQUESTS.snapshot()
         self.loader = None  # its worker processes count their own requests (CropLoader.worker_requests)
-        self.sent = self.total = self.start * 0
+        self.sent = self.total = no_requests()
 
     def sync(self, accel) -> np.ndarray:
         mine = REQUESTS.snapshot() - self.start + (self.loader.worker_requests if self.loader else 0)
