@@ -10,8 +10,11 @@ Measures audio seconds per wall second per core for
   4. `run_prep` of the same files as hub parquet shards (an Audio struct column, row groups of 100),
      to a local folder;
   5. `run_prep` of the same folder read from that S3 server (ranged GETs), to a local folder;
-and prints the ratios prep / ceiling, then the peak memory of one prep worker on a parquet whose
-single row group holds ~200 MB of audio. Sources are 22.05 kHz WAV files (as espeak-ng writes).
+and prints the ratios prep / ceiling, by wall time over the workers and by CPU time (this process's
+and its pools': moto's server runs in a process of its own, whose CPU a real S3 would not take from
+the machine, and is left out), then the peak memory of one prep worker on a parquet whose
+single row group holds ~200 MB of audio. Sources are 22.05 kHz WAV files (as espeak-ng writes;
+`--source-rate 16000`: already at the output rate, nothing to resample).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -91,6 +95,12 @@ def worker_peak(tmp: Path) -> tuple[float, float, float]:
     return len(data) * len(rows) / 1e6, before / 1e6, after / 1e6
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that have ended (user + system)."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
 def encode_only(job):
     segments, sr = job
     return sum(len(encode_sample("k", s, sr, {}).flac) for s in segments)
@@ -100,12 +110,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=20.0)
     ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--source-rate", type=int, default=22050,
+                    help="the sources' sample rate (22050: as espeak-ng writes; 16000: nothing to resample)")
     args = ap.parse_args()
     cfg = PrepConfig(workers=args.workers, shard_max_mb=64)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         n_files = int(args.minutes * 60 / 8)
-        manifest = write_manifest_corpus(tmp / "src", n_files=n_files, n_speakers=20, seconds=8.0)
+        manifest = write_manifest_corpus(tmp / "src", n_files=n_files, n_speakers=20, sr=args.source_rate,
+                                         seconds=8.0)
         items = scan_sources([str(manifest)]).items
         # the ceiling's input: the exact segments prep would encode, prepared outside the timing
         jobs = []
@@ -114,30 +127,31 @@ def main() -> None:
             jobs.append((cut_segments(resample(d.audio, d.sample_rate, 16000).clip(-1, 1), 16000, 10, 1), 16000))
         audio_s = sum(len(s) for segs, _ in jobs for s in segs) / 16000
 
-        t = time.perf_counter()
-        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-            list(pool.map(encode_only, jobs, chunksize=4))
-        ceiling = audio_s / (time.perf_counter() - t) / args.workers
+        rates = {}  # stage -> (audio s / wall s / core, audio s / CPU s)
 
-        t = time.perf_counter()
-        summary = run_prep([str(manifest)], str(tmp / "out"), cfg, progress=False)
-        local = audio_s / (time.perf_counter() - t) / args.workers
+        def timed(stage: str, fn):
+            """fn(), its rates: by wall time over the workers, and by the CPU seconds of this process
+            and its finished children (the pools; moto's server is a child still running, not counted)."""
+            t, c = time.perf_counter(), cpu_seconds()
+            out = fn()
+            rates[stage] = (audio_s / (time.perf_counter() - t) / args.workers, audio_s / (cpu_seconds() - c))
+            return out
 
-        s3 = MotoS3("bench").__enter__()
-        t = time.perf_counter()
-        run_prep([str(manifest)], "s3://bench/te", cfg, progress=False)
-        s3_rate = audio_s / (time.perf_counter() - t) / args.workers
+        def encode_all():
+            with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+                list(pool.map(encode_only, jobs, chunksize=4))
 
+        timed("FLAC encode only (ceiling)", encode_all)
+        summary = timed("prep -> local folder", lambda: run_prep([str(manifest)], str(tmp / "out"), cfg, progress=False))
+        s3 = MotoS3("bench", own_process=True).__enter__()
+        timed("prep -> S3 (moto, 127.0.0.1)", lambda: run_prep([str(manifest)], "s3://bench/te", cfg, progress=False))
         shards = as_parquet(items, tmp / "parquet")
-        t = time.perf_counter()
-        from_parquet = run_prep([str(shards)], str(tmp / "out-parquet"), cfg, progress=False)
-        parquet_rate = audio_s / (time.perf_counter() - t) / args.workers
+        from_parquet = timed("prep parquet -> local folder",
+                             lambda: run_prep([str(shards)], str(tmp / "out-parquet"), cfg, progress=False))
         assert from_parquet.samples == summary.samples, (from_parquet.samples, summary.samples)
-
         remote = upload(tmp / "src", "s3://bench/src")
-        t = time.perf_counter()
-        from_s3 = run_prep([f"{remote}/manifest.tsv"], str(tmp / "out-from-s3"), cfg, progress=False)
-        from_s3_rate = audio_s / (time.perf_counter() - t) / args.workers
+        from_s3 = timed("prep S3 source -> local folder",
+                        lambda: run_prep([f"{remote}/manifest.tsv"], str(tmp / "out-from-s3"), cfg, progress=False))
         assert from_s3.samples == summary.samples
         s3.__exit__()
         group_mb, start_mb, peak_mb = worker_peak(tmp)
@@ -145,11 +159,11 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}; workers: {args.workers}")
     print(f"audio: {audio_s / 60:.1f} min in {len(items)} files -> {summary.samples} samples")
-    print(f"{'stage':32} {'audio s / wall s / core':>24} {'ratio to ceiling':>18}")
-    for name, value in [("FLAC encode only (ceiling)", ceiling), ("prep -> local folder", local),
-                        ("prep -> S3 (moto, 127.0.0.1)", s3_rate), ("prep parquet -> local folder", parquet_rate),
-                        ("prep S3 source -> local folder", from_s3_rate)]:
-        print(f"{name:32} {value:24.1f} {value / ceiling:18.2f}")
+    print(f"sources: {args.source_rate} Hz")
+    ceiling = rates["FLAC encode only (ceiling)"]
+    print(f"{'stage':32} {'audio s / wall s / core':>24} {'ratio':>6} {'audio s / CPU s':>16} {'ratio':>6}")
+    for name, (wall, cpu) in rates.items():
+        print(f"{name:32} {wall:24.1f} {wall / ceiling[0]:6.2f} {cpu:16.1f} {cpu / ceiling[1]:6.2f}")
     print(f"one worker on a {group_mb:.0f} MB parquet row group: peak memory {peak_mb:.0f} MB "
           f"({start_mb:.0f} MB before the first row)")
 

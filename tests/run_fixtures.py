@@ -80,17 +80,22 @@ class MotoS3:
         with MotoS3(bucket="bench") as s3:   # s3.endpoint; s3://bench/... reaches it through boto3
     """
 
-    def __init__(self, bucket: str | None = None):
-        self.bucket = bucket
+    def __init__(self, bucket: str | None = None, own_process: bool = False):
+        """`own_process`: the server runs in a child process (`proc`), whose CPU a benchmark can
+        tell apart from its own (a real S3 costs the client's machine none)."""
+        self.bucket, self.own_process, self.proc = bucket, own_process, None
 
     def __enter__(self) -> "MotoS3":
-        from moto.server import ThreadedMotoServer
-
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self.server.start()
-        host, port = self.server.get_host_and_port()
-        self.endpoint = f"http://{host}:{port}"
+        if self.own_process:
+            self.endpoint = self._start_process()
+        else:
+            from moto.server import ThreadedMotoServer
+
+            self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+            self.server.start()
+            host, port = self.server.get_host_and_port()
+            self.endpoint = f"http://{host}:{port}"
         env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
                "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
@@ -102,13 +107,40 @@ class MotoS3:
             boto3.client("s3").create_bucket(Bucket=self.bucket)
         return self
 
+    def _start_process(self) -> str:
+        import socket
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        script = ("import logging, time; logging.getLogger('werkzeug').setLevel(logging.ERROR); "
+                  "from moto.server import ThreadedMotoServer; "
+                  f"ThreadedMotoServer(ip_address='127.0.0.1', port={port}, verbose=False).start(); time.sleep(1e9)")
+        self.proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        endpoint, deadline = f"http://127.0.0.1:{port}", time.time() + 30
+        while True:
+            try:
+                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1)
+                return endpoint
+            except OSError:
+                assert self.proc.poll() is None and time.time() < deadline, "moto's server did not start"
+                time.sleep(0.1)
+
     def __exit__(self, *exc) -> None:
         for k, v in self.saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        self.server.stop()
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        else:
+            self.server.stop()
 
 
 class CountingProxy:
@@ -137,6 +169,8 @@ class CountingProxy:
         """Every GET's (path, Range), in order."""
         self.log: list[tuple[str, str]] = []
         """Every request's (method, path with its query), in order."""
+        self.in_flight = self.most_in_flight = 0
+        """GETs being answered now, and the most there ever were at once."""
         self.latency_s, self.bytes_per_s = latency_s, bytes_per_s
         lock, proxy = threading.Lock(), self
 
@@ -144,6 +178,18 @@ class CountingProxy:
             protocol_version = "HTTP/1.1"
 
             def forward(self):
+                if self.command != "GET":
+                    return self.answer()
+                with lock:
+                    proxy.in_flight += 1
+                    proxy.most_in_flight = max(proxy.most_in_flight, proxy.in_flight)
+                try:
+                    self.answer()
+                finally:
+                    with lock:
+                        proxy.in_flight -= 1
+
+            def answer(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)

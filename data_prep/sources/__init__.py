@@ -22,6 +22,8 @@ import os
 import tarfile
 import tempfile
 import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
 from typing import BinaryIO, Iterator
 
@@ -36,6 +38,10 @@ SPOOL_BYTES = 16 << 20
 """A tar.gz member or parquet row is held in memory up to this size, on local disk past it."""
 WHOLE_GET_BYTES = 16 << 20
 """A remote file up to this size is fetched in one GET; a larger one is read by ranged GETs."""
+FETCH_AHEAD, FETCH_AHEAD_BYTES = 4, 64 << 20
+"""Remote files a worker fetches ahead of the one it is on: at most this many, and this many bytes
+(4 at once: a third of the wall time of one at a time at 30 ms a GET; each thread more costs the
+worker CPU, benchmarks/remote_read_bench.py)."""
 
 __all__ = ["FORMATS", "SourceError", "SourceItem", "SourceScan", "batch_key", "detect_format", "file_identity",
            "item_identity", "printable", "read_items", "scan_sources"]
@@ -116,12 +122,32 @@ def read_items(items: list[SourceItem]) -> Iterator[tuple[SourceItem, str | Bina
     elif first.member.startswith("tar:"):
         yield from _tar_members(first.path, items)
     else:
-        for item in items:
-            if not is_remote(item.path):
+        yield from _files(items)
+
+
+def _files(items: list[SourceItem]) -> Iterator[tuple[SourceItem, str | BinaryIO | None, str]]:
+    """Plain files in order; remote ones fetched on threads up to FETCH_AHEAD files (and
+    FETCH_AHEAD_BYTES) ahead of the one the worker is on, so that each GET's latency (20-50 ms on
+    S3, more than decoding and encoding a short file takes) overlaps the others' and the work."""
+    ahead: deque = deque()
+    todo = iter(items)
+    with ThreadPoolExecutor(FETCH_AHEAD, thread_name_prefix="fetch") as pool:
+        while True:
+            while len(ahead) < FETCH_AHEAD and sum(size for _, _, size in ahead) < FETCH_AHEAD_BYTES:
+                item = next(todo, None)
+                if item is None:
+                    break
+                remote = is_remote(item.path)
+                ahead.append((item, pool.submit(_remote_file, item) if remote else None,
+                              (item.identity[0] if item.identity else WHOLE_GET_BYTES) if remote else 0))
+            if not ahead:
+                return
+            item, fetched, _ = ahead.popleft()
+            if fetched is None:
                 yield item, item.path, PurePosixPath(item.name).name
                 continue
             try:
-                yield item, _remote_file(item), PurePosixPath(item.path).name
+                yield item, fetched.result(), PurePosixPath(item.path).name
             except (StoreError, OSError) as e:
                 yield item, None, f"cannot read ({e})"
 

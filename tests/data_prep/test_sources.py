@@ -1,9 +1,12 @@
 import json
+import os
 
 import pytest
 
 from audio_fixtures import tone, write_manifest_corpus
-from data_prep.sources import SourceError, detect_format, scan_sources
+from corpus_layouts import upload
+from data_prep.sources import FETCH_AHEAD, SourceError, detect_format, read_items, scan_sources
+from run_fixtures import CountingProxy
 import soundfile as sf
 
 
@@ -70,3 +73,17 @@ def test_missing_source_and_duplicate(tmp_path):
     _wav(tmp_path / "f" / "a.wav")
     with pytest.raises(SourceError, match="listed twice"):
         scan_sources([str(tmp_path / "f"), str(tmp_path / "f")])
+
+
+def test_a_workers_remote_files_are_fetched_several_at_once_and_come_out_in_order(tmp_path, s3_bucket, monkeypatch):
+    """Each GET waits 0.2 s at a proxy (a far store): the files of a job are fetched on threads, up
+    to FETCH_AHEAD ahead of the one being prepped, and handed out in the job's order."""
+    manifest = write_manifest_corpus(tmp_path / "c", n_files=12, n_speakers=3, seconds=0.5)
+    remote = upload(tmp_path / "c", f"{s3_bucket}/c")
+    items = scan_sources([f"{remote}/manifest.tsv"]).items
+    with CountingProxy(os.environ["AWS_ENDPOINT_URL"], latency_s=0.2) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        got = [(item.name, name, f.read()) for item, f, name in read_items(items)]
+    assert [(name, file) for name, file, _ in got] == [(i.name, i.path.rsplit("/", 1)[1]) for i in items]
+    assert [data for _, _, data in got] == [(manifest.parent / i.path[len(remote) + 1:]).read_bytes() for i in items]
+    assert proxy.most_in_flight == FETCH_AHEAD  # 4 GETs waiting at once, never more
