@@ -145,7 +145,7 @@ class CostTotals:
     restarts: int = 0
     storage_usd: float = 0.0
     """What the run's requests to remote stores cost (at `storage_price`); not part of `usd`."""
-    storage_requests: dict = dataclasses.field(default_factory=dict)
+    storage_requests: dict = dataclasses.field(default_factory=lambda: {"GET": 0, "PUT": 0, "LIST": 0})
     """{"GET": n, "PUT": n, "LIST": n}: every rank's and loader worker's requests to remote stores."""
     storage: dict = dataclasses.field(default_factory=dict)
     """The same by purpose, with bytes: {purpose: {"GET": n, "GET_bytes": n, ...}} (storage.requests_by_purpose)."""
