@@ -78,9 +78,7 @@ def main() -> None:
     with MotoS3(bucket="bench") as s3, CountingProxy(s3.endpoint) as proxy:
         url = "s3://bench/data"
         build_dataset(url)
-        # one proxy for both settings: the loader's workers come from a forkserver that keeps the
-        # environment it started with
-        os.environ["AWS_ENDPOINT_URL"] = proxy.url
+        os.environ["AWS_ENDPOINT_URL"] = proxy.url  # one proxy for every setting, its delays changed between them
         rates = {}
         for name, latency, rate in (("near", 0.0, None), ("far", args.latency_ms / 1000, args.mb_per_s * 1e6)):
             proxy.latency_s, proxy.bytes_per_s = latency, rate
