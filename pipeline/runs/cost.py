@@ -145,10 +145,14 @@ class CostTotals:
     restarts: int = 0
     storage_usd: float = 0.0
     """What the run's requests to remote stores cost (at `storage_price`); not part of `usd`."""
-    storage_requests: dict = dataclasses.field(default_factory=lambda: {"GET": 0, "PUT": 0, "LIST": 0})
-    """{"GET": n, "PUT": n, "LIST": n}: every rank's and loader worker's requests to remote stores."""
     storage: dict = dataclasses.field(default_factory=dict)
-    """The same by purpose, with bytes: {purpose: {"GET": n, "GET_bytes": n, ...}} (storage.requests_by_purpose)."""
+    """Every rank's and loader worker's requests to remote stores by purpose, with bytes:
+    {purpose: {"GET": n, "GET_bytes": n, ...}} (storage.requests_by_purpose)."""
+
+    @property
+    def storage_requests(self) -> dict[str, int]:
+        """{"GET": n, "PUT": n, "LIST": n}, all purposes together."""
+        return requests_by_kind(tally_from(self.storage))
 
     @property
     def total_usd(self) -> float:
@@ -156,7 +160,8 @@ class CostTotals:
         return self.usd + self.storage_usd
 
     def to_dict(self) -> dict:
-        return {k: (round(v, 9) if isinstance(v, float) else v) for k, v in dataclasses.asdict(self).items()}
+        return {**{k: (round(v, 9) if isinstance(v, float) else v) for k, v in dataclasses.asdict(self).items()},
+                "storage_requests": self.storage_requests}
 
     def spent_since(self, earlier: "CostTotals") -> "CostTotals":
         """What was spent between `earlier` and these totals (never negative)."""
@@ -208,8 +213,7 @@ class CostTracker:
     def totals(self, at: float | None = None) -> CostTotals:
         counts = tally_from(self.base.storage) + self.requests
         return dataclasses.replace(self.base.billed(self.spend((at or time.time()) - self.started)),
-                                   storage_usd=self.storage_price.usd(counts),
-                                   storage_requests=requests_by_kind(counts), storage=requests_by_purpose(counts))
+                                   storage_usd=self.storage_price.usd(counts), storage=requests_by_purpose(counts))
 
     def seen_requests(self, counts: np.ndarray) -> None:
         """This worker group's requests to remote stores until now, all ranks together (a tally array)."""

@@ -64,9 +64,8 @@ class SplitTable:
         if any(s.sample_ranges is None for s in shards):
             raise DataError(f"{where}: index.json has no per-sample byte ranges (written by an older "
                             f"telucodec); add them with one read of every shard: telucodec shards upgrade {where}")
-        self.names = [s.name for s in shards]
         self.shards = [dataclasses.replace(s, sample_ranges=None) for s in shards]
-        """Each shard's size and digest (what a node's cache checks a fetched shard against)."""
+        """Each shard's name, size and digest (what a node's cache checks a fetched shard against)."""
         rows = [(i, r.flac_offset, r.flac_size, r.frames) for i, s in enumerate(shards) for r in s.sample_ranges]
         self.shard, self.offset, self.size, self.frames = np.array(rows, dtype=np.int64).reshape(-1, 4).T
 
@@ -201,7 +200,7 @@ class SampleReader:
 
     def decode(self, j: int, data: bytes) -> np.ndarray:
         t = self.table
-        where = f"{self.store.join(t.names[t.shard[j]])} at byte {t.offset[j]}"
+        where = f"{self.store.join(t.shards[t.shard[j]].name)} at byte {t.offset[j]}"
         if data[:4] != b"fLaC":
             raise DataError(f"{where}: no FLAC sample where index.json says (the shard changed since the "
                             f"index was written? run `telucodec shards verify {self.store.url}`)")

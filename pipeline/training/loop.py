@@ -38,8 +38,12 @@ class RequestMeter:
         self.loader = None  # its worker processes count their own requests (CropLoader.worker_requests)
         self.sent = self.total = no_requests()
 
+    def mine(self) -> np.ndarray:
+        """This rank's requests since the meter started: its own process's and its loader workers'."""
+        return REQUESTS.snapshot() - self.start + (self.loader.worker_requests if self.loader else 0)
+
     def sync(self, accel) -> np.ndarray:
-        mine = REQUESTS.snapshot() - self.start + (self.loader.worker_requests if self.loader else 0)
+        mine = self.mine()
         delta, self.sent = mine - self.sent, mine
         if accel.num_processes > 1:  # float64: exact to 2^53
             summed = accel.reduce(torch.from_numpy(delta.astype(np.float64)).to(accel.device), reduction="sum")
@@ -49,7 +53,7 @@ class RequestMeter:
 
     def with_mine(self) -> np.ndarray:
         """The last sum with this rank's requests since then added (no collective: rank 0 at the end)."""
-        return self.total + REQUESTS.snapshot() - self.start + (self.loader.worker_requests if self.loader else 0) - self.sent
+        return self.total + self.mine() - self.sent
 
 
 class RunContext:
@@ -103,10 +107,9 @@ def train(cfg: Config, ctx: RunContext | None = None, accel=None) -> TrainResult
 
 
 def train_loop(state: State, accel, cfg: Config, ctx: RunContext, duties: RankDuties,
-               ckpts: Checkpoints, meter: RequestMeter | None = None) -> TrainResult:
+               ckpts: Checkpoints, meter: RequestMeter) -> TrainResult:
     """Steps until cfg.train.steps, a stop notice or the budget, with the once-in-a-while blocks."""
     loader = crop_loader(cfg, accel.process_index, accel.num_processes, pin_memory=accel.device.type == "cuda")
-    meter = meter or RequestMeter()
     meter.loader = loader
     duties.load_eval_clips()
     last_eval: dict = {}
