@@ -9,7 +9,10 @@ Measures audio seconds per wall second per core for
   3. `run_prep` to a local S3 server (moto on 127.0.0.1, started here);
   4. `run_prep` of the same files as hub parquet shards (an Audio struct column, row groups of 100),
      to a local folder;
-  5. `run_prep` of the same folder read from that S3 server (ranged GETs), to a local folder;
+  5. `run_prep` of those parquet shards uploaded to that S3 server (the hub corpora's case: a few
+     large ranged GETs a row group), to a local folder;
+  6. `run_prep` of the same folder of files read from that S3 server (one GET a file), to a local
+     folder;
 and prints the ratios prep / ceiling, by wall time over the workers and by CPU time (this process's
 and its pools': moto's server runs in a process of its own, whose CPU a real S3 would not take from
 the machine, and is left out), then the peak memory of one prep worker on a parquet whose
@@ -101,6 +104,9 @@ def cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
+CEILING = "FLAC encode only (ceiling)"
+
+
 def encode_only(job):
     segments, sr = job
     return sum(len(encode_sample("k", s, sr, {}).flac) for s in segments)
@@ -114,56 +120,67 @@ def main() -> None:
                     help="the sources' sample rate (22050: as espeak-ng writes; 16000: nothing to resample)")
     args = ap.parse_args()
     cfg = PrepConfig(workers=args.workers, shard_max_mb=64)
-    with tempfile.TemporaryDirectory() as tmp:
+    n_files = int(args.minutes * 60 / 8)
+    sizes = {"small": max(8 * args.workers, n_files // 8), "full": n_files}
+    with tempfile.TemporaryDirectory() as tmp, MotoS3("bench", own_process=True):
         tmp = Path(tmp)
-        n_files = int(args.minutes * 60 / 8)
-        manifest = write_manifest_corpus(tmp / "src", n_files=n_files, n_speakers=20, sr=args.source_rate,
-                                         seconds=8.0)
-        items = scan_sources([str(manifest)]).items
-        # the ceiling's input: the exact segments prep would encode, prepared outside the timing
-        jobs = []
-        for item in items:
-            d = load_audio(item.path)
-            jobs.append((cut_segments(resample(d.audio, d.sample_rate, 16000).clip(-1, 1), 16000, 10, 1), 16000))
-        audio_s = sum(len(s) for segs, _ in jobs for s in segs) / 16000
+        spent = {}  # (stage, size) -> (audio s, wall s, CPU s)
 
-        rates = {}  # stage -> (audio s / wall s / core, audio s / CPU s)
-
-        def timed(stage: str, fn):
-            """fn(), its rates: by wall time over the workers, and by the CPU seconds of this process
-            and its finished children (the pools; moto's server is a child still running, not counted)."""
+        def timed(stage: str, size: str, audio_s: float, fn):
+            """fn(), its audio seconds, wall seconds and the CPU seconds of this process and its
+            finished children (the pools; moto's server is a child still running, not counted)."""
             t, c = time.perf_counter(), cpu_seconds()
             out = fn()
-            rates[stage] = (audio_s / (time.perf_counter() - t) / args.workers, audio_s / (cpu_seconds() - c))
+            spent[stage, size] = (audio_s, time.perf_counter() - t, cpu_seconds() - c)
             return out
 
-        def encode_all():
-            with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-                list(pool.map(encode_only, jobs, chunksize=4))
+        for size, n in sizes.items():
+            root = tmp / size
+            manifest = write_manifest_corpus(root / "src", n_files=n, n_speakers=20, sr=args.source_rate, seconds=8.0)
+            items = scan_sources([str(manifest)]).items
+            # the ceiling's input: the exact segments prep would encode, prepared outside the timing
+            jobs = []
+            for item in items:
+                d = load_audio(item.path)
+                jobs.append((cut_segments(resample(d.audio, d.sample_rate, 16000).clip(-1, 1), 16000, 10, 1), 16000))
+            audio_s = sum(len(s) for segs, _ in jobs for s in segs) / 16000
+            shards = as_parquet(items, root / "parquet")
+            remote_shards = upload(shards, f"s3://bench/{size}/parquet")
+            remote = upload(root / "src", f"s3://bench/{size}/src")
 
-        timed("FLAC encode only (ceiling)", encode_all)
-        summary = timed("prep -> local folder", lambda: run_prep([str(manifest)], str(tmp / "out"), cfg, progress=False))
-        s3 = MotoS3("bench", own_process=True).__enter__()
-        timed("prep -> S3 (moto, 127.0.0.1)", lambda: run_prep([str(manifest)], "s3://bench/te", cfg, progress=False))
-        shards = as_parquet(items, tmp / "parquet")
-        from_parquet = timed("prep parquet -> local folder",
-                             lambda: run_prep([str(shards)], str(tmp / "out-parquet"), cfg, progress=False))
-        assert from_parquet.samples == summary.samples, (from_parquet.samples, summary.samples)
-        remote = upload(tmp / "src", "s3://bench/src")
-        from_s3 = timed("prep S3 source -> local folder",
-                        lambda: run_prep([f"{remote}/manifest.tsv"], str(tmp / "out-from-s3"), cfg, progress=False))
-        assert from_s3.samples == summary.samples
-        s3.__exit__()
+            def prep(src: str, out: str):
+                return lambda: run_prep([src], out, cfg, progress=False)
+
+            def encode_all():
+                with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+                    list(pool.map(encode_only, jobs, chunksize=4))
+
+            timed(CEILING, size, audio_s, encode_all)
+            summary = timed("prep -> local folder", size, audio_s, prep(str(manifest), str(root / "out")))
+            timed("prep -> S3 (moto, 127.0.0.1)", size, audio_s, prep(str(manifest), f"s3://bench/{size}/te"))
+            for stage, src in (("prep parquet -> local folder", str(shards)),
+                               ("prep S3 parquet -> local folder", remote_shards),
+                               ("prep S3 files -> local folder", f"{remote}/manifest.tsv")):
+                got = timed(stage, size, audio_s, prep(src, str(root / f"out-{len(spent)}")))
+                assert got.samples == summary.samples, (stage, got.samples, summary.samples)
         group_mb, start_mb, peak_mb = worker_peak(tmp)
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}; workers: {args.workers}")
-    print(f"audio: {audio_s / 60:.1f} min in {len(items)} files -> {summary.samples} samples")
-    print(f"sources: {args.source_rate} Hz")
-    ceiling = rates["FLAC encode only (ceiling)"]
-    print(f"{'stage':32} {'audio s / wall s / core':>24} {'ratio':>6} {'audio s / CPU s':>16} {'ratio':>6}")
-    for name, (wall, cpu) in rates.items():
-        print(f"{name:32} {wall:24.1f} {wall / ceiling[0]:6.2f} {cpu:16.1f} {cpu / ceiling[1]:6.2f}")
+    print(f"audio: {spent[CEILING, 'full'][0] / 60:.1f} min in {n_files} files ({sizes['small']} in the small run); "
+          f"sources: {args.source_rate} Hz")
+    rates = {}  # stage -> (whole run: audio s / wall s / core, audio s / CPU s; the same for the difference)
+    for stage in dict.fromkeys(stage for stage, _ in spent):
+        (a1, w1, c1), (a2, w2, c2) = spent[stage, "small"], spent[stage, "full"]
+        rates[stage] = (a2 / w2 / args.workers, a2 / c2, (a2 - a1) / (w2 - w1) / args.workers, (a2 - a1) / (c2 - c1))
+    print("whole run: audio s over the full run's wall s a core, and over its CPU s; steady: the same for the\n"
+          "full run less the small one (what start-up costs, pools, clients and listing, drops out)")
+    print(f"{'stage':32} {'wall/core':>9} {'ratio':>6} {'CPU':>7} {'ratio':>6} | {'steady wall':>11} {'ratio':>6} "
+          f"{'CPU':>7} {'ratio':>6}")
+    top = rates[CEILING]
+    for name, r in rates.items():
+        print(f"{name:32} {r[0]:9.1f} {r[0] / top[0]:6.2f} {r[1]:7.1f} {r[1] / top[1]:6.2f} | {r[2]:11.1f} "
+              f"{r[2] / top[2]:6.2f} {r[3]:7.1f} {r[3] / top[3]:6.2f}")
     print(f"one worker on a {group_mb:.0f} MB parquet row group: peak memory {peak_mb:.0f} MB "
           f"({start_mb:.0f} MB before the first row)")
 

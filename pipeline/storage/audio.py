@@ -34,6 +34,8 @@ BLOCK_FRAMES = 1 << 16
 TRUNCATION_TOLERANCE = 4096
 """Frames a decoder may come up short of the header's count before the file counts as cut off
 (room for encoder padding and an MP3 decoder's gapless trimming; a cut download misses far more)."""
+INTEGER_SUBTYPES = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "ALAW", "ULAW"})
+"""libsndfile subtypes that hold integers: decoded, never NaN or Inf."""
 UNKNOWN_FRAMES = 1 << 62
 """libsndfile reports about 2**63 frames when a header does not state the length."""
 
@@ -69,12 +71,13 @@ class AudioStream:
 
     def blocks(self, block_frames: int = BLOCK_FRAMES) -> Iterator[np.ndarray]:
         """The file's mono float32 blocks [n], in order; the checks run as they are read."""
+        integers = self.file is not None and self.file.subtype in INTEGER_SUBTYPES  # no NaN to look for
         while len(block := self._read(block_frames)):
-            if not np.isfinite(block).all():
+            if not integers and not np.isfinite(block).all():
                 raise AudioError("contains NaN or Inf samples")
             self.frames += len(block)
-            mono = block.mean(axis=1, dtype=np.float32)
-            self.peak = max(self.peak, float(np.abs(mono).max()))
+            mono = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32)
+            self.peak = max(self.peak, float(mono.max()), -float(mono.min()))
             yield mono
         if self.frames == 0:
             raise AudioError("empty (no audio frames)")
@@ -261,11 +264,11 @@ class LevelMeter:
 
     def add(self, block: np.ndarray) -> None:
         self.length += len(block)
-        self.energy += float(np.sum(np.square(block, dtype=np.float64)))
         x = np.concatenate([self._rest, block]) if len(self._rest) else block
+        squares = np.square(x, dtype=np.float64)  # once, for the energy and the frames alike
+        self.energy += float(squares[len(self._rest):].sum())
         n = len(x) // self.frame
-        frames = x[: n * self.frame].reshape(n, self.frame)
-        self._rms.append(np.sqrt(np.mean(np.square(frames, dtype=np.float64), axis=1)))
+        self._rms.append(np.sqrt(squares[: n * self.frame].reshape(n, self.frame).sum(axis=1) / self.frame))
         self._rest = x[n * self.frame:].copy()
 
     @property
