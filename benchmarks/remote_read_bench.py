@@ -1,7 +1,9 @@
 """How fast a prep worker gets a job's remote files: one at a time against fetched ahead on threads
-(data_prep.sources.FETCH_AHEAD), from a near store and a far one, side by side in one run.
+(data_prep.sources.FETCH_AHEAD), from a near store and a far one, side by side in one run; then
+large files read front to back (a FLEURS tar.gz, a hub parquet shard) by 1 MB GETs one at a time
+against parts fetched ahead (pipeline.storage.store.READ_PART, READ_AHEAD).
 
-    .venv/bin/python benchmarks/remote_read_bench.py [--files 150] [--latency-ms 30]
+    .venv/bin/python benchmarks/remote_read_bench.py [--files 150] [--latency-ms 30] [--mb-per-s 25]
 
 moto's S3 server runs in a process of its own on 127.0.0.1 behind a proxy
 (tests/run_fixtures.CountingProxy) that holds each GET's answer back `--latency-ms` in the far
@@ -9,7 +11,9 @@ setting (real S3 answers after ~20-50 ms). The files: 8-second 16 kHz WAVs (~256
 manifest. Prints milliseconds a file for `read_items` over them (what a worker does before decoding),
 wall and this process's CPU.
 The near setting reads moto directly; the far one through the proxy, which runs in this process
-and, like moto, takes CPU from the same cores: the far figures are upper bounds.
+and, like moto, takes CPU from the same cores: the far figures are upper bounds. For the large
+files the far proxy also paces each answer's body at `--mb-per-s` (one connection's bandwidth)
+and the figures are seconds for all the archive's members and all the shard's rows.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import data_prep.sources as sources  # noqa: E402
+import pipeline.storage.store as store  # noqa: E402
 from audio_fixtures import write_manifest_corpus  # noqa: E402
 from corpus_layouts import upload  # noqa: E402
 from run_fixtures import CountingProxy, MotoS3  # noqa: E402
@@ -33,6 +38,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--files", type=int, default=150)
     ap.add_argument("--latency-ms", type=float, default=30.0)
+    ap.add_argument("--mb-per-s", type=float, default=25.0)
     args = ap.parse_args()
     ahead = sources.FETCH_AHEAD
     with tempfile.TemporaryDirectory() as tmp, MotoS3("bench", own_process=True) as s3:
@@ -54,6 +60,64 @@ def main() -> None:
                     row.append(((time.perf_counter() - t) / len(items) * 1000, (time.process_time() - cpu) / len(items) * 1000))
             print(f"{latency * 1000:4.0f} ms a GET: " + ", ".join(f"{n} at once {w:5.1f} ms ({c:.1f} CPU)"
                                                          for n, (w, c) in zip((1, 2, ahead, 8), row)))
+        sources.FETCH_AHEAD = ahead
+        large_files(Path(tmp), s3, args)
+
+
+def large_files(tmp: Path, s3, args) -> None:
+    """A FLEURS-like tar.gz and a hub parquet shard of noise WAVs (incompressible, ~25 MB each)."""
+    import io
+    import itertools
+    import tarfile
+
+    import numpy as np
+    import pyarrow as pa
+    import soundfile as sf
+
+    from corpus_layouts import write_parquet
+
+    rng = np.random.default_rng(0)
+    wavs = []
+    for i in range(100):
+        out = io.BytesIO()
+        sf.write(out, (0.3 * rng.standard_normal(16000 * 8)).astype(np.float32), 16000, format="WAV")
+        wavs.append((f"{20_000 + i}.wav", out.getvalue()))
+    fleurs = tmp / "large" / "te_in"
+    (fleurs / "audio").mkdir(parents=True)
+    with tarfile.open(fleurs / "audio" / "train.tar.gz", "w:gz", compresslevel=1) as tar:
+        for name, data in wavs:
+            info = tarfile.TarInfo(f"train/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (fleurs / "train.tsv").write_text("".join(f"{i}\t{name}\traw\ttext\tp\t128000\tMALE\n"
+                                              for i, (name, _) in enumerate(wavs)), encoding="utf-8")
+    schema = pa.schema([("audio", pa.struct([("bytes", pa.binary()), ("path", pa.string())])), ("text", pa.string())])
+    write_parquet(tmp / "large" / "hub" / "data" / "train-00000-of-00001.parquet",
+                  [{"audio": {"bytes": data, "path": name}, "text": "t"} for name, data in wavs], schema, 50)
+    os.environ["AWS_ENDPOINT_URL"] = s3.endpoint  # not the last proxy, closed now
+    remote = upload(tmp / "large", "s3://bench/large")
+    mb = (fleurs / "audio" / "train.tar.gz").stat().st_size / 1e6
+    print(f"large files: a {mb:.0f} MB tar.gz of {len(wavs)} members, a parquet shard of {len(wavs)} rows in "
+          f"row groups of 50; seconds for all of each (lower is better)")
+    one_at_a_time = (store.RANGED_BUFFER, 0)
+    defaults = (store.READ_PART, store.READ_AHEAD)
+    for latency, rate in ((0.0, None), (args.latency_ms / 1000, args.mb_per_s * 1e6)):
+        with CountingProxy(s3.endpoint, latency_s=latency, bytes_per_s=rate) as proxy:
+            os.environ["AWS_ENDPOINT_URL"] = proxy.url if latency else s3.endpoint
+            sources.base._bucket.cache_clear()
+            row = []
+            for store.READ_PART, store.READ_AHEAD in (one_at_a_time, defaults):
+                for src in (f"{remote}/te_in", f"{remote}/hub"):
+                    items = sources.scan_sources([src]).items
+                    gets, t = proxy.requests["GET"], time.perf_counter()
+                    for _, batch in itertools.groupby(items, sources.batch_key):
+                        for _, f, _ in sources.read_items(list(batch)):
+                            f.close()
+                    row.append((time.perf_counter() - t, proxy.requests["GET"] - gets if latency else None))
+        where = f"{latency * 1000:.0f} ms + {args.mb_per_s:.0f} MB/s a GET" if latency else "near (moto directly)"
+        print(f"{where}: 1 MB GETs one at a time: tar.gz {row[0][0]:.2f} s, parquet {row[1][0]:.2f} s; "
+              f"{defaults[1]} parts of {defaults[0] >> 20} MB ahead: tar.gz {row[2][0]:.2f} s, parquet {row[3][0]:.2f} s"
+              + (f" (GETs: {row[0][1]}, {row[1][1]}; {row[2][1]}, {row[3][1]})" if latency else ""))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
@@ -724,13 +725,34 @@ class _ResumingS3Reader(io.RawIOBase):
 
 RANGED_BUFFER = 1 << 20
 """Bytes one ranged GET of a seekable remote file fetches (a refill of its buffer)."""
+READ_PART, READ_AHEAD = 4 << 20, 4
+"""A remote file read front to back (a parquet column, a tar.gz), or in one long read, is fetched
+READ_PART bytes a GET with READ_AHEAD GETs in flight ahead of the reader: one 1 MB GET at a time
+leaves a worker waiting out S3's ~30 ms a request and one connection's bandwidth for every MB.
+It holds at most (READ_AHEAD + 1) * READ_PART bytes a file (benchmarks/remote_read_bench.py)."""
+
+
+@functools.lru_cache(maxsize=None)
+def _read_ahead_pool():
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(16, thread_name_prefix="read-ahead")
 
 
 class _RangedReader(io.RawIOBase):
-    """A remote object read through ranged GETs at any offset: what `open_seekable` buffers."""
+    """A remote object read through ranged GETs at any offset: what `open_seekable` buffers. A read
+    that goes on where the last one ended, or a long one, is served from READ_PART parts fetched on
+    threads, READ_AHEAD of them ahead of the reader; any other read (a parquet footer, the first
+    read after a seek) is one GET of what it asks, and drops the parts."""
 
     def __init__(self, store: Store, key: str, size: int):
         self.store, self.key, self.size, self.pos = store, key, size, 0
+        self.last_end = -1
+        """Where the last read ended (-1: none yet)."""
+        self.parts: dict[int, tuple[int, Future]] = {}
+        """Start offset -> (length, future of the bytes) of the parts fetched from `pos` on, in order."""
+        self.next_part = 0
+        """Where the next part to fetch starts."""
 
     def readable(self) -> bool:
         return True
@@ -745,19 +767,78 @@ class _RangedReader(io.RawIOBase):
     def tell(self) -> int:
         return self.pos
 
-    def readall(self) -> bytes:  # one GET for the rest, not one per 8 KiB (RawIOBase's way)
-        data = self.store.get_range(self.key, self.pos, self.size - self.pos) if self.pos < self.size else b""
-        self.pos += len(data)
-        return data
+    def readall(self) -> bytes:  # the rest as one read (one GET, or the parts), not one per 8 KiB
+        n = self.size - self.pos
+        if n <= 0:
+            return b""
+        if not self._in_parts(n):
+            return self._one_get(n)
+        buffer = bytearray(n)
+        del buffer[self.readinto(buffer):]
+        return bytes(buffer)
 
     def readinto(self, buffer) -> int:
         n = min(len(buffer), self.size - self.pos)
         if n <= 0:
             return 0
+        view = memoryview(buffer).cast("B")
+        if not self._in_parts(n):
+            data = self._one_get(n)
+            view[:len(data)] = data
+            return len(data)
+        got = self._from_parts(view, n)
+        self.pos += got
+        self.last_end = self.pos
+        return got
+
+    def _in_parts(self, n: int) -> bool:
+        """Whether a read of `n` bytes from `pos` goes on from the last one, or is long."""
+        return self.pos == self.last_end or n >= 2 * READ_PART
+
+    def _one_get(self, n: int) -> bytes:
+        self._drop_parts()
         data = self.store.get_range(self.key, self.pos, n)
-        buffer[:len(data)] = data
         self.pos += len(data)
-        return len(data)
+        self.last_end = self.pos
+        return data
+
+    def _from_parts(self, view: memoryview, n: int) -> int:
+        """Copy [pos, pos + n) out of the parts in order, keeping READ_AHEAD more in flight."""
+        first = next(iter(self.parts.items()), None)
+        if first is None or not first[0] <= self.pos < first[0] + first[1][0]:
+            self._drop_parts()
+            self.next_part = self.pos
+        done = 0
+        while done < n:
+            self._fetch_ahead()
+            start, (length, future) = next(iter(self.parts.items()))
+            data = future.result()
+            at = self.pos + done - start
+            take = min(n - done, len(data) - at)
+            if take <= 0:  # the object is shorter than listed: what there was
+                self._drop_parts()
+                break
+            view[done:done + take] = memoryview(data)[at:at + take]
+            done += take
+            if at + take == length:  # used up
+                del self.parts[start]
+        return done
+
+    def _fetch_ahead(self) -> None:
+        pool = _read_ahead_pool()
+        while self.next_part < self.size and len(self.parts) <= READ_AHEAD:
+            length = min(READ_PART, self.size - self.next_part)
+            self.parts[self.next_part] = length, pool.submit(self.store.get_range, self.key, self.next_part, length)
+            self.next_part += length
+
+    def _drop_parts(self) -> None:
+        for _, future in self.parts.values():
+            future.cancel()
+        self.parts.clear()
+
+    def close(self) -> None:
+        self._drop_parts()
+        super().close()
 
 
 def iter_chunks(stream: BinaryIO, size: int = 1024 * 1024) -> Iterator[bytes]:

@@ -275,3 +275,44 @@ def test_a_wide_listing_is_the_listing_with_folders_listed_at_once(store, monkey
             assert [(o.key, o.size, o.etag) for o in wide.list_wide(threads=64)] == listed
             # three levels opened (1, 21 and 41 folders), then the one folder left below them whole
             assert proxy.requests["GET"] == 22 + 1 + 21 + 41 + 1
+
+
+def test_a_seekable_remote_file_reads_front_to_back_by_parts_ahead_and_anywhere_by_one_get(s3_bucket, monkeypatch):
+    """open_seekable: reads that go on from the last one (a tar.gz streamed, a parquet column) come
+    from READ_PART parts with READ_AHEAD more in flight; a read after a seek is one GET of what it
+    asks. Whatever the pattern, the bytes are the object's."""
+    import random
+
+    from run_fixtures import CountingProxy
+
+    import pipeline.storage.store as store_module
+
+    monkeypatch.setattr(store_module, "READ_PART", 64 * 1024)
+    data = os.urandom(2 * 1024 * 1024 + 17)
+    open_store(s3_bucket).put("big.bin", data)
+    with CountingProxy(os.environ["AWS_ENDPOINT_URL"], latency_s=0.02) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        store = open_store(s3_bucket)
+        with store.open_seekable("big.bin", len(data)) as f:
+            parts = []
+            while chunk := f.read(10_000):
+                parts.append(chunk)
+        assert b"".join(parts) == data
+        # the buffer's refills (1 MB, long against these parts): parts of 64 KiB, each fetched once,
+        # 1 + READ_AHEAD at once
+        assert proxy.gets[0][1] == "bytes=0-65535"
+        assert sorted(proxy.gets) == sorted(set(proxy.gets)) and len(proxy.gets) == -(-len(data) // (64 * 1024))
+        assert proxy.most_in_flight == 1 + store_module.READ_AHEAD
+
+        rng = random.Random(0)
+        with store.open_seekable("big.bin", len(data)) as f:
+            for _ in range(60):
+                if rng.random() < 0.3:
+                    f.seek(rng.randrange(len(data) + 10))
+                at, n = f.tell(), rng.choice([1, 1000, 100_000, 1 << 20, -1])
+                assert (f.read(n) if n >= 0 else f.read()) == (data[at:at + n] if n >= 0 else data[at:])
+        with store.open_seekable("big.bin", len(data)) as f:  # a footer: one GET of the rest, no parts
+            f.seek(len(data) - 8)
+            gets = len(proxy.gets)
+            assert f.read(8) == data[-8:]
+            assert proxy.gets[gets:] == [("/" + s3_bucket[5:] + "/big.bin", f"bytes={len(data) - 8}-{len(data) - 1}")]
