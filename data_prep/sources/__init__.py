@@ -7,8 +7,9 @@ layouts, on local disk or an object store (s3://), and how a prep worker reads e
     for item, audio, name in read_items(batch): ...   # in a worker: a seekable file per item
 
 Layouts: `layouts` (and `parquet` for the hub's parquet shards). A remote source is listed through
-the store and read by ranged GETs (`Store.open_seekable`): nothing is copied to local disk but one
-tar.gz member or one decoded file's parked samples at a time per worker (spooled past 16 MB).
+the store and read by ranged GETs (`Store.open_seekable`, which reads ahead in parts when read front
+to back): nothing is copied to local disk but one tar.gz member or one decoded file's parked samples
+at a time per worker (spooled past 16 MB).
 
 File names need not be UTF-8 (Linux allows any bytes): an item's `path` keeps the name as Python
 holds it (undecodable bytes as surrogate escapes) so the file can be opened, while its `name`, and

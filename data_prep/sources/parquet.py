@@ -20,7 +20,7 @@ import io
 from typing import BinaryIO, Iterator
 
 from data_prep.sources.base import SourceError, SourceItem, SourceScan, Tree, open_location, printable
-from pipeline.storage.store import StoreError
+from pipeline.storage.store import StoreError, read_ahead_to
 
 COLUMN_DEFAULTS = {
     "audio": ("audio", "audio_filepath", "audio_file"),
@@ -121,6 +121,7 @@ def read_rows(path: str, items: list[SourceItem]) -> Iterator[tuple[SourceItem, 
     last = max(wanted)
     with open_location(path, items[0].identity[0] if items[0].identity else None) as f:
         pf = open_parquet(f, printable(path))
+        read_ahead_to(f, _chunks_end(pf.metadata.row_group(group), column))
         row = 0
         try:
             for batch in pf.iter_batches(batch_size=READ_ROWS, row_groups=[group], columns=[column],
@@ -137,6 +138,18 @@ def read_rows(path: str, items: list[SourceItem]) -> Iterator[tuple[SourceItem, 
             for n in sorted(wanted):
                 if n >= row:
                     yield wanted[n], None, reason
+
+
+def _chunks_end(group, column: str) -> int:
+    """Where the row group's chunks of `column` (all its leaves: an Audio struct's bytes and path)
+    end in the file: what reading its rows needs, and where a remote read need not look ahead past."""
+    end = 0
+    for i in range(group.num_columns):
+        chunk = group.column(i)
+        if chunk.path_in_schema == column or chunk.path_in_schema.startswith(column + "."):
+            start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+            end = max(end, start + chunk.total_compressed_size)
+    return end
 
 
 def audio_value(value, parquet_path: str) -> tuple[bytes | None, str]:

@@ -725,11 +725,12 @@ class _ResumingS3Reader(io.RawIOBase):
 
 RANGED_BUFFER = 1 << 20
 """Bytes one ranged GET of a seekable remote file fetches (a refill of its buffer)."""
-READ_PART, READ_AHEAD = 4 << 20, 4
+READ_PART, READ_AHEAD = 8 << 20, 3
 """A remote file read front to back (a parquet column, a tar.gz), or in one long read, is fetched
-READ_PART bytes a GET with READ_AHEAD GETs in flight ahead of the reader: one 1 MB GET at a time
-leaves a worker waiting out S3's ~30 ms a request and one connection's bandwidth for every MB.
-It holds at most (READ_AHEAD + 1) * READ_PART bytes a file (benchmarks/remote_read_bench.py)."""
+READ_PART bytes a GET with READ_AHEAD GETs in flight ahead of the reader: one GET at a time leaves
+a worker waiting out S3's ~30 ms a request and one connection's bandwidth (S3's advice: byte-range
+parts of 8-16 MB, fetched side by side). It holds at most (READ_AHEAD + 1) * READ_PART bytes a file
+(benchmarks/remote_read_bench.py); READ_AHEAD 0: off, every read one GET of what it asks."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -753,6 +754,8 @@ class _RangedReader(io.RawIOBase):
         """Start offset -> (length, future of the bytes) of the parts fetched from `pos` on, in order."""
         self.next_part = 0
         """Where the next part to fetch starts."""
+        self.ahead_to = size
+        """Parts are fetched ahead up to here (what the reader will want), and past it only when read."""
 
     def readable(self) -> bool:
         return True
@@ -793,7 +796,7 @@ class _RangedReader(io.RawIOBase):
 
     def _in_parts(self, n: int) -> bool:
         """Whether a read of `n` bytes from `pos` goes on from the last one, or is long."""
-        return self.pos == self.last_end or n >= 2 * READ_PART
+        return READ_AHEAD > 0 and (self.pos == self.last_end or n > READ_PART)
 
     def _one_get(self, n: int) -> bytes:
         self._drop_parts()
@@ -810,7 +813,7 @@ class _RangedReader(io.RawIOBase):
             self.next_part = self.pos
         done = 0
         while done < n:
-            self._fetch_ahead()
+            self._fetch_ahead(self.pos + n)
             start, (length, future) = next(iter(self.parts.items()))
             data = future.result()
             at = self.pos + done - start
@@ -824,10 +827,12 @@ class _RangedReader(io.RawIOBase):
                 del self.parts[start]
         return done
 
-    def _fetch_ahead(self) -> None:
+    def _fetch_ahead(self, wanted_to: int) -> None:
         pool = _read_ahead_pool()
-        while self.next_part < self.size and len(self.parts) <= READ_AHEAD:
-            length = min(READ_PART, self.size - self.next_part)
+        while (self.next_part < min(self.size, max(wanted_to, self.ahead_to))
+               and len(self.parts) <= READ_AHEAD):
+            limit = self.ahead_to if self.next_part < self.ahead_to else min(self.size, wanted_to)  # past it: as read
+            length = min(READ_PART, limit - self.next_part)
             self.parts[self.next_part] = length, pool.submit(self.store.get_range, self.key, self.next_part, length)
             self.next_part += length
 
@@ -839,6 +844,14 @@ class _RangedReader(io.RawIOBase):
     def close(self) -> None:
         self._drop_parts()
         super().close()
+
+
+def read_ahead_to(f: BinaryIO, end: int) -> None:
+    """Tell a file from `open_seekable` that reading on will stop at `end` (a parquet row group's
+    last column chunk): parts are not fetched ahead past it. Nothing for other files."""
+    raw = getattr(f, "raw", None)
+    if isinstance(raw, _RangedReader):
+        raw.ahead_to = end
 
 
 def iter_chunks(stream: BinaryIO, size: int = 1024 * 1024) -> Iterator[bytes]:
