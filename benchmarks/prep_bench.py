@@ -63,16 +63,17 @@ print(before, peak())
 """
 
 
-def as_parquet(items, folder: Path, rows_per_group: int = 100) -> Path:
-    """The files as hub parquet shards of 400 rows (Audio struct of bytes + path, text, speaker_id)."""
+def as_parquet(items, folder: Path, rows_per_group: int = 100, rows_per_file: int = 400) -> Path:
+    """The files as hub parquet shards (Audio struct of bytes + path, text, speaker_id)."""
     import pyarrow as pa
 
     schema = pa.schema([("audio", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
                         ("text", pa.string()), ("speaker_id", pa.string())])
     rows = [{"audio": {"bytes": Path(i.path).read_bytes(), "path": Path(i.path).name}, "text": i.text,
              "speaker_id": i.speaker} for i in items]
-    for k, start in enumerate(range(0, len(rows), 400)):
-        write_parquet(folder / f"train-{k:05d}-of-99999.parquet", rows[start:start + 400], schema, rows_per_group)
+    for k, start in enumerate(range(0, len(rows), rows_per_file)):
+        write_parquet(folder / f"train-{k:05d}-of-99999.parquet", rows[start:start + rows_per_file], schema,
+                      rows_per_group)
     return folder
 
 
@@ -116,6 +117,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=20.0)
     ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--rows-per-shard", type=int, default=400,
+                    help="rows in each parquet file (row groups of 100); moto copies a whole object to answer a "
+                         "ranged GET, so larger files load the machine with moto's work")
     ap.add_argument("--source-rate", type=int, default=22050,
                     help="the sources' sample rate (22050: as espeak-ng writes; 16000: nothing to resample)")
     args = ap.parse_args()
@@ -144,7 +148,7 @@ def main() -> None:
                 d = load_audio(item.path)
                 jobs.append((cut_segments(resample(d.audio, d.sample_rate, 16000).clip(-1, 1), 16000, 10, 1), 16000))
             audio_s = sum(len(s) for segs, _ in jobs for s in segs) / 16000
-            shards = as_parquet(items, root / "parquet")
+            shards = as_parquet(items, root / "parquet", rows_per_file=args.rows_per_shard)
             remote_shards = upload(shards, f"s3://bench/{size}/parquet")
             remote = upload(root / "src", f"s3://bench/{size}/src")
 
