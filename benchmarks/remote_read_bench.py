@@ -117,7 +117,8 @@ def large_files(tmp: Path, s3, args) -> None:
                     row.append((time.perf_counter() - t, proxy.requests["GET"] - gets if latency else None))
         where = f"{latency * 1000:.0f} ms + {args.mb_per_s:.0f} MB/s a GET" if latency else "near (moto directly)"
         print(f"{where}: a GET a read: tar.gz {row[0][0]:.2f} s, parquet {row[1][0]:.2f} s; "
-              f"{defaults[1]} parts of {defaults[0] >> 20} MB ahead: tar.gz {row[2][0]:.2f} s, parquet {row[3][0]:.2f} s"
+              f"{defaults[1]} parts of {defaults[0] >> 20} MB ahead: tar.gz {row[2][0]:.2f} s, "
+              f"parquet {row[3][0]:.2f} s"
               + (f" (GETs: {row[0][1]}, {row[1][1]}; {row[2][1]}, {row[3][1]})" if latency else ""))
 
 
