@@ -1,6 +1,7 @@
 """Prep throughput against its ceiling, measured side by side in one run.
 
-    .venv/bin/python benchmarks/prep_bench.py [--minutes 20] [--workers N]
+    .venv/bin/python benchmarks/prep_bench.py [--minutes 20] [--workers N] [--source-rate 16000]
+                                              [--rows-per-shard 400]
 
 Measures audio seconds per wall second per core for
   1. bare FLAC encoding of the final 16 kHz segments (the stage's ceiling: no decode, resample,
@@ -15,8 +16,10 @@ Measures audio seconds per wall second per core for
      folder;
 and prints the ratios prep / ceiling, by wall time over the workers and by CPU time (this process's
 and its pools': moto's server runs in a process of its own, whose CPU a real S3 would not take from
-the machine, and is left out), then the peak memory of one prep worker on a parquet whose
-single row group holds ~200 MB of audio. Sources are 22.05 kHz WAV files (as espeak-ng writes;
+the machine, and is left out). Each stage runs on an eighth of the files and on all of them: the
+whole run's rates, and the steady ones (all less the eighth: what a run pays once, pools, clients,
+listing, drops out, as it does over thousands of hours). Then the peak memory of one prep worker on
+a parquet whose single row group holds ~200 MB of audio. Sources are 22.05 kHz WAV files (as espeak-ng writes;
 `--source-rate 16000`: already at the output rate, nothing to resample).
 """
 
