@@ -249,6 +249,8 @@ def resample_blocks(blocks: Iterable[np.ndarray], sr_in: int, sr_out: int) -> It
 
 def clip_to_unit_range(audio: np.ndarray) -> tuple[np.ndarray, int]:
     """Clip to [-1, 1]; returns (clipped audio, number of samples that were outside)."""
+    if len(audio) == 0 or (audio.max() <= 1.0 and audio.min() >= -1.0):  # the usual case: two passes, no copies
+        return audio, 0
     outside = int(np.count_nonzero(np.abs(audio) > 1.0))
     return (np.clip(audio, -1.0, 1.0) if outside else audio), outside
 
