@@ -6,10 +6,11 @@
 S3 goes through boto3, so the endpoint and credentials come from the standard AWS variables and
 profiles (AWS_ENDPOINT_URL points it at MinIO, R2, GCS interop or a local test server). Requests
 retry with backoff on throttling, 5xx and dropped connections; a streaming read that drops mid-body
-resumes with a ranged GET; a seekable read (`open_seekable`) read front to back fetches parts ahead. A local object is written in its folder without a name (or under a
-hidden temporary one) and renamed into place when whole, so a reader never sees half an object and
-a killed writer leaves nothing behind; S3 puts are atomic by nature. `store.stage(key)` hands out
-that file to write a large object into directly (a shard), so nothing is copied twice.
+resumes with a ranged GET; a seekable read (`open_seekable`) read front to back fetches parts ahead.
+A local object is written in its folder without a name (or under a hidden temporary one) and renamed
+into place when whole, so a reader never sees half an object and a killed writer leaves nothing
+behind; S3 puts are atomic by nature. `store.stage(key)` hands out that file to write a large object
+into directly (a shard), so nothing is copied twice.
 """
 
 from __future__ import annotations
