@@ -26,6 +26,7 @@ a parquet whose single row group holds ~200 MB of audio. Sources are 22.05 kHz W
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import resource
@@ -109,6 +110,8 @@ def cpu_seconds() -> float:
 
 
 CEILING = "FLAC encode only (ceiling)"
+STEADY_FILES = 200
+"""Files the full run must have beyond the small one for the difference to stand above the noise."""
 
 
 def encode_only(job):
@@ -185,9 +188,14 @@ def main() -> None:
     print(f"{'stage':32} {'wall/core':>9} {'ratio':>6} {'CPU':>7} {'ratio':>6} | {'steady wall':>11} {'ratio':>6} "
           f"{'CPU':>7} {'ratio':>6}")
     top = rates[CEILING]
+    steady = sizes["full"] - sizes["small"] >= STEADY_FILES
     for name, r in rates.items():
-        print(f"{name:32} {r[0]:9.1f} {r[0] / top[0]:6.2f} {r[1]:7.1f} {r[1] / top[1]:6.2f} | {r[2]:11.1f} "
-              f"{r[2] / top[2]:6.2f} {r[3]:7.1f} {r[3] / top[3]:6.2f}")
+        print(f"{name:32} {r[0]:9.1f} {r[0] / top[0]:6.2f} {r[1]:7.1f} {r[1] / top[1]:6.2f} | "
+              + (f"{r[2]:11.1f} {r[2] / top[2]:6.2f} {r[3]:7.1f} {r[3] / top[3]:6.2f}" if steady else
+                 f"{'-':>11} {'-':>6} {'-':>7} {'-':>6}"))
+    if not steady:
+        print(f"steady: too few files to tell from noise (--minutes {math.ceil(STEADY_FILES * 8 / 7 + 1) * 8 / 60:.0f} "
+              "or more)")
     print(f"one worker on a {group_mb:.0f} MB parquet row group: peak memory {peak_mb:.0f} MB "
           f"({start_mb:.0f} MB before the first row)")
 
