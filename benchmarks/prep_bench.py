@@ -1,6 +1,6 @@
 """Prep throughput against its ceiling, measured side by side in one run.
 
-    .venv/bin/python benchmarks/prep_bench.py [--minutes 20] [--workers N] [--source-rate 16000]
+    .venv/bin/python benchmarks/prep_bench.py [--minutes 60] [--workers N] [--source-rate 16000]
                                               [--rows-per-shard 400]
 
 Measures audio seconds per wall second per core for
@@ -121,7 +121,7 @@ def encode_only(job):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--minutes", type=float, default=20.0)
+    ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--rows-per-shard", type=int, default=400,
                     help="rows in each parquet file (row groups of 100); moto copies a whole object to answer a "
