@@ -58,7 +58,8 @@ def main() -> None:
                     t, cpu = time.perf_counter(), time.process_time()
                     for _, f, _ in sources.read_items(items):
                         f.close()
-                    row.append(((time.perf_counter() - t) / len(items) * 1000, (time.process_time() - cpu) / len(items) * 1000))
+                    row.append(((time.perf_counter() - t) / len(items) * 1000,
+                                (time.process_time() - cpu) / len(items) * 1000))
             print(f"{latency * 1000:4.0f} ms a GET: " + ", ".join(f"{n} at once {w:5.1f} ms ({c:.1f} CPU)"
                                                          for n, (w, c) in zip((1, 2, ahead, 8), row)))
         sources.FETCH_AHEAD = ahead
@@ -66,39 +67,23 @@ def main() -> None:
 
 
 def large_files(tmp: Path, s3, args) -> None:
-    """A FLEURS-like tar.gz and a hub parquet shard of noise WAVs (incompressible, ~25 MB each)."""
-    import io
+    """FLEURS's tar.gz and a hub parquet shard of the same 100 noise WAVs (incompressible, ~25 MB each)."""
     import itertools
-    import tarfile
 
     import numpy as np
     import pyarrow as pa
-    import soundfile as sf
 
-    from corpus_layouts import write_parquet
+    from corpus_layouts import encoded, write_fleurs, write_parquet
 
-    rng = np.random.default_rng(0)
-    wavs = []
-    for i in range(100):
-        out = io.BytesIO()
-        sf.write(out, (0.3 * rng.standard_normal(16000 * 8)).astype(np.float32), 16000, format="WAV")
-        wavs.append((f"{20_000 + i}.wav", out.getvalue()))
-    fleurs = tmp / "large" / "te_in"
-    (fleurs / "audio").mkdir(parents=True)
-    with tarfile.open(fleurs / "audio" / "train.tar.gz", "w:gz", compresslevel=1) as tar:
-        for name, data in wavs:
-            info = tarfile.TarInfo(f"train/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    (fleurs / "train.tsv").write_text("".join(f"{i}\t{name}\traw\ttext\tp\t128000\tMALE\n"
-                                              for i, (name, _) in enumerate(wavs)), encoding="utf-8")
+    noise = [(0.3 * np.random.default_rng(i).standard_normal(16000 * 8)).astype(np.float32) for i in range(100)]
+    fleurs = write_fleurs(tmp / "large", splits=(("train", len(noise)),), audio=noise.__getitem__)
     schema = pa.schema([("audio", pa.struct([("bytes", pa.binary()), ("path", pa.string())])), ("text", pa.string())])
-    write_parquet(tmp / "large" / "hub" / "data" / "train-00000-of-00001.parquet",
-                  [{"audio": {"bytes": data, "path": name}, "text": "t"} for name, data in wavs], schema, 50)
+    rows = [{"audio": {"bytes": encoded(x, "wav"), "path": f"{i}.wav"}, "text": "t"} for i, x in enumerate(noise)]
+    write_parquet(tmp / "large" / "hub" / "data" / "train-00000-of-00001.parquet", rows, schema, 50)
     os.environ["AWS_ENDPOINT_URL"] = s3.endpoint  # not the last proxy, closed now
     remote = upload(tmp / "large", "s3://bench/large")
     mb = (fleurs / "audio" / "train.tar.gz").stat().st_size / 1e6
-    print(f"large files: a {mb:.0f} MB tar.gz of {len(wavs)} members, a parquet shard of {len(wavs)} rows in "
+    print(f"large files: a {mb:.0f} MB tar.gz of {len(noise)} members, a parquet shard of {len(noise)} rows in "
           f"row groups of 50; seconds for all of each (lower is better)")
     one_at_a_time = (store.READ_PART, 0)  # read-ahead off
     defaults = (store.READ_PART, store.READ_AHEAD)

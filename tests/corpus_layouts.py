@@ -111,19 +111,21 @@ def write_fleurs_parquet(root: Path) -> Path:
     return folder
 
 
-def write_fleurs(root: Path, splits=(("train", 4), ("dev", 2), ("test", 2))) -> Path:
-    """The original release for one language: `root/te_in/`."""
+def write_fleurs(root: Path, splits=(("train", 4), ("dev", 2), ("test", 2)), audio=None) -> Path:
+    """The original release for one language: `root/te_in/`; `audio(n)`: the n-th file's samples
+    (default: short tones)."""
     folder, n = root / "te_in", 0
     (folder / "audio").mkdir(parents=True, exist_ok=True)
     for split, count in splits:
         lines = []
         with tarfile.open(folder / "audio" / f"{split}.tar.gz", "w:gz") as tar:
             for j in range(count):
-                name, data = f"{10_000 + n}.wav", encoded(clip(n), "wav")
+                x = audio(n) if audio else clip(n)
+                name, data = f"{10_000 + n}.wav", encoded(x, "wav")
                 info = tarfile.TarInfo(f"{split}/{name}")
                 info.size, info.mtime = len(data), 0
                 tar.addfile(info, io.BytesIO(data))
-                lines.append(f"{1700 + n}\t{name}\tRaw {n}.\tనమూనా {n}\tన మ ూ న ా |\t{len(clip(n))}\t"
+                lines.append(f"{1700 + n}\t{name}\tRaw {n}.\tనమూనా {n}\tన మ ూ న ా |\t{len(x)}\t"
                              f"{'MALE' if n % 2 else 'FEMALE'}")
                 n += 1
         (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")

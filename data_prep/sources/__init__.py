@@ -175,7 +175,8 @@ def _tar_members(path: str, items: list[SourceItem]) -> Iterator[tuple[SourceIte
     wanted = {item.member[4:]: item for item in items}
     reason = "not in the archive"
     try:
-        with open_location(path) as f, tarfile.open(fileobj=f, mode="r|gz") as tar:
+        size = items[0].identity[0] if items[0].identity else None  # the archive's, from the listing: no HEAD
+        with open_location(path, size) as f, tarfile.open(fileobj=f, mode="r|gz") as tar:
             for member in tar:
                 name = member.name.removeprefix("./")
                 if name not in wanted or not member.isfile():

@@ -177,7 +177,8 @@ class SampleReader:
             try:
                 self.cache = ShardCache(self.cache_spec.folder, self.cache_spec.gb)
             except OSError as e:  # no cache is slower, not wrong
-                print(f"WARNING data.cache_dir {self.cache_spec.folder}: {e.strerror}; reading without a cache", flush=True)
+                print(f"WARNING data.cache_dir {self.cache_spec.folder}: {e.strerror}; reading without a cache",
+                      flush=True)
                 return
             self.cached = admitted(self.table.shards, self.cache_spec.gb)
 
