@@ -1,6 +1,6 @@
 """Prep throughput against its ceiling, measured side by side in one run.
 
-    .venv/bin/python benchmarks/prep_bench.py [--minutes 60] [--workers N] [--source-rate 16000]
+    .venv/bin/python benchmarks/prep_bench.py [--minutes 240] [--workers N] [--source-rate 16000]
                                               [--rows-per-shard 400]
 
 Measures audio seconds per wall second per core for
@@ -16,11 +16,13 @@ Measures audio seconds per wall second per core for
      folder;
 and prints the ratios prep / ceiling, by wall time over the workers and by CPU time (this process's
 and its pools': moto's server runs in a process of its own, whose CPU a real S3 would not take from
-the machine, and is left out). Each stage runs on an eighth of the files and on all of them: the
-whole run's rates, and the steady ones (all less the eighth: what a run pays once, pools, clients,
-listing, drops out, as it does over thousands of hours). Then the peak memory of one prep worker on
-a parquet whose single row group holds ~200 MB of audio. Sources are 22.05 kHz WAV files (as espeak-ng writes;
-`--source-rate 16000`: already at the output rate, nothing to resample).
+the machine, and is left out). Each stage runs on a small share of the files (an eighth, and at
+least 4 row groups a worker, so that prep reads every row group in one job as it does in the full
+run) and on all of them: the whole run's rates, and the steady ones (all less the small share: what a
+run pays once, pools, clients, listing, drops out, as it does over thousands of hours). Then the
+peak memory of one prep worker on a parquet whose single row group holds ~200 MB of audio. Sources
+are 22.05 kHz WAV files (as espeak-ng writes; `--source-rate 16000`: already at the output rate,
+nothing to resample).
 """
 
 from __future__ import annotations
@@ -52,22 +54,27 @@ PEAK_PROBE = r"""
 import re, sys
 def peak():  # VmHWM: this process's own high-water mark (ru_maxrss would carry the forking parent's)
     return int(re.search(r"VmHWM:\s*(\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+from data_prep.prep import BATCH_ITEMS
 from data_prep.prep_file import FileJob, process_job
 from data_prep.sources import scan_sources
 from pipeline.config import PrepConfig
 import tempfile
 items = scan_sources([sys.argv[1]]).items
 before = peak()
-with tempfile.TemporaryDirectory() as spill:  # as prep runs it: results past their share spill to disk
-    for start in range(0, len(items), 32):  # and prep's largest batch of a row group's items
-        for result in process_job(FileJob(tuple(items[start:start + 32]), PrepConfig(), spill)):
+with tempfile.TemporaryDirectory() as spill:  # as prep runs it: results past a job's share spill to disk
+    for start in range(0, len(items), BATCH_ITEMS):  # and prep's largest batch of a row group's items
+        for result in process_job(FileJob(tuple(items[start:start + BATCH_ITEMS]), PrepConfig(), spill)):
             assert result.reject is None, result.reject
             result.samples.discard()
 print(before, peak())
 """
 
 
-def as_parquet(items, folder: Path, rows_per_group: int = 100, rows_per_file: int = 400) -> Path:
+ROWS_PER_GROUP = 100
+"""Rows in each row group of the parquet sources: what the hub's `datasets` writes for audio."""
+
+
+def as_parquet(items, folder: Path, rows_per_group: int = ROWS_PER_GROUP, rows_per_file: int = 400) -> Path:
     """The files as hub parquet shards (Audio struct of bytes + path, text, speaker_id)."""
     import pyarrow as pa
 
@@ -121,7 +128,7 @@ def encode_only(job):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--minutes", type=float, default=60.0)
+    ap.add_argument("--minutes", type=float, default=240.0)
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--rows-per-shard", type=int, default=400,
                     help="rows in each parquet file (row groups of 100); moto copies a whole object to answer a "
@@ -131,7 +138,9 @@ def main() -> None:
     args = ap.parse_args()
     cfg = PrepConfig(workers=args.workers, shard_max_mb=64)
     n_files = int(args.minutes * 60 / 8)
-    sizes = {"small": max(8 * args.workers, n_files // 8), "full": n_files}
+    # the small run large enough that prep reads each row group in one job, as it does in the full run (with
+    # less work than 4 jobs a worker it splits them, and a split row group is read more than once)
+    sizes = {"small": max(n_files // 8, 4 * args.workers * ROWS_PER_GROUP), "full": n_files}
     with tempfile.TemporaryDirectory() as tmp, MotoS3("bench", own_process=True):
         tmp = Path(tmp)
         spent = {}  # (stage, size) -> (audio s, wall s, CPU s)
@@ -194,8 +203,9 @@ def main() -> None:
               + (f"{r[2]:11.1f} {r[2] / top[2]:6.2f} {r[3]:7.1f} {r[3] / top[3]:6.2f}" if steady else
                  f"{'-':>11} {'-':>6} {'-':>7} {'-':>6}"))
     if not steady:
-        print(f"steady: too few files to tell from noise (--minutes {math.ceil(STEADY_FILES * 8 / 7 + 1) * 8 / 60:.0f} "
-              "or more)")
+        need = (sizes["small"] + STEADY_FILES) * 8 / 60
+        print(f"steady: too few files beyond the small run's {sizes['small']} to tell from noise (--minutes "
+              f"{math.ceil(need)} or more; the more, the steadier)")
     print(f"one worker on a {group_mb:.0f} MB parquet row group: peak memory {peak_mb:.0f} MB "
           f"({start_mb:.0f} MB before the first row)")
 

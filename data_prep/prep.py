@@ -37,8 +37,11 @@ from pipeline.storage.shards import (SPLITS, DatasetIndex, ShardInfo, ShardWrite
 from pipeline.storage.store import Store, is_remote, open_store
 
 REJECTS_NAME = "rejects.jsonl"
-BATCH_ITEMS = 32
-"""Most items of one container (parquet row group, tar.gz) one worker takes in one job."""
+BATCH_ITEMS = 256
+"""Most items of one container (parquet row group, tar.gz) one worker takes in one job. Each job
+reads its container from the start up to its last item (a tar.gz is a stream; a row group's pages
+hold no index), so a container split into k jobs is read ~k/2 times over: a hub row group (100
+rows) is one job, a FLEURS archive a few."""
 
 
 class PrepError(TelucodecError, RuntimeError):
@@ -124,7 +127,7 @@ def run_prep(sources: list[str], out_url: str, cfg: PrepConfig, fmt: str = "auto
     spill = tempfile.TemporaryDirectory(prefix="telucodec-prep-")  # long files' segments, worker -> here
     with PrepProgress(len(todo), enabled=progress and cluster is None) as bar, spill:
         workers = cluster.cpus if cluster else (cfg.workers or os.cpu_count() or 1)
-        batches = batched(todo, max(1, min(BATCH_ITEMS, len(todo) // (4 * workers))))
+        batches = batched(todo, workers)
         jobs = [FileJob(tuple(item for _, _, item in batch), cfg, None if cluster else spill.name) for batch in batches]
         sink = cluster.sink(records, bar) if cluster else LocalSink(records, bar)
         results = cluster.results(jobs) if cluster else ordered_map(process_job, jobs, cfg.workers, on_death=worker_died)
@@ -159,9 +162,10 @@ class LocalSink:
             self.close(split, state[split])
 
 
-def batched(todo: list[tuple[str, int, SourceItem]], size: int) -> list[list[tuple[str, int, SourceItem]]]:
-    """Consecutive items of one container (same `batch_key`) together, at most `size` (fewer than
-    BATCH_ITEMS when the work is small: every worker gets some); every other item alone."""
+def batched(todo: list[tuple[str, int, SourceItem]], workers: int) -> list[list[tuple[str, int, SourceItem]]]:
+    """Consecutive items of one container (same `batch_key`) together, at most BATCH_ITEMS (fewer
+    when the work is small: 4 jobs a worker at least); every other item alone."""
+    size = max(1, min(BATCH_ITEMS, len(todo) // (4 * workers)))
     batches: list[list] = []
     for entry in todo:
         key = batch_key(entry[2])

@@ -133,11 +133,12 @@ def process_job(job: FileJob) -> list[ItemResult]:
     """Each item of the job -> its encoded segments, or a reject with the reason; in the job's
     order. Never raises."""
     results: dict[str, ItemResult] = {}
-    spill_limit = SPILL_BYTES // len(job.items)  # what a job sends back in memory stays bounded
+    held = 0  # what the job sends back in memory stays within SPILL_BYTES: items spill once it is spent
     try:
         for item, audio, name in read_items(list(job.items)):
-            results[item.name] = (rejected(item, name) if audio is None
-                                  else process_item(item, audio, name, job, spill_limit))
+            result = results[item.name] = (rejected(item, name) if audio is None
+                                           else process_item(item, audio, name, job, SPILL_BYTES - held))
+            held += result.samples.held_bytes
     except Exception as e:  # the container itself failed mid-way: the rest are rejects, the run goes on
         reason = f"could not process ({type(e).__name__}: {e})"
         for item in job.items:

@@ -96,6 +96,31 @@ def test_archives_and_shards_read_from_s3_in_parts_ahead_are_the_local_bytes(lay
     assert fetched.count(4096) > 20  # parts, not one GET a read
 
 
+def test_a_row_group_is_read_in_one_job_when_every_worker_has_work(tmp_path):
+    """A job reads its container from the start to its last item, so a hub row group (100 rows) is
+    one job, not four of 32 reading it 2.5 times over; with little work containers are split so that
+    every worker has some, and a job never mixes containers."""
+    from data_prep.prep import batched, plan_splits
+    from data_prep.sources import batch_key
+
+    rows = [{"audio_filepath": {"bytes": b"x", "path": f"{i}.flac"}, "text": "", "duration": 1.0, "lang": "te",
+             "samples": 1, "verbatim": "", "scenario": "", "task_name": "", "speaker_id": f"s{i % 7}"}
+            for i in range(1000)]
+    write_parquet(tmp_path / "te" / "train-00000-of-00001.parquet", rows, indicvoices_schema(), 100)
+    items = scan_sources([str(tmp_path / "te")]).items
+    plan = plan_splits(items, CFG)
+    todo = sorted(((split, pos, item) for split, its in plan.items() for pos, item in enumerate(its)),
+                  key=lambda t: t[2].name)
+    assert len(plan) == 3  # a row group's rows go to every split, and its job takes them all
+
+    jobs = batched(todo, workers=2)
+    assert [len(job) for job in jobs] == [100] * 10
+    assert all(len({batch_key(item) for _, _, item in job}) == 1 for job in jobs)
+    jobs = batched(todo, workers=8)
+    assert len(jobs) >= 32 and max(map(len, jobs)) <= 1000 // 32
+    assert all(len({batch_key(item) for _, _, item in job}) == 1 for job in jobs)
+
+
 def test_cli_preps_a_bucket_of_hub_parquet_shards_to_s3(tmp_path, s3_bucket, capsys):
     """The issue's own command: `telucodec prep s3://BUCKET/indicvoices-te/ --out s3://BUCKET/te`."""
     upload(write_indicvoices(tmp_path), f"{s3_bucket}/indicvoices-te")

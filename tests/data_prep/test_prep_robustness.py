@@ -186,6 +186,28 @@ def test_segments_spill_to_a_file_past_the_limit_and_come_back_in_order(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_job_keeps_its_first_items_in_memory_and_spills_only_past_its_budget(tmp_path, monkeypatch):
+    """A job's results share SPILL_BYTES: a row group of 100 rows sends most of them back in memory
+    rather than each row to its own spill file."""
+    import data_prep.prep_file as prep_file
+
+    for i in range(6):
+        sf.write(tmp_path / f"a{i}.wav", tone(2.0, 16000, seed=i), 16000, subtype="PCM_16")
+    items = tuple(SourceItem(str(tmp_path / f"a{i}.wav"), f"x/a{i}.wav") for i in range(6))
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    in_memory = process_job(FileJob(items, PrepConfig(), None))
+    sizes = [r.samples.held_bytes for r in in_memory]
+    monkeypatch.setattr(prep_file, "SPILL_BYTES", sizes[0] + sizes[1] + 1)
+    results = process_job(FileJob(items, PrepConfig(), str(spill)))
+    assert [r.samples.path is None for r in results] == [True, True, False, False, False, False]
+    assert sum(r.samples.held_bytes for r in results) <= prep_file.SPILL_BYTES
+    assert [list(r.samples) for r in results] == [list(r.samples) for r in in_memory]
+    for r in results:
+        r.samples.discard()
+    assert list(spill.iterdir()) == []
+
+
 # ---------------------------------------------------------------- sources edited in place
 def test_a_source_edited_in_place_to_the_same_size_is_another_dataset(tmp_path):
     src = tmp_path / "src"
