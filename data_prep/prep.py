@@ -40,8 +40,8 @@ REJECTS_NAME = "rejects.jsonl"
 BATCH_ITEMS = 256
 """Most items of one container (parquet row group, tar.gz) one worker takes in one job. Each job
 reads its container from the start up to its last item (a tar.gz is a stream; a row group's pages
-hold no index), so a container split into k jobs is read ~k/2 times over: a hub row group (100
-rows) is one job, a FLEURS archive a few."""
+hold no index), so a container split into k jobs is read ~(k+1)/2 times over: a hub row group of
+100 rows is one job, a FLEURS archive of ~2,300 members nine."""
 
 
 class PrepError(TelucodecError, RuntimeError):

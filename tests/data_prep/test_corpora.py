@@ -98,7 +98,7 @@ def test_archives_and_shards_read_from_s3_in_parts_ahead_are_the_local_bytes(lay
 
 def test_a_row_group_is_read_in_one_job_when_every_worker_has_work(tmp_path):
     """A job reads its container from the start to its last item, so a hub row group (100 rows) is
-    one job, not four of 32 reading it 2.5 times over; with little work containers are split so that
+    one job, not four of 32 reading it 2.9 times over; with little work containers are split so that
     every worker has some, and a job never mixes containers."""
     from data_prep.prep import batched, plan_splits
     from data_prep.sources import batch_key
