@@ -34,6 +34,8 @@ from pipeline.storage.store import is_remote, open_store
 
 RETRIES = 3
 """Times a task is run again after its node or worker process is lost."""
+ALONE_RETRIES = 1
+"""The same for the halves of a job whose task died on every try (the culprit is among them)."""
 TAR_BLOCK = 512
 
 
@@ -156,7 +158,7 @@ class RayPrep:
         # could be passed over for the whole run (seen in CI: 2 of 3 nodes took all the work).
         encode, spread = ray.remote(encode_job), {"num_returns": 2, "num_cpus": 1, "scheduling_strategy": "SPREAD"}
         self.encode = encode.options(max_retries=RETRIES, **spread)
-        self.encode_alone = encode.options(max_retries=1, **spread)
+        self.encode_alone = encode.options(max_retries=ALONE_RETRIES, **spread)
         self.write = ray.remote(write_shard).options(max_retries=RETRIES, num_cpus=0.5)
         self.say(f"prep on Ray: {len(ray.nodes())} node(s), {self.cpus} CPUs")
 
@@ -205,7 +207,9 @@ class RayPrep:
                          f"{self.shards_landed} shards, {len(self.seconds_by_node)} node(s) at work so far")
             yield results
 
-    def _collect(self, job: FileJob, summary_ref, payload_ref) -> list[ItemResult]:
+    def _collect(self, job: FileJob, summary_ref, payload_ref, tries: int = RETRIES + 1) -> list[ItemResult]:
+        """A job's results; if its task died on every try, its items run again in two halves (both
+        at once), a half that dies again halved in turn, as on one machine (`worker_died`)."""
         ray = self.ray
         try:
             summaries = ray.get(summary_ref)
@@ -213,9 +217,12 @@ class RayPrep:
                 ray.exceptions.RayTaskError) as e:
             how = type(e).__name__
             if len(job.items) == 1:  # its worker died on every try: this file kills its worker
-                return [rejected(job.items[0], f"worker died: {how} on {RETRIES + 1} tries")]
-            singles = [FileJob((item,), job.cfg, None) for item in job.items]
-            return [self._collect(single, *self.encode_alone.remote(self.keeper, single))[0] for single in singles]
+                return [rejected(job.items[0], f"worker died: {how} on {tries} tries")]
+            half = len(job.items) // 2
+            halves = [FileJob(items, job.cfg, None) for items in (job.items[:half], job.items[half:])]
+            refs = [self.encode_alone.remote(self.keeper, h) for h in halves]
+            return [result for h, (summary, payload) in zip(halves, refs)
+                    for result in self._collect(h, summary, payload, tries=ALONE_RETRIES + 1)]
         out = []
         for i, s in enumerate(summaries):
             result = ItemResult(samples=Stubs(Stub(key, seconds, nbytes, payload_ref, i, k)

@@ -119,14 +119,16 @@ def rejected(item: SourceItem, reason: str) -> ItemResult:
 
 def worker_died(job: FileJob, how: str) -> list[ItemResult]:
     """The results of a job whose worker process died on it, alone, too (ordered_map's on_death):
-    a single file is the culprit; a container's items are run again one per process, so only the
-    item that kills its worker is rejected."""
+    a single file is the culprit; a container's items are run again in two halves, and a half that
+    kills its worker again in two halves in turn, so only the item that kills its worker is
+    rejected, and the container is read ~2 log2(n) times over rather than once per item."""
     if len(job.items) == 1:
         return [rejected(job.items[0], f"worker died: {how}")]
     from data_prep.dataset_job import ordered_map
 
-    singles = [FileJob((item,), job.cfg, job.spill_dir) for item in job.items]
-    return [results[0] for results in ordered_map(process_job, singles, 1, on_death=worker_died)]
+    half = len(job.items) // 2
+    halves = [FileJob(items, job.cfg, job.spill_dir) for items in (job.items[:half], job.items[half:])]
+    return [result for results in ordered_map(process_job, halves, 1, on_death=worker_died) for result in results]
 
 
 def process_job(job: FileJob) -> list[ItemResult]:

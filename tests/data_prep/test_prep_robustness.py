@@ -63,6 +63,34 @@ def test_a_file_that_kills_its_worker_is_a_reject_and_the_run_goes_on(tmp_path):
     assert killer.kills == 0
 
 
+def test_a_worker_dying_on_one_row_of_a_row_group_rejects_that_row_alone_found_by_halves(tmp_path, monkeypatch):
+    """A row group's job whose worker dies is run again in halves, the half that dies again halved in
+    turn: the one row rejected, the rest prepped, and the row group read ~2 log2(n) times, not once a
+    row (a job of 256 rows on S3 would otherwise fetch its row group 256 times)."""
+    import data_prep.dataset_job as dataset_job
+    from corpus_layouts import indicvoices_row, indicvoices_schema, write_parquet
+
+    rows = [indicvoices_row(i, f"s{i % 4}") for i in range(64)]
+    rows[37]["audio_filepath"] = {"bytes": None, "path": "poison.flac"}  # read from beside the parquet
+    path = write_parquet(tmp_path / "te" / "train-00000-of-00001.parquet", rows, indicvoices_schema(), 64)
+    with open(path.parent / "poison.flac", "wb") as f:
+        f.truncate(400 << 20)  # sparse: a worker holds it open ~0.1 s reading it, long enough to be seen
+    reruns = []
+    ordered_map_ = dataset_job.ordered_map
+    monkeypatch.setattr(dataset_job, "ordered_map", lambda fn, jobs, workers, on_death: (
+        reruns.append([len(job.items) for job in jobs]) or ordered_map_(fn, jobs, workers, on_death)))
+    out = str(tmp_path / "ds")
+    with KillWhoeverOpens(path.parent / "poison.flac") as killer:
+        summary = run_prep([str(path)], out, PrepConfig(workers=1, min_seconds=0.5, val_fraction=0,
+                                                               test_fraction=0), progress=False)
+    assert killer.kills >= 2
+    assert summary.files_ok == 63
+    lines = [json.loads(line) for line in open_store(out).get_text("rejects.jsonl").splitlines()]
+    assert len(lines) == 1 and lines[0]["path"] == f"{path} (row 37)", lines
+    assert lines[0]["reason"] == "worker died: killed by signal 9 (SIGKILL), likely out of memory"
+    assert reruns == [[8, 8], [4, 4], [2, 2], [1, 1]]  # prep's jobs of 16 rows here (64 rows, 1 worker)
+
+
 # ---------------------------------------------------------------- file names that are not UTF-8
 def test_file_names_that_are_not_utf8_are_prepped_under_an_escaped_name(tmp_path, capsys):
     src = tmp_path / "src"
