@@ -2,7 +2,8 @@
 (data_prep.sources.FETCH_AHEAD), from a near store and a far one, side by side in one run; then
 large files read front to back (a FLEURS tar.gz, a hub parquet shard) with each read one GET of
 what it asks (a decoder's 1 MB buffer refills, a parquet column chunk whole) against parts fetched
-ahead (pipeline.storage.store.READ_PART, READ_AHEAD).
+ahead (pipeline.storage.store.READ_PART, READ_AHEAD); then a folder of parquet shards scanned one
+file at a time against several at once (data_prep.sources.parquet.SCAN_AT_ONCE).
 
     .venv/bin/python benchmarks/remote_read_bench.py [--files 150] [--latency-ms 30] [--mb-per-s 25]
 
@@ -64,6 +65,7 @@ def main() -> None:
                                                          for n, (w, c) in zip((1, 2, ahead, 8), row)))
         sources.FETCH_AHEAD = ahead
         large_files(Path(tmp), s3, args)
+        scan_shards(Path(tmp), s3, args)
 
 
 def large_files(tmp: Path, s3, args) -> None:
@@ -105,6 +107,35 @@ def large_files(tmp: Path, s3, args) -> None:
               f"{defaults[1]} parts of {defaults[0] >> 20} MB ahead: tar.gz {row[2][0]:.2f} s, "
               f"parquet {row[3][0]:.2f} s"
               + (f" (GETs: {row[0][1]}, {row[1][1]}; {row[2][1]}, {row[3][1]})" if latency else ""))
+
+
+def scan_shards(tmp: Path, s3, args, shards: int = 24) -> None:
+    """What prep does before its first row: a folder of hub parquet shards scanned (each file's footer
+    and small columns, a few GETs a file), one file at a time against SCAN_AT_ONCE files at once."""
+    import data_prep.sources.parquet as parquet
+    from corpus_layouts import indicvoices_schema, write_parquet
+
+    noise = os.urandom(60_300)  # 18 MB a shard: its row groups' small columns lie MBs apart, as in a hub shard
+    for k in range(shards):  # 300 rows in row groups of 100, each row's bytes its own
+        rows = [{"audio_filepath": {"bytes": noise[i:i + 60_000], "path": f"{i}.flac"}, "text": f"t{i}",
+                 "duration": 1.0, "lang": "te", "samples": 1, "verbatim": "v", "scenario": "", "task_name": "",
+                 "speaker_id": f"s{i % 7}"} for i in range(300)]
+        write_parquet(tmp / "scan" / f"train-{k:05d}-of-{shards:05d}.parquet", rows, indicvoices_schema(), 100)
+    os.environ["AWS_ENDPOINT_URL"] = s3.endpoint
+    remote = upload(tmp / "scan", "s3://bench/scan")
+    at_once = parquet.SCAN_AT_ONCE
+    print(f"scanning {shards} parquet shards of 300 rows (row groups of 100); seconds (lower is better)")
+    for latency in (0.0, args.latency_ms / 1000):
+        with CountingProxy(s3.endpoint, latency_s=latency) as proxy:
+            os.environ["AWS_ENDPOINT_URL"] = proxy.url if latency else s3.endpoint
+            row = []
+            for parquet.SCAN_AT_ONCE in (1, at_once):
+                gets, t = proxy.requests["GET"], time.perf_counter()
+                assert len(sources.scan_sources([remote]).items) == 300 * shards
+                row.append((time.perf_counter() - t, proxy.requests["GET"] - gets))
+        where = f"{latency * 1000:.0f} ms a GET" if latency else "near (moto directly)"
+        print(f"{where}: one file at a time {row[0][0]:.2f} s, {at_once} at once {row[1][0]:.2f} s"
+              + (f" ({row[0][1]} GETs each)" if latency else ""))
 
 
 if __name__ == "__main__":

@@ -84,8 +84,7 @@ def scan_one(src: str, fmt: str, allow_outside: bool, columns: dict[str, str], s
         files = [rel] if rel else [f for f in tree.files() if f.lower().endswith(".parquet")]
         if not files:
             raise SourceError(f"{tree.url}: no .parquet files in it")
-        for f in files:
-            parquet.read_parquet(tree, f, scan, columns, split_in_path(f))
+        parquet.scan_parquet_files(tree, files, scan, columns, split_in_path)
     else:
         if not tree.files():
             raise SourceError(f"{tree.url}: no such folder, or nothing in it")

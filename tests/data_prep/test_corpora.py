@@ -1,6 +1,7 @@
 """Real corpora in: IndicVoices and FLEURS hub parquet, FLEURS's tsv + tar.gz and Kathbath's m4a
 release, each from a local folder and from S3 (moto), with the bad inputs a user meets."""
 
+import os
 import subprocess
 import sys
 import time
@@ -119,6 +120,34 @@ def test_a_row_group_is_read_in_one_job_when_every_worker_has_work(tmp_path):
     jobs = batched(todo, workers=8)
     assert len(jobs) >= 32 and max(map(len, jobs)) <= 1000 // 32
     assert all(len({batch_key(item) for _, _, item in job}) == 1 for job in jobs)
+
+
+def test_a_bucket_of_parquet_shards_is_scanned_several_files_at_once_in_order(tmp_path, s3_bucket, monkeypatch):
+    """Scanning reads each shard's footer and small columns (a few GETs a file, 20-50 ms each on
+    S3): files are read SCAN_AT_ONCE at a time, and the items and rejects come out as one file at a
+    time gives them."""
+    import data_prep.sources.parquet as parquet
+    from run_fixtures import CountingProxy
+
+    lang = tmp_path / "te"
+    for k in range(10):
+        rows = [indicvoices_row(6 * k + i, f"spk{i % 3}") for i in range(6)]
+        write_parquet(lang / f"train-{k:05d}-of-00010.parquet", rows, indicvoices_schema(), 2)
+    good = (lang / "train-00004-of-00010.parquet").read_bytes()
+    (lang / "train-00004-of-00010.parquet").write_bytes(good[: len(good) // 2])  # a truncated shard: a reject
+    remote = upload(lang, f"{s3_bucket}/te")
+    scans = {}
+    with CountingProxy(os.environ["AWS_ENDPOINT_URL"], latency_s=0.1) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        for at_once in (1, parquet.SCAN_AT_ONCE):
+            monkeypatch.setattr(parquet, "SCAN_AT_ONCE", at_once)
+            proxy.most_in_flight = 0
+            scan = scan_sources([remote])
+            scans[at_once] = (scan.items, scan.rejects, proxy.most_in_flight)
+    (items, rejects, one_in_flight), (items_, rejects_, most_in_flight) = scans.values()
+    assert len(items) == 54 and [r["path"] for r in rejects] == [f"{remote}/train-00004-of-00010.parquet"]
+    assert (items_, rejects_) == (items, rejects)
+    assert one_in_flight == 1 and most_in_flight >= 8, most_in_flight
 
 
 def test_cli_preps_a_bucket_of_hub_parquet_shards_to_s3(tmp_path, s3_bucket, capsys):
