@@ -130,12 +130,12 @@ def scan_shards(tmp: Path, s3, args, shards: int = 24) -> None:
             os.environ["AWS_ENDPOINT_URL"] = proxy.url if latency else s3.endpoint
             row = []
             for parquet.SCAN_AT_ONCE in (1, at_once):
-                gets, t = proxy.requests["GET"], time.perf_counter()
+                gets, fetched, t = proxy.requests["GET"], proxy.get_bytes, time.perf_counter()
                 assert len(sources.scan_sources([remote]).items) == 300 * shards
-                row.append((time.perf_counter() - t, proxy.requests["GET"] - gets))
+                row.append((time.perf_counter() - t, proxy.requests["GET"] - gets, proxy.get_bytes - fetched))
         where = f"{latency * 1000:.0f} ms a GET" if latency else "near (moto directly)"
         print(f"{where}: one file at a time {row[0][0]:.2f} s, {at_once} at once {row[1][0]:.2f} s"
-              + (f" ({row[0][1]} GETs each)" if latency else ""))
+              + (f" ({row[0][1]} GETs, {row[0][2] / 1e6:.1f} MB each)" if latency else ""))
 
 
 if __name__ == "__main__":

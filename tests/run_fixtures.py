@@ -176,6 +176,7 @@ class CountingProxy:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else a small body waits on the headers' delayed ACK (~40 ms)
 
             def forward(self):
                 if self.command != "GET":

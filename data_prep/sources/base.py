@@ -104,8 +104,8 @@ class Tree:
     def is_dir(self, rel: str) -> bool:
         raise NotImplementedError
 
-    def open(self, rel: str) -> BinaryIO:
-        """A seekable binary file."""
+    def open(self, rel: str, buffered: bool = True) -> BinaryIO:
+        """A seekable binary file (`buffered`: see Store.open_seekable)."""
         raise NotImplementedError
 
     def location(self, rel: str) -> str:
@@ -138,7 +138,7 @@ class LocalTree(Tree):
     def is_dir(self, rel: str) -> bool:
         return (self.root / rel).is_dir()
 
-    def open(self, rel: str) -> BinaryIO:
+    def open(self, rel: str, buffered: bool = True) -> BinaryIO:
         return open(self.root / rel, "rb")
 
     def location(self, rel: str) -> str:
@@ -173,8 +173,8 @@ class StoreTree(Tree):
         prefix = rel.rstrip("/") + "/"
         return any(key.startswith(prefix) for key in self.listing)
 
-    def open(self, rel: str) -> BinaryIO:
-        return self.store.open_seekable(rel, self.listing[rel].size if rel in self.listing else None)
+    def open(self, rel: str, buffered: bool = True) -> BinaryIO:
+        return self.store.open_seekable(rel, self.listing[rel].size if rel in self.listing else None, buffered)
 
     def location(self, rel: str) -> str:
         return self.store.join(rel)

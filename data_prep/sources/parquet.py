@@ -103,7 +103,7 @@ def read_parquet(tree: Tree, rel: str, scan: SourceScan, columns: dict[str, str]
     import pyarrow as pa
 
     where = printable(tree.location(rel))
-    with tree.open(rel) as f:
+    with tree.open(rel, buffered=False) as f:  # pre_buffer asks for the ranges it needs: a GET of each, no more
         try:
             pf = open_parquet(f, where, pre_buffer=True)
         except SourceError as e:

@@ -154,8 +154,9 @@ class Store:
         """`length` bytes of `key` from byte `start` (fewer only at the end of the object)."""
         raise NotImplementedError
 
-    def open_seekable(self, key: str, size: int | None = None) -> BinaryIO:
-        """The object as a seekable binary file (`size`, if known, saves a request)."""
+    def open_seekable(self, key: str, size: int | None = None, buffered: bool = True) -> BinaryIO:
+        """The object as a seekable binary file (`size`, if known, saves a request; `buffered=False`:
+        a remote object's reads are not rounded up to a buffer's size)."""
         return self.open(key)
 
     def head(self, key: str) -> ObjectInfo:
@@ -541,12 +542,15 @@ class S3Store(Store):
         """(the objects right under `folder`, its sub-folders' prefixes): a LIST with a delimiter."""
         return self._list_pages(folder, Delimiter="/")
 
-    def open_seekable(self, key: str, size: int | None = None) -> BinaryIO:
+    def open_seekable(self, key: str, size: int | None = None, buffered: bool = True) -> BinaryIO:
         """The object as a seekable file: each buffer refill is one ranged GET (for decoders and
-        parquet readers that jump about; `open` streams front to back in one GET)."""
+        parquet readers that jump about; `open` streams front to back in one GET). `buffered=False`
+        for a reader that asks for exactly the ranges it needs (pyarrow's pre_buffer): a read after
+        a seek is then one GET of just its bytes, not of RANGED_BUFFER."""
         if size is None:
             size = self.head(key).size
-        return io.BufferedReader(_RangedReader(self, key, size), buffer_size=RANGED_BUFFER)
+        reader = _RangedReader(self, key, size)
+        return io.BufferedReader(reader, buffer_size=RANGED_BUFFER) if buffered else reader
 
     def head(self, key: str) -> ObjectInfo:
         from botocore.exceptions import ClientError

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from corpus_layouts import (indicvoices_row, indicvoices_schema, upload, write_fleurs, write_fleurs_parquet,
+from corpus_layouts import (clip, indicvoices_row, indicvoices_schema, upload, write_fleurs, write_fleurs_parquet,
                             write_indicvoices, write_kathbath, write_parquet)
 from fault_fixtures import sigkill_once_exists
 from data_prep.prep import PrepError, run_prep
@@ -125,13 +125,13 @@ def test_a_row_group_is_read_in_one_job_when_every_worker_has_work(tmp_path):
 def test_a_bucket_of_parquet_shards_is_scanned_several_files_at_once_in_order(tmp_path, s3_bucket, monkeypatch):
     """Scanning reads each shard's footer and small columns (a few GETs a file, 20-50 ms each on
     S3): files are read SCAN_AT_ONCE at a time, and the items and rejects come out as one file at a
-    time gives them."""
+    time gives them; the small columns' GETs fetch what they need, not a buffer's 1 MB."""
     import data_prep.sources.parquet as parquet
     from run_fixtures import CountingProxy
 
     lang = tmp_path / "te"
-    for k in range(10):
-        rows = [indicvoices_row(6 * k + i, f"spk{i % 3}") for i in range(6)]
+    for k in range(10):  # row groups of 2 rows, ~100 KB of audio apart
+        rows = [indicvoices_row(6 * k + i, f"spk{i % 3}", x=clip(i, seconds=3.0)) for i in range(6)]
         write_parquet(lang / f"train-{k:05d}-of-00010.parquet", rows, indicvoices_schema(), 2)
     good = (lang / "train-00004-of-00010.parquet").read_bytes()
     (lang / "train-00004-of-00010.parquet").write_bytes(good[: len(good) // 2])  # a truncated shard: a reject
@@ -141,10 +141,12 @@ def test_a_bucket_of_parquet_shards_is_scanned_several_files_at_once_in_order(tm
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         for at_once in (1, parquet.SCAN_AT_ONCE):
             monkeypatch.setattr(parquet, "SCAN_AT_ONCE", at_once)
-            proxy.most_in_flight = 0
+            proxy.most_in_flight, fetched = 0, proxy.get_bytes
             scan = scan_sources([remote])
             scans[at_once] = (scan.items, scan.rejects, proxy.most_in_flight)
     (items, rejects, one_in_flight), (items_, rejects_, most_in_flight) = scans.values()
+    footers = 10 * (64 << 10)  # pyarrow's first read of a file: its last 64 KB
+    assert proxy.get_bytes - fetched < footers + 10 * 3 * 2000, (proxy.get_bytes - fetched) / 1e6
     assert len(items) == 54 and [r["path"] for r in rejects] == [f"{remote}/train-00004-of-00010.parquet"]
     assert (items_, rejects_) == (items, rejects)
     assert one_in_flight == 1 and most_in_flight >= 8, most_in_flight
