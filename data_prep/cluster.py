@@ -25,7 +25,7 @@ from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
-from data_prep.prep_file import FileJob, ItemResult, process_job, rejected
+from data_prep.prep_file import FileJob, ItemResult, halves, process_job, rejected
 from data_prep.sources import SourceItem, file_identity
 from pipeline.config import PrepConfig
 from pipeline.errors import TelucodecError
@@ -218,11 +218,10 @@ class RayPrep:
             how = type(e).__name__
             if len(job.items) == 1:  # its worker died on every try: this file kills its worker
                 return [rejected(job.items[0], f"worker died: {how} on {tries} tries")]
-            half = len(job.items) // 2
-            halves = [FileJob(items, job.cfg, None) for items in (job.items[:half], job.items[half:])]
-            refs = [self.encode_alone.remote(self.keeper, h) for h in halves]
-            return [result for h, (summary, payload) in zip(halves, refs)
-                    for result in self._collect(h, summary, payload, tries=ALONE_RETRIES + 1)]
+            parts = halves(job)
+            refs = [self.encode_alone.remote(self.keeper, part) for part in parts]
+            return [result for part, (summary, payload) in zip(parts, refs)
+                    for result in self._collect(part, summary, payload, tries=ALONE_RETRIES + 1)]
         out = []
         for i, s in enumerate(summaries):
             result = ItemResult(samples=Stubs(Stub(key, seconds, nbytes, payload_ref, i, k)

@@ -126,9 +126,13 @@ def worker_died(job: FileJob, how: str) -> list[ItemResult]:
         return [rejected(job.items[0], f"worker died: {how}")]
     from data_prep.dataset_job import ordered_map
 
+    return [result for results in ordered_map(process_job, halves(job), 1, on_death=worker_died) for result in results]
+
+
+def halves(job: FileJob) -> list[FileJob]:
+    """The job's items in two jobs: how the one that kills its worker is found among many."""
     half = len(job.items) // 2
-    halves = [FileJob(items, job.cfg, job.spill_dir) for items in (job.items[:half], job.items[half:])]
-    return [result for results in ordered_map(process_job, halves, 1, on_death=worker_died) for result in results]
+    return [FileJob(items, job.cfg, job.spill_dir) for items in (job.items[:half], job.items[half:])]
 
 
 def process_job(job: FileJob) -> list[ItemResult]:
