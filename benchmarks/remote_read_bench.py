@@ -113,13 +113,11 @@ def scan_shards(tmp: Path, s3, args, shards: int = 24) -> None:
     """What prep does before its first row: a folder of hub parquet shards scanned (each file's footer
     and small columns, a few GETs a file), one file at a time against SCAN_AT_ONCE files at once."""
     import data_prep.sources.parquet as parquet
-    from corpus_layouts import indicvoices_schema, write_parquet
+    from corpus_layouts import indicvoices_row, indicvoices_schema, write_parquet
 
     noise = os.urandom(60_300)  # 18 MB a shard: its row groups' small columns lie MBs apart, as in a hub shard
     for k in range(shards):  # 300 rows in row groups of 100, each row's bytes its own
-        rows = [{"audio_filepath": {"bytes": noise[i:i + 60_000], "path": f"{i}.flac"}, "text": f"t{i}",
-                 "duration": 1.0, "lang": "te", "samples": 1, "verbatim": "v", "scenario": "", "task_name": "",
-                 "speaker_id": f"s{i % 7}"} for i in range(300)]
+        rows = [indicvoices_row(i, f"s{i % 7}", data=noise[i:i + 60_000]) for i in range(300)]
         write_parquet(tmp / "scan" / f"train-{k:05d}-of-{shards:05d}.parquet", rows, indicvoices_schema(), 100)
     os.environ["AWS_ENDPOINT_URL"] = s3.endpoint
     remote = upload(tmp / "scan", "s3://bench/scan")

@@ -72,10 +72,15 @@ def indicvoices_schema():
                       ("task_name", pa.string()), ("speaker_id", pa.string())])
 
 
-def indicvoices_row(i: int, speaker: str, x: np.ndarray | None = None) -> dict:
-    x = clip(i) if x is None else x
-    return {"audio_filepath": {"bytes": encoded(x, "flac"), "path": f"{1000 + i}_chunk_{i % 3}.flac"},
-            "text": f"వాక్యం {i}", "duration": len(x) / SR, "lang": "te", "samples": len(x),
+def indicvoices_row(i: int, speaker: str, x: np.ndarray | None = None, data: bytes | None = None) -> dict:
+    """Row `i`: `x` (default: a short tone) as FLAC; or `data`, the audio cell's bytes as they are
+    (nothing encoded: for scans and job plans, which read only the small columns)."""
+    if data is None:
+        x = clip(i) if x is None else x
+        data = encoded(x, "flac")
+    samples = 0 if x is None else len(x)
+    return {"audio_filepath": {"bytes": data, "path": f"{1000 + i}_chunk_{i % 3}.flac"},
+            "text": f"వాక్యం {i}", "duration": samples / SR, "lang": "te", "samples": samples,
             "verbatim": f"వాక్యం {i}", "scenario": "Read", "task_name": "read", "speaker_id": speaker}
 
 

@@ -38,6 +38,20 @@ def sigkill_once_exists(proc, path: Path, timeout: float = 180.0) -> None:
     proc.wait()
 
 
+def parquet_with_a_poison_row(folder: Path, rows: int, poison: int) -> tuple[Path, Path]:
+    """(a hub parquet shard of `rows` rows in one row group, the file its row `poison` names): that
+    row holds no audio bytes, only the name of a file beside the parquet, a 400 MB sparse one that a
+    worker holds open ~0.1 s reading it, long enough for KillWhoeverOpens to see."""
+    from corpus_layouts import indicvoices_row, indicvoices_schema, write_parquet
+
+    cells = [indicvoices_row(i, f"s{i % 4}") for i in range(rows)]
+    cells[poison]["audio_filepath"] = {"bytes": None, "path": "poison.flac"}
+    path = write_parquet(folder / "train-00000-of-00001.parquet", cells, indicvoices_schema(), rows)
+    with open(folder / "poison.flac", "wb") as f:
+        f.truncate(400 << 20)
+    return path, folder / "poison.flac"
+
+
 def cut_in_half(path: Path) -> Path:
     """Write the first half of `path`'s bytes beside it as half-NAME; returns the new path."""
     data = path.read_bytes()

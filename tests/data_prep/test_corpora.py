@@ -104,9 +104,7 @@ def test_a_row_group_is_read_in_one_job_when_every_worker_has_work(tmp_path):
     from data_prep.prep import batched, plan_splits
     from data_prep.sources import batch_key
 
-    rows = [{"audio_filepath": {"bytes": b"x", "path": f"{i}.flac"}, "text": "", "duration": 1.0, "lang": "te",
-             "samples": 1, "verbatim": "", "scenario": "", "task_name": "", "speaker_id": f"s{i % 7}"}
-            for i in range(1000)]
+    rows = [indicvoices_row(i, f"s{i % 7}", data=b"x") for i in range(1000)]
     write_parquet(tmp_path / "te" / "train-00000-of-00001.parquet", rows, indicvoices_schema(), 100)
     items = scan_sources([str(tmp_path / "te")]).items
     plan = plan_splits(items, CFG)

@@ -15,7 +15,7 @@ import pytest
 from audio_fixtures import tone, write_bad_files, write_long_audio, write_manifest_corpus
 from data_prep.prep import run_prep
 from data_prep.reshard import ReshardOptions, reshard
-from fault_fixtures import KillWhoeverOpens, sigkill_once_exists
+from fault_fixtures import KillWhoeverOpens, parquet_with_a_poison_row, sigkill_once_exists
 from run_fixtures import wait_for
 from pipeline.config import PrepConfig
 from pipeline.storage.shards import DatasetIndex, ShardWriter, encode_sample, write_index
@@ -112,15 +112,9 @@ def test_a_file_that_kills_its_worker_on_every_node_is_a_reject(cluster, tmp_pat
 def test_a_row_that_kills_its_worker_is_found_by_halves_and_rejected_alone(cluster, tmp_path):
     """A row group's job (here 4 rows: 48 rows on 3 CPUs) whose task dies on every try runs again
     in halves until the one row is left: it alone is rejected, after its own 2 tries."""
-    from corpus_layouts import indicvoices_row, indicvoices_schema, write_parquet
-
-    rows = [indicvoices_row(i, f"s{i % 4}") for i in range(48)]
-    rows[37]["audio_filepath"] = {"bytes": None, "path": "poison.flac"}  # read from beside the parquet
-    path = write_parquet(tmp_path / "te" / "train-00000-of-00001.parquet", rows, indicvoices_schema(), 48)
-    with open(path.parent / "poison.flac", "wb") as f:
-        f.truncate(400 << 20)  # sparse: a worker holds it open ~0.1 s reading it, long enough to be seen
+    path, poison = parquet_with_a_poison_row(tmp_path / "te", rows=48, poison=37)
     cfg = PrepConfig(min_seconds=0.5, val_fraction=0, test_fraction=0)
-    with KillWhoeverOpens(path.parent / "poison.flac", descendants=True) as killer:
+    with KillWhoeverOpens(poison, descendants=True) as killer:
         summary = run_prep([str(path)], str(tmp_path / "out"), cfg, progress=False, ray_address=cluster[0].address)
     assert killer.kills >= 8  # 4 tries of the job, 2 of its half, 2 of the row
     assert summary.files_ok == 47

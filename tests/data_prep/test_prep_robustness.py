@@ -17,7 +17,7 @@ from data_prep.dataset_job import ordered_map
 from data_prep.prep import PrepError, run_prep
 from data_prep.prep_file import FileJob, SampleSpool, process_job
 from data_prep.sources import SourceItem
-from fault_fixtures import KillWhoeverOpens, cut_in_half, double_or_die
+from fault_fixtures import KillWhoeverOpens, cut_in_half, double_or_die, parquet_with_a_poison_row
 from jobs.cli import main
 from pipeline.storage.audio import AudioError, cut_segments, load_audio, resample, trim_silence
 from pipeline.config import PrepConfig
@@ -68,19 +68,14 @@ def test_a_worker_dying_on_one_row_of_a_row_group_rejects_that_row_alone_found_b
     turn: the one row rejected, the rest prepped, and the row group read ~2 log2(n) times, not once a
     row (a job of 256 rows on S3 would otherwise fetch its row group 256 times)."""
     import data_prep.dataset_job as dataset_job
-    from corpus_layouts import indicvoices_row, indicvoices_schema, write_parquet
 
-    rows = [indicvoices_row(i, f"s{i % 4}") for i in range(64)]
-    rows[37]["audio_filepath"] = {"bytes": None, "path": "poison.flac"}  # read from beside the parquet
-    path = write_parquet(tmp_path / "te" / "train-00000-of-00001.parquet", rows, indicvoices_schema(), 64)
-    with open(path.parent / "poison.flac", "wb") as f:
-        f.truncate(400 << 20)  # sparse: a worker holds it open ~0.1 s reading it, long enough to be seen
+    path, poison = parquet_with_a_poison_row(tmp_path / "te", rows=64, poison=37)
     reruns = []
     ordered_map_ = dataset_job.ordered_map
     monkeypatch.setattr(dataset_job, "ordered_map", lambda fn, jobs, workers, on_death: (
         reruns.append([len(job.items) for job in jobs]) or ordered_map_(fn, jobs, workers, on_death)))
     out = str(tmp_path / "ds")
-    with KillWhoeverOpens(path.parent / "poison.flac") as killer:
+    with KillWhoeverOpens(poison) as killer:
         summary = run_prep([str(path)], out, PrepConfig(workers=1, min_seconds=0.5, val_fraction=0,
                                                                test_fraction=0), progress=False)
     assert killer.kills >= 2
