@@ -5,8 +5,9 @@ encoded segments, or a reject saying why.
     for sample in results[0].samples: ...                     # in the parent, in order
     results[0].samples.discard()
 
-A job is one file, or the items one container holds side by side (a parquet row group, a tar.gz
-archive): those are read in one pass (`data_prep.sources.read_items`), not once per item.
+A job is a few plain files (their remote ones fetched ahead as the worker goes), or the items one
+container holds side by side (a parquet row group, a tar.gz archive): those are read in one pass
+(`data_prep.sources.read_items`), not once per item.
 
 Memory stays bounded whatever the file's length. The file is decoded block by block to mono,
 resampled as a stream (the same samples as resampling it whole), measured as it passes (length,
@@ -119,9 +120,10 @@ def rejected(item: SourceItem, reason: str) -> ItemResult:
 
 def worker_died(job: FileJob, how: str) -> list[ItemResult]:
     """The results of a job whose worker process died on it, alone, too (ordered_map's on_death):
-    a single file is the culprit; a container's items are run again in two halves, and a half that
-    kills its worker again in two halves in turn, so only the item that kills its worker is
-    rejected, and the container is read ~2 log2(n) times over rather than once per item."""
+    a single item is the culprit; a job's items (a container's, or plain files) are run again in
+    two halves, and a half that kills its worker again in two halves in turn, so only the item that
+    kills its worker is rejected, and a container is read ~2 log2(n) times over rather than once per
+    item."""
     if len(job.items) == 1:
         return [rejected(job.items[0], f"worker died: {how}")]
     from data_prep.dataset_job import ordered_map

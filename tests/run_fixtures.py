@@ -148,7 +148,9 @@ class CountingProxy:
     requests by method, the bytes of GET answers, and the distinct (path, Range) GETs (a client's
     retry of the same read is one). Point AWS_ENDPOINT_URL at `url`. `latency_s` holds every GET's
     answer back that long (a far store's first byte) and `bytes_per_s` paces each answer's body
-    (a connection's bandwidth); both off by default, and both may be changed while it runs.
+    (a connection's bandwidth); both off by default, and both may be changed while it runs. A GET
+    whose path holds one of `denied` is answered 403 AccessDenied, as S3 answers a key its caller
+    may not read.
 
         with CountingProxy(os.environ["AWS_ENDPOINT_URL"]) as proxy:   # proxy.requests["GET"], proxy.get_bytes
     """
@@ -171,7 +173,10 @@ class CountingProxy:
         """Every request's (method, path with its query), in order."""
         self.in_flight = self.most_in_flight = 0
         """GETs being answered now, and the most there ever were at once."""
+        self.reads_in_flight = self.most_reads_in_flight = 0
+        """The same for GETs of objects' bytes (LISTs left out)."""
         self.latency_s, self.bytes_per_s = latency_s, bytes_per_s
+        self.denied: set[str] = set()
         lock, proxy = threading.Lock(), self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -181,16 +186,22 @@ class CountingProxy:
             def forward(self):
                 if self.command != "GET":
                     return self.answer()
+                read = "list-type=" not in self.path
                 with lock:
                     proxy.in_flight += 1
                     proxy.most_in_flight = max(proxy.most_in_flight, proxy.in_flight)
+                    proxy.reads_in_flight += read
+                    proxy.most_reads_in_flight = max(proxy.most_reads_in_flight, proxy.reads_in_flight)
                 try:
                     self.answer()
                 finally:
                     with lock:
                         proxy.in_flight -= 1
+                        proxy.reads_in_flight -= read
 
             def answer(self):
+                if self.command == "GET" and any(part in self.path for part in proxy.denied):
+                    return self.deny()
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
@@ -226,6 +237,15 @@ class CountingProxy:
                         return
                     if rate is not None:
                         time.sleep(max(0.0, len(data[at:at + piece]) / rate - (time.monotonic() - started)))
+
+            def deny(self):
+                body = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+                        b"<Message>Access Denied</Message></Error>")
+                self.send_response(403)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = forward
 

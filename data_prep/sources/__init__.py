@@ -43,9 +43,11 @@ FETCH_AHEAD, FETCH_AHEAD_BYTES = 4, 64 << 20
 """Remote files a worker fetches ahead of the one it is on: at most this many, and this many bytes
 (4 at once: a third of the wall time of one at a time at 30 ms a GET; each thread more costs the
 worker CPU, benchmarks/remote_read_bench.py)."""
+PLAIN_FILES = ("files",)
+"""`batch_key` of a file read alone (not an item of a container): such files share jobs too."""
 
-__all__ = ["FORMATS", "SourceError", "SourceItem", "SourceScan", "batch_key", "detect_format", "file_identity",
-           "item_identity", "printable", "read_items", "scan_sources"]
+__all__ = ["FORMATS", "PLAIN_FILES", "SourceError", "SourceItem", "SourceScan", "batch_key", "detect_format",
+           "file_identity", "item_identity", "printable", "read_items", "scan_sources"]
 
 
 def scan_sources(sources: list[str], fmt: str = "auto", allow_outside: bool = False,
@@ -101,14 +103,15 @@ READERS = {"folder": layouts.read_folder, "openslr": layouts.read_openslr, "comm
 
 
 # ------------------------------------------------------------------------------------- in a worker
-def batch_key(item: SourceItem) -> tuple | None:
-    """Items with the same key are best read by one worker in one pass (a parquet row group, a
-    tar.gz archive); None for a file read alone."""
+def batch_key(item: SourceItem) -> tuple:
+    """Items with the same key are best read by one worker in one job: a container's (a parquet row
+    group, a tar.gz archive) in one pass; plain files (PLAIN_FILES) a few to a job, for a job has a
+    cost of its own and a job's remote files are fetched ahead of the one being prepped."""
     if item.member.startswith("parquet:"):
         return item.path, item.member.split(":")[1]
     if item.member.startswith("tar:"):
         return (item.path,)
-    return None
+    return PLAIN_FILES
 
 
 def read_items(items: list[SourceItem]) -> Iterator[tuple[SourceItem, str | BinaryIO | None, str]]:
@@ -147,9 +150,11 @@ def _files(items: list[SourceItem]) -> Iterator[tuple[SourceItem, str | BinaryIO
                 yield item, item.path, PurePosixPath(item.name).name
                 continue
             try:
-                yield item, fetched.result(), PurePosixPath(item.path).name
-            except (StoreError, OSError) as e:
+                got = fetched.result()
+            except Exception as e:  # this file's reject (AccessDenied, a lost object); the job's other files go on
                 yield item, None, f"cannot read ({e})"
+            else:
+                yield item, got, PurePosixPath(item.path).name
 
 
 def _remote_file(item: SourceItem) -> BinaryIO:

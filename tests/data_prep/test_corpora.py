@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from audio_fixtures import write_manifest_corpus
 from corpus_layouts import (clip, indicvoices_row, indicvoices_schema, upload, write_fleurs, write_fleurs_parquet,
                             write_indicvoices, write_kathbath, write_parquet)
 from fault_fixtures import sigkill_once_exists
@@ -118,6 +119,44 @@ def test_a_row_group_is_read_in_one_job_when_every_worker_has_work(tmp_path):
     jobs = batched(todo, workers=8)
     assert len(jobs) >= 32 and max(map(len, jobs)) <= 1000 // 32
     assert all(len({batch_key(item) for _, _, item in job}) == 1 for job in jobs)
+
+
+def test_plain_files_go_to_workers_a_few_to_a_job_in_order(tmp_path):
+    """A job has a cost of its own (~0.8 ms here, a sixth of an 8-second file's prep): plain files
+    share jobs, FILES_PER_JOB at most and fewer when every worker must have some; in order."""
+    from data_prep.prep import FILES_PER_JOB, batched, plan_splits
+
+    manifest = write_manifest_corpus(tmp_path / "c", n_files=300, n_speakers=10, seconds=0.1)
+    items = scan_sources([str(manifest)]).items
+    plan = plan_splits(items, CFG)
+    todo = sorted(((split, pos, item) for split, its in plan.items() for pos, item in enumerate(its)),
+                  key=lambda t: t[2].name)
+    jobs = batched(todo, workers=2)
+    assert [len(job) for job in jobs] == [FILES_PER_JOB] * 9 + [300 - 9 * FILES_PER_JOB]
+    assert [entry for job in jobs for entry in job] == todo
+    assert max(len(job) for job in batched(todo, workers=8)) == 300 // (4 * 8)
+
+
+def test_a_jobs_remote_files_are_fetched_ahead_and_one_it_may_not_read_is_its_reject_alone(tmp_path, s3_bucket,
+                                                                                          monkeypatch):
+    """prep gives a worker several remote files a job, fetched FETCH_AHEAD at once while it preps
+    one (a GET's 20-50 ms on S3 is more than an 8-second file's prep); a file it may not read
+    (AccessDenied) is that file's reject, the job's other files are prepped."""
+    from data_prep.sources import FETCH_AHEAD
+    from run_fixtures import CountingProxy
+
+    manifest = write_manifest_corpus(tmp_path / "c", n_files=24, n_speakers=4, seconds=1.0)
+    remote = upload(tmp_path / "c", f"{s3_bucket}/c")
+    denied = sorted(scan_sources([str(manifest)]).items, key=lambda i: i.name)[2].path.rsplit("/", 1)[1]
+    cfg = PrepConfig(workers=1, min_seconds=0.5, val_fraction=0, test_fraction=0)
+    with CountingProxy(os.environ["AWS_ENDPOINT_URL"], latency_s=0.2) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        proxy.denied.add(denied)
+        summary = run_prep([f"{remote}/manifest.tsv"], str(tmp_path / "out"), cfg, progress=False)
+    assert proxy.most_reads_in_flight == FETCH_AHEAD  # with a job a file: 1
+    assert summary.files_ok == 23
+    (reject,) = summary.rejects
+    assert reject["path"].endswith(denied) and "AccessDenied" in reject["reason"], reject
 
 
 def test_a_bucket_of_parquet_shards_is_scanned_several_files_at_once_in_order(tmp_path, s3_bucket, monkeypatch):
