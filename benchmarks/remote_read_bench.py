@@ -1,5 +1,6 @@
 """How fast a prep worker gets a job's remote files: one at a time against fetched ahead on threads
-(data_prep.sources.FETCH_AHEAD), from a near store and a far one, side by side in one run; then
+(data_prep.sources.FETCH_AHEAD), from a near store and a far one, side by side in one run, and a
+prep of them from the far store with a file a job against prep.FILES_PER_JOB; then
 large files read front to back (a FLEURS tar.gz, a hub parquet shard) with each read one GET of
 what it asks (a decoder's 1 MB buffer refills, a parquet column chunk whole) against parts fetched
 ahead (pipeline.storage.store.READ_PART, READ_AHEAD); then a folder of parquet shards scanned one
@@ -64,8 +65,34 @@ def main() -> None:
             print(f"{latency * 1000:4.0f} ms a GET: " + ", ".join(f"{n} at once {w:5.1f} ms ({c:.1f} CPU)"
                                                          for n, (w, c) in zip((1, 2, ahead, 8), row)))
         sources.FETCH_AHEAD = ahead
+        prep_far(Path(tmp), f"{remote}/manifest.tsv", s3, args)
         large_files(Path(tmp), s3, args)
         scan_shards(Path(tmp), s3, args)
+
+
+def prep_far(tmp: Path, manifest: str, s3, args) -> None:
+    """`run_prep` of the same files (2 workers), near and far: a file a job (each worker waits out
+    every file's GET) against FILES_PER_JOB a job (the rest of a job's files fetched ahead). Seconds
+    for the run, start-up (a pool, the listing) included: what latency adds is far less near."""
+    from data_prep import prep
+    from pipeline.config import PrepConfig
+
+    cfg, per_job = PrepConfig(workers=2, min_seconds=1.0), prep.FILES_PER_JOB
+    seconds = {}
+    for latency in (0.0, args.latency_ms / 1000):
+        with CountingProxy(s3.endpoint, latency_s=latency) as proxy:
+            os.environ["AWS_ENDPOINT_URL"] = proxy.url
+            sources.base._bucket.cache_clear()
+            for n in (1, per_job):
+                prep.FILES_PER_JOB = n
+                t = time.perf_counter()
+                prep.run_prep([manifest], str(tmp / f"prep-{latency}-{n}"), cfg, progress=False)
+                seconds[latency, n] = time.perf_counter() - t
+    prep.FILES_PER_JOB = per_job
+    (near1, near), (far1, far) = (list(seconds.values())[i:i + 2] for i in (0, 2))
+    print(f"prep of those files, 2 workers, seconds near / {args.latency_ms:.0f} ms a GET (what latency adds): "
+          f"a file a job {near1:.2f} / {far1:.2f} (+{far1 - near1:.2f}), {per_job} a job {near:.2f} / {far:.2f} "
+          f"(+{far - near:.2f})")
 
 
 def large_files(tmp: Path, s3, args) -> None:
