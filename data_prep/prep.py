@@ -29,7 +29,8 @@ from pathlib import Path
 
 from data_prep.dataset_job import DatasetJob, DatasetProgress, RunRecords, claim_destination, ordered_map
 from data_prep.prep_file import FileJob, ItemResult, process_job, worker_died
-from data_prep.sources import PLAIN_FILES, SourceError, SourceItem, batch_key, file_identity, printable, scan_sources
+from data_prep.sources import (PLAIN_FILES, SourceError, SourceItem, batch_key, file_identity, item_bytes, printable,
+                              scan_sources)
 from pipeline.config import PrepConfig, to_dict
 from pipeline.errors import TelucodecError
 from pipeline.storage.shards import (SPLITS, DatasetIndex, ShardInfo, ShardWriter, load_index, parse_shard_name,
@@ -42,10 +43,12 @@ BATCH_ITEMS = 256
 reads its container from the start up to its last item (a tar.gz is a stream; a row group's pages
 hold no index), so a container split into k jobs is read ~(k+1)/2 times over: a hub row group of
 100 rows is one job, a FLEURS archive of ~2,300 members nine."""
-FILES_PER_JOB = 32
-"""Most plain files one worker takes in one job: a job costs ~0.8 ms of CPU of its own (sent to a
-worker, its results sent back), ~13% of an 8-second file's prep; and only the first of a job's
-remote files waits out its GET, the rest are fetched ahead as the worker goes."""
+FILES_PER_JOB, JOB_BYTES = 32, 16 << 20
+"""Most plain files, and bytes of them, one worker takes in one job: a job costs ~0.8 ms of CPU of
+its own (sent to a worker, its results sent back), ~13% of an 8-second file's prep, and only the
+first of a job's remote files waits out its GET, the rest fetched ahead as the worker goes; but a
+job of long files would hold back the progress and leave the other workers idle at the end (a file
+larger than JOB_BYTES is a job alone)."""
 
 
 class PrepError(TelucodecError, RuntimeError):
@@ -168,17 +171,22 @@ class LocalSink:
 
 def batched(todo: list[tuple[str, int, SourceItem]], workers: int) -> list[list[tuple[str, int, SourceItem]]]:
     """Consecutive items of one container (same `batch_key`) together, at most BATCH_ITEMS, and
-    consecutive plain files at most FILES_PER_JOB (fewer when the work is small: 4 jobs a worker
-    at least)."""
+    consecutive plain files at most FILES_PER_JOB and JOB_BYTES (fewer when the work is small:
+    4 jobs a worker at least)."""
     size = max(1, min(BATCH_ITEMS, len(todo) // (4 * workers)))
     batches: list[list] = []
+    held = 0  # the bytes of the last batch's plain files
     for entry in todo:
         key = batch_key(entry[2])
-        limit = min(size, FILES_PER_JOB) if key == PLAIN_FILES else size
-        if batches and len(batches[-1]) < limit and batch_key(batches[-1][0][2]) == key:
+        plain = key == PLAIN_FILES
+        nbytes = item_bytes(entry[2]) if plain else 0
+        most = min(size, FILES_PER_JOB) if plain else size
+        if batches and batch_key(batches[-1][0][2]) == key and len(batches[-1]) < most and held + nbytes <= JOB_BYTES:
             batches[-1].append(entry)
+            held += nbytes
         else:
             batches.append([entry])
+            held = nbytes
     return batches
 
 

@@ -43,11 +43,11 @@ FETCH_AHEAD, FETCH_AHEAD_BYTES = 4, 64 << 20
 """Remote files a worker fetches ahead of the one it is on: at most this many, and this many bytes
 (4 at once: a third of the wall time of one at a time at 30 ms a GET; each thread more costs the
 worker CPU, benchmarks/remote_read_bench.py)."""
-PLAIN_FILES = ("files",)
-"""`batch_key` of a file read alone (not an item of a container): such files share jobs too."""
+PLAIN_FILES: tuple = ()
+"""`batch_key` of a plain file (not an item of a container): such files share jobs too."""
 
 __all__ = ["FORMATS", "PLAIN_FILES", "SourceError", "SourceItem", "SourceScan", "batch_key", "detect_format",
-           "file_identity", "item_identity", "printable", "read_items", "scan_sources"]
+           "file_identity", "item_bytes", "item_identity", "printable", "read_items", "scan_sources"]
 
 
 def scan_sources(sources: list[str], fmt: str = "auto", allow_outside: bool = False,
@@ -112,6 +112,17 @@ def batch_key(item: SourceItem) -> tuple:
     if item.member.startswith("tar:"):
         return (item.path,)
     return PLAIN_FILES
+
+
+def item_bytes(item: SourceItem) -> int:
+    """A plain file's size as known without reading it: a remote one's from its listing, a local
+    one's from the file system (0 where unknown)."""
+    if item.identity:
+        return max(0, item.identity[0])
+    try:
+        return os.stat(item.path).st_size
+    except OSError:
+        return 0
 
 
 def read_items(items: list[SourceItem]) -> Iterator[tuple[SourceItem, str | BinaryIO | None, str]]:

@@ -122,9 +122,11 @@ def test_a_row_group_is_read_in_one_job_when_every_worker_has_work(tmp_path):
 
 
 def test_plain_files_go_to_workers_a_few_to_a_job_in_order(tmp_path):
-    """A job has a cost of its own (~0.8 ms here, a sixth of an 8-second file's prep): plain files
-    share jobs, FILES_PER_JOB at most and fewer when every worker must have some; in order."""
-    from data_prep.prep import FILES_PER_JOB, batched, plan_splits
+    """A job has a cost of its own (~0.8 ms here, ~13% of an 8-second file's prep): plain files
+    share jobs, FILES_PER_JOB and JOB_BYTES at most, fewer when every worker must have some; in
+    order."""
+    from data_prep.prep import FILES_PER_JOB, JOB_BYTES, batched, plan_splits
+    from data_prep.sources import item_bytes
 
     manifest = write_manifest_corpus(tmp_path / "c", n_files=300, n_speakers=10, seconds=0.1)
     items = scan_sources([str(manifest)]).items
@@ -135,6 +137,16 @@ def test_plain_files_go_to_workers_a_few_to_a_job_in_order(tmp_path):
     assert [len(job) for job in jobs] == [FILES_PER_JOB] * 9 + [300 - 9 * FILES_PER_JOB]
     assert [entry for job in jobs for entry in job] == todo
     assert max(len(job) for job in batched(todo, workers=8)) == 300 // (4 * 8)
+
+    # long files fewer to a job (JOB_BYTES), one longer than that alone: a job of 32 hour-long
+    # recordings would hold back the progress, and the run's end on one worker
+    long = {10: 6 << 20, 11: 6 << 20, 12: 6 << 20, 40: 20 << 20}
+    for i, nbytes in long.items():
+        with open(todo[i][2].path, "r+b") as f:
+            f.truncate(nbytes)  # only their sizes count here
+    jobs = batched(todo, workers=2)
+    assert [len(job) for job in jobs[:4]] == [12, 28, 1, FILES_PER_JOB] and jobs[2] == [todo[40]]
+    assert all(sum(item_bytes(item) for _, _, item in job) <= JOB_BYTES for job in jobs[:2])
 
 
 def test_a_jobs_remote_files_are_fetched_ahead_and_one_it_may_not_read_is_its_reject_alone(tmp_path, s3_bucket,

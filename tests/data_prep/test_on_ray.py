@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -196,33 +195,46 @@ def test_a_killed_reshard_driver_reruns_to_the_same_shards_reusing_them(cluster,
     assert dataset_bytes(out) == dataset_bytes(reference)
 
 
-def lose_node_once_exists(c, node, out: Path, record: str, run) -> object:
-    """Call `run()` (writing dataset `out`) in a thread, take `node` away (its raylet killed) once
-    `out/record` exists, and return what `run()` returned; fails if it ends before the node is lost."""
+def lose_node_once_recorded(c, node, out: Path, record: str, run, monkeypatch) -> object:
+    """Call `run()` (writing dataset `out`) in a thread; once its driver has written the run record
+    `record`, hold the driver there, take `node` away (its raylet killed) and let the driver go on;
+    return what `run()` returned. However fast the rest of the run, the node is lost mid-run (polling
+    for the record instead lost it after the run's end under load: ordered results that wait on a
+    slow first task land in one burst)."""
+    from data_prep.dataset_job import RunRecords
+
+    put, recorded, lost = RunRecords.put, threading.Event(), threading.Event()
+
+    def put_and_hold(self, name: str, body: dict) -> None:
+        put(self, name, body)
+        if self.job.records + name == record:
+            recorded.set()
+            lost.wait(timeout=300)
+
+    monkeypatch.setattr(RunRecords, "put", put_and_hold)
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(summary=run()))
     runner.start()
-    deadline = time.time() + 180
-    while not (out / record).exists():
-        assert runner.is_alive() and time.time() < deadline
-        time.sleep(0.005)
+    assert recorded.wait(timeout=180), "the run wrote no " + record
     c.remove_node(node, allow_graceful=False)
-    assert not (out / "index.json").exists(), "the run ended before the node was lost"
+    assert not (out / "index.json").exists()
+    lost.set()
     runner.join(timeout=300)
     assert "summary" in result
     return result["summary"]
 
 
-def test_a_node_lost_mid_prep_changes_nothing_and_leaves_nothing(cluster, corpus, tmp_path):
+def test_a_node_lost_mid_prep_changes_nothing_and_leaves_nothing(cluster, corpus, tmp_path, monkeypatch):
     """Takes a node away for good."""
     (c, nodes), (sources, reference) = cluster, corpus
     out = tmp_path / "lost"
-    lose_node_once_exists(c, nodes[1], out, "_prep/train-000001.json",
-                          lambda: run_prep(sources, str(out), CFG, progress=False, ray_address=c.address))
+    lose_node_once_recorded(c, nodes[1], out, "_prep/train-000001.json",
+                            lambda: run_prep(sources, str(out), CFG, progress=False, ray_address=c.address),
+                            monkeypatch)
     assert dataset_bytes(out) == dataset_bytes(reference)  # nothing lost, nothing twice, no leftovers
 
 
-def test_a_node_lost_mid_reshard_changes_nothing_and_leaves_nothing(cluster, source, reshards, tmp_path):
+def test_a_node_lost_mid_reshard_changes_nothing_and_leaves_nothing(cluster, source, reshards, tmp_path, monkeypatch):
     """Runs last: takes the second node away (the one before took the third)."""
     import ray
 
@@ -230,8 +242,8 @@ def test_a_node_lost_mid_reshard_changes_nothing_and_leaves_nothing(cluster, sou
     # the node the test before took away is known dead (else tasks are sent to it, and wait)
     wait_for(lambda: sum(n["Alive"] for n in ray_nodes()) == 2, timeout=60)
     warm_every_node(ray)
-    summary = lose_node_once_exists(c, nodes[0], out, "_reshard/done/train-000000.tar.json",
-                                    lambda: reshard(source, str(out), RESHARDS["recut"], progress=False,
-                                                    ray_address=c.address))
+    summary = lose_node_once_recorded(c, nodes[0], out, "_reshard/done/train-000000.tar.json",
+                                      lambda: reshard(source, str(out), RESHARDS["recut"], progress=False,
+                                                      ray_address=c.address), monkeypatch)
     assert nodes[0].node_id in summary.nodes  # it had routed samples, held for writes to come
     assert dataset_bytes(out) == dataset_bytes(reshards / "recut")  # nothing lost, nothing twice, no leftovers
