@@ -118,7 +118,8 @@ def run_prep(sources: list[str], out_url: str, cfg: PrepConfig, fmt: str = "auto
     if cluster:
         cluster.check_sources(sources)
     plan = plan_splits(scan.items, cfg)
-    fingerprint = prep_fingerprint(plan, cfg, cluster.identities(scan.items) if cluster else None)
+    identities = cluster.identities(scan.items) if cluster else None  # else read here, a file at a time
+    fingerprint = prep_fingerprint(plan, cfg, identities)
     store = open_store(out_url)
     records = RunRecords(store, PREP, fingerprint)
     if claim_destination(records, overwrite) == "done":
@@ -134,7 +135,7 @@ def run_prep(sources: list[str], out_url: str, cfg: PrepConfig, fmt: str = "auto
     spill = tempfile.TemporaryDirectory(prefix="telucodec-prep-")  # long files' segments, worker -> here
     with PrepProgress(len(todo), enabled=progress and cluster is None) as bar, spill:
         workers = cluster.cpus if cluster else (cfg.workers or os.cpu_count() or 1)
-        batches = batched(todo, workers)
+        batches = batched(todo, workers, identities)
         jobs = [FileJob(tuple(item for _, _, item in batch), cfg, None if cluster else spill.name) for batch in batches]
         sink = cluster.sink(records, bar) if cluster else LocalSink(records, bar)
         results = cluster.results(jobs) if cluster else ordered_map(process_job, jobs, cfg.workers, on_death=worker_died)
@@ -169,17 +170,19 @@ class LocalSink:
             self.close(split, state[split])
 
 
-def batched(todo: list[tuple[str, int, SourceItem]], workers: int) -> list[list[tuple[str, int, SourceItem]]]:
+def batched(todo: list[tuple[str, int, SourceItem]], workers: int,
+            identities: dict | None = None) -> list[list[tuple[str, int, SourceItem]]]:
     """Consecutive items of one container (same `batch_key`) together, at most BATCH_ITEMS, and
     consecutive plain files at most FILES_PER_JOB and JOB_BYTES (fewer when the work is small:
-    4 jobs a worker at least)."""
+    4 jobs a worker at least); local files' sizes from `identities` where given (on a cluster: the
+    driver may not see the files, or see them slowly, through shared storage)."""
     size = max(1, min(BATCH_ITEMS, len(todo) // (4 * workers)))
     batches: list[list] = []
     held = 0  # the bytes of the last batch's plain files
     for entry in todo:
         key = batch_key(entry[2])
         plain = key == PLAIN_FILES
-        nbytes = item_bytes(entry[2]) if plain else 0
+        nbytes = item_bytes(entry[2], identities) if plain else 0
         most = min(size, FILES_PER_JOB) if plain else size
         if batches and batch_key(batches[-1][0][2]) == key and len(batches[-1]) < most and held + nbytes <= JOB_BYTES:
             batches[-1].append(entry)

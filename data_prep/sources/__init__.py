@@ -114,11 +114,14 @@ def batch_key(item: SourceItem) -> tuple:
     return PLAIN_FILES
 
 
-def item_bytes(item: SourceItem) -> int:
+def item_bytes(item: SourceItem, identities: dict | None = None) -> int:
     """A plain file's size as known without reading it: a remote one's from its listing, a local
-    one's from the file system (0 where unknown)."""
+    one's from `identities` (path -> `file_identity`, read on a cluster's nodes) or else the file
+    system (0 where unknown)."""
     if item.identity:
         return max(0, item.identity[0])
+    if identities is not None and item.path in identities:
+        return max(0, identities[item.path][0])
     try:
         return os.stat(item.path).st_size
     except OSError:

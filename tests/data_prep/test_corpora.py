@@ -147,6 +147,10 @@ def test_plain_files_go_to_workers_a_few_to_a_job_in_order(tmp_path):
     jobs = batched(todo, workers=2)
     assert [len(job) for job in jobs[:4]] == [12, 28, 1, FILES_PER_JOB] and jobs[2] == [todo[40]]
     assert all(sum(item_bytes(item) for _, _, item in job) <= JOB_BYTES for job in jobs[:2])
+    # on a cluster the sizes its nodes read are used (the driver may not see the files)
+    identities = {item.path: (1 << 30 if i == 100 else 0, 0, "") for i, (_, _, item) in enumerate(todo)}
+    jobs = batched(todo, workers=2, identities=identities)
+    assert jobs[0] == todo[:FILES_PER_JOB] and [todo[100]] in jobs
 
 
 def test_a_jobs_remote_files_are_fetched_ahead_and_one_it_may_not_read_is_its_reject_alone(tmp_path, s3_bucket,
