@@ -25,7 +25,7 @@ from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
-from data_prep.prep_file import FileJob, ItemResult, halves, process_job, rejected
+from data_prep.prep_file import FileJob, ItemResult, process_job, rejected, retry_parts
 from data_prep.sources import SourceItem, file_identity
 from pipeline.config import PrepConfig
 from pipeline.errors import TelucodecError
@@ -35,7 +35,7 @@ from pipeline.storage.store import is_remote, open_store
 RETRIES = 3
 """Times a task is run again after its node or worker process is lost."""
 ALONE_RETRIES = 1
-"""The same for the halves of a job whose task died on every try (the culprit is among them)."""
+"""The same for the parts of a job whose task died on every try (the culprit is among them)."""
 TAR_BLOCK = 512
 
 
@@ -208,8 +208,9 @@ class RayPrep:
             yield results
 
     def _collect(self, job: FileJob, summary_ref, payload_ref, tries: int = RETRIES + 1) -> list[ItemResult]:
-        """A job's results; if its task died on every try, its items run again in two halves (both
-        at once), a half that dies again halved in turn, as on one machine (`worker_died`)."""
+        """A job's results; if its task died on every try, its items run again in parts (all at
+        once: a container's in halves, plain files one a task), a part that dies again split in
+        turn, as on one machine (`worker_died`)."""
         ray = self.ray
         try:
             summaries = ray.get(summary_ref)
@@ -218,7 +219,7 @@ class RayPrep:
             how = type(e).__name__
             if len(job.items) == 1:  # its worker died on every try: this file kills its worker
                 return [rejected(job.items[0], f"worker died: {how} on {tries} tries")]
-            parts = halves(job)
+            parts = retry_parts(job)
             refs = [self.encode_alone.remote(self.keeper, part) for part in parts]
             return [result for part, (summary, payload) in zip(parts, refs)
                     for result in self._collect(part, summary, payload, tries=ALONE_RETRIES + 1)]

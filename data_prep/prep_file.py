@@ -29,7 +29,7 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from data_prep.sources import SourceItem, printable, read_items
+from data_prep.sources import PLAIN_FILES, SourceItem, batch_key, printable, read_items
 from pipeline.storage.audio import (AudioError, LevelMeter, clip_to_unit_range, loud_span, open_audio, resample_blocks,
                             segment_bounds, silence_frame)
 from pipeline.config import PrepConfig
@@ -120,19 +120,23 @@ def rejected(item: SourceItem, reason: str) -> ItemResult:
 
 def worker_died(job: FileJob, how: str) -> list[ItemResult]:
     """The results of a job whose worker process died on it, alone, too (ordered_map's on_death):
-    a single item is the culprit; a job's items (a container's, or plain files) are run again in
-    two halves, and a half that kills its worker again in two halves in turn, so only the item that
-    kills its worker is rejected, and a container is read ~2 log2(n) times over rather than once per
-    item."""
+    a single item is the culprit; a job of several runs again in parts (`retry_parts`), and a part
+    that kills its worker again in parts in turn, so only the item that kills its worker is
+    rejected."""
     if len(job.items) == 1:
         return [rejected(job.items[0], f"worker died: {how}")]
     from data_prep.dataset_job import ordered_map
 
-    return [result for results in ordered_map(process_job, halves(job), 1, on_death=worker_died) for result in results]
+    return [result for results in ordered_map(process_job, retry_parts(job), 1, on_death=worker_died)
+            for result in results]
 
 
-def halves(job: FileJob) -> list[FileJob]:
-    """The job's items in two jobs: how the one that kills its worker is found among many."""
+def retry_parts(job: FileJob) -> list[FileJob]:
+    """How the item that kills its worker is found among a job's: a container's items in two halves
+    (each part reads the container from the start up to its last item: halving reads it ~2 log2(n)
+    times over, not once per item), plain files one a job (nothing is read twice)."""
+    if batch_key(job.items[0]) == PLAIN_FILES:
+        return [FileJob((item,), job.cfg, job.spill_dir) for item in job.items]
     half = len(job.items) // 2
     return [FileJob(items, job.cfg, job.spill_dir) for items in (job.items[:half], job.items[half:])]
 

@@ -63,17 +63,24 @@ def test_a_file_that_kills_its_worker_is_a_reject_and_the_run_goes_on(tmp_path):
     assert killer.kills == 0
 
 
+def reruns_of_dying_jobs(monkeypatch) -> list[list[int]]:
+    """Filled as prep runs the parts of a job whose worker died again (worker_died's ordered_map
+    calls): the item counts of the parts, a list a call."""
+    import data_prep.dataset_job as dataset_job
+
+    reruns: list[list[int]] = []
+    ordered_map_ = dataset_job.ordered_map
+    monkeypatch.setattr(dataset_job, "ordered_map", lambda fn, jobs, workers, on_death: (
+        reruns.append([len(job.items) for job in jobs]) or ordered_map_(fn, jobs, workers, on_death)))
+    return reruns
+
+
 def test_a_worker_dying_on_one_row_of_a_row_group_rejects_that_row_alone_found_by_halves(tmp_path, monkeypatch):
     """A row group's job whose worker dies is run again in halves, the half that dies again halved in
     turn: the one row rejected, the rest prepped, and the row group read ~2 log2(n) times, not once a
     row (a job of 256 rows on S3 would otherwise fetch its row group 256 times)."""
-    import data_prep.dataset_job as dataset_job
-
     path, poison = parquet_with_a_poison_row(tmp_path / "te", rows=64, poison=37)
-    reruns = []
-    ordered_map_ = dataset_job.ordered_map
-    monkeypatch.setattr(dataset_job, "ordered_map", lambda fn, jobs, workers, on_death: (
-        reruns.append([len(job.items) for job in jobs]) or ordered_map_(fn, jobs, workers, on_death)))
+    reruns = reruns_of_dying_jobs(monkeypatch)
     out = str(tmp_path / "ds")
     with KillWhoeverOpens(poison) as killer:
         summary = run_prep([str(path)], out, PrepConfig(workers=1, min_seconds=0.5, val_fraction=0,
@@ -84,6 +91,25 @@ def test_a_worker_dying_on_one_row_of_a_row_group_rejects_that_row_alone_found_b
     assert len(lines) == 1 and lines[0]["path"] == f"{path} (row 37)", lines
     assert lines[0]["reason"] == "worker died: killed by signal 9 (SIGKILL), likely out of memory"
     assert reruns == [[8, 8], [4, 4], [2, 2], [1, 1]]  # prep's jobs of 16 rows here (64 rows, 1 worker)
+
+
+def test_a_worker_dying_on_one_of_a_jobs_files_runs_its_files_again_one_a_job(tmp_path, monkeypatch):
+    """Plain files share jobs: a job whose worker dies runs again a file a job (halving, as for a
+    row group, would gain nothing: no file is read twice), and only the file that kills its worker
+    is rejected."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(15):
+        sf.write(src / f"good{i:02d}.wav", tone(1.0, 16000, seed=i), 16000)
+    poison = write_long_audio(src / "poison.wav", 180, sr=44100, channels=1, subtype="PCM_16")
+    reruns = reruns_of_dying_jobs(monkeypatch)
+    out = str(tmp_path / "ds")
+    with KillWhoeverOpens(poison) as killer:
+        summary = run_prep([str(src)], out, PrepConfig(workers=1, val_fraction=0, test_fraction=0), progress=False)
+    assert killer.kills >= 2
+    assert summary.files_ok == 15
+    assert rejects_of(out) == {"poison.wav": "worker died: killed by signal 9 (SIGKILL), likely out of memory"}
+    assert reruns == [[1, 1, 1, 1]]  # prep's jobs of 4 files here (16 files, 1 worker): the last, alone, a file a job
 
 
 # ---------------------------------------------------------------- file names that are not UTF-8
