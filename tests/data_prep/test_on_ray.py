@@ -95,17 +95,20 @@ def test_prep_on_three_nodes_is_the_one_machine_dataset_byte_for_byte(cluster, c
     assert "prep on Ray: 3 node(s), 3 CPUs" in out and "same path on every node" in out
 
 
-def test_a_file_that_kills_its_worker_on_every_node_is_a_reject(cluster, tmp_path):
+def test_a_file_that_kills_its_worker_on_every_node_is_a_reject(cluster, tmp_path, monkeypatch):
+    """Its job (here 2 files: 31 on 3 CPUs) dies on every try, then runs again a file a task: the
+    other file is prepped, the poison rejected after its own 2 tries."""
+    monkeypatch.setattr("data_prep.prep.JOB_BYTES", 1 << 30)  # the poison is long (160 MB) and would be a job alone
     src = tmp_path / "src"
-    write_manifest_corpus(src, n_files=6, n_speakers=3, seconds=1.5)
+    write_manifest_corpus(src, n_files=30, n_speakers=3, seconds=1.5)
     # long (~3 s of decoding): the killer, scanning every Ray process's open files, catches it open however loaded
     poison = write_long_audio(src / "poison.wav", 1800, sr=44100, channels=1, subtype="PCM_16")
     with KillWhoeverOpens(poison, descendants=True) as killer:
         summary = run_prep([str(src)], str(tmp_path / "out"), CFG, progress=False, ray_address=cluster[0].address)
-    assert killer.kills >= 2
-    assert summary.files_ok == 6
+    assert killer.kills >= 6  # 4 tries of the job, 2 of the file alone
+    assert summary.files_ok == 30
     (reject,) = summary.rejects
-    assert reject["path"].endswith("poison.wav") and reject["reason"].startswith("worker died")
+    assert reject["path"].endswith("poison.wav") and reject["reason"] == "worker died: WorkerCrashedError on 2 tries"
 
 
 def test_a_row_that_kills_its_worker_is_found_by_halves_and_rejected_alone(cluster, tmp_path):
