@@ -83,16 +83,17 @@ def prep_far(tmp: Path, manifest: str, s3, args) -> None:
         with CountingProxy(s3.endpoint, latency_s=latency) as proxy:
             os.environ["AWS_ENDPOINT_URL"] = proxy.url
             sources.base._bucket.cache_clear()
-            for n in (1, per_job):
+            for n in (1, per_job):  # a file a job: as before FILES_PER_JOB
                 prep.FILES_PER_JOB = n
                 t = time.perf_counter()
                 prep.run_prep([manifest], str(tmp / f"prep-{latency}-{n}"), cfg, progress=False)
                 seconds[latency, n] = time.perf_counter() - t
     prep.FILES_PER_JOB = per_job
-    (near1, near), (far1, far) = (list(seconds.values())[i:i + 2] for i in (0, 2))
+    far_s = args.latency_ms / 1000
+    near1, near, far1, far = seconds[0.0, 1], seconds[0.0, per_job], seconds[far_s, 1], seconds[far_s, per_job]
     print(f"prep of those files, 2 workers, seconds near / {args.latency_ms:.0f} ms a GET (what latency adds): "
-          f"a file a job {near1:.2f} / {far1:.2f} (+{far1 - near1:.2f}), {per_job} a job {near:.2f} / {far:.2f} "
-          f"(+{far - near:.2f})")
+          f"a file a job {near1:.2f} / {far1:.2f} (+{far1 - near1:.2f}), "
+          f"up to {per_job} a job {near:.2f} / {far:.2f} (+{far - near:.2f})")
 
 
 def large_files(tmp: Path, s3, args) -> None:
