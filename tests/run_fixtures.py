@@ -252,7 +252,10 @@ class CountingProxy:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(http.server.ThreadingHTTPServer):
+            request_queue_size = 64  # a worker's fetching threads connect at once (socketserver's 5 drops SYNs)
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.httpd.serve_forever, daemon=True, name="counting-proxy").start()
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
 

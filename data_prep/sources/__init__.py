@@ -39,10 +39,11 @@ SPOOL_BYTES = 16 << 20
 """A tar.gz member or parquet row is held in memory up to this size, on local disk past it."""
 WHOLE_GET_BYTES = 16 << 20
 """A remote file up to this size is fetched in one GET; a larger one is read by ranged GETs."""
-FETCH_AHEAD, FETCH_AHEAD_BYTES = 4, 64 << 20
-"""Remote files a worker fetches ahead of the one it is on: at most this many, and this many bytes
-(4 at once: a third of the wall time of one at a time at 30 ms a GET; each thread more costs the
-worker CPU, benchmarks/remote_read_bench.py)."""
+FETCH_AHEAD, FETCH_AHEAD_BYTES = 16, 64 << 20
+"""Remote files a worker fetches ahead of the one it is on: at most this many, and this many bytes.
+A worker preps an 8-second file in ~4 ms of CPU and S3 answers a GET after 20-50 ms, so ~10 GETs
+must be in flight to keep it busy (at 30 ms a GET: 4 at once 10 ms a file, 16 at once 5; the
+threads cost no CPU to speak of, benchmarks/remote_read_bench.py)."""
 PLAIN_FILES: tuple = ()
 """`batch_key` of a plain file (not an item of a container): such files share jobs too."""
 

@@ -738,11 +738,19 @@ parts of 8-16 MB, fetched side by side). It holds at most (READ_AHEAD + 1) * REA
 (benchmarks/remote_read_bench.py); READ_AHEAD 0: off, every read one GET of what it asks."""
 
 
-@functools.lru_cache(maxsize=None)
-def _read_ahead_pool():
-    from concurrent.futures import ThreadPoolExecutor
+_read_ahead = None
+_read_ahead_lock = threading.Lock()
 
-    return ThreadPoolExecutor(16, thread_name_prefix="read-ahead")
+
+def _read_ahead_pool():
+    """The process's one pool of part-fetching threads (locked: readers on several threads start at once)."""
+    global _read_ahead
+    with _read_ahead_lock:
+        if _read_ahead is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _read_ahead = ThreadPoolExecutor(16, thread_name_prefix="read-ahead")
+        return _read_ahead
 
 
 class _RangedReader(io.RawIOBase):

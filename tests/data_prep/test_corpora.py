@@ -161,7 +161,8 @@ def test_a_jobs_remote_files_are_fetched_ahead_and_one_it_may_not_read_is_its_re
     from data_prep.sources import FETCH_AHEAD
     from run_fixtures import CountingProxy
 
-    manifest = write_manifest_corpus(tmp_path / "c", n_files=24, n_speakers=4, seconds=1.0)
+    n_files = 4 * (FETCH_AHEAD + 2)  # one worker: jobs of a quarter of them, more than FETCH_AHEAD each
+    manifest = write_manifest_corpus(tmp_path / "c", n_files=n_files, n_speakers=4, seconds=1.0)
     remote = upload(tmp_path / "c", f"{s3_bucket}/c")
     denied = sorted(scan_sources([str(manifest)]).items, key=lambda i: i.name)[2].path.rsplit("/", 1)[1]
     cfg = PrepConfig(workers=1, min_seconds=0.5, val_fraction=0, test_fraction=0)
@@ -170,7 +171,7 @@ def test_a_jobs_remote_files_are_fetched_ahead_and_one_it_may_not_read_is_its_re
         proxy.denied.add(denied)
         summary = run_prep([f"{remote}/manifest.tsv"], str(tmp_path / "out"), cfg, progress=False)
     assert proxy.most_reads_in_flight == FETCH_AHEAD  # with a job a file: 1
-    assert summary.files_ok == 23
+    assert summary.files_ok == n_files - 1
     (reject,) = summary.rejects
     assert reject["path"].endswith(denied) and "AccessDenied" in reject["reason"], reject
 

@@ -1,10 +1,13 @@
 import json
 import os
+import time
 
 import pytest
 
 from audio_fixtures import tone, write_manifest_corpus
 from corpus_layouts import upload
+import data_prep.sources.base as base
+import pipeline.storage.store as store
 from data_prep.sources import FETCH_AHEAD, SourceError, detect_format, read_items, scan_sources
 from run_fixtures import CountingProxy
 import soundfile as sf
@@ -78,7 +81,7 @@ def test_missing_source_and_duplicate(tmp_path):
 def test_a_workers_remote_files_are_fetched_several_at_once_and_come_out_in_order(tmp_path, s3_bucket, monkeypatch):
     """Each GET waits 0.2 s at a proxy (a far store): the files of a job are fetched on threads, up
     to FETCH_AHEAD ahead of the one being prepped, and handed out in the job's order."""
-    manifest = write_manifest_corpus(tmp_path / "c", n_files=12, n_speakers=3, seconds=0.5)
+    manifest = write_manifest_corpus(tmp_path / "c", n_files=FETCH_AHEAD + 4, n_speakers=3, seconds=0.5)
     remote = upload(tmp_path / "c", f"{s3_bucket}/c")
     items = scan_sources([f"{remote}/manifest.tsv"]).items
     with CountingProxy(os.environ["AWS_ENDPOINT_URL"], latency_s=0.2) as proxy:
@@ -86,4 +89,23 @@ def test_a_workers_remote_files_are_fetched_several_at_once_and_come_out_in_orde
         got = [(item.name, name, f.read()) for item, f, name in read_items(items)]
     assert [(name, file) for name, file, _ in got] == [(i.name, i.path.rsplit("/", 1)[1]) for i in items]
     assert [data for _, _, data in got] == [(manifest.parent / i.path[len(remote) + 1:]).read_bytes() for i in items]
-    assert proxy.most_in_flight == FETCH_AHEAD  # 4 GETs waiting at once, never more
+    assert proxy.most_in_flight == FETCH_AHEAD  # 16 GETs waiting at once, never more
+
+
+def test_a_worker_makes_one_s3_client_however_many_threads_fetch_at_once(tmp_path, s3_bucket, monkeypatch):
+    """A worker's fetching threads all want the bucket's store on its first job: one client is made
+    (a client costs ~0.1 s of CPU; here each takes 0.3 s, so the threads ask while it is made)."""
+    write_manifest_corpus(tmp_path / "c", n_files=8, n_speakers=2, seconds=0.5)
+    remote = upload(tmp_path / "c", f"{s3_bucket}/c")
+    items = scan_sources([f"{remote}/manifest.tsv"]).items
+    made, make = [], store.s3_client
+
+    def slow_client():
+        made.append(1)
+        time.sleep(0.3)
+        return make()
+
+    monkeypatch.setattr(store, "s3_client", slow_client)
+    monkeypatch.setattr(base, "_stores", {})  # a worker's first job
+    assert len([f for _, f, _ in read_items(items) if f is not None]) == 8
+    assert len(made) == 1
