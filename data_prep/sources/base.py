@@ -218,6 +218,8 @@ def _bucket(url: str) -> Store:
     of its own (~0.1 s of CPU each)."""
     with _stores_lock:
         if url not in _stores:
+            if len(_stores) >= 16:  # the oldest goes (a long-lived Ray worker may meet many buckets)
+                _stores.pop(next(iter(_stores)))
             _stores[url] = open_store(url)
         return _stores[url]
 
