@@ -1,7 +1,7 @@
 """Prep throughput against its ceiling, measured side by side in one run.
 
     .venv/bin/python benchmarks/prep_bench.py [--minutes 240] [--workers N] [--source-rate 16000]
-                                              [--rows-per-shard 400]
+                                              [--rows-per-shard 400] [--seconds 8]
 
 Measures audio seconds per wall second per core for
   1. bare FLAC encoding of the final 16 kHz segments (the stage's ceiling: no decode, resample,
@@ -133,11 +133,13 @@ def main() -> None:
     ap.add_argument("--rows-per-shard", type=int, default=400,
                     help="rows in each parquet file (row groups of 100); moto copies a whole object to answer a "
                          "ranged GET, so larger files load the machine with moto's work")
+    ap.add_argument("--seconds", type=float, default=8.0,
+                    help="each source file's length (a file on S3 costs a GET, whatever its length)")
     ap.add_argument("--source-rate", type=int, default=22050,
                     help="the sources' sample rate (22050: as espeak-ng writes; 16000: nothing to resample)")
     args = ap.parse_args()
     cfg = PrepConfig(workers=args.workers, shard_max_mb=64)
-    n_files = int(args.minutes * 60 / 8)
+    n_files = int(args.minutes * 60 / args.seconds)
     # the small run large enough that prep reads each row group in one job, as it does in the full run (with
     # less work than 4 jobs a worker it splits them, and a split row group is read more than once)
     sizes = {"small": max(n_files // 8, 4 * args.workers * ROWS_PER_GROUP), "full": n_files}
@@ -155,7 +157,8 @@ def main() -> None:
 
         for size, n in sizes.items():
             root = tmp / size
-            manifest = write_manifest_corpus(root / "src", n_files=n, n_speakers=20, sr=args.source_rate, seconds=8.0)
+            manifest = write_manifest_corpus(root / "src", n_files=n, n_speakers=20, sr=args.source_rate,
+                                              seconds=args.seconds)
             items = scan_sources([str(manifest)]).items
             # the ceiling's input: the exact segments prep would encode, prepared outside the timing
             jobs = []
