@@ -57,7 +57,7 @@ def main() -> None:
                 row = []
                 for n in counts:
                     sources.FETCH_AHEAD = n
-                    sources.base._stores.clear()  # a client for this proxy, made before the clock starts:
+                    sources.base._bucket.cache_clear()  # a client for this proxy, made before the clock starts:
                     sources.base._bucket("s3://bench")  # a worker makes it once, on its first job
                     t, cpu = time.perf_counter(), time.process_time()
                     for _, f, _ in sources.read_items(items):
@@ -84,7 +84,7 @@ def prep_far(tmp: Path, manifest: str, s3, args) -> None:
     for latency in (0.0, args.latency_ms / 1000):
         with CountingProxy(s3.endpoint, latency_s=latency) as proxy:
             os.environ["AWS_ENDPOINT_URL"] = proxy.url
-            sources.base._stores.clear()
+            sources.base._bucket.cache_clear()
             for n in (1, per_job):  # a file a job: as before FILES_PER_JOB
                 prep.FILES_PER_JOB = n
                 t = time.perf_counter()
@@ -122,7 +122,7 @@ def large_files(tmp: Path, s3, args) -> None:
     for latency, rate in ((0.0, None), (args.latency_ms / 1000, args.mb_per_s * 1e6)):
         with CountingProxy(s3.endpoint, latency_s=latency, bytes_per_s=rate) as proxy:
             os.environ["AWS_ENDPOINT_URL"] = proxy.url if latency else s3.endpoint
-            sources.base._stores.clear()
+            sources.base._bucket.cache_clear()
             row = []
             for store.READ_PART, store.READ_AHEAD in (one_at_a_time, defaults):
                 for src in (f"{remote}/te_in", f"{remote}/hub"):

@@ -6,13 +6,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from pipeline.errors import TelucodecError
-from pipeline.storage.store import Store, StoreError, is_remote, open_store
+from pipeline.storage.store import Store, StoreError, is_remote, locked_cache, open_store
 
 SAMPLE_BYTES = 1 << 16
 """Bytes hashed at each of the start, middle and end of a local file for its identity."""
@@ -208,20 +207,11 @@ def split_source(src: str) -> tuple[Tree, str]:
     return LocalTree(path), ""
 
 
-_stores: dict[str, Store] = {}
-_stores_lock = threading.Lock()
-
-
+@locked_cache(maxsize=16)
 def _bucket(url: str) -> Store:
-    """The process's one store (one S3 client, one connection pool) for a bucket. Locked: a worker's
-    fetching threads all ask for it at once on its first job, and each would otherwise make a client
-    of its own (~0.1 s of CPU each)."""
-    with _stores_lock:
-        if url not in _stores:
-            if len(_stores) >= 16:  # the oldest goes (a long-lived Ray worker may meet many buckets)
-                _stores.pop(next(iter(_stores)))
-            _stores[url] = open_store(url)
-        return _stores[url]
+    """The process's one store (one S3 client, one connection pool) for a bucket, however many
+    fetching threads ask for it at once."""
+    return open_store(url)
 
 
 def open_location(path: str, size: int | None = None) -> BinaryIO:

@@ -254,6 +254,24 @@ def contained(key: str, root: str) -> str:
     return key
 
 
+def locked_cache(maxsize: int | None = None) -> Callable:
+    """functools.lru_cache for what is costly to make and shared by threads (an S3 client, a pool):
+    threads that miss together wait for the first one's value, where lru_cache alone lets each
+    make its own (a worker's fetching threads on its first job: one boto3 client each)."""
+    def wrap(fn: Callable) -> Callable:
+        cached, lock = functools.lru_cache(maxsize)(fn), threading.Lock()
+
+        @functools.wraps(fn)
+        def call(*args):
+            with lock:
+                return cached(*args)
+
+        call.cache_clear = cached.cache_clear
+        return call
+
+    return wrap
+
+
 def open_store(url: str | Path, purpose: str = "other") -> Store:
     """A Store for a plain path, file:// URL or s3://bucket/prefix; its requests counted under `purpose`."""
     store = _open_store(str(url))
@@ -738,19 +756,12 @@ parts of 8-16 MB, fetched side by side). It holds at most (READ_AHEAD + 1) * REA
 (benchmarks/remote_read_bench.py); READ_AHEAD 0: off, every read one GET of what it asks."""
 
 
-_read_ahead = None
-_read_ahead_lock = threading.Lock()
-
-
+@locked_cache()
 def _read_ahead_pool():
-    """The process's one pool of part-fetching threads (locked: readers on several threads start at once)."""
-    global _read_ahead
-    with _read_ahead_lock:
-        if _read_ahead is None:
-            from concurrent.futures import ThreadPoolExecutor
+    """The process's one pool of part-fetching threads."""
+    from concurrent.futures import ThreadPoolExecutor
 
-            _read_ahead = ThreadPoolExecutor(16, thread_name_prefix="read-ahead")
-        return _read_ahead
+    return ThreadPoolExecutor(16, thread_name_prefix="read-ahead")
 
 
 class _RangedReader(io.RawIOBase):
