@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
 from data_prep.prep_file import FileJob, ItemResult, process_job, rejected, retry_parts
-from data_prep.sources import SourceItem, file_identity
+from data_prep.sources import SourceItem, file_identity, unlisted_paths
 from pipeline.config import PrepConfig
 from pipeline.errors import TelucodecError
 from pipeline.storage.shards import EncodedSample, ShardInfo, ShardWriter, shard_matches
@@ -174,7 +174,7 @@ class RayPrep:
 
     def identities(self, items: list[SourceItem]) -> dict:
         """Local files' identities, read by tasks in chunks of 500."""
-        paths = sorted({i.path for i in items if not i.identity})
+        paths = unlisted_paths(items)
         chunks = [paths[i:i + 500] for i in range(0, len(paths), 500)]
         task = self.ray.remote(identities).options(max_retries=RETRIES)
         found = self.ray.get([task.remote(self.keeper, c) for c in chunks])

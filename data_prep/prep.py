@@ -18,7 +18,6 @@ shard whose hash still matches and carries on from there; `index.json` is writte
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -30,7 +29,7 @@ from pathlib import Path
 from data_prep.dataset_job import DatasetJob, DatasetProgress, RunRecords, claim_destination, ordered_map
 from data_prep.prep_file import FileJob, ItemResult, process_job, worker_died
 from data_prep.sources import (PLAIN_FILES, SourceError, SourceItem, batch_key, file_identity, item_bytes, printable,
-                              scan_sources)
+                              scan_sources, unlisted_paths)
 from pipeline.config import PrepConfig, to_dict
 from pipeline.errors import TelucodecError
 from pipeline.storage.shards import (SPLITS, DatasetIndex, ShardInfo, ShardWriter, load_index, parse_shard_name,
@@ -118,7 +117,9 @@ def run_prep(sources: list[str], out_url: str, cfg: PrepConfig, fmt: str = "auto
     if cluster:
         cluster.check_sources(sources)
     plan = plan_splits(scan.items, cfg)
-    identities = cluster.identities(scan.items) if cluster else None  # else read here, a file at a time
+    # local files' identities, each read once: by tasks on a cluster's nodes, else here
+    identities = (cluster.identities(scan.items) if cluster
+                  else {path: file_identity(path) for path in unlisted_paths(scan.items)})
     fingerprint = prep_fingerprint(plan, cfg, identities)
     store = open_store(out_url)
     records = RunRecords(store, PREP, fingerprint)
@@ -171,11 +172,11 @@ class LocalSink:
 
 
 def batched(todo: list[tuple[str, int, SourceItem]], workers: int,
-            identities: dict | None = None) -> list[list[tuple[str, int, SourceItem]]]:
+            identities: dict) -> list[list[tuple[str, int, SourceItem]]]:
     """Consecutive items of one container (same `batch_key`) together, at most BATCH_ITEMS, and
     consecutive plain files at most FILES_PER_JOB and JOB_BYTES (fewer when the work is small:
-    4 jobs a worker at least); local files' sizes from `identities` where given (on a cluster: the
-    driver may not see the files, or see them slowly, through shared storage)."""
+    4 jobs a worker at least); local files' sizes from their `identities` (as read for the
+    fingerprint: on a cluster by its nodes, for the driver may not see the files)."""
     size = max(1, min(BATCH_ITEMS, len(todo) // (4 * workers)))
     batches: list[list] = []
     held = 0  # the bytes of the last batch's plain files
@@ -227,16 +228,13 @@ ADDED_KEYS = {"keep_source_splits": False}
 older unfinished prep of the same sources still resumes."""
 
 
-def prep_fingerprint(plan: dict[str, list[SourceItem]], cfg: PrepConfig, identities: dict | None = None) -> str:
+def prep_fingerprint(plan: dict[str, list[SourceItem]], cfg: PrepConfig, identities: dict) -> str:
     """Same sources and same config -> same fingerprint. A source is its name and its file's size,
-    mtime and sampled content (`file_identity`): a file edited in place, even to the same size,
-    makes another dataset, not a resume of the old one."""
-    identity = functools.lru_cache(maxsize=64)(file_identity)  # a container's rows share its file
-    if identities is not None:  # read in parallel elsewhere (data_prep.cluster)
-        identity = identities.__getitem__
+    mtime and sampled content (`file_identity`, in `identities` for the files no listing gave): a
+    file edited in place, even to the same size, makes another dataset, not a resume of the old one."""
     config = {k: v for k, v in to_dict(cfg).items() if k not in ADDED_KEYS or v != ADDED_KEYS[k]}
     desc = {"config": config | {"workers": None},
-            "items": {s: [(i.name, *(i.identity or identity(i.path))) for i in items] for s, items in plan.items()}}
+            "items": {s: [(i.name, *(i.identity or identities[i.path])) for i in items] for s, items in plan.items()}}
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
 
 

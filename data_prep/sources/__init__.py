@@ -48,7 +48,8 @@ PLAIN_FILES: tuple = ()
 """`batch_key` of a plain file (not an item of a container): such files share jobs too."""
 
 __all__ = ["FORMATS", "PLAIN_FILES", "SourceError", "SourceItem", "SourceScan", "batch_key", "detect_format",
-           "file_identity", "item_bytes", "item_identity", "printable", "read_items", "scan_sources"]
+           "file_identity", "item_bytes", "item_identity", "printable", "read_items", "scan_sources",
+           "unlisted_paths"]
 
 
 def scan_sources(sources: list[str], fmt: str = "auto", allow_outside: bool = False,
@@ -115,18 +116,16 @@ def batch_key(item: SourceItem) -> tuple:
     return PLAIN_FILES
 
 
-def item_bytes(item: SourceItem, identities: dict | None = None) -> int:
+def unlisted_paths(items: list[SourceItem]) -> list[str]:
+    """The files among `items` whose identity no listing gave (local plain files), each once: what
+    `file_identity` must read, once a file, before a run (its fingerprint, its job plan)."""
+    return sorted({item.path for item in items if not item.identity})
+
+
+def item_bytes(item: SourceItem, identities: dict) -> int:
     """A plain file's size as known without reading it: a remote one's from its listing, a local
-    one's from `identities` (path -> `file_identity`, read on a cluster's nodes) or else the file
-    system (0 where unknown)."""
-    if item.identity:
-        return max(0, item.identity[0])
-    if identities is not None and item.path in identities:
-        return max(0, identities[item.path][0])
-    try:
-        return os.stat(item.path).st_size
-    except OSError:
-        return 0
+    one's from `identities` (path -> `file_identity` of `unlisted_paths`); 0 where unknown."""
+    return max(0, item.identity[0] if item.identity else identities.get(item.path, (0,))[0])
 
 
 def read_items(items: list[SourceItem]) -> Iterator[tuple[SourceItem, str | BinaryIO | None, str]]:

@@ -113,10 +113,10 @@ def test_a_row_group_is_read_in_one_job_when_every_worker_has_work(tmp_path):
                   key=lambda t: t[2].name)
     assert len(plan) == 3  # a row group's rows go to every split, and its job takes them all
 
-    jobs = batched(todo, workers=2)
+    jobs = batched(todo, workers=2, identities={})  # rows: their file's identity from the scan
     assert [len(job) for job in jobs] == [100] * 10
     assert all(len({batch_key(item) for _, _, item in job}) == 1 for job in jobs)
-    jobs = batched(todo, workers=8)
+    jobs = batched(todo, workers=8, identities={})
     assert len(jobs) >= 32 and max(map(len, jobs)) <= 1000 // 32
     assert all(len({batch_key(item) for _, _, item in job}) == 1 for job in jobs)
 
@@ -126,17 +126,20 @@ def test_plain_files_go_to_workers_a_few_to_a_job_in_order(tmp_path):
     share jobs, FILES_PER_JOB and JOB_BYTES at most, fewer when every worker must have some; in
     order."""
     from data_prep.prep import FILES_PER_JOB, JOB_BYTES, batched, plan_splits
-    from data_prep.sources import item_bytes
+    from data_prep.sources import file_identity, item_bytes, unlisted_paths
 
     manifest = write_manifest_corpus(tmp_path / "c", n_files=300, n_speakers=10, seconds=0.1)
     items = scan_sources([str(manifest)]).items
     plan = plan_splits(items, CFG)
     todo = sorted(((split, pos, item) for split, its in plan.items() for pos, item in enumerate(its)),
                   key=lambda t: t[2].name)
-    jobs = batched(todo, workers=2)
+    def identities():  # as run_prep reads them on one machine
+        return {path: file_identity(path) for path in unlisted_paths(items)}
+
+    jobs = batched(todo, workers=2, identities=identities())
     assert [len(job) for job in jobs] == [FILES_PER_JOB] * 9 + [300 - 9 * FILES_PER_JOB]
     assert [entry for job in jobs for entry in job] == todo
-    assert max(len(job) for job in batched(todo, workers=8)) == 300 // (4 * 8)
+    assert max(len(job) for job in batched(todo, workers=8, identities=identities())) == 300 // (4 * 8)
 
     # long files fewer to a job (JOB_BYTES), one longer than that alone: a job of 32 hour-long
     # recordings would hold back the progress, and the run's end on one worker
@@ -144,12 +147,13 @@ def test_plain_files_go_to_workers_a_few_to_a_job_in_order(tmp_path):
     for i, nbytes in long.items():
         with open(todo[i][2].path, "r+b") as f:
             f.truncate(nbytes)  # only their sizes count here
-    jobs = batched(todo, workers=2)
+    sizes = identities()
+    jobs = batched(todo, workers=2, identities=sizes)
     assert [len(job) for job in jobs[:4]] == [12, 28, 1, FILES_PER_JOB] and jobs[2] == [todo[40]]
-    assert all(sum(item_bytes(item) for _, _, item in job) <= JOB_BYTES for job in jobs[:2])
-    # on a cluster the sizes its nodes read are used (the driver may not see the files)
-    identities = {item.path: (1 << 30 if i == 100 else 0, 0, "") for i, (_, _, item) in enumerate(todo)}
-    jobs = batched(todo, workers=2, identities=identities)
+    assert all(sum(item_bytes(item, sizes) for _, _, item in job) <= JOB_BYTES for job in jobs[:2])
+    # the sizes are the identities' (on a cluster its nodes read them), not the driver's file system
+    sizes = {item.path: (1 << 30 if i == 100 else 0, 0, "") for i, (_, _, item) in enumerate(todo)}
+    jobs = batched(todo, workers=2, identities=sizes)
     assert jobs[0] == todo[:FILES_PER_JOB] and [todo[100]] in jobs
 
 
