@@ -5,7 +5,8 @@
 
 Measures audio seconds per wall second per core for
   1. bare FLAC encoding of the final 16 kHz segments (the stage's ceiling: no decode, resample,
-     trim, tar or upload), in a pool of the same size;
+     trim, tar or upload), in a pool of the same size, again just before each stage below (the
+     machine's speed drifts over a run) and each stage's ratio taken against its own;
   2. `run_prep` to a local folder;
   3. `run_prep` to a local S3 server (moto on 127.0.0.1, started here);
   4. `run_prep` of the same files as hub parquet shards (an Audio struct column, row groups of 100),
@@ -16,13 +17,14 @@ Measures audio seconds per wall second per core for
      folder;
 and prints the ratios prep / ceiling, by wall time over the workers and by CPU time (this process's
 and its pools': moto's server runs in a process of its own, whose CPU a real S3 would not take from
-the machine, and is left out). Each stage runs on a small share of the files (an eighth, and at
-least 4 row groups a worker, so that prep reads every row group in one job as it does in the full
-run) and on all of them: the whole run's rates, and the steady ones (all less the small share: what a
-run pays once, pools, clients, listing, drops out, as it does over thousands of hours). Then the
-peak memory of one prep worker on a parquet whose single row group holds ~200 MB of audio. Sources
-are 22.05 kHz WAV files (as espeak-ng writes; `--source-rate 16000`: already at the output rate,
-nothing to resample).
+the machine, and is left out). By default prep and the ceiling run one process fewer than the
+machine has cores, leaving moto a core: sharing the cores, moto's work costs theirs CPU time too.
+Each stage runs on a small share of the files (an eighth, and at least 4 row groups a worker, so
+that prep reads every row group in one job as it does in the full run) and on all of them: the whole
+run's rates, and the steady ones (all less the small share: what a run pays once, pools, clients,
+listing, drops out, as it does over thousands of hours). Then the peak memory of one prep worker on
+a parquet whose single row group holds ~200 MB of audio. Sources are 22.05 kHz WAV files (as
+espeak-ng writes; `--source-rate 16000`: already at the output rate, nothing to resample).
 """
 
 from __future__ import annotations
@@ -129,7 +131,9 @@ def encode_only(job):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=240.0)
-    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                    help="prep's and the ceiling's processes (default: a core less than the machine has, for "
+                         "moto's server, as a real S3 takes none of the machine that preps)")
     ap.add_argument("--rows-per-shard", type=int, default=400,
                     help="rows in each parquet file (row groups of 100); moto copies a whole object to answer a "
                          "ranged GET, so larger files load the machine with moto's work")
@@ -177,31 +181,39 @@ def main() -> None:
                 with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
                     list(pool.map(encode_only, jobs, chunksize=4))
 
-            timed(CEILING, size, audio_s, encode_all)
-            summary = timed("prep -> local folder", size, audio_s, prep(str(manifest), str(root / "out")))
-            timed("prep -> S3 (moto, 127.0.0.1)", size, audio_s, prep(str(manifest), f"s3://bench/{size}/te"))
-            for stage, src in (("prep parquet -> local folder", str(shards)),
-                               ("prep S3 parquet -> local folder", remote_shards),
-                               ("prep S3 files -> local folder", f"{remote}/manifest.tsv")):
-                got = timed(stage, size, audio_s, prep(src, str(root / f"out-{len(spent)}")))
-                assert got.samples == summary.samples, (stage, got.samples, summary.samples)
+            samples = set()
+            for stage, src, out in (("prep -> local folder", str(manifest), str(root / "out")),
+                                    ("prep -> S3 (moto, 127.0.0.1)", str(manifest), f"s3://bench/{size}/te"),
+                                    ("prep parquet -> local folder", str(shards), str(root / "out-pq")),
+                                    ("prep S3 parquet -> local folder", remote_shards, str(root / "out-s3pq")),
+                                    ("prep S3 files -> local folder", f"{remote}/manifest.tsv", str(root / "out-s3"))):
+                # the ceiling again just before each stage: this machine's speed drifts over a run by
+                # as much as the stages differ (the ceiling alone 2225-2605 audio s a CPU s in three runs)
+                timed((CEILING, stage), size, audio_s, encode_all)
+                samples.add(timed(stage, size, audio_s, prep(src, out)).samples)
+            assert len(samples) == 1, samples
         group_mb, start_mb, peak_mb = worker_peak(tmp)
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}; workers: {args.workers}")
-    print(f"audio: {spent[CEILING, 'full'][0] / 60:.1f} min in {n_files} files ({sizes['small']} in the small run); "
+    audio_min = next(audio_s for (_, size), (audio_s, _, _) in spent.items() if size == "full") / 60
+    print(f"audio: {audio_min:.1f} min in {n_files} files ({sizes['small']} in the small run); "
           f"sources: {args.source_rate} Hz")
     rates = {}  # stage -> (whole run: audio s / wall s / core, audio s / CPU s; the same for the difference)
     for stage in dict.fromkeys(stage for stage, _ in spent):
         (a1, w1, c1), (a2, w2, c2) = spent[stage, "small"], spent[stage, "full"]
         rates[stage] = (a2 / w2 / args.workers, a2 / c2, (a2 - a1) / (w2 - w1) / args.workers, (a2 - a1) / (c2 - c1))
+    ceilings = [r for stage, r in rates.items() if isinstance(stage, tuple)]
     print("whole run: audio s over the full run's wall s a core, and over its CPU s; steady: the same for the\n"
-          "full run less the small one (what start-up costs, pools, clients and listing, drops out)")
+          "full run less the small one (what start-up costs, pools, clients and listing, drops out); each\n"
+          f"ratio against the ceiling measured just before that stage (the ceiling row: the mean of {len(ceilings)})")
     print(f"{'stage':32} {'wall/core':>9} {'ratio':>6} {'CPU':>7} {'ratio':>6} | {'steady wall':>11} {'ratio':>6} "
           f"{'CPU':>7} {'ratio':>6}")
-    top = rates[CEILING]
+    rows = {CEILING: (tuple(sum(column) / len(ceilings) for column in zip(*ceilings)), None)}
+    rows.update((stage, (r, rates[CEILING, stage])) for stage, r in rates.items() if not isinstance(stage, tuple))
     steady = sizes["full"] - sizes["small"] >= STEADY_FILES
-    for name, r in rates.items():
+    for name, (r, top) in rows.items():
+        top = top or r
         print(f"{name:32} {r[0]:9.1f} {r[0] / top[0]:6.2f} {r[1]:7.1f} {r[1] / top[1]:6.2f} | "
               + (f"{r[2]:11.1f} {r[2] / top[2]:6.2f} {r[3]:7.1f} {r[3] / top[3]:6.2f}" if steady else
                  f"{'-':>11} {'-':>6} {'-':>7} {'-':>6}"))
