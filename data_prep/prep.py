@@ -19,7 +19,9 @@ shard whose hash still matches and carries on from there; `index.json` is writte
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 import os
 import tempfile
 from contextlib import closing
@@ -37,11 +39,13 @@ from pipeline.storage.shards import (SPLITS, DatasetIndex, ShardInfo, ShardWrite
 from pipeline.storage.store import Store, is_remote, open_store
 
 REJECTS_NAME = "rejects.jsonl"
-BATCH_ITEMS = 256
-"""Most items of one container (parquet row group, tar.gz) one worker takes in one job. Each job
-reads its container from the start up to its last item (a tar.gz is a stream; a row group's pages
-hold no index), so a container split into k jobs is read ~(k+1)/2 times over: a hub row group of
-100 rows is one job, a FLEURS archive of ~2,300 members nine."""
+BATCH_ITEMS, CONTAINER_SPLITS = 256, 4
+"""Most items of one container (parquet row group, tar.gz) one worker takes in one job (what a job
+holds for the parent, and the progress's steps, stay bounded), and most jobs a container is cut
+into for every worker to have some when there is little work. Each job reads its container from
+the start up to its last item (a tar.gz is a stream; a row group's pages hold no index), so a
+container cut into k jobs is read ~(k+1)/2 times over: a hub row group of 100 rows is one job, or
+up to 4 (2.5 times over) on many workers; a FLEURS archive of ~2,300 members nine, on any number."""
 FILES_PER_JOB, JOB_BYTES = 32, 16 << 20
 """Most plain files, and bytes of them, one worker takes in one job: a job costs ~0.8 ms of CPU of
 its own (sent to a worker, its results sent back), ~13% of an 8-second file's prep, and only the
@@ -173,24 +177,27 @@ class LocalSink:
 
 def batched(todo: list[tuple[str, int, SourceItem]], workers: int,
             identities: dict) -> list[list[tuple[str, int, SourceItem]]]:
-    """Consecutive items of one container (same `batch_key`) together, at most BATCH_ITEMS, and
-    consecutive plain files at most FILES_PER_JOB and JOB_BYTES (fewer when the work is small:
-    4 jobs a worker at least); local files' sizes from their `identities` (as read for the
-    fingerprint: on a cluster by its nodes, for the driver may not see the files)."""
-    size = max(1, min(BATCH_ITEMS, len(todo) // (4 * workers)))
+    """Consecutive items of one container (same `batch_key`) together, cut into equal jobs of at
+    most BATCH_ITEMS, or into up to CONTAINER_SPLITS when the work is small (4 jobs a worker);
+    consecutive plain files at most FILES_PER_JOB and JOB_BYTES (fewer when the work is small),
+    local files' sizes from their `identities` (as read for the fingerprint: on a cluster by its
+    nodes, for the driver may not see the files)."""
+    size = max(1, len(todo) // (4 * workers))
     batches: list[list] = []
-    held = 0  # the bytes of the last batch's plain files
-    for entry in todo:
-        key = batch_key(entry[2])
-        plain = key == PLAIN_FILES
-        nbytes = item_bytes(entry[2], identities) if plain else 0
-        most = min(size, FILES_PER_JOB) if plain else size
-        if batches and batch_key(batches[-1][0][2]) == key and len(batches[-1]) < most and held + nbytes <= JOB_BYTES:
-            batches[-1].append(entry)
+    for key, run in itertools.groupby(todo, key=lambda entry: batch_key(entry[2])):
+        run = list(run)
+        if key != PLAIN_FILES:
+            parts = max(math.ceil(len(run) / BATCH_ITEMS), min(CONTAINER_SPLITS, math.ceil(len(run) / size)))
+            batches += [run[i * len(run) // parts:(i + 1) * len(run) // parts] for i in range(parts)]
+            continue
+        batch, held = [], 0  # held: the bytes of the batch's files
+        for entry in run:
+            nbytes = item_bytes(entry[2], identities)
+            if not batch or len(batch) == min(size, FILES_PER_JOB) or held + nbytes > JOB_BYTES:
+                batch, held = [], 0
+                batches.append(batch)
+            batch.append(entry)
             held += nbytes
-        else:
-            batches.append([entry])
-            held = nbytes
     return batches
 
 

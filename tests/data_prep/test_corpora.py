@@ -1,6 +1,7 @@
 """Real corpora in: IndicVoices and FLEURS hub parquet, FLEURS's tsv + tar.gz and Kathbath's m4a
 release, each from a local folder and from S3 (moto), with the bad inputs a user meets."""
 
+import math
 import os
 import subprocess
 import sys
@@ -101,8 +102,8 @@ def test_archives_and_shards_read_from_s3_in_parts_ahead_are_the_local_bytes(lay
 def test_a_row_group_is_read_in_one_job_when_every_worker_has_work(tmp_path):
     """A job reads its container from the start to its last item, so a hub row group (100 rows) is
     one job, not four of 32 reading it 2.9 times over; with little work containers are split so that
-    every worker has some, and a job never mixes containers."""
-    from data_prep.prep import batched, plan_splits
+    more workers have some, into CONTAINER_SPLITS jobs at most, and a job never mixes containers."""
+    from data_prep.prep import CONTAINER_SPLITS, batched, plan_splits
     from data_prep.sources import batch_key
 
     rows = [indicvoices_row(i, f"s{i % 7}", data=b"x") for i in range(1000)]
@@ -116,9 +117,34 @@ def test_a_row_group_is_read_in_one_job_when_every_worker_has_work(tmp_path):
     jobs = batched(todo, workers=2, identities={})  # rows: their file's identity from the scan
     assert [len(job) for job in jobs] == [100] * 10
     assert all(len({batch_key(item) for _, _, item in job}) == 1 for job in jobs)
-    jobs = batched(todo, workers=8, identities={})
-    assert len(jobs) >= 32 and max(map(len, jobs)) <= 1000 // 32
-    assert all(len({batch_key(item) for _, _, item in job}) == 1 for job in jobs)
+    for workers in (8, 64):  # a group cut into CONTAINER_SPLITS at most, however many workers want work
+        jobs = batched(todo, workers=workers, identities={})
+        assert [len(job) for job in jobs] == [100 // CONTAINER_SPLITS] * (10 * CONTAINER_SPLITS)
+        assert all(len({batch_key(item) for _, _, item in job}) == 1 for job in jobs)
+
+
+def test_a_large_container_is_cut_into_few_jobs_whatever_the_workers():
+    """A job reads its container up to its last item, so a container cut into k jobs is read
+    (k+1)/2 times over: a FLEURS archive of 2,300 members on 16 workers was 48 jobs, each streaming
+    and decompressing the archive from its start (24.5 times over); it is BATCH_ITEMS a job now,
+    and a small container CONTAINER_SPLITS jobs at most, on any number of workers."""
+    from data_prep.prep import BATCH_ITEMS, CONTAINER_SPLITS, batched
+    from data_prep.sources import SourceItem
+
+    def archive(name: str, n: int) -> list:
+        return [("train", i, SourceItem(f"/c/{name}.tar.gz", f"c/{name}/{i:05d}.wav",
+                                        member=f"tar:{name}/{i:05d}.wav")) for i in range(n)]
+
+    fleurs = archive("train", 2300) + archive("zdev", 300)
+    for workers in (2, 16, 128):
+        jobs = batched(fleurs, workers, identities={})
+        assert [entry for job in jobs for entry in job] == fleurs
+        train = [len(job) for job in jobs if job[0][2].path == "/c/train.tar.gz"]
+        assert len(train) == math.ceil(2300 / BATCH_ITEMS) and max(train) <= BATCH_ITEMS
+        assert max(train) - min(train) <= 1
+        dev = [len(job) for job in jobs if job[0][2].path == "/c/zdev.tar.gz"]
+        assert len(dev) == (2 if workers == 2 else CONTAINER_SPLITS)  # 2: its BATCH_ITEMS cut is a fair share
+    assert [len(job) for job in batched(archive("one", 40), 16, identities={})] == [10] * CONTAINER_SPLITS
 
 
 def test_plain_files_go_to_workers_a_few_to_a_job_in_order(tmp_path):
