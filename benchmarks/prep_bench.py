@@ -221,6 +221,8 @@ def main() -> None:
         need = (sizes["small"] + STEADY_FILES) * 8 / 60
         print(f"steady: too few files beyond the small run's {sizes['small']} to tell from noise (--minutes "
               f"{math.ceil(need)} or more; the more, the steadier)")
+    by_cpu = [r[1] for r in ceilings]
+    print(f"the {len(ceilings)} ceilings, whole run: {min(by_cpu):.0f}-{max(by_cpu):.0f} audio s a CPU s")
     print(f"one worker on a {group_mb:.0f} MB parquet row group: peak memory {peak_mb:.0f} MB "
           f"({start_mb:.0f} MB before the first row)")
 
