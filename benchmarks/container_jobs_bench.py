@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 
 import data_prep.prep as prep  # noqa: E402
 from corpus_layouts import write_fleurs  # noqa: E402
+from data_prep.sources import scan_sources  # noqa: E402
 from pipeline.config import PrepConfig  # noqa: E402
 
 
@@ -56,7 +57,7 @@ def main() -> None:
                     prep.CONTAINER_SPLITS = splits
                     cfg = PrepConfig(workers=workers, min_seconds=1.0)
                     jobs = len(prep.batched([("train", i, item) for i, item in
-                                             enumerate(prep.scan_sources([str(src)]).items)], workers, {}))
+                                             enumerate(scan_sources([str(src)]).items)], workers, {}))
                     t, c = time.perf_counter(), cpu_seconds()
                     prep.run_prep([str(src)], f"{tmp}/out-{time.monotonic_ns()}", cfg, progress=False)
                     print(f"{workers:7} {label:>24} {jobs:5} {time.perf_counter() - t:7.1f} {cpu_seconds() - c:6.1f}",

@@ -190,10 +190,10 @@ def batched(todo: list[tuple[str, int, SourceItem]], workers: int,
             parts = max(math.ceil(len(run) / BATCH_ITEMS), min(CONTAINER_SPLITS, math.ceil(len(run) / size)))
             batches += [run[i * len(run) // parts:(i + 1) * len(run) // parts] for i in range(parts)]
             continue
-        batch, held = [], 0  # held: the bytes of the batch's files
+        batch, held, most = [], 0, min(size, FILES_PER_JOB)  # held: the bytes of the batch's files
         for entry in run:
             nbytes = item_bytes(entry[2], identities)
-            if not batch or len(batch) == min(size, FILES_PER_JOB) or held + nbytes > JOB_BYTES:
+            if not batch or len(batch) == most or held + nbytes > JOB_BYTES:
                 batch, held = [], 0
                 batches.append(batch)
             batch.append(entry)
